@@ -1,0 +1,204 @@
+//! Small dense linear algebra on row-major `Vec<f64>` square matrices. The sizes here (tens to a
+//! few hundred) are too small for BLAS to pay off and the code must never panic on user input,
+//! so every routine checks what it needs and returns `CoreResult`.
+
+use crate::error::{CoreError, CoreResult};
+
+/// `n x n` identity scaled by `s`.
+pub fn scaled_identity(n: usize, s: f64) -> Vec<f64> {
+    let mut m = vec![0.0; n * n];
+    for i in 0..n {
+        m[i * n + i] = s;
+    }
+    m
+}
+
+#[inline]
+pub fn dot(a: &[f64], b: &[f64]) -> f64 {
+    // Four accumulators let the compiler vectorise without reassociating a single sum.
+    let n = a.len().min(b.len());
+    let (mut s0, mut s1, mut s2, mut s3) = (0.0, 0.0, 0.0, 0.0);
+    let chunks = n / 4;
+    for c in 0..chunks {
+        let i = c * 4;
+        s0 += a[i] * b[i];
+        s1 += a[i + 1] * b[i + 1];
+        s2 += a[i + 2] * b[i + 2];
+        s3 += a[i + 3] * b[i + 3];
+    }
+    let mut s = (s0 + s1) + (s2 + s3);
+    for i in chunks * 4..n {
+        s += a[i] * b[i];
+    }
+    s
+}
+
+/// `out = m x` for a row-major `n x n` matrix.
+pub fn matvec(m: &[f64], x: &[f64], out: &mut [f64]) {
+    let n = x.len();
+    for (i, o) in out.iter_mut().enumerate().take(n) {
+        *o = dot(&m[i * n..(i + 1) * n], x);
+    }
+}
+
+/// `x' m x` for a row-major `n x n` matrix.
+pub fn quad_form(m: &[f64], x: &[f64]) -> f64 {
+    let n = x.len();
+    let mut s = 0.0;
+    for i in 0..n {
+        let xi = x[i];
+        if xi != 0.0 {
+            s += xi * dot(&m[i * n..(i + 1) * n], x);
+        }
+    }
+    s
+}
+
+/// In-place `m = (m + m') / 2`: rank-one updates keep symmetry only up to rounding, and drift
+/// would otherwise accumulate over millions of updates.
+pub fn symmetrize(m: &mut [f64], n: usize) {
+    for i in 0..n {
+        for j in (i + 1)..n {
+            let v = 0.5 * (m[i * n + j] + m[j * n + i]);
+            m[i * n + j] = v;
+            m[j * n + i] = v;
+        }
+    }
+}
+
+/// First half of a Sherman-Morrison step: `z = ainv x` and `denom = 1 + x' z`. Nothing is
+/// modified, so callers can check `denom` before committing to the update.
+pub fn sherman_morrison_prepare(ainv: &[f64], x: &[f64], z: &mut [f64]) -> CoreResult<f64> {
+    matvec(ainv, x, z);
+    let denom = 1.0 + dot(x, z);
+    if denom.is_finite() && denom > 0.0 {
+        Ok(denom)
+    } else {
+        Err(CoreError::Numerical(format!(
+            "Sherman-Morrison denominator {denom} is not positive"
+        )))
+    }
+}
+
+/// Second half: `ainv -= z z' / denom`, i.e. `(A + x x')^-1` from `A^-1`. `z` is overwritten.
+/// z is scaled by 1/sqrt(denom) first so that the update is w w' with `w_i * w_j == w_j * w_i`
+/// bit for bit: the inverse stays exactly symmetric.
+pub fn sherman_morrison_apply(ainv: &mut [f64], z: &mut [f64], denom: f64) {
+    let n = z.len();
+    let s = 1.0 / denom.sqrt();
+    for zi in z.iter_mut() {
+        *zi *= s;
+    }
+    for i in 0..n {
+        let wi = z[i];
+        let row = &mut ainv[i * n..(i + 1) * n];
+        for (r, wj) in row.iter_mut().zip(z.iter()) {
+            *r -= wi * wj;
+        }
+    }
+}
+
+/// `a += x x'` (full matrix, kept symmetric by construction).
+pub fn rank_one_add(a: &mut [f64], x: &[f64]) {
+    let n = x.len();
+    for i in 0..n {
+        let xi = x[i];
+        if xi == 0.0 {
+            continue;
+        }
+        let row = &mut a[i * n..(i + 1) * n];
+        for (r, xj) in row.iter_mut().zip(x.iter()) {
+            *r += xi * xj;
+        }
+    }
+}
+
+/// Lower Cholesky factor of a symmetric positive-definite `n x n` matrix.
+pub fn cholesky(a: &[f64], n: usize) -> CoreResult<Vec<f64>> {
+    if a.len() != n * n {
+        return Err(CoreError::Shape(format!(
+            "matrix has {} entries, expected {}",
+            a.len(),
+            n * n
+        )));
+    }
+    let mut l = vec![0.0; n * n];
+    for j in 0..n {
+        let mut d = a[j * n + j];
+        for k in 0..j {
+            d -= l[j * n + k] * l[j * n + k];
+        }
+        if !(d.is_finite() && d > 0.0) {
+            return Err(CoreError::Numerical(format!(
+                "matrix is not positive definite (pivot {j} = {d})"
+            )));
+        }
+        let djj = d.sqrt();
+        l[j * n + j] = djj;
+        for i in (j + 1)..n {
+            let mut s = a[i * n + j];
+            for k in 0..j {
+                s -= l[i * n + k] * l[j * n + k];
+            }
+            l[i * n + j] = s / djj;
+        }
+    }
+    Ok(l)
+}
+
+/// Inverse of a symmetric positive-definite matrix through its Cholesky factor; the result is
+/// exactly symmetric.
+pub fn spd_inverse(a: &[f64], n: usize) -> CoreResult<Vec<f64>> {
+    let l = cholesky(a, n)?;
+    // Invert L (lower triangular) column by column by forward substitution.
+    let mut linv = vec![0.0; n * n];
+    for c in 0..n {
+        for i in c..n {
+            let mut s = if i == c { 1.0 } else { 0.0 };
+            for k in c..i {
+                s -= l[i * n + k] * linv[k * n + c];
+            }
+            linv[i * n + c] = s / l[i * n + i];
+        }
+    }
+    // A^-1 = L^-T L^-1.
+    let mut inv = vec![0.0; n * n];
+    for i in 0..n {
+        for j in 0..=i {
+            let mut s = 0.0;
+            for k in i..n {
+                s += linv[k * n + i] * linv[k * n + j];
+            }
+            inv[i * n + j] = s;
+            inv[j * n + i] = s;
+        }
+    }
+    Ok(inv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inverse_of_spd_times_matrix_is_identity() {
+        let n = 4;
+        let mut a = scaled_identity(n, 2.0);
+        rank_one_add(&mut a, &[1.0, -0.5, 0.25, 3.0]);
+        rank_one_add(&mut a, &[0.1, 0.2, -0.3, 0.4]);
+        let inv = spd_inverse(&a, n).unwrap();
+        for i in 0..n {
+            for j in 0..n {
+                let s: f64 = (0..n).map(|k| a[i * n + k] * inv[k * n + j]).sum();
+                let want = if i == j { 1.0 } else { 0.0 };
+                assert!((s - want).abs() < 1e-12, "({i},{j}) = {s}");
+            }
+        }
+    }
+
+    #[test]
+    fn cholesky_rejects_indefinite() {
+        let a = vec![1.0, 2.0, 2.0, 1.0];
+        assert!(matches!(cholesky(&a, 2), Err(CoreError::Numerical(_))));
+    }
+}
