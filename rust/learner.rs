@@ -224,13 +224,14 @@ pub trait Learner {
 pub fn removal_mapping(n_actions: usize, indices: &[i64]) -> CoreResult<Vec<i64>> {
     let mut keep = vec![true; n_actions];
     for &i in indices {
-        let u = usize::try_from(i)
-            .ok()
-            .filter(|u| *u < n_actions)
-            .ok_or(CoreError::UnknownAction {
-                action: i,
-                n_actions,
-            })?;
+        let u =
+            usize::try_from(i)
+                .ok()
+                .filter(|u| *u < n_actions)
+                .ok_or(CoreError::UnknownAction {
+                    action: i,
+                    n_actions,
+                })?;
         keep[u] = false;
     }
     if !keep.iter().any(|k| *k) {

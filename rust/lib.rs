@@ -3,13 +3,18 @@
 //! Everything here is pure Rust with no Python dependency; the PyO3 bindings live in
 //! `python/` behind the `python` cargo feature, so `cargo test` exercises the math directly.
 
+pub mod cost;
 pub mod error;
 pub mod learner;
 pub mod linalg;
 pub mod linucb;
+pub mod pacing;
+pub mod policy;
+pub mod prune;
 pub mod ridge;
 pub mod rng;
 pub mod shared;
+pub mod space;
 pub mod state;
 
 pub use error::{CoreError, CoreResult};

@@ -153,6 +153,12 @@ impl Learner for LinUcb {
             n_actions,
         })?;
         let mut scratch = vec![0.0; x.len()];
-        arm.update(x, reward - cfg.prior_mean, cfg.discount, cfg.ridge, &mut scratch)
+        arm.update(
+            x,
+            reward - cfg.prior_mean,
+            cfg.discount,
+            cfg.ridge,
+            &mut scratch,
+        )
     }
 }

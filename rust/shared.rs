@@ -21,6 +21,16 @@ use crate::linalg;
 use crate::ridge::Ridge;
 use crate::state::{Kind, Reader, Writer};
 
+/// `kron([1, x], [1, psi_a])`.
+pub fn kron_phi(x: &[f64], psi_a: &[f64]) -> Vec<f64> {
+    let mut out = Vec::with_capacity((x.len() + 1) * (psi_a.len() + 1));
+    for ui in std::iter::once(1.0).chain(x.iter().copied()) {
+        out.push(ui);
+        out.extend(psi_a.iter().map(|v| ui * v));
+    }
+    out
+}
+
 /// Joint dimension limit: the D x D inverse must stay within a few hundred MB.
 pub const MAX_JOINT_DIM: usize = 4096;
 
@@ -37,7 +47,13 @@ pub struct SharedLinUcb {
 }
 
 impl SharedLinUcb {
-    pub fn new(psi: Vec<f64>, n_actions: usize, p: usize, dim: usize, cfg: Config) -> CoreResult<Self> {
+    pub fn new(
+        psi: Vec<f64>,
+        n_actions: usize,
+        p: usize,
+        dim: usize,
+        cfg: Config,
+    ) -> CoreResult<Self> {
         cfg.validate()?;
         if n_actions == 0 || n_actions > MAX_DIM {
             return Err(CoreError::Config(format!(
@@ -74,15 +90,27 @@ impl SharedLinUcb {
 
     /// The joint feature vector `kron([1, x], [1, psi_a])` (used by updates and by tests).
     pub fn phi(&self, x: &[f64], action: usize) -> Vec<f64> {
-        let pp = self.p + 1;
-        let psi_a = &self.psi[action * self.p..(action + 1) * self.p];
-        let mut out = Vec::with_capacity(self.joint_dim());
-        for ui in std::iter::once(1.0).chain(x.iter().copied()) {
-            out.push(ui);
-            out.extend(psi_a.iter().map(|v| ui * v));
-        }
-        debug_assert_eq!(out.len(), (self.dim + 1) * pp);
-        out
+        kron_phi(x, &self.psi[action * self.p..(action + 1) * self.p])
+    }
+
+    /// Update with explicit action features (used for a decision whose action was removed
+    /// between selection and feedback: the shared model still learns from it).
+    pub fn update_features(&mut self, psi_a: &[f64], x: &[f64], reward: f64) -> CoreResult<()> {
+        check_len("x", x.len(), self.dim)?;
+        check_finite("x", x)?;
+        check_len("action features", psi_a.len(), self.p)?;
+        check_finite("action features", psi_a)?;
+        crate::error::check_finite_scalar("reward", reward)?;
+        let phi = kron_phi(x, psi_a);
+        let mut scratch = vec![0.0; phi.len()];
+        let cfg = self.cfg;
+        self.model.update(
+            &phi,
+            reward - cfg.prior_mean,
+            cfg.discount,
+            cfg.ridge,
+            &mut scratch,
+        )
     }
 
     /// Appends actions with features `psi_new` ((count, p) row-major); returns the first new index.
@@ -103,7 +131,9 @@ impl SharedLinUcb {
         check_finite("action_features", psi_new)?;
         let count = psi_new.len() / self.p;
         if self.n_actions() + count > MAX_DIM {
-            return Err(CoreError::Config(format!("too many actions (limit {MAX_DIM})")));
+            return Err(CoreError::Config(format!(
+                "too many actions (limit {MAX_DIM})"
+            )));
         }
         let first = self.n_actions();
         self.psi.extend_from_slice(psi_new);
@@ -154,7 +184,8 @@ impl SharedLinUcb {
         let p = r.dim("p", MAX_JOINT_DIM)?;
         let cfg = Config::read(r)?;
         let psi = r.f64s("action_features", k * p)?;
-        let mut me = SharedLinUcb::new(psi, k, p, d, cfg).map_err(|e| CoreError::State(e.to_string()))?;
+        let mut me =
+            SharedLinUcb::new(psi, k, p, d, cfg).map_err(|e| CoreError::State(e.to_string()))?;
         let n = me.joint_dim();
         let n_updates = r.u64()?;
         let a = r.f64s("A", n * n)?;
@@ -180,13 +211,9 @@ impl SharedLinUcb {
 
 impl Learner for SharedLinUcb {
     fn n_actions(&self) -> usize {
-        if self.p == 0 {
-            // With no action features every action has the same phi; K is tracked by psi's
-            // length only when p > 0, so p = 0 learners always have exactly one action.
-            1
-        } else {
-            self.psi.len() / self.p
-        }
+        // With no action features every action has the same phi; K is tracked by psi's length
+        // only when p > 0, so p = 0 learners always have exactly one action.
+        self.psi.len().checked_div(self.p).unwrap_or(1)
     }
     fn dim(&self) -> usize {
         self.dim
@@ -213,26 +240,27 @@ impl Learner for SharedLinUcb {
                 }
             }
         }
-        // G = sum_i u_i sum_j e_j (sum_k u_k M[(i,j),(k,.)])  -- O(D^2), once per request.
+        // G[j, l] = sum_k u_k v_j[(k, l)] with v_j = sum_i u_i M[(i, j), :]. Each v_j is a sum
+        // of (d+1) contiguous rows of length D (long axpys that vectorise well); every row of M
+        // is read exactly once, so this is O(D^2) once per request.
         let mut g = vec![0.0; pp * pp];
-        let mut y = vec![0.0; pp];
-        for (i, &ui) in u.iter().enumerate() {
-            if ui == 0.0 {
-                continue;
-            }
-            for j in 0..pp {
-                let r = i * pp + j;
-                let row = &m[r * jd..(r + 1) * jd];
-                y.iter_mut().for_each(|v| *v = 0.0);
-                for (k, &uk) in u.iter().enumerate() {
-                    if uk != 0.0 {
-                        for (yl, mv) in y.iter_mut().zip(&row[k * pp..(k + 1) * pp]) {
-                            *yl += uk * mv;
-                        }
+        let mut v_j = vec![0.0; jd];
+        for j in 0..pp {
+            v_j.iter_mut().for_each(|v| *v = 0.0);
+            for (i, &ui) in u.iter().enumerate() {
+                if ui != 0.0 {
+                    let r = i * pp + j;
+                    for (acc, mv) in v_j.iter_mut().zip(&m[r * jd..(r + 1) * jd]) {
+                        *acc += ui * mv;
                     }
                 }
-                for (gl, yl) in g[j * pp..(j + 1) * pp].iter_mut().zip(&y) {
-                    *gl += ui * yl;
+            }
+            let g_row = &mut g[j * pp..(j + 1) * pp];
+            for (k, &uk) in u.iter().enumerate() {
+                if uk != 0.0 {
+                    for (gl, vv) in g_row.iter_mut().zip(&v_j[k * pp..(k + 1) * pp]) {
+                        *gl += uk * vv;
+                    }
                 }
             }
         }
@@ -260,7 +288,12 @@ impl Learner for SharedLinUcb {
         let phi = self.phi(x, action);
         let mut scratch = vec![0.0; phi.len()];
         let cfg = self.cfg;
-        self.model
-            .update(&phi, reward - cfg.prior_mean, cfg.discount, cfg.ridge, &mut scratch)
+        self.model.update(
+            &phi,
+            reward - cfg.prior_mean,
+            cfg.discount,
+            cfg.ridge,
+            &mut scratch,
+        )
     }
 }

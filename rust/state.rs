@@ -129,7 +129,8 @@ impl<'a> Reader<'a> {
                 "unsupported format version {version} (this build reads version {FORMAT_VERSION})"
             )));
         }
-        let kind = Kind::from_u8(bytes[12]).ok_or_else(|| bad(format!("unknown kind {}", bytes[12])))?;
+        let kind =
+            Kind::from_u8(bytes[12]).ok_or_else(|| bad(format!("unknown kind {}", bytes[12])))?;
         if kind != want {
             return Err(bad(format!(
                 "blob holds a {} state, not a {}",
@@ -140,7 +141,9 @@ impl<'a> Reader<'a> {
         let mut len_bytes = [0u8; 8];
         len_bytes.copy_from_slice(&bytes[13..21]);
         let len = u64::from_le_bytes(len_bytes);
-        let expected_total = (HEADER_LEN as u64).checked_add(len).and_then(|v| v.checked_add(4));
+        let expected_total = (HEADER_LEN as u64)
+            .checked_add(len)
+            .and_then(|v| v.checked_add(4));
         if expected_total != Some(bytes.len() as u64) {
             return Err(bad(format!(
                 "header announces a {len}-byte payload but the blob is {} bytes (truncated or padded)",
@@ -321,7 +324,10 @@ mod tests {
         for i in 0..bytes.len() {
             let mut b = bytes.clone();
             b[i] ^= 0x40;
-            assert!(Reader::open(&b, Kind::LinUcb).is_err(), "flip at {i} not caught");
+            assert!(
+                Reader::open(&b, Kind::LinUcb).is_err(),
+                "flip at {i} not caught"
+            );
         }
         assert!(Reader::open(&bytes, Kind::Policy).is_err());
     }

@@ -8,12 +8,14 @@ from uniscale._core import (
     BUILD_PROFILE,
     AllMaskedError,
     ConfigError,
+    Decision,
     DTypeError,
     DuplicateUpdateError,
     ExpiredDecisionError,
     LinUCB,
     NonFiniteError,
     NumericalError,
+    PolicyCore,
     ShapeError,
     SharedLinUCB,
     StateError,
@@ -22,14 +24,18 @@ from uniscale._core import (
     UnknownDecisionError,
     __version__,
 )
-from uniscale.space import STRATEGIES, Action, ModelSpec, Strategy
+from uniscale.policy import PRESETS, Policy, RewardWeights, UpdateResult
+from uniscale.space import STRATEGIES, Action, ActionSpace, ModelSpec, Strategy
 
 __all__ = [
     "BUILD_PROFILE",
+    "PRESETS",
     "STRATEGIES",
     "Action",
+    "ActionSpace",
     "AllMaskedError",
     "ConfigError",
+    "Decision",
     "DTypeError",
     "DuplicateUpdateError",
     "ExpiredDecisionError",
@@ -37,6 +43,9 @@ __all__ = [
     "ModelSpec",
     "NonFiniteError",
     "NumericalError",
+    "Policy",
+    "PolicyCore",
+    "RewardWeights",
     "ShapeError",
     "SharedLinUCB",
     "StateError",
@@ -44,5 +53,6 @@ __all__ = [
     "UniScaleError",
     "UnknownActionError",
     "UnknownDecisionError",
+    "UpdateResult",
     "__version__",
 ]

@@ -9,8 +9,12 @@ validates configuration.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
 
 Strategy = Literal["single", "self_consistency", "best_of_n", "adaptive_consistency"]
 STRATEGIES: tuple[Strategy, ...] = (
@@ -97,3 +101,107 @@ class Action:
 
     def __str__(self) -> str:
         return f"{self.model}/{self.strategy}/n={self.n}"
+
+
+def _model_tuple(m: ModelSpec) -> tuple[str, float, float, int, bool, float, float, float]:
+    return (
+        m.name,
+        float(m.price_in_per_mtok),
+        float(m.price_out_per_mtok),
+        int(m.parallelism),
+        bool(m.bills_prompt_once),
+        float(m.latency_in_s_per_token),
+        float(m.latency_out_s_per_token),
+        float(m.prior_output_tokens),
+    )
+
+
+class ActionSpace:
+    """Models plus the ``(model, strategy, n)`` actions over them.
+
+    Build the full grid with :meth:`grid` (``single`` only with ``n == 1``, the sampling
+    strategies only with ``n >= 2``), or pass an explicit action list.
+    """
+
+    __slots__ = ("_actions", "_models")
+
+    def __init__(self, models: Sequence[ModelSpec], actions: Sequence[Action]) -> None:
+        by_name: dict[str, ModelSpec] = {}
+        for m in models:
+            if not isinstance(m, ModelSpec):
+                raise TypeError(f"models must be ModelSpec instances, got {type(m).__name__}")
+            if m.name in by_name:
+                raise ValueError(f"duplicate model name {m.name!r}")
+            by_name[m.name] = m
+        seen: set[Action] = set()
+        for a in actions:
+            if a.model not in by_name:
+                raise ValueError(f"action {a} refers to unknown model {a.model!r}")
+            if a in seen:
+                raise ValueError(f"duplicate action {a}")
+            seen.add(a)
+        if not actions:
+            raise ValueError("the action space is empty")
+        self._models = by_name
+        self._actions = list(actions)
+
+    @classmethod
+    def grid(
+        cls,
+        models: Sequence[ModelSpec],
+        strategies: Sequence[Strategy] = STRATEGIES,
+        n_values: Sequence[int] = (1, 2, 4, 8),
+    ) -> ActionSpace:
+        """Every model x strategy x n, with ``single`` only at n = 1 and the others at n >= 2."""
+        actions = [
+            Action(m.name, s, n)
+            for m in models
+            for s in strategies
+            for n in n_values
+            if (s == "single") == (n == 1)
+        ]
+        return cls(models, actions)
+
+    @property
+    def models(self) -> dict[str, ModelSpec]:
+        return dict(self._models)
+
+    @property
+    def actions(self) -> list[Action]:
+        return list(self._actions)
+
+    def __len__(self) -> int:
+        return len(self._actions)
+
+    def core_models(
+        self,
+    ) -> list[tuple[tuple[str, float, float, int, bool, float, float, float], list[tuple[str, int]]]]:
+        """The models and their actions in the tuple form `uniscale._core` takes."""
+        out = []
+        for name, m in self._models.items():
+            acts = [(a.strategy, a.n) for a in self._actions if a.model == name]
+            if acts:
+                out.append((_model_tuple(m), acts))
+        return out
+
+    def ordered_actions(self) -> list[Action]:
+        """Actions in the order the core indexes them (grouped by model, in model order)."""
+        return [
+            Action(name, s, n)  # type: ignore[arg-type]
+            for (t, acts) in self.core_models()
+            for (s, n) in acts
+            for name in (t[0],)
+        ]
+
+    def features(self, model_slots: int | None = None) -> NDArray[np.float64]:
+        """Semantic action features psi, one row per action in :meth:`ordered_actions` order.
+
+        See ``rust/space.rs`` for the layout: model slot one-hot, log price, strategy one-hot,
+        log2 n and its interactions with strategy and price.
+        """
+        from uniscale._core import action_features
+
+        return action_features(self.core_models(), model_slots)
+
+    def __repr__(self) -> str:
+        return f"ActionSpace({len(self._models)} models, {len(self._actions)} actions)"

@@ -12,9 +12,8 @@ fn asarray<'py>(obj: &Bound<'py, PyAny>, dtype: &str, what: &str) -> PyResult<Bo
     let np = obj.py().import("numpy")?;
     let kwargs = pyo3::types::PyDict::new(obj.py());
     kwargs.set_item("dtype", dtype)?;
-    np.call_method("asarray", (obj,), Some(&kwargs)).map_err(|e| {
-        DTypeError::new_err(format!("{what} cannot be converted to {dtype}: {e}"))
-    })
+    np.call_method("asarray", (obj,), Some(&kwargs))
+        .map_err(|e| DTypeError::new_err(format!("{what} cannot be converted to {dtype}: {e}")))
 }
 
 fn ndim_error(what: &str, want: usize, got: usize, shape: &[usize]) -> PyErr {
@@ -54,7 +53,11 @@ pub fn f64_2d(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<(Vec<f64>, usize, 
         return Err(ndim_error(what, 2, dynarr.ndim(), dynarr.shape()));
     }
     let shape = dynarr.shape().to_vec();
-    Ok((dynarr.readonly().as_array().iter().copied().collect(), shape[0], shape[1]))
+    Ok((
+        dynarr.readonly().as_array().iter().copied().collect(),
+        shape[0],
+        shape[1],
+    ))
 }
 
 /// A boolean mask, 1-D or 2-D, as (values, shape). Only real booleans are accepted: coercing
@@ -63,7 +66,10 @@ pub fn bool_nd(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<(Vec<bool>, Vec<u
     let np = obj.py().import("numpy")?;
     let arr = np.call_method1("asarray", (obj,))?;
     match arr.cast::<PyArrayDyn<bool>>() {
-        Ok(b) => Ok((b.readonly().as_array().iter().copied().collect(), b.shape().to_vec())),
+        Ok(b) => Ok((
+            b.readonly().as_array().iter().copied().collect(),
+            b.shape().to_vec(),
+        )),
         Err(_) => {
             let dtype = arr.getattr("dtype")?.str()?.to_string();
             Err(DTypeError::new_err(format!(

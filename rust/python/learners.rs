@@ -17,6 +17,9 @@ use crate::linucb::LinUcb;
 use crate::shared::SharedLinUcb;
 use crate::state;
 
+/// (mean, bonus) arrays.
+pub type ArrayPair<'py> = (Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<f64>>);
+
 fn config(alpha: f64, ridge: f64, discount: f64, prior_mean: f64) -> Config {
     Config {
         alpha,
@@ -81,7 +84,7 @@ fn scores_impl<'py, L: Learner + Send + Sync>(
     py: Python<'py>,
     lock: &RwLock<L>,
     x: &Bound<'py, PyAny>,
-) -> PyResult<(Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<f64>>)> {
+) -> PyResult<ArrayPair<'py>> {
     let x = f64_1d(x, "x")?;
     let (m, b) = py.detach(|| lock.read().scores(&x))?;
     Ok((m.into_pyarray(py), b.into_pyarray(py)))
@@ -156,11 +159,19 @@ fn update_many_impl<L: Learner + Send + Sync>(
     })?)
 }
 
-fn matrix<'py>(py: Python<'py>, v: Vec<f64>, rows: usize, cols: usize) -> PyResult<Bound<'py, PyArray2<f64>>> {
-    Ok(v.into_pyarray(py).reshape([rows, cols])?)
+fn matrix<'py>(
+    py: Python<'py>,
+    v: Vec<f64>,
+    rows: usize,
+    cols: usize,
+) -> PyResult<Bound<'py, PyArray2<f64>>> {
+    v.into_pyarray(py).reshape([rows, cols])
 }
 
-fn reduce<'py, T: pyo3::PyClass>(slf: &Bound<'py, T>, bytes: Vec<u8>) -> PyResult<Bound<'py, PyTuple>> {
+fn reduce<'py, T: pyo3::PyClass>(
+    slf: &Bound<'py, T>,
+    bytes: Vec<u8>,
+) -> PyResult<Bound<'py, PyTuple>> {
     let py = slf.py();
     let ctor = slf.as_any().get_type().getattr("from_bytes")?;
     let args = PyTuple::new(py, [PyBytes::new(py, &bytes)])?;
@@ -177,13 +188,22 @@ pub struct PyLinUcb {
 impl PyLinUcb {
     #[new]
     #[pyo3(signature = (n_actions, dim, alpha=1.0, ridge=1.0, discount=1.0, prior_mean=0.0))]
-    fn new(n_actions: i64, dim: i64, alpha: f64, ridge: f64, discount: f64, prior_mean: f64) -> PyResult<Self> {
+    fn new(
+        n_actions: i64,
+        dim: i64,
+        alpha: f64,
+        ridge: f64,
+        discount: f64,
+        prior_mean: f64,
+    ) -> PyResult<Self> {
         let l = LinUcb::new(
             count(n_actions, "n_actions")?,
             count(dim, "dim")?,
             config(alpha, ridge, discount, prior_mean),
         )?;
-        Ok(PyLinUcb { inner: RwLock::new(l) })
+        Ok(PyLinUcb {
+            inner: RwLock::new(l),
+        })
     }
 
     #[getter]
@@ -216,26 +236,48 @@ impl PyLinUcb {
     }
 
     #[pyo3(signature = (x, mask=None))]
-    fn select(&self, py: Python<'_>, x: &Bound<'_, PyAny>, mask: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
+    fn select(
+        &self,
+        py: Python<'_>,
+        x: &Bound<'_, PyAny>,
+        mask: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<usize> {
         select_impl(py, &self.inner, x, mask)
     }
 
-    fn scores<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<(Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<f64>>)> {
+    fn scores<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<ArrayPair<'py>> {
         scores_impl(py, &self.inner, x)
     }
 
-    fn update(&self, py: Python<'_>, action: i64, x: &Bound<'_, PyAny>, reward: f64) -> PyResult<()> {
+    fn update(
+        &self,
+        py: Python<'_>,
+        action: i64,
+        x: &Bound<'_, PyAny>,
+        reward: f64,
+    ) -> PyResult<()> {
         update_impl(py, &self.inner, action, x, reward)
     }
 
     #[pyo3(signature = (X, mask=None))]
     #[allow(non_snake_case)]
-    fn select_many<'py>(&self, py: Python<'py>, X: &Bound<'py, PyAny>, mask: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyArray1<i64>>> {
+    fn select_many<'py>(
+        &self,
+        py: Python<'py>,
+        X: &Bound<'py, PyAny>,
+        mask: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyArray1<i64>>> {
         select_many_impl(py, &self.inner, X, mask)
     }
 
     #[allow(non_snake_case)]
-    fn update_many(&self, py: Python<'_>, actions: &Bound<'_, PyAny>, X: &Bound<'_, PyAny>, rewards: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn update_many(
+        &self,
+        py: Python<'_>,
+        actions: &Bound<'_, PyAny>,
+        X: &Bound<'_, PyAny>,
+        rewards: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
         update_many_impl(py, &self.inner, actions, X, rewards)
     }
 
@@ -249,7 +291,11 @@ impl PyLinUcb {
             }
             None => {
                 let (k, d) = (l.n_actions(), l.dim);
-                let flat: Vec<f64> = l.arms.iter().flat_map(|arm| arm.theta.iter().copied()).collect();
+                let flat: Vec<f64> = l
+                    .arms
+                    .iter()
+                    .flat_map(|arm| arm.theta.iter().copied())
+                    .collect();
                 Ok(matrix(py, flat, k, d)?.into_any())
             }
         }
@@ -260,11 +306,17 @@ impl PyLinUcb {
         let c = usize::try_from(count)
             .map_err(|_| CoreError::Config(format!("count must be >= 0, got {count}")))?;
         let first = self.inner.write().add_actions(c)?;
-        Ok(((first as i64)..(first + c) as i64).collect::<Vec<_>>().into_pyarray(py))
+        Ok(((first as i64)..(first + c) as i64)
+            .collect::<Vec<_>>()
+            .into_pyarray(py))
     }
 
     /// Removes actions; returns `mapping` with `mapping[old] = new index` or -1 if removed.
-    fn remove_actions<'py>(&self, py: Python<'py>, indices: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArray1<i64>>> {
+    fn remove_actions<'py>(
+        &self,
+        py: Python<'py>,
+        indices: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyArray1<i64>>> {
         let idx = i64_1d(indices, "indices")?;
         let mapping = self.inner.write().remove_actions(&idx)?;
         Ok(mapping.into_pyarray(py))
@@ -278,7 +330,9 @@ impl PyLinUcb {
     #[staticmethod]
     fn from_bytes(py: Python<'_>, data: Vec<u8>) -> PyResult<Self> {
         let l = py.detach(|| LinUcb::from_bytes(&data))?;
-        Ok(PyLinUcb { inner: RwLock::new(l) })
+        Ok(PyLinUcb {
+            inner: RwLock::new(l),
+        })
     }
 
     fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
@@ -291,7 +345,9 @@ impl PyLinUcb {
     #[staticmethod]
     fn load(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
         let l = py.detach(|| LinUcb::from_bytes(&state::read_file(&path)?))?;
-        Ok(PyLinUcb { inner: RwLock::new(l) })
+        Ok(PyLinUcb {
+            inner: RwLock::new(l),
+        })
     }
 
     fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyTuple>> {
@@ -323,10 +379,25 @@ pub struct PySharedLinUcb {
 impl PySharedLinUcb {
     #[new]
     #[pyo3(signature = (action_features, dim, alpha=1.0, ridge=1.0, discount=1.0, prior_mean=0.0))]
-    fn new(action_features: &Bound<'_, PyAny>, dim: i64, alpha: f64, ridge: f64, discount: f64, prior_mean: f64) -> PyResult<Self> {
+    fn new(
+        action_features: &Bound<'_, PyAny>,
+        dim: i64,
+        alpha: f64,
+        ridge: f64,
+        discount: f64,
+        prior_mean: f64,
+    ) -> PyResult<Self> {
         let (psi, k, p) = f64_2d(action_features, "action_features")?;
-        let l = SharedLinUcb::new(psi, k, p, count(dim, "dim")?, config(alpha, ridge, discount, prior_mean))?;
-        Ok(PySharedLinUcb { inner: RwLock::new(l) })
+        let l = SharedLinUcb::new(
+            psi,
+            k,
+            p,
+            count(dim, "dim")?,
+            config(alpha, ridge, discount, prior_mean),
+        )?;
+        Ok(PySharedLinUcb {
+            inner: RwLock::new(l),
+        })
     }
 
     #[getter]
@@ -367,26 +438,48 @@ impl PySharedLinUcb {
     }
 
     #[pyo3(signature = (x, mask=None))]
-    fn select(&self, py: Python<'_>, x: &Bound<'_, PyAny>, mask: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
+    fn select(
+        &self,
+        py: Python<'_>,
+        x: &Bound<'_, PyAny>,
+        mask: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<usize> {
         select_impl(py, &self.inner, x, mask)
     }
 
-    fn scores<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<(Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<f64>>)> {
+    fn scores<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<ArrayPair<'py>> {
         scores_impl(py, &self.inner, x)
     }
 
-    fn update(&self, py: Python<'_>, action: i64, x: &Bound<'_, PyAny>, reward: f64) -> PyResult<()> {
+    fn update(
+        &self,
+        py: Python<'_>,
+        action: i64,
+        x: &Bound<'_, PyAny>,
+        reward: f64,
+    ) -> PyResult<()> {
         update_impl(py, &self.inner, action, x, reward)
     }
 
     #[pyo3(signature = (X, mask=None))]
     #[allow(non_snake_case)]
-    fn select_many<'py>(&self, py: Python<'py>, X: &Bound<'py, PyAny>, mask: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyArray1<i64>>> {
+    fn select_many<'py>(
+        &self,
+        py: Python<'py>,
+        X: &Bound<'py, PyAny>,
+        mask: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyArray1<i64>>> {
         select_many_impl(py, &self.inner, X, mask)
     }
 
     #[allow(non_snake_case)]
-    fn update_many(&self, py: Python<'_>, actions: &Bound<'_, PyAny>, X: &Bound<'_, PyAny>, rewards: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn update_many(
+        &self,
+        py: Python<'_>,
+        actions: &Bound<'_, PyAny>,
+        X: &Bound<'_, PyAny>,
+        rewards: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
         update_many_impl(py, &self.inner, actions, X, rewards)
     }
 
@@ -396,7 +489,12 @@ impl PySharedLinUcb {
     }
 
     /// The joint feature vector phi(x, psi_a) (a copy).
-    fn phi<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>, action: i64) -> PyResult<Bound<'py, PyArray1<f64>>> {
+    fn phi<'py>(
+        &self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+        action: i64,
+    ) -> PyResult<Bound<'py, PyArray1<f64>>> {
         let x = f64_1d(x, "x")?;
         let l = self.inner.read();
         l.check_x(&x)?;
@@ -410,7 +508,11 @@ impl PySharedLinUcb {
     }
 
     /// Appends actions with features `psi_new` (m, p); returns their indices.
-    fn add_actions<'py>(&self, py: Python<'py>, psi_new: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArray1<i64>>> {
+    fn add_actions<'py>(
+        &self,
+        py: Python<'py>,
+        psi_new: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyArray1<i64>>> {
         let (psi, rows, cols) = f64_2d(psi_new, "action_features")?;
         let mut l = self.inner.write();
         if cols != l.p {
@@ -420,11 +522,17 @@ impl PySharedLinUcb {
             )));
         }
         let first = l.add_actions(&psi)?;
-        Ok(((first as i64)..(first + rows) as i64).collect::<Vec<_>>().into_pyarray(py))
+        Ok(((first as i64)..(first + rows) as i64)
+            .collect::<Vec<_>>()
+            .into_pyarray(py))
     }
 
     /// Removes actions; returns `mapping` with `mapping[old] = new index` or -1 if removed.
-    fn remove_actions<'py>(&self, py: Python<'py>, indices: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArray1<i64>>> {
+    fn remove_actions<'py>(
+        &self,
+        py: Python<'py>,
+        indices: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyArray1<i64>>> {
         let idx = i64_1d(indices, "indices")?;
         let mapping = self.inner.write().remove_actions(&idx)?;
         Ok(mapping.into_pyarray(py))
@@ -438,7 +546,9 @@ impl PySharedLinUcb {
     #[staticmethod]
     fn from_bytes(py: Python<'_>, data: Vec<u8>) -> PyResult<Self> {
         let l = py.detach(|| SharedLinUcb::from_bytes(&data))?;
-        Ok(PySharedLinUcb { inner: RwLock::new(l) })
+        Ok(PySharedLinUcb {
+            inner: RwLock::new(l),
+        })
     }
 
     fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
@@ -451,7 +561,9 @@ impl PySharedLinUcb {
     #[staticmethod]
     fn load(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
         let l = py.detach(|| SharedLinUcb::from_bytes(&state::read_file(&path)?))?;
-        Ok(PySharedLinUcb { inner: RwLock::new(l) })
+        Ok(PySharedLinUcb {
+            inner: RwLock::new(l),
+        })
     }
 
     fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyTuple>> {

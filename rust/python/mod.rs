@@ -9,6 +9,7 @@ use crate::error::CoreError;
 
 mod convert;
 mod learners;
+mod policy;
 
 create_exception!(
     uniscale._core,
@@ -16,17 +17,72 @@ create_exception!(
     PyValueError,
     "Base class of every error UniScale raises for bad input or bad state (a ValueError)."
 );
-create_exception!(uniscale._core, ShapeError, UniScaleError, "An array has the wrong shape or length.");
-create_exception!(uniscale._core, DTypeError, UniScaleError, "An input cannot be coerced to the required dtype.");
-create_exception!(uniscale._core, NonFiniteError, UniScaleError, "NaN or infinity where a finite value is required.");
-create_exception!(uniscale._core, UnknownActionError, UniScaleError, "An action index outside 0..n_actions.");
-create_exception!(uniscale._core, AllMaskedError, UniScaleError, "Every action is masked out.");
-create_exception!(uniscale._core, ConfigError, UniScaleError, "A constructor argument or setting is out of its domain.");
-create_exception!(uniscale._core, StateError, UniScaleError, "A state blob or file is truncated, corrupt, or of another version.");
-create_exception!(uniscale._core, UnknownDecisionError, UniScaleError, "A decision id this policy never issued.");
-create_exception!(uniscale._core, ExpiredDecisionError, UniScaleError, "A decision id that expired from the pending store.");
-create_exception!(uniscale._core, DuplicateUpdateError, UniScaleError, "A second update for the same decision id.");
-create_exception!(uniscale._core, NumericalError, UniScaleError, "A numerical failure (e.g. loss of positive definiteness).");
+create_exception!(
+    uniscale._core,
+    ShapeError,
+    UniScaleError,
+    "An array has the wrong shape or length."
+);
+create_exception!(
+    uniscale._core,
+    DTypeError,
+    UniScaleError,
+    "An input cannot be coerced to the required dtype."
+);
+create_exception!(
+    uniscale._core,
+    NonFiniteError,
+    UniScaleError,
+    "NaN or infinity where a finite value is required."
+);
+create_exception!(
+    uniscale._core,
+    UnknownActionError,
+    UniScaleError,
+    "An action index outside 0..n_actions."
+);
+create_exception!(
+    uniscale._core,
+    AllMaskedError,
+    UniScaleError,
+    "Every action is masked out."
+);
+create_exception!(
+    uniscale._core,
+    ConfigError,
+    UniScaleError,
+    "A constructor argument or setting is out of its domain."
+);
+create_exception!(
+    uniscale._core,
+    StateError,
+    UniScaleError,
+    "A state blob or file is truncated, corrupt, or of another version."
+);
+create_exception!(
+    uniscale._core,
+    UnknownDecisionError,
+    UniScaleError,
+    "A decision id this policy never issued."
+);
+create_exception!(
+    uniscale._core,
+    ExpiredDecisionError,
+    UniScaleError,
+    "A decision id that expired from the pending store."
+);
+create_exception!(
+    uniscale._core,
+    DuplicateUpdateError,
+    UniScaleError,
+    "A second update for the same decision id."
+);
+create_exception!(
+    uniscale._core,
+    NumericalError,
+    UniScaleError,
+    "A numerical failure (e.g. loss of positive definiteness)."
+);
 
 impl From<CoreError> for PyErr {
     fn from(e: CoreError) -> PyErr {
@@ -54,7 +110,11 @@ fn uniscale_core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add(
         "BUILD_PROFILE",
-        if cfg!(debug_assertions) { "debug" } else { "release" },
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
     )?;
     m.add("STATE_FORMAT_VERSION", crate::state::FORMAT_VERSION)?;
     m.add("REFRESH_PERIOD", crate::ridge::REFRESH_PERIOD)?;
@@ -66,11 +126,23 @@ fn uniscale_core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("AllMaskedError", py.get_type::<AllMaskedError>())?;
     m.add("ConfigError", py.get_type::<ConfigError>())?;
     m.add("StateError", py.get_type::<StateError>())?;
-    m.add("UnknownDecisionError", py.get_type::<UnknownDecisionError>())?;
-    m.add("ExpiredDecisionError", py.get_type::<ExpiredDecisionError>())?;
-    m.add("DuplicateUpdateError", py.get_type::<DuplicateUpdateError>())?;
+    m.add(
+        "UnknownDecisionError",
+        py.get_type::<UnknownDecisionError>(),
+    )?;
+    m.add(
+        "ExpiredDecisionError",
+        py.get_type::<ExpiredDecisionError>(),
+    )?;
+    m.add(
+        "DuplicateUpdateError",
+        py.get_type::<DuplicateUpdateError>(),
+    )?;
     m.add("NumericalError", py.get_type::<NumericalError>())?;
     m.add_class::<learners::PyLinUcb>()?;
     m.add_class::<learners::PySharedLinUcb>()?;
+    m.add_class::<policy::PyPolicyCore>()?;
+    m.add_class::<policy::PyDecision>()?;
+    m.add_function(wrap_pyfunction!(policy::action_features, m)?)?;
     Ok(())
 }

@@ -1,0 +1,331 @@
+"""`Policy`: the per-request decision engine (configuration here, all numbers in Rust).
+
+Design: the LinUCB learner models **quality** only; cost and latency come from the online cost
+model; the reward ``w_q * quality - w_c * cost / cost_scale - w_l * latency / latency_scale`` is
+assembled at selection time. So a preset switch (``set_reward``) or a budget multiplier applies
+immediately and keeps every statistic learned so far valid.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from uniscale._core import ConfigError, Decision, PolicyCore
+from uniscale.space import STRATEGIES, Action, ActionSpace, ModelSpec, Strategy, _model_tuple
+
+
+@dataclass(frozen=True, slots=True)
+class RewardWeights:
+    """``r = quality * q - cost * cost_usd / cost_scale - latency * latency_s / latency_scale``."""
+
+    quality: float = 1.0
+    cost: float = 1.0
+    latency: float = 0.2
+
+    def __post_init__(self) -> None:
+        for key in ("quality", "cost", "latency"):
+            v = getattr(self, key)
+            if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
+                raise ConfigError(f"RewardWeights.{key} must be a finite number >= 0, got {v!r}")
+
+
+#: The presets named as in the UniScale paper (plus a middle ground).
+PRESETS: dict[str, RewardWeights] = {
+    "quality_priority": RewardWeights(quality=1.0, cost=0.1, latency=0.05),
+    "cost_sensitive": RewardWeights(quality=1.0, cost=1.0, latency=0.2),
+    "balanced": RewardWeights(quality=1.0, cost=0.4, latency=0.1),
+}
+
+
+def resolve_reward(reward: str | RewardWeights | tuple[float, float, float]) -> RewardWeights:
+    if isinstance(reward, RewardWeights):
+        return reward
+    if isinstance(reward, str):
+        try:
+            return PRESETS[reward]
+        except KeyError:
+            raise ConfigError(
+                f"unknown reward preset {reward!r}; expected one of {sorted(PRESETS)}"
+            ) from None
+    if isinstance(reward, tuple) and len(reward) == 3:
+        return RewardWeights(*(float(v) for v in reward))
+    raise ConfigError(f"reward must be a preset name, RewardWeights or a 3-tuple, got {reward!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateResult:
+    """What `Policy.update` learned from: the realised reward under the current weights."""
+
+    reward: float
+    cost_usd: float
+    latency_s: float
+    learner_updated: bool
+
+
+class Policy:
+    """Selects ``(model, strategy, n)`` per request and learns from delayed feedback.
+
+    ``select`` returns a `Decision` (id, action, predicted cost and latency, propensity,
+    candidates, pruning reasons); ``update(decision.id, quality=..., ...)`` may come later, out of
+    order, or never (pending decisions expire after ``ttl_s`` or when more than ``capacity`` are
+    waiting). Thread-safe: the core is locked inside Rust with the GIL released.
+    """
+
+    __slots__ = ("_core", "_specs")
+
+    def __init__(
+        self,
+        space: ActionSpace,
+        dim: int,
+        *,
+        learner: Literal["shared", "disjoint"] = "shared",
+        alpha: float = 1.0,
+        ridge: float = 1.0,
+        discount: float = 1.0,
+        prior_mean: float = 0.5,
+        reward: str | RewardWeights | tuple[float, float, float] = "cost_sensitive",
+        cost_scale: float | None = None,
+        latency_scale: float | None = None,
+        exploration: Literal["greedy", "epsilon", "softmax"] = "greedy",
+        epsilon: float = 0.05,
+        temperature: float = 0.1,
+        budget_per_request_usd: float | None = None,
+        budget_per_hour_usd: float | None = None,
+        pacing_step: float = 0.05,
+        ttl_s: float = 3600.0,
+        capacity: int = 65536,
+        seed: int = 0,
+        model_slots: int | None = None,
+        feature_version: str = "",
+    ) -> None:
+        if not isinstance(space, ActionSpace):
+            raise ConfigError(f"space must be an ActionSpace, got {type(space).__name__}")
+        w = resolve_reward(reward)
+        self._specs: dict[str, ModelSpec] = space.models
+        self._core = PolicyCore(
+            space.core_models(),
+            dim,
+            learner=learner,
+            alpha=alpha,
+            ridge=ridge,
+            discount=discount,
+            prior_mean=prior_mean,
+            weights=(w.quality, w.cost, w.latency),
+            cost_scale=cost_scale,
+            latency_scale=latency_scale,
+            exploration=exploration,
+            epsilon=epsilon,
+            temperature=temperature,
+            budget_per_request_usd=budget_per_request_usd,
+            budget_per_hour_usd=budget_per_hour_usd,
+            pacing_step=pacing_step,
+            ttl_s=ttl_s,
+            capacity=capacity,
+            seed=seed,
+            model_slots=model_slots,
+            feature_version=feature_version,
+        )
+
+    # ---- the per-request loop ----
+
+    def select(
+        self,
+        x: ArrayLike,
+        input_tokens: float = 0.0,
+        max_cost_usd: float | None = None,
+        max_latency_s: float | None = None,
+        *,
+        mask: ArrayLike | None = None,
+        now: float | None = None,
+        feature_version: str | None = None,
+    ) -> Decision:
+        """Choose an action for request features ``x`` (shape ``(dim,)``).
+
+        Actions whose predicted cost or latency break the limits are pruned, then dominated
+        ones; if no action meets the limits the cheapest allowed one is returned with
+        ``decision.fallback == True`` (the request never fails for this).
+        """
+        if feature_version is not None:
+            self._check_feature_version(feature_version)
+        return self._core.select(x, input_tokens, max_cost_usd, max_latency_s, mask, now)
+
+    def update(
+        self,
+        decision_id: int,
+        quality: float,
+        cost_usd: float | None = None,
+        latency_s: float | None = None,
+        output_tokens: float | None = None,
+        samples_used: float | None = None,
+        *,
+        now: float | None = None,
+    ) -> UpdateResult:
+        """Feedback for a decision. ``output_tokens`` is the total over the samples used.
+
+        Raises `UnknownDecisionError`, `ExpiredDecisionError` or `DuplicateUpdateError`
+        (nothing is learned twice); invalid values are rejected before any state changes.
+        """
+        r = self._core.update(
+            decision_id, quality, cost_usd, latency_s, output_tokens, samples_used, now
+        )
+        return UpdateResult(*r)
+
+    def _check_feature_version(self, version: str) -> None:
+        mine = self._core.feature_version
+        if mine and version != mine:
+            raise ConfigError(
+                f"this policy was trained on featurizer version {mine!r} but got a "
+                f"{version!r} vector; re-featurize or train a new policy"
+            )
+
+    # ---- run-time changes ----
+
+    def set_reward(self, reward: str | RewardWeights | tuple[float, float, float]) -> None:
+        """Switch preset or weights; learned statistics stay valid (quality is learned alone)."""
+        w = resolve_reward(reward)
+        self._core.set_weights(w.quality, w.cost, w.latency)
+
+    @property
+    def reward_weights(self) -> RewardWeights:
+        return RewardWeights(*self._core.weights)
+
+    def set_exploration(
+        self,
+        kind: Literal["greedy", "epsilon", "softmax"],
+        *,
+        epsilon: float = 0.05,
+        temperature: float = 0.1,
+    ) -> None:
+        self._core.set_exploration(kind, epsilon, temperature)
+
+    def set_budget(
+        self,
+        *,
+        per_request_usd: float | None = None,
+        per_hour_usd: float | None = None,
+        pacing_step: float = 0.05,
+    ) -> None:
+        """Set (or clear, with no arguments) a long-run spend target held by pacing."""
+        self._core.set_budget(per_request_usd, per_hour_usd, pacing_step)
+
+    def add_model(
+        self,
+        model: ModelSpec,
+        strategies: Sequence[Strategy] = STRATEGIES,
+        n_values: Sequence[int] = (1, 2, 4, 8),
+        *,
+        actions: Sequence[Action] | None = None,
+    ) -> list[int]:
+        """Add a model (and its actions) while serving; returns the new action indices."""
+        if actions is None:
+            acts = [(s, n) for s in strategies for n in n_values if (s == "single") == (n == 1)]
+        else:
+            for a in actions:
+                if a.model != model.name:
+                    raise ConfigError(f"action {a} is not for model {model.name!r}")
+            acts = [(a.strategy, a.n) for a in actions]
+        idx = self._core.add_model(_model_tuple(model), acts)
+        self._specs[model.name] = model
+        return [int(i) for i in idx]
+
+    def retire_model(self, name: str) -> np.ndarray[Any, np.dtype[np.int64]]:
+        """Retire a model; returns ``mapping[old_index] = new_index`` (-1 = removed)."""
+        return self._core.retire_model(name)
+
+    # ---- introspection ----
+
+    @property
+    def actions(self) -> list[Action]:
+        """Current actions in index order (``decision.index`` points into this list)."""
+        return [Action(m, s, n) for (m, s, n, _uid) in self._core.actions()]  # type: ignore[arg-type]
+
+    @property
+    def models(self) -> dict[str, ModelSpec]:
+        active = set(self._core.models())
+        return {k: v for k, v in self._specs.items() if k in active}
+
+    @property
+    def core(self) -> PolicyCore:
+        return self._core
+
+    @property
+    def dim(self) -> int:
+        return self._core.dim
+
+    @property
+    def n_actions(self) -> int:
+        return self._core.n_actions
+
+    @property
+    def n_pending(self) -> int:
+        return self._core.n_pending
+
+    @property
+    def pacing_lambda(self) -> float:
+        return self._core.pacing_lambda
+
+    def predict(self, input_tokens: float) -> dict[str, np.ndarray[Any, np.dtype[np.float64]]]:
+        """Cost-model predictions for every action at this prompt size."""
+        p = self._core.predict(input_tokens)
+        cols = ("output_tokens_per_sample", "samples", "rounds", "cost_usd", "latency_s")
+        return {c: np.ascontiguousarray(p[:, i]) for i, c in enumerate(cols)}
+
+    # ---- persistence ----
+
+    def to_bytes(self) -> bytes:
+        return self._core.to_bytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, models: Sequence[ModelSpec] | None = None) -> Policy:
+        """Restore a policy. ``models`` restores endpoint settings of the ModelSpecs (the state
+        itself keeps prices, parallelism and latency priors)."""
+        return cls._wrap(PolicyCore.from_bytes(data), models)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Atomic save (temp file, fsync, rename): a crash never leaves a half-written file."""
+        self._core.save(Path(path))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], models: Sequence[ModelSpec] | None = None) -> Policy:
+        return cls._wrap(PolicyCore.load(Path(path)), models)
+
+    @classmethod
+    def _wrap(cls, core: PolicyCore, models: Sequence[ModelSpec] | None) -> Policy:
+        self = cls.__new__(cls)
+        self._core = core
+        given = {m.name: m for m in (models or [])}
+        specs: dict[str, ModelSpec] = {}
+        for name, pin, pout, par, once, lin, lout, prior, _retired in core.model_table():
+            specs[name] = given.get(name) or ModelSpec(
+                name,
+                price_in_per_mtok=pin,
+                price_out_per_mtok=pout,
+                parallelism=par,
+                bills_prompt_once=once,
+                latency_in_s_per_token=lin,
+                latency_out_s_per_token=lout,
+                prior_output_tokens=prior,
+            )
+        self._specs = specs
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_restore_policy, (self.to_bytes(), list(self._specs.values())))
+
+    def __repr__(self) -> str:
+        return (
+            f"Policy({len(self.models)} models, {self.n_actions} actions, dim={self.dim}, "
+            f"learner={self._core.learner!r}, weights={self.reward_weights})"
+        )
+
+
+def _restore_policy(data: bytes, models: list[ModelSpec]) -> Policy:
+    return Policy.from_bytes(data, models)
