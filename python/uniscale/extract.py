@@ -23,7 +23,7 @@ Built-in extractors (see `available_extractors`):
 Number normalisation (`normalize_number`): thousands separators, currency signs, trailing
 percent signs and trailing zeros are dropped and ``-0`` becomes ``0``: ``"1,000"`` -> ``"1000"``,
 ``"3.50"`` -> ``"3.5"``, ``"$5"`` -> ``"5"``, ``"5.0"`` -> ``"5"``, ``"1e3"`` -> ``"1000"``.
-Fractions are not evaluated (``"3/4"`` stays ``"3/4"``).
+Fractions are kept, not evaluated: ``"3/4"`` and ``"\\frac{3}{4}"`` both become ``"3/4"``.
 """
 
 from __future__ import annotations
@@ -70,6 +70,8 @@ _BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _TEXT_MARKER_RE = re.compile(r"(?i)(?:final\s+)?answer(?:\s+is)?\s*[:=]?\s*(?P<ans>[^\n]+)")
 _ARTICLES_RE = re.compile(r"\b(?:a|an|the)\b")
 _PUNCT_TABLE = str.maketrans("", "", string.punctuation)
+_FRACTION_RE = re.compile(r"^\s*(-?)\s*(\d+)\s*/\s*(\d+)\s*$")
+_LATEX_FRAC_RE = re.compile(r"^\s*(-?)\s*\\[dt]?frac\s*\{\s*(\d+)\s*\}\s*\{\s*(\d+)\s*\}\s*$")
 
 
 def normalize_number(s: str) -> str | None:
@@ -120,6 +122,9 @@ def normalize_answer(s: str) -> str:
     num = normalize_number(s)
     if num is not None:
         return num
+    frac = _normalize_fraction(s)
+    if frac is not None:
+        return frac
     stripped = s.strip()
     unwrapped = _strip_latex_wrappers(stripped)
     if unwrapped != stripped:
@@ -128,6 +133,17 @@ def normalize_answer(s: str) -> str:
     # Text that normalises to a bare number must come out as that number's canonical form,
     # or normalize_answer would not be idempotent ("the 050" -> "050" -> "50").
     return normalize_number(text) or text
+
+
+def _normalize_fraction(s: str) -> str | None:
+    """``"3/4"``, ``"\\frac{3}{4}"`` -> ``"3/4"`` (not reduced; ``-0/n`` -> ``"0/n"``)."""
+    m = _FRACTION_RE.match(s) or _LATEX_FRAC_RE.match(s)
+    if m is None:
+        return None
+    # String ops, not int(): no int-max-str-digits limit on absurd inputs.
+    num, den = m.group(2).lstrip("0") or "0", m.group(3).lstrip("0") or "0"
+    sign = "-" if m.group(1) and num != "0" else ""
+    return f"{sign}{num}/{den}"
 
 
 def _strip_latex_wrappers(s: str) -> str:
@@ -193,7 +209,7 @@ def extract_answer_number(text: str) -> str | None:
             return num
     boxed = _last_boxed(text)
     if boxed is not None:
-        num = _first_number(boxed)
+        num = normalize_number(boxed) or _normalize_fraction(boxed) or _first_number(boxed)
         if num is not None:
             return num
     for m in reversed(list(_ANSWER_IS_RE.finditer(text))):
@@ -210,7 +226,7 @@ def _choice_extractor(letters: str) -> Extractor:
         rf"[(\[*]*\s*({cls})(?![\w])"
     )
     boxed = re.compile(rf"\\boxed\s*\{{\s*(?:\\text\{{)?\s*({cls})\b")
-    paren = re.compile(rf"[(\[]({cls})[)\]]")
+    paren = re.compile(rf"(?<![\w])[(\[]?({cls})[)\]]")
     alone = re.compile(rf"^\W*({cls})\W*$")
     leading = re.compile(rf"^\s*[(\[*]*({cls})[)\].:]")
     trailing = re.compile(rf"(?<![\w])({cls})[).:]?\s*$")

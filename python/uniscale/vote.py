@@ -138,9 +138,7 @@ def leader_is_unbeatable(answers: Sequence[str | None], budget: int) -> bool:
             first[a] = i
     for a, c in vote.counts[1:]:
         # All remaining samples going to one challenger is its best case.
-        if c + remaining > vote.count or (
-            c + remaining == vote.count and first[a] < vote.index
-        ):
+        if c + remaining > vote.count or (c + remaining == vote.count and first[a] < vote.index):
             return False
     # A brand-new answer appears after the leader, so it must strictly exceed it.
     return remaining <= vote.count
