@@ -24,8 +24,23 @@ from uniscale._core import (
     UnknownDecisionError,
     __version__,
 )
+from uniscale.execute import (
+    AdaptiveConfig,
+    AllSamplesFailed,
+    DeadlineExceeded,
+    ExecutionError,
+    Executor,
+    Failure,
+    JudgeScorer,
+    MeanLogprobScorer,
+    Outcome,
+    Sample,
+    Scorer,
+)
+from uniscale.extract import get_extractor, normalize_answer
 from uniscale.policy import PRESETS, Policy, RewardWeights, UpdateResult
 from uniscale.space import STRATEGIES, Action, ActionSpace, ModelSpec, Strategy
+from uniscale.vote import VoteResult, majority_vote
 
 __all__ = [
     "BUILD_PROFILE",
@@ -33,19 +48,30 @@ __all__ = [
     "STRATEGIES",
     "Action",
     "ActionSpace",
+    "AdaptiveConfig",
     "AllMaskedError",
+    "AllSamplesFailed",
     "ConfigError",
-    "Decision",
     "DTypeError",
+    "DeadlineExceeded",
+    "Decision",
     "DuplicateUpdateError",
+    "ExecutionError",
+    "Executor",
     "ExpiredDecisionError",
+    "Failure",
+    "JudgeScorer",
     "LinUCB",
+    "MeanLogprobScorer",
     "ModelSpec",
     "NonFiniteError",
     "NumericalError",
+    "Outcome",
     "Policy",
     "PolicyCore",
     "RewardWeights",
+    "Sample",
+    "Scorer",
     "ShapeError",
     "SharedLinUCB",
     "StateError",
@@ -54,5 +80,9 @@ __all__ = [
     "UnknownActionError",
     "UnknownDecisionError",
     "UpdateResult",
+    "VoteResult",
     "__version__",
+    "get_extractor",
+    "majority_vote",
+    "normalize_answer",
 ]
