@@ -13,6 +13,8 @@ pub enum CoreError {
     UnknownAction { action: i64, n_actions: usize },
     /// Every action is masked out, so there is nothing to choose.
     AllMasked,
+    /// Every action is masked out in one row of a batch.
+    AllMaskedRow(usize),
     /// A constructor or setter got a value outside its domain.
     Config(String),
     /// A state blob or file that cannot be read back (truncated, corrupt, wrong version).
@@ -41,6 +43,9 @@ impl fmt::Display for CoreError {
                 "unknown action {action}: valid actions are 0..{n_actions} (exclusive)"
             ),
             CoreError::AllMasked => write!(f, "every action is masked out; nothing to select"),
+            CoreError::AllMaskedRow(r) => {
+                write!(f, "row {r}: every action is masked out; nothing to select")
+            }
             CoreError::Config(m) => write!(f, "invalid configuration: {m}"),
             CoreError::State(m) => write!(f, "invalid state: {m}"),
             CoreError::UnknownDecision(id) => write!(f, "unknown decision id {id}"),

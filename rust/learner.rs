@@ -39,9 +39,10 @@ impl Config {
                 self.alpha
             )));
         }
-        if !(self.ridge.is_finite() && self.ridge > 0.0) {
+        // Outside this range A^-1 = I / ridge over- or underflows.
+        if !(1e-10..=1e10).contains(&self.ridge) {
             return Err(CoreError::Config(format!(
-                "ridge must be finite and > 0, got {}",
+                "ridge must be finite and > 0, got {} (accepted range [1e-10, 1e10])",
                 self.ridge
             )));
         }
@@ -118,6 +119,11 @@ pub trait Learner {
     fn scores_into(&self, x: &[f64], mean: &mut [f64], bonus: &mut [f64]);
     /// One observation; arguments are validated.
     fn apply_update(&mut self, action: usize, x: &[f64], reward: f64) -> CoreResult<()>;
+    /// Which ridge model an action's updates go to (the arm, or 0 for a shared model).
+    fn ridge_key(&self, action: usize) -> usize;
+    fn ridge(&self, key: usize) -> &crate::ridge::Ridge;
+    /// Largest absolute entry of the feature vector an update of `action` with `x` adds.
+    fn feature_max(&self, action: usize, x: &[f64]) -> f64;
 
     fn check_x(&self, x: &[f64]) -> CoreResult<()> {
         check_len("x", x.len(), self.dim())?;
@@ -185,9 +191,7 @@ pub trait Learner {
                 Mask::PerRow(m) => Some(&m[r * k..(r + 1) * k]),
             };
             out.push(masked_argmax(&mean, row_mask).map_err(|e| match e {
-                CoreError::AllMasked => {
-                    CoreError::Shape(format!("row {r}: every action is masked out"))
-                }
+                CoreError::AllMasked => CoreError::AllMaskedRow(r),
                 other => other,
             })?);
         }
@@ -212,6 +216,25 @@ pub trait Learner {
         let mut idx = Vec::with_capacity(n);
         for &a in actions {
             idx.push(self.check_action(a)?);
+        }
+        // Overflow is checked against the accumulated statistics of the whole batch first, so
+        // a bad row never leaves earlier rows applied.
+        let prior = self.config().prior_mean;
+        let mut adds: Vec<(usize, f64, f64)> = Vec::new();
+        for (r, (&a, &rew)) in idx.iter().zip(rewards).enumerate() {
+            let key = self.ridge_key(a);
+            let fmax = self.feature_max(a, &xs[r * d..(r + 1) * d]);
+            let (add_a, add_b) = (fmax * fmax, (rew - prior).abs() * fmax);
+            match adds.iter_mut().find(|e| e.0 == key) {
+                Some(e) => {
+                    e.1 += add_a;
+                    e.2 += add_b;
+                }
+                None => adds.push((key, add_a, add_b)),
+            }
+        }
+        for (key, add_a, add_b) in adds {
+            self.ridge(key).check_headroom(add_a, add_b)?;
         }
         for (r, (&a, &rew)) in idx.iter().zip(rewards).enumerate() {
             self.apply_update(a, &xs[r * d..(r + 1) * d], rew)?;

@@ -136,11 +136,24 @@ impl Learner for LinUcb {
     }
 
     fn scores_into(&self, x: &[f64], mean: &mut [f64], bonus: &mut [f64]) {
-        for ((arm, m), b) in self.arms.iter().zip(mean.iter_mut()).zip(bonus.iter_mut()) {
-            let (mu, var) = arm.mean_and_var(x);
-            *m = self.cfg.prior_mean + mu;
-            *b = self.cfg.alpha * var.sqrt();
-        }
+        let me = self;
+        crate::simd_dispatch!((me: &LinUcb, x: &[f64], mean: &mut [f64], bonus: &mut [f64]) -> () {
+            for ((arm, m), b) in me.arms.iter().zip(mean.iter_mut()).zip(bonus.iter_mut()) {
+                let (mu, var) = arm.mean_and_var(x);
+                *m = me.cfg.prior_mean + mu;
+                *b = me.cfg.alpha * var.sqrt();
+            }
+        })
+    }
+
+    fn ridge_key(&self, action: usize) -> usize {
+        action
+    }
+    fn ridge(&self, key: usize) -> &Ridge {
+        &self.arms[key]
+    }
+    fn feature_max(&self, _action: usize, x: &[f64]) -> f64 {
+        crate::ridge::max_abs(x)
     }
 
     fn apply_update(&mut self, action: usize, x: &[f64], reward: f64) -> CoreResult<()> {

@@ -15,6 +15,14 @@ use crate::linalg;
 /// 1e-13 level relative for well-conditioned A.
 pub const REFRESH_PERIOD: u32 = 1024;
 
+/// Largest magnitude accumulated statistics may reach; beyond it sums of squares risk overflow.
+pub const MAGNITUDE_LIMIT: f64 = 1e300;
+
+#[inline(always)]
+pub fn max_abs(v: &[f64]) -> f64 {
+    v.iter().fold(0.0f64, |m, x| m.max(x.abs()))
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ridge {
     pub n: usize,
@@ -57,6 +65,23 @@ impl Ridge {
         Ok(r)
     }
 
+    /// Fails (before anything changes) if adding entries of these magnitudes could push `A` or
+    /// `b` past [`MAGNITUDE_LIMIT`]. A is positive semi-definite, so its largest entry is on the
+    /// diagonal and this bound is O(n) to check.
+    pub fn check_headroom(&self, add_a: f64, add_b: f64) -> CoreResult<()> {
+        let n = self.n;
+        let diag = (0..n).map(|i| self.a[i * n + i]).fold(0.0f64, f64::max);
+        let bmax = max_abs(&self.b);
+        let (na, nb) = (diag + add_a, bmax + add_b);
+        if na.is_finite() && nb.is_finite() && na <= MAGNITUDE_LIMIT && nb <= MAGNITUDE_LIMIT {
+            Ok(())
+        } else {
+            Err(CoreError::NonFinite(format!(
+                "update overflows: the accumulated statistics would reach |A| = {na:e}, |b| = {nb:e} (limit {MAGNITUDE_LIMIT:e}); rescale features or rewards"
+            )))
+        }
+    }
+
     /// Exact recomputation of `A^-1` and `theta` from `A`.
     pub fn refresh(&mut self) -> CoreResult<()> {
         linalg::symmetrize(&mut self.a, self.n);
@@ -77,13 +102,24 @@ impl Ridge {
         ridge: f64,
         scratch: &mut [f64],
     ) -> CoreResult<()> {
+        let me = self;
+        crate::simd_dispatch!((me: &mut Ridge, x: &[f64], reward: f64, gamma: f64, ridge: f64, scratch: &mut [f64]) -> CoreResult<()> {
+            me.update_inline(x, reward, gamma, ridge, scratch)
+        })
+    }
+
+    #[inline(always)]
+    fn update_inline(
+        &mut self,
+        x: &[f64],
+        reward: f64,
+        gamma: f64,
+        ridge: f64,
+        scratch: &mut [f64],
+    ) -> CoreResult<()> {
         let n = self.n;
-        let xmax = x.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-        if !(xmax * xmax).is_finite() || !(reward * xmax).is_finite() {
-            return Err(CoreError::NonFinite(format!(
-                "x x' or reward * x overflows (max |x| = {xmax:e}, reward = {reward:e})"
-            )));
-        }
+        let xmax = max_abs(x);
+        self.check_headroom(xmax * xmax, reward.abs() * xmax)?;
         if gamma < 1.0 {
             // Discounted LinUCB: A <- gamma A + x x' + (1 - gamma) ridge I, b <- gamma b + r x.
             // The (1 - gamma) ridge I term is not rank one, so the inverse is recomputed exactly
@@ -145,11 +181,11 @@ impl Ridge {
     }
 
     /// `(mean, x' A^-1 x)` for one feature vector, before the prior and alpha are applied.
-    #[inline]
+    #[inline(always)]
     pub fn mean_and_var(&self, x: &[f64]) -> (f64, f64) {
         (
             linalg::dot(&self.theta, x),
-            linalg::quad_form(&self.ainv, x).max(0.0),
+            linalg::quad_form_sym(&self.ainv, x).max(0.0),
         )
     }
 }

@@ -41,6 +41,8 @@ pub struct SharedLinUcb {
     pub dim: usize,
     /// Action-feature dimension p.
     pub p: usize,
+    /// Number of actions K (kept explicitly: with p = 0 psi is empty).
+    pub k: usize,
     /// Action features psi, (K, p) row-major.
     pub psi: Vec<f64>,
     pub model: Ridge,
@@ -79,6 +81,7 @@ impl SharedLinUcb {
             cfg,
             dim,
             p,
+            k: n_actions,
             psi,
             model: Ridge::new(joint, cfg.ridge),
         })
@@ -137,6 +140,7 @@ impl SharedLinUcb {
         }
         let first = self.n_actions();
         self.psi.extend_from_slice(psi_new);
+        self.k += count;
         Ok(first)
     }
 
@@ -151,6 +155,7 @@ impl SharedLinUcb {
             }
         }
         self.psi = psi;
+        self.k = mapping.iter().filter(|m| **m >= 0).count();
         Ok(mapping)
     }
 
@@ -211,9 +216,7 @@ impl SharedLinUcb {
 
 impl Learner for SharedLinUcb {
     fn n_actions(&self) -> usize {
-        // With no action features every action has the same phi; K is tracked by psi's length
-        // only when p > 0, so p = 0 learners always have exactly one action.
-        self.psi.len().checked_div(self.p).unwrap_or(1)
+        self.k
     }
     fn dim(&self) -> usize {
         self.dim
@@ -223,6 +226,49 @@ impl Learner for SharedLinUcb {
     }
 
     fn scores_into(&self, x: &[f64], mean: &mut [f64], bonus: &mut [f64]) {
+        let me = self;
+        crate::simd_dispatch!((me: &SharedLinUcb, x: &[f64], mean: &mut [f64], bonus: &mut [f64]) -> () {
+            me.scores_inline(x, mean, bonus)
+        })
+    }
+
+    fn ridge_key(&self, _action: usize) -> usize {
+        0
+    }
+    fn ridge(&self, _key: usize) -> &Ridge {
+        &self.model
+    }
+    fn feature_max(&self, action: usize, x: &[f64]) -> f64 {
+        // max |u_i v_j| = max|u| * max|v| with u = [1, x], v = [1, psi_a].
+        let psi_a = &self.psi[action * self.p..(action + 1) * self.p];
+        crate::ridge::max_abs(x).max(1.0) * crate::ridge::max_abs(psi_a).max(1.0)
+    }
+
+    fn apply_update(&mut self, action: usize, x: &[f64], reward: f64) -> CoreResult<()> {
+        check_len("x", x.len(), self.dim)?;
+        check_finite("x", x)?;
+        if action >= self.n_actions() {
+            return Err(CoreError::UnknownAction {
+                action: action as i64,
+                n_actions: self.n_actions(),
+            });
+        }
+        let phi = self.phi(x, action);
+        let mut scratch = vec![0.0; phi.len()];
+        let cfg = self.cfg;
+        self.model.update(
+            &phi,
+            reward - cfg.prior_mean,
+            cfg.discount,
+            cfg.ridge,
+            &mut scratch,
+        )
+    }
+}
+
+impl SharedLinUcb {
+    #[inline(always)]
+    fn scores_inline(&self, x: &[f64], mean: &mut [f64], bonus: &mut [f64]) {
         let pp = self.p + 1;
         let du = self.dim + 1;
         let jd = du * pp;
@@ -274,26 +320,5 @@ impl Learner for SharedLinUcb {
             let q = linalg::quad_form(&g, &v).max(0.0);
             bonus[a] = self.cfg.alpha * q.sqrt();
         }
-    }
-
-    fn apply_update(&mut self, action: usize, x: &[f64], reward: f64) -> CoreResult<()> {
-        check_len("x", x.len(), self.dim)?;
-        check_finite("x", x)?;
-        if action >= self.n_actions() {
-            return Err(CoreError::UnknownAction {
-                action: action as i64,
-                n_actions: self.n_actions(),
-            });
-        }
-        let phi = self.phi(x, action);
-        let mut scratch = vec![0.0; phi.len()];
-        let cfg = self.cfg;
-        self.model.update(
-            &phi,
-            reward - cfg.prior_mean,
-            cfg.discount,
-            cfg.ridge,
-            &mut scratch,
-        )
     }
 }

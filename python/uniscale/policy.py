@@ -225,6 +225,7 @@ class Policy:
         actions: Sequence[Action] | None = None,
     ) -> list[int]:
         """Add a model (and its actions) while serving; returns the new action indices."""
+        acts: list[tuple[str, int]]
         if actions is None:
             acts = [(s, n) for s in strategies for n in n_values if (s == "single") == (n == 1)]
         else:
@@ -294,7 +295,9 @@ class Policy:
         self._core.save(Path(path))
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], models: Sequence[ModelSpec] | None = None) -> Policy:
+    def load(
+        cls, path: str | os.PathLike[str], models: Sequence[ModelSpec] | None = None
+    ) -> Policy:
         return cls._wrap(PolicyCore.load(Path(path)), models)
 
     @classmethod

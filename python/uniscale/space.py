@@ -103,7 +103,12 @@ class Action:
         return f"{self.model}/{self.strategy}/n={self.n}"
 
 
-def _model_tuple(m: ModelSpec) -> tuple[str, float, float, int, bool, float, float, float]:
+#: (name, price_in, price_out, parallelism, bills_prompt_once, latency_in, latency_out,
+#: prior_output_tokens): the form `uniscale._core` takes a model in.
+ModelTuple = tuple[str, float, float, int, bool, float, float, float]
+
+
+def _model_tuple(m: ModelSpec) -> ModelTuple:
     return (
         m.name,
         float(m.price_in_per_mtok),
@@ -173,13 +178,13 @@ class ActionSpace:
     def __len__(self) -> int:
         return len(self._actions)
 
-    def core_models(
-        self,
-    ) -> list[tuple[tuple[str, float, float, int, bool, float, float, float], list[tuple[str, int]]]]:
+    def core_models(self) -> list[tuple[ModelTuple, list[tuple[str, int]]]]:
         """The models and their actions in the tuple form `uniscale._core` takes."""
         out = []
         for name, m in self._models.items():
-            acts = [(a.strategy, a.n) for a in self._actions if a.model == name]
+            acts: list[tuple[str, int]] = [
+                (a.strategy, a.n) for a in self._actions if a.model == name
+            ]
             if acts:
                 out.append((_model_tuple(m), acts))
         return out

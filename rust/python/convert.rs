@@ -8,11 +8,23 @@ use pyo3::prelude::*;
 
 use super::{DTypeError, ShapeError};
 
+/// `numpy.asarray(obj)` converted to `dtype`, refusing kinds whose conversion would lose
+/// information silently (complex, strings, dates, ...). Booleans, integers, floats and object
+/// arrays of numbers are accepted.
 fn asarray<'py>(obj: &Bound<'py, PyAny>, dtype: &str, what: &str) -> PyResult<Bound<'py, PyAny>> {
     let np = obj.py().import("numpy")?;
-    let kwargs = pyo3::types::PyDict::new(obj.py());
-    kwargs.set_item("dtype", dtype)?;
-    np.call_method("asarray", (obj,), Some(&kwargs))
+    let raw = np
+        .call_method1("asarray", (obj,))
+        .map_err(|e| DTypeError::new_err(format!("{what} cannot be converted to an array: {e}")))?;
+    let kind: String = raw.getattr("dtype")?.getattr("kind")?.extract()?;
+    let size: usize = raw.getattr("size")?.extract()?;
+    if size > 0 && !matches!(kind.as_str(), "b" | "i" | "u" | "f" | "O") {
+        let name = raw.getattr("dtype")?.str()?.to_string();
+        return Err(DTypeError::new_err(format!(
+            "{what} cannot be converted to {dtype}: it must be numeric, got dtype {name}"
+        )));
+    }
+    raw.call_method1("astype", (dtype,))
         .map_err(|e| DTypeError::new_err(format!("{what} cannot be converted to {dtype}: {e}")))
 }
 
@@ -25,11 +37,12 @@ fn ndim_error(what: &str, want: usize, got: usize, shape: &[usize]) -> PyErr {
 /// A 1-D float64 vector.
 pub fn f64_1d(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<f64>> {
     if let Ok(a) = obj.cast::<PyArray1<f64>>() {
-        let ro = a.readonly();
-        return Ok(match ro.as_slice() {
-            Ok(s) => s.to_vec(),
-            Err(_) => ro.as_array().iter().copied().collect(),
-        });
+        // `to_vec` copies a contiguous array without touching rust-numpy's dynamic borrow
+        // flags, which are the dominant per-call cost for tiny vectors.
+        if let Ok(v) = a.to_vec() {
+            return Ok(v);
+        }
+        return Ok(a.readonly().as_array().iter().copied().collect());
     }
     let arr = asarray(obj, "float64", what)?;
     let dynarr = arr.cast::<PyArrayDyn<f64>>()?;
@@ -87,6 +100,12 @@ pub fn i64_1d(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<i64>> {
     let np = obj.py().import("numpy")?;
     let arr = np.call_method1("asarray", (obj,))?;
     let kind: String = arr.getattr("dtype")?.getattr("kind")?.extract()?;
+    let size: usize = arr.getattr("size")?.extract()?;
+    let ndim: usize = arr.getattr("ndim")?.extract()?;
+    if size == 0 && ndim == 1 {
+        // `[]` is float64 to NumPy; an empty index list is still a valid (empty) index list.
+        return Ok(Vec::new());
+    }
     if kind != "i" && kind != "u" {
         return Err(DTypeError::new_err(format!(
             "{what} must be an array of integers, got dtype kind {kind:?}"

@@ -91,7 +91,7 @@ impl From<CoreError> for PyErr {
             CoreError::Shape(_) => ShapeError::new_err(msg),
             CoreError::NonFinite(_) => NonFiniteError::new_err(msg),
             CoreError::UnknownAction { .. } => UnknownActionError::new_err(msg),
-            CoreError::AllMasked => AllMaskedError::new_err(msg),
+            CoreError::AllMasked | CoreError::AllMaskedRow(_) => AllMaskedError::new_err(msg),
             CoreError::Config(_) => ConfigError::new_err(msg),
             CoreError::State(_) => StateError::new_err(msg),
             CoreError::UnknownDecision(_) => UnknownDecisionError::new_err(msg),

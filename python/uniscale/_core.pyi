@@ -1,0 +1,459 @@
+"""Type stubs for the compiled core ``uniscale._core`` (Rust, PyO3).
+
+Sections: module constants; the exception tree; the learners (``LinUCB``, ``SharedLinUCB``);
+the policy core (``PolicyCore``, ``Decision``, ``action_features``).
+
+Array conventions: every array argument accepts any ``ArrayLike`` (lists, tuples, numpy arrays of
+any integer or float dtype, non-contiguous views) and is converted to float64 (int64 for action
+indices, bool for masks) once. NaN and infinity are rejected with ``NonFiniteError`` before any
+state changes. Every returned array is a new copy, never a view of internal state. All methods
+are thread-safe; the GIL is released while the core computes.
+"""
+
+import os
+from typing import Any, Final, Literal, Self, SupportsFloat, SupportsIndex, final
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+
+__all__ = [
+    "BUILD_PROFILE",
+    "REFRESH_PERIOD",
+    "STATE_FORMAT_VERSION",
+    "AllMaskedError",
+    "ConfigError",
+    "DTypeError",
+    "Decision",
+    "DuplicateUpdateError",
+    "ExpiredDecisionError",
+    "LinUCB",
+    "NonFiniteError",
+    "NumericalError",
+    "PolicyCore",
+    "ShapeError",
+    "SharedLinUCB",
+    "StateError",
+    "UniScaleError",
+    "UnknownActionError",
+    "UnknownDecisionError",
+    "__version__",
+    "action_features",
+]
+
+# --- module constants -----------------------------------------------------------------------
+
+__version__: Final[str]
+"""Version of the compiled core (the crate version)."""
+
+BUILD_PROFILE: Final[Literal["debug", "release"]]
+"""``"release"`` for optimised builds; benchmarks refuse to time a ``"debug"`` build."""
+
+STATE_FORMAT_VERSION: Final[int]
+"""Version of the binary state format written by ``to_bytes``/``save`` (bytes 8..12, u32 LE)."""
+
+REFRESH_PERIOD: Final[int]
+"""Rank-one updates between two exact recomputations of a learner's inverse from its matrix."""
+
+# --- exceptions -----------------------------------------------------------------------------
+
+class UniScaleError(ValueError):
+    """Base class of every error UniScale raises for bad input or bad state (a ValueError)."""
+
+class ShapeError(UniScaleError):
+    """An array has the wrong shape or length."""
+
+class DTypeError(UniScaleError):
+    """An input cannot be coerced to the required dtype (e.g. strings, or a non-bool mask)."""
+
+class NonFiniteError(UniScaleError):
+    """NaN or infinity where a finite value is required (or a finite input that overflows)."""
+
+class UnknownActionError(UniScaleError):
+    """An action index outside ``0..n_actions``."""
+
+class AllMaskedError(UniScaleError):
+    """Every action is masked out, so there is nothing to select."""
+
+class ConfigError(UniScaleError):
+    """A constructor argument or setting is out of its domain."""
+
+class StateError(UniScaleError):
+    """A state blob or file is truncated, corrupt, of another kind, or of another version."""
+
+class UnknownDecisionError(UniScaleError):
+    """A decision id this policy never issued."""
+
+class ExpiredDecisionError(UniScaleError):
+    """A decision id that expired from the pending store (time-to-live or capacity)."""
+
+class DuplicateUpdateError(UniScaleError):
+    """A second update for the same decision id."""
+
+class NumericalError(UniScaleError):
+    """A numerical failure (e.g. a matrix that lost positive definiteness)."""
+
+# --- learners -------------------------------------------------------------------------------
+
+_Path = str | os.PathLike[str]
+_Bytes = bytes | bytearray | memoryview
+
+@final
+class LinUCB:
+    """Disjoint LinUCB: one ridge-regression model per action.
+
+    For action ``a``: ``A_a = ridge * I + sum x x'`` and ``b_a = sum (r - prior_mean) x`` over
+    the updates of ``a``; with a discount ``g < 1`` each update first decays the arm,
+    ``A <- g A + x x' + (1 - g) ridge I`` and ``b <- g b + (r - prior_mean) x``. Scores:
+    ``mean_a = prior_mean + theta_a . x`` with ``theta_a = A_a^-1 b_a`` and
+    ``bonus_a = alpha * sqrt(x' A_a^-1 x)``; ``select`` takes the argmax of ``mean + bonus``
+    over the allowed actions, ties going to the lowest index.
+
+    Raises ``ConfigError`` for ``n_actions`` outside ``1..=65536``, ``dim`` outside
+    ``1..=4096``, ``alpha < 0``, ``ridge <= 0``, ``discount`` outside ``(0, 1]`` or a
+    non-finite value.
+    """
+
+    def __new__(
+        cls,
+        n_actions: SupportsIndex,
+        dim: SupportsIndex,
+        alpha: SupportsFloat = 1.0,
+        ridge: SupportsFloat = 1.0,
+        discount: SupportsFloat = 1.0,
+        prior_mean: SupportsFloat = 0.0,
+    ) -> Self: ...
+    @property
+    def n_actions(self) -> int:
+        """Number of actions K."""
+    @property
+    def dim(self) -> int:
+        """Request-feature dimension d."""
+    @property
+    def alpha(self) -> float:
+        """Width of the confidence bonus."""
+    @property
+    def ridge(self) -> float:
+        """Ridge regulariser (prior precision)."""
+    @property
+    def discount(self) -> float:
+        """Discount gamma in (0, 1]; 1 is plain LinUCB."""
+    @property
+    def prior_mean(self) -> float:
+        """Prior mean of the reward: untried actions score ``prior_mean + bonus``."""
+    @property
+    def n_updates(self) -> int:
+        """Updates held by the current actions (a removed action takes its count with it)."""
+    def select(self, x: ArrayLike, mask: ArrayLike | None = None) -> int:
+        """Index of the best action for ``x`` (d,) among those where the boolean ``mask`` (K,)
+        is true; ties go to the lowest index. Raises ``AllMaskedError`` if none is allowed."""
+    def scores(self, x: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """``(mean, bonus)``, each (K,): posterior mean (prior included) and exploration bonus
+        (alpha included) of every action for ``x`` (d,)."""
+    def update(self, action: SupportsIndex, x: ArrayLike, reward: SupportsFloat) -> None:
+        """Records that ``action`` earned ``reward`` on ``x`` (d,)."""
+    def select_many(self, X: ArrayLike, mask: ArrayLike | None = None) -> NDArray[np.int64]:
+        """``select`` for every row of ``X`` (n, d): returns (n,) action indices. ``mask`` is
+        (K,) for every row or (n, K) per row. Validates everything before computing."""
+    def update_many(self, actions: ArrayLike, X: ArrayLike, rewards: ArrayLike) -> None:
+        """``update`` for each row: ``actions`` (n,) integers, ``X`` (n, d), ``rewards`` (n,).
+        Every row is validated before the first is applied."""
+    def theta(self, action: SupportsIndex | None = None) -> NDArray[np.float64]:
+        """Ridge coefficients ``A_a^-1 b_a`` (prior mean not included): (K, d) for all actions,
+        or (d,) for one ``action``."""
+    def add_actions(self, count: SupportsIndex) -> NDArray[np.int64]:
+        """Appends ``count`` untrained actions; returns their indices."""
+    def remove_actions(self, indices: ArrayLike) -> NDArray[np.int64]:
+        """Removes the actions at ``indices``, keeping the others' statistics. Returns the
+        mapping (old K,): ``mapping[old]`` is the new index, or -1 if removed. Raises
+        ``ConfigError`` rather than remove every action."""
+    def to_bytes(self) -> bytes:
+        """The complete state in the versioned, checksummed binary format."""
+    @staticmethod
+    def from_bytes(data: _Bytes) -> LinUCB:
+        """Rebuilds a learner from ``to_bytes`` output; ``StateError`` if the blob is
+        truncated, corrupt, of another kind or of another format version."""
+    def save(self, path: _Path) -> None:
+        """Writes ``to_bytes()`` to ``path`` atomically (temporary file, fsync, rename): a
+        crash leaves the old file or the new one. ``OSError`` on I/O failure."""
+    @staticmethod
+    def load(path: _Path) -> LinUCB:
+        """Reads a file written by ``save``; ``OSError`` if it cannot be read, ``StateError``
+        if its contents are invalid."""
+    def __reduce__(self) -> tuple[object, tuple[bytes]]:
+        """Pickle (and ``copy``) support through ``from_bytes(to_bytes())``."""
+
+@final
+class SharedLinUCB:
+    """Shared LinUCB: one ridge model over joint request x action features.
+
+    ``phi(x, a) = kron([1, x], [1, psi_a])`` of length ``D = (d + 1)(p + 1)``, where
+    ``action_features`` is the (K, p) matrix ``psi``. Same formulas as ``LinUCB`` with one
+    ``A`` (D, D) and ``b`` (D,) shared by every action, so evidence on one action informs every
+    action with similar features (including actions added later).
+
+    Raises ``ConfigError`` for no actions, ``dim < 1``, ``D > 4096`` or a bad configuration
+    value, ``ShapeError``/``NonFiniteError``/``DTypeError`` for bad ``action_features``.
+    """
+
+    def __new__(
+        cls,
+        action_features: ArrayLike,
+        dim: SupportsIndex,
+        alpha: SupportsFloat = 1.0,
+        ridge: SupportsFloat = 1.0,
+        discount: SupportsFloat = 1.0,
+        prior_mean: SupportsFloat = 0.0,
+    ) -> Self: ...
+    @property
+    def n_actions(self) -> int:
+        """Number of actions K."""
+    @property
+    def dim(self) -> int:
+        """Request-feature dimension d."""
+    @property
+    def n_action_features(self) -> int:
+        """Action-feature dimension p."""
+    @property
+    def joint_dim(self) -> int:
+        """Joint dimension ``D = (d + 1)(p + 1)``."""
+    @property
+    def alpha(self) -> float:
+        """Width of the confidence bonus."""
+    @property
+    def ridge(self) -> float:
+        """Ridge regulariser (prior precision)."""
+    @property
+    def discount(self) -> float:
+        """Discount gamma in (0, 1]; 1 is plain LinUCB."""
+    @property
+    def prior_mean(self) -> float:
+        """Prior mean of the reward: the model fits ``reward - prior_mean``."""
+    @property
+    def n_updates(self) -> int:
+        """Number of updates applied."""
+    def select(self, x: ArrayLike, mask: ArrayLike | None = None) -> int:
+        """Index of the best action for ``x`` (d,) among those where the boolean ``mask`` (K,)
+        is true; ties go to the lowest index. Raises ``AllMaskedError`` if none is allowed."""
+    def scores(self, x: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """``(mean, bonus)``, each (K,), for ``x`` (d,). Costs O(D^2 + K p^2), not O(K D^2)."""
+    def update(self, action: SupportsIndex, x: ArrayLike, reward: SupportsFloat) -> None:
+        """Records that ``action`` earned ``reward`` on ``x`` (d,)."""
+    def select_many(self, X: ArrayLike, mask: ArrayLike | None = None) -> NDArray[np.int64]:
+        """``select`` for every row of ``X`` (n, d); ``mask`` is (K,) or (n, K)."""
+    def update_many(self, actions: ArrayLike, X: ArrayLike, rewards: ArrayLike) -> None:
+        """``update`` for each row: ``actions`` (n,), ``X`` (n, d), ``rewards`` (n,). Every row
+        is validated before the first is applied."""
+    def theta(self) -> NDArray[np.float64]:
+        """Ridge coefficients ``A^-1 b`` as a flat (D,) vector in ``kron([1, x], [1, psi])``
+        order (reshape to (d + 1, p + 1))."""
+    def phi(self, x: ArrayLike, action: SupportsIndex) -> NDArray[np.float64]:
+        """The joint feature vector ``kron([1, x], [1, psi_action])``, (D,)."""
+    def action_features(self) -> NDArray[np.float64]:
+        """The action features psi, (K, p) (a copy)."""
+    def add_actions(self, psi_new: ArrayLike) -> NDArray[np.int64]:
+        """Appends actions with features ``psi_new`` (m, p); returns their indices. What was
+        learned carries over: the model lives on features, not on indices."""
+    def remove_actions(self, indices: ArrayLike) -> NDArray[np.int64]:
+        """Removes the actions at ``indices``; returns the mapping (old K,) to new indices,
+        -1 for removed ones. Raises ``ConfigError`` rather than remove every action."""
+    def to_bytes(self) -> bytes:
+        """The complete state in the versioned, checksummed binary format."""
+    @staticmethod
+    def from_bytes(data: _Bytes) -> SharedLinUCB:
+        """Rebuilds a learner from ``to_bytes`` output; ``StateError`` if invalid."""
+    def save(self, path: _Path) -> None:
+        """Writes ``to_bytes()`` to ``path`` atomically; ``OSError`` on I/O failure."""
+    @staticmethod
+    def load(path: _Path) -> SharedLinUCB:
+        """Reads a file written by ``save``; ``OSError`` or ``StateError`` on failure."""
+    def __reduce__(self) -> tuple[object, tuple[bytes]]:
+        """Pickle (and ``copy``) support through ``from_bytes(to_bytes())``."""
+
+# --- policy ---------------------------------------------------------------------------------
+
+_ModelTuple = tuple[str, float, float, int, bool, float, float, float]
+_CoreModels = list[tuple[_ModelTuple, list[tuple[str, int]]]]
+
+def action_features(models: _CoreModels, model_slots: int | None = None) -> NDArray[np.float64]:
+    """Semantic action features psi (K, p) for models given as ((name, price_in, price_out,
+    parallelism, bills_prompt_once, latency_in, latency_out, prior_output_tokens),
+    [(strategy, n), ...]) tuples. Layout documented in ``rust/space.rs``."""
+
+@final
+class Decision:
+    """One decision of ``PolicyCore.select``: the chosen action and what explains it."""
+
+    @property
+    def id(self) -> int:
+        """Decision id to pass to ``update``."""
+    @property
+    def index(self) -> int:
+        """Index of the chosen action in the policy's current action list."""
+    @property
+    def action_uid(self) -> int:
+        """Stable identity of the chosen action (survives additions and removals)."""
+    @property
+    def model(self) -> str: ...
+    @property
+    def strategy(self) -> str: ...
+    @property
+    def n(self) -> int: ...
+    @property
+    def action(self) -> Any:
+        """The chosen action as a ``uniscale.Action``."""
+    @property
+    def quality_mean(self) -> float:
+        """Posterior mean of quality for the chosen action."""
+    @property
+    def quality_bonus(self) -> float:
+        """LinUCB exploration bonus on quality (alpha included)."""
+    @property
+    def mean(self) -> float:
+        """Predicted reward without the exploration bonus."""
+    @property
+    def bonus(self) -> float:
+        """Exploration bonus in reward units."""
+    @property
+    def score(self) -> float:
+        """mean + bonus - pacing_lambda * cost / cost_scale: what the argmax maximised."""
+    @property
+    def cost_usd(self) -> float:
+        """Predicted dollars."""
+    @property
+    def latency_s(self) -> float:
+        """Predicted seconds."""
+    @property
+    def output_tokens(self) -> float:
+        """Predicted output tokens per sample."""
+    @property
+    def samples(self) -> float:
+        """Expected samples used (n, or the learned mean for adaptive strategies)."""
+    @property
+    def rounds(self) -> float:
+        """ceil(samples / parallelism)."""
+    @property
+    def input_tokens(self) -> float: ...
+    @property
+    def propensity(self) -> float:
+        """Probability with which the chosen action was picked (1.0 for pure argmax)."""
+    @property
+    def explored(self) -> bool:
+        """True when exploration picked something other than the argmax."""
+    @property
+    def fallback(self) -> bool:
+        """True when no allowed action met the limits and the cheapest was taken."""
+    @property
+    def pacing_lambda(self) -> float:
+        """Budget multiplier in force for this decision."""
+    @property
+    def created_s(self) -> float: ...
+    @property
+    def candidates(self) -> NDArray[np.int64]:
+        """Action indices that survived pruning."""
+    @property
+    def probabilities(self) -> NDArray[np.float64]:
+        """Probability of each candidate (same order as ``candidates``); sums to 1."""
+    @property
+    def pruned(self) -> dict[int, str]:
+        """{action index: reason}, reason in masked / cost / latency / dominated:<index>."""
+    def to_dict(self) -> dict[str, Any]:
+        """Everything above as a JSON-ready dict (for decision logs)."""
+
+@final
+class PolicyCore:
+    """Numeric core of ``uniscale.Policy`` (use that class; this one takes raw tuples)."""
+
+    def __new__(
+        cls,
+        models: _CoreModels,
+        dim: SupportsIndex,
+        *,
+        learner: str = "shared",
+        alpha: float = 1.0,
+        ridge: float = 1.0,
+        discount: float = 1.0,
+        prior_mean: float = 0.0,
+        weights: tuple[float, float, float] = ...,
+        cost_scale: float | None = None,
+        latency_scale: float | None = None,
+        exploration: str = "greedy",
+        epsilon: float = 0.05,
+        temperature: float = 0.1,
+        budget_per_request_usd: float | None = None,
+        budget_per_hour_usd: float | None = None,
+        pacing_step: float = 0.05,
+        ttl_s: float = 3600.0,
+        capacity: SupportsIndex = 65536,
+        seed: SupportsIndex = 0,
+        model_slots: SupportsIndex | None = None,
+        feature_version: str = ...,
+    ) -> Self: ...
+    def select(
+        self,
+        x: ArrayLike,
+        input_tokens: float = 0.0,
+        max_cost_usd: float | None = None,
+        max_latency_s: float | None = None,
+        mask: ArrayLike | None = None,
+        now: float | None = None,
+    ) -> Decision:
+        """Chooses an action (see ``uniscale.Policy.select``)."""
+    def update(
+        self,
+        decision_id: SupportsIndex,
+        quality: float,
+        cost_usd: float | None = None,
+        latency_s: float | None = None,
+        output_tokens: float | None = None,
+        samples_used: float | None = None,
+        now: float | None = None,
+    ) -> tuple[float, float, float, bool]:
+        """Feedback; returns (reward, cost_usd, latency_s, learner_updated)."""
+    def set_weights(self, quality: float, cost: float, latency: float) -> None: ...
+    @property
+    def weights(self) -> tuple[float, float, float]: ...
+    def set_exploration(self, kind: str, epsilon: float = 0.05, temperature: float = 0.1) -> None: ...
+    def set_budget(
+        self,
+        budget_per_request_usd: float | None = None,
+        budget_per_hour_usd: float | None = None,
+        pacing_step: float = 0.05,
+    ) -> None: ...
+    @property
+    def pacing_lambda(self) -> float: ...
+    @property
+    def total_cost_usd(self) -> float: ...
+    @property
+    def n_actions(self) -> int: ...
+    @property
+    def dim(self) -> int: ...
+    @property
+    def n_pending(self) -> int: ...
+    @property
+    def cost_scale(self) -> float: ...
+    @property
+    def latency_scale(self) -> float: ...
+    @property
+    def feature_version(self) -> str: ...
+    @property
+    def learner(self) -> str: ...
+    def actions(self) -> list[tuple[str, str, int, int]]:
+        """(model, strategy, n, uid) per action, in index order."""
+    def model_table(self) -> list[tuple[str, float, float, int, bool, float, float, float, bool]]:
+        """Every registered model's parameters plus a retired flag."""
+    def models(self) -> list[str]:
+        """Names of active models."""
+    def action_features(self) -> NDArray[np.float64]: ...
+    def predict(self, input_tokens: float) -> NDArray[np.float64]:
+        """(K, 5): output_tokens_per_sample, samples, rounds, cost_usd, latency_s."""
+    def quality_scores(self, x: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]: ...
+    def add_model(self, model: _ModelTuple, actions: list[tuple[str, int]]) -> NDArray[np.int64]: ...
+    def retire_model(self, name: str) -> NDArray[np.int64]: ...
+    def to_bytes(self) -> bytes: ...
+    @staticmethod
+    def from_bytes(data: _Bytes) -> PolicyCore: ...
+    def save(self, path: _Path) -> None: ...
+    @staticmethod
+    def load(path: _Path) -> PolicyCore: ...
+    def __reduce__(self) -> tuple[object, tuple[bytes]]: ...

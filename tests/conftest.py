@@ -1,0 +1,80 @@
+"""Shared pytest configuration: hypothesis profiles and learner fixtures.
+
+Hypothesis profiles (choose with ``HYPOTHESIS_PROFILE=dev|ci``, default ``dev``):
+
+* ``dev``: random exploration, few examples, no deadline (the first call into the extension and
+  numpy's LAPACK warm-up make single examples slow in a way that says nothing about the code).
+* ``ci``: derandomized (the same examples on every run, so a red build is reproducible from the
+  log alone), more examples, no deadline (shared CI runners have noisy timings).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+import uniscale
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "dev",
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "ci",
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+Learner = uniscale.LinUCB | uniscale.SharedLinUCB
+MakeLearner = Callable[..., Learner]
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """A fixed-seed generator: every test sees the same numbers on every run."""
+    return np.random.default_rng(20240611)
+
+
+@pytest.fixture(params=["linucb", "shared"])
+def kind(request: pytest.FixtureRequest) -> str:
+    """Runs a test once for each learner."""
+    return str(request.param)
+
+
+def build(kind: str, n_actions: int = 3, dim: int = 2, p: int = 2, **cfg: Any) -> Learner:
+    """A learner of `kind` with `n_actions` actions; shared learners get deterministic, distinct
+    action features (K, p) so that their actions are distinguishable."""
+    if kind == "linucb":
+        return uniscale.LinUCB(n_actions, dim, **cfg)
+    psi = np.linspace(-1.0, 1.0, n_actions * p).reshape(n_actions, p)
+    return uniscale.SharedLinUCB(psi, dim, **cfg)
+
+
+@pytest.fixture
+def make(kind: str) -> MakeLearner:
+    """Factory for a learner of the parametrized kind: ``make(n_actions, dim, **config)``."""
+
+    def factory(n_actions: int = 3, dim: int = 2, **cfg: Any) -> Learner:
+        return build(kind, n_actions, dim, **cfg)
+
+    return factory
+
+
+@pytest.fixture
+def trained(make: MakeLearner, rng: np.random.Generator) -> Learner:
+    """A (3 actions, dim 2) learner of the parametrized kind after 20 updates (not fresh, so a
+    state-changing bug cannot hide behind the prior)."""
+    learner = make(3, 2, alpha=0.5, ridge=1.5, prior_mean=0.1)
+    X = rng.normal(size=(20, 2))
+    learner.update_many(rng.integers(0, 3, size=20), X, rng.normal(size=20))
+    return learner

@@ -1,0 +1,287 @@
+"""The Rust learners against the NumPy oracle in reference.py, over random configurations and
+random update streams (hypothesis), plus the batch, mask, tie and determinism contracts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import uniscale
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from numpy.typing import NDArray
+from reference import RefLinUCB, RefSharedLinUCB, masked_argmax
+
+# Scores must agree to 1e-9 relative. The absolute floor is for scores whose exact value is
+# (near) zero: a mean prior_mean + theta.x that cancels, or a bonus at x ~ 0. There only an
+# absolute accuracy of about cond(A) * eps * |terms| is possible for *any* implementation (Rust
+# uses a Sherman-Morrison inverse, the oracle a direct solve); with the bounds drawn below
+# (ridge >= 0.05, |x|, |r|, |psi| <= 2, <= 40 updates) that is below 1e-11, so 1e-10 leaves
+# margin without hiding a real error (a wrong formula is off by O(0.01) or more).
+RTOL = 1e-9
+ATOL = 1e-10
+# Two reference totals closer than this are a near tie: either choice is correct.
+TIE = 1e-9
+
+Ref = RefLinUCB | RefSharedLinUCB
+Learner = uniscale.LinUCB | uniscale.SharedLinUCB
+
+
+def finite(lo: float, hi: float) -> st.SearchStrategy[float]:
+    return st.floats(lo, hi, allow_nan=False, allow_infinity=False)
+
+
+@dataclass
+class Case:
+    kind: str
+    k: int
+    d: int
+    psi: NDArray[np.float64]
+    cfg: dict[str, float]
+    actions: NDArray[np.int64]
+    X: NDArray[np.float64]
+    rewards: NDArray[np.float64]
+    queries: NDArray[np.float64]
+    masks: NDArray[np.bool_]
+
+    def make(self) -> tuple[Learner, Ref]:
+        if self.kind == "linucb":
+            return uniscale.LinUCB(self.k, self.d, **self.cfg), RefLinUCB(
+                self.k, self.d, **self.cfg
+            )
+        return (
+            uniscale.SharedLinUCB(self.psi, self.d, **self.cfg),
+            RefSharedLinUCB(self.psi, self.d, **self.cfg),
+        )
+
+
+@st.composite
+def cases(draw: st.DrawFn, kind: str, max_updates: int = 40) -> Case:
+    k = draw(st.integers(1, 6))
+    d = draw(st.integers(1, 5))
+    p = draw(st.integers(1, 3)) if kind == "shared" else 0
+    cfg = {
+        "alpha": draw(finite(0.0, 3.0)),
+        "ridge": draw(finite(0.05, 10.0)),
+        # gamma = 1 is the common case and takes a different (Sherman-Morrison) code path.
+        "discount": draw(st.one_of(st.just(1.0), finite(0.5, 1.0))),
+        "prior_mean": draw(finite(-1.0, 1.0)),
+    }
+    n = draw(st.integers(0, max_updates))
+    n_q = 4
+    masks = draw(arrays(np.bool_, (n_q, k)))
+    masks[np.arange(n_q), draw(arrays(np.int64, n_q, elements=st.integers(0, k - 1)))] = True
+    return Case(
+        kind=kind,
+        k=k,
+        d=d,
+        psi=draw(arrays(np.float64, (k, p), elements=finite(-2.0, 2.0))),
+        cfg=cfg,
+        actions=draw(arrays(np.int64, n, elements=st.integers(0, k - 1))),
+        X=draw(arrays(np.float64, (n, d), elements=finite(-2.0, 2.0))),
+        rewards=draw(arrays(np.float64, n, elements=finite(-2.0, 2.0))),
+        queries=draw(arrays(np.float64, (n_q, d), elements=finite(-2.0, 2.0))),
+        masks=masks,
+    )
+
+
+def assert_choice_ok(
+    got: int, ref_total: NDArray[np.float64], mask: NDArray[np.bool_] | None
+) -> None:
+    """`got` must be the reference's choice, except in a near tie, where it must at least be one
+    of the tied (allowed) best actions."""
+    allowed = np.ones(len(ref_total), bool) if mask is None else mask
+    assert allowed[got], f"chose masked-out action {got}"
+    want = masked_argmax(ref_total, mask)
+    best = ref_total[want]
+    tie = TIE * max(1.0, abs(best))
+    if got != want:
+        contenders = np.flatnonzero(allowed & (ref_total >= best - tie))
+        assert len(contenders) > 1 and got in contenders, (
+            f"chose {got} (score {ref_total[got]!r}), reference chose {want} (score {best!r})"
+        )
+
+
+def check_against(learner: Learner, ref: Ref, case: Case) -> None:
+    """Scores, theta, select (with and without mask) of `learner` match `ref` at every query."""
+    assert learner.n_updates == ref.n_updates
+    np.testing.assert_allclose(learner.theta(), ref.theta(), rtol=RTOL, atol=ATOL)
+    for x, mask in zip(case.queries, case.masks, strict=True):
+        mean, bonus = learner.scores(x)
+        ref_mean, ref_bonus = ref.scores(x)
+        np.testing.assert_allclose(mean, ref_mean, rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(bonus, ref_bonus, rtol=RTOL, atol=ATOL)
+        total = ref_mean + ref_bonus
+        assert_choice_ok(learner.select(x), total, None)
+        assert_choice_ok(learner.select(x, mask), total, mask)
+
+
+@pytest.mark.parametrize("kind", ["linucb", "shared"])
+@given(data=st.data())
+def test_matches_reference_along_a_stream(kind: str, data: st.DataObject) -> None:
+    case = data.draw(cases(kind))
+    learner, ref = case.make()
+    check_against(learner, ref, case)  # the prior alone
+    half = len(case.actions) // 2
+    for i, (a, x, r) in enumerate(zip(case.actions, case.X, case.rewards, strict=True)):
+        if i == half:
+            check_against(learner, ref, case)
+        learner.update(int(a), x, float(r))
+        ref.update(int(a), x, float(r))
+    check_against(learner, ref, case)
+
+
+@given(data=st.data())
+def test_shared_phi_is_the_kronecker_product(data: st.DataObject) -> None:
+    case = data.draw(cases("shared", max_updates=0))
+    learner, ref = case.make()
+    assert isinstance(learner, uniscale.SharedLinUCB) and isinstance(ref, RefSharedLinUCB)
+    assert learner.joint_dim == ref.joint_dim == (case.d + 1) * (case.psi.shape[1] + 1)
+    for x in case.queries:
+        for a in range(case.k):
+            np.testing.assert_array_equal(learner.phi(x, a), ref.phi(x, a))
+    np.testing.assert_array_equal(learner.action_features(), case.psi)
+
+
+@pytest.mark.parametrize("kind", ["linucb", "shared"])
+@given(data=st.data())
+def test_batch_forms_equal_the_loop_of_single_calls(kind: str, data: st.DataObject) -> None:
+    case = data.draw(cases(kind))
+    batched, _ = case.make()
+    looped, _ = case.make()
+    batched.update_many(case.actions, case.X, case.rewards)
+    for a, x, r in zip(case.actions, case.X, case.rewards, strict=True):
+        looped.update(int(a), x, float(r))
+    # Same operations in the same order: bit-identical, not merely close.
+    assert batched.to_bytes() == looped.to_bytes()
+    assert batched.n_updates == looped.n_updates == len(case.actions)
+
+    Q, masks = case.queries, case.masks
+    singles = [looped.select(x) for x in Q]
+    np.testing.assert_array_equal(batched.select_many(Q), singles)
+    per_row = [looped.select(x, m) for x, m in zip(Q, masks, strict=True)]
+    np.testing.assert_array_equal(batched.select_many(Q, masks), per_row)
+    shared_mask = masks[0]
+    shared = [looped.select(x, shared_mask) for x in Q]
+    np.testing.assert_array_equal(batched.select_many(Q, shared_mask), shared)
+    out = batched.select_many(Q)
+    assert out.dtype == np.int64 and out.shape == (len(Q),)
+
+
+@pytest.mark.parametrize("kind", ["linucb", "shared"])
+@given(data=st.data())
+def test_identical_streams_give_bit_identical_state(kind: str, data: st.DataObject) -> None:
+    case = data.draw(cases(kind))
+    one, _ = case.make()
+    two, _ = case.make()
+    for learner in (one, two):
+        for a, x, r in zip(case.actions, case.X, case.rewards, strict=True):
+            learner.update(int(a), x, float(r))
+    assert one.to_bytes() == two.to_bytes()
+    for x in case.queries:
+        m1, b1 = one.scores(x)
+        m2, b2 = two.scores(x)
+        assert m1.tobytes() == m2.tobytes() and b1.tobytes() == b2.tobytes()
+
+
+@pytest.mark.parametrize("kind", ["linucb", "shared"])
+@given(data=st.data())
+def test_select_respects_every_mask(kind: str, data: st.DataObject) -> None:
+    case = data.draw(cases(kind, max_updates=10))
+    learner, _ = case.make()
+    learner.update_many(case.actions, case.X, case.rewards)
+    for x, mask in zip(case.queries, case.masks, strict=True):
+        assert mask[learner.select(x, mask)]
+    for row, mask in zip(learner.select_many(case.queries, case.masks), case.masks, strict=True):
+        assert mask[row]
+
+
+# --- ties -------------------------------------------------------------------------------------
+
+
+def test_fresh_linucb_ties_go_to_the_lowest_allowed_index() -> None:
+    learner = uniscale.LinUCB(5, 3)
+    x = np.array([0.3, -1.0, 2.0])
+    mean, bonus = learner.scores(x)
+    assert len(set((mean + bonus).tolist())) == 1  # a genuine, exact tie
+    assert learner.select(x) == 0
+    assert learner.select(x, np.array([False, False, True, True, True])) == 2
+    np.testing.assert_array_equal(
+        learner.select_many(np.stack([x, x]), np.array([[False, True, True, False, False]] * 2)),
+        [1, 1],
+    )
+
+
+def test_identically_trained_arms_tie_to_the_lower_index() -> None:
+    learner = uniscale.LinUCB(4, 2, alpha=0.1)
+    x = np.array([1.0, 0.5])
+    for arm in (3, 1):  # same data, applied to arm 3 first
+        for _ in range(5):
+            learner.update(arm, x, 1.0)
+    mean, bonus = learner.scores(x)
+    assert mean[1] + bonus[1] == mean[3] + bonus[3] > mean[0] + bonus[0]
+    assert learner.select(x) == 1
+    assert learner.select(x, np.array([True, False, True, True])) == 3
+
+
+@given(
+    row=arrays(np.float64, 2, elements=finite(-2.0, 2.0)),
+    copies=st.integers(2, 5),
+    x=arrays(np.float64, 3, elements=finite(-2.0, 2.0)),
+    reward=finite(-1.0, 1.0),
+    first=st.integers(0, 4),
+)
+def test_shared_duplicate_actions_tie_to_the_lowest_index(
+    row: NDArray[np.float64], copies: int, x: NDArray[np.float64], reward: float, first: int
+) -> None:
+    # Every action has the same features, hence bit-identical scores.
+    learner = uniscale.SharedLinUCB(np.tile(row, (copies, 1)), 3, alpha=0.7)
+    learner.update(copies - 1, x, reward)
+    assert learner.select(x) == 0
+    mask = np.arange(copies) >= min(first, copies - 1)
+    assert learner.select(x, mask) == min(first, copies - 1)
+
+
+# --- editing the action set -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["linucb", "shared"])
+@given(data=st.data())
+def test_add_and_remove_actions_match_the_reference(kind: str, data: st.DataObject) -> None:
+    case = data.draw(cases(kind, max_updates=20))
+    learner, ref = case.make()
+    learner.update_many(case.actions, case.X, case.rewards)
+    ref.update_many(case.actions, case.X, case.rewards)
+
+    n_new = data.draw(st.integers(0, 3))
+    if isinstance(learner, uniscale.LinUCB):
+        assert isinstance(ref, RefLinUCB)
+        new = learner.add_actions(n_new)
+        ref.A = np.concatenate([ref.A, np.tile(ref.ridge * np.eye(case.d), (n_new, 1, 1))])
+        ref.b = np.concatenate([ref.b, np.zeros((n_new, case.d))])
+        ref.counts = np.concatenate([ref.counts, np.zeros(n_new, dtype=np.int64)])
+    else:
+        assert isinstance(ref, RefSharedLinUCB)
+        psi_new = data.draw(arrays(np.float64, (n_new, case.psi.shape[1]), elements=finite(-2, 2)))
+        new = learner.add_actions(psi_new)
+        ref.psi = np.concatenate([ref.psi, psi_new])
+    np.testing.assert_array_equal(new, np.arange(case.k, case.k + n_new))
+    assert learner.n_actions == ref.n_actions == case.k + n_new
+
+    total = case.k + n_new
+    drop = data.draw(st.lists(st.integers(0, total - 1), max_size=total - 1, unique=True))
+    mapping = learner.remove_actions(np.array(drop, dtype=np.int64))
+    keep = np.setdiff1d(np.arange(total), drop)
+    want = np.full(total, -1)
+    want[keep] = np.arange(len(keep))
+    np.testing.assert_array_equal(mapping, want)
+    if isinstance(ref, RefLinUCB):
+        ref.A, ref.b, ref.counts = ref.A[keep], ref.b[keep], ref.counts[keep]
+    else:
+        ref.psi = ref.psi[keep]
+    assert learner.n_actions == ref.n_actions == len(keep)
+
+    case.masks = np.ones((len(case.queries), len(keep)), bool)
+    check_against(learner, ref, case)

@@ -1,0 +1,322 @@
+"""Persistence: bytes, files, pickle and copy round-trips, and corrupted input of every kind.
+
+State format (rust/state.rs): magic b"UNISCALE" (0..8), version u32 LE (8..12), kind u8 (12),
+payload length u64 LE (13..21), payload, CRC-32 of everything before it (last 4 bytes).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import pickle
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import uniscale
+from conftest import Learner, MakeLearner
+from numpy.typing import NDArray
+from uniscale import StateError
+
+HEADER = 21
+
+
+def learner_type(learner: Learner) -> type[uniscale.LinUCB] | type[uniscale.SharedLinUCB]:
+    return type(learner)
+
+
+def stream(
+    rng: np.random.Generator, n: int, k: int = 3, d: int = 2
+) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.float64]]:
+    return rng.integers(0, k, size=n), rng.normal(size=(n, d)), rng.normal(size=n)
+
+
+def assert_same_behaviour(a: Learner, b: Learner, rng: np.random.Generator) -> None:
+    assert a.to_bytes() == b.to_bytes()
+    assert a.n_updates == b.n_updates and a.n_actions == b.n_actions and a.dim == b.dim
+    assert (a.alpha, a.ridge, a.discount, a.prior_mean) == (
+        b.alpha,
+        b.ridge,
+        b.discount,
+        b.prior_mean,
+    )
+    for x in rng.normal(size=(4, a.dim)):
+        # A restored learner recomputes A^-1 exactly from A, while the original may carry up to
+        # REFRESH_PERIOD - 1 Sherman-Morrison steps: equal statistics, inverses equal to ~1e-13.
+        for got, want in zip(a.scores(x), b.scores(x), strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-14)
+
+
+def reseal(blob: bytearray) -> bytes:
+    """Recomputes the CRC-32 so that a deliberately altered payload passes the checksum and
+    reaches the semantic validation behind it."""
+    body = bytes(blob[:-4])
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+# --- round trips ------------------------------------------------------------------------------
+
+
+def test_bytes_round_trip_mid_stream(make: MakeLearner, rng: np.random.Generator) -> None:
+    original = make(3, 2, alpha=0.7, ridge=2.0, discount=0.97, prior_mean=0.3)
+    a, X, r = stream(rng, 300)
+    original.update_many(a[:137], X[:137], r[:137])
+    restored = learner_type(original).from_bytes(original.to_bytes())
+    assert_same_behaviour(restored, original, rng)
+    # Continue the same stream on both: the statistics stay bit-identical.
+    for i in range(137, 300):
+        original.update(int(a[i]), X[i], float(r[i]))
+        restored.update(int(a[i]), X[i], float(r[i]))
+    assert_same_behaviour(restored, original, rng)
+    assert original.n_updates == 300
+
+
+def test_round_trip_of_a_fresh_learner_and_after_editing_actions(
+    make: MakeLearner, rng: np.random.Generator
+) -> None:
+    fresh = make(4, 3)
+    assert learner_type(fresh).from_bytes(fresh.to_bytes()).to_bytes() == fresh.to_bytes()
+    a, X, r = stream(rng, 50, k=4, d=3)
+    fresh.update_many(a, X, r)
+    fresh.remove_actions([1])
+    restored = learner_type(fresh).from_bytes(fresh.to_bytes())
+    assert restored.n_actions == 3
+    assert_same_behaviour(restored, fresh, rng)
+
+
+def test_long_stream_round_trip_crosses_refresh_periods(
+    make: MakeLearner, rng: np.random.Generator
+) -> None:
+    original = make(2, 2)
+    n = 3 * uniscale._core.REFRESH_PERIOD + 100
+    a, X, r = stream(rng, n, k=2)
+    original.update_many(a[:1500], X[:1500], r[:1500])
+    restored = learner_type(original).from_bytes(original.to_bytes())
+    original.update_many(a[1500:], X[1500:], r[1500:])
+    restored.update_many(a[1500:], X[1500:], r[1500:])
+    assert_same_behaviour(restored, original, rng)
+
+
+def test_save_load_round_trip_mid_stream(
+    make: MakeLearner, rng: np.random.Generator, tmp_path: Path
+) -> None:
+    original = make(3, 2, prior_mean=-0.2)
+    a, X, r = stream(rng, 200)
+    original.update_many(a[:77], X[:77], r[:77])
+    path = tmp_path / "learner.uniscale"
+    original.save(path)
+    assert path.read_bytes() == original.to_bytes()
+    restored = learner_type(original).load(str(path))  # str and PathLike both work
+    original.update_many(a[77:], X[77:], r[77:])
+    restored.update_many(a[77:], X[77:], r[77:])
+    assert_same_behaviour(restored, original, rng)
+
+
+def test_pickle_and_deepcopy_are_independent_copies(
+    make: MakeLearner, rng: np.random.Generator
+) -> None:
+    original = make(3, 2, alpha=0.4)
+    a, X, r = stream(rng, 60)
+    original.update_many(a[:30], X[:30], r[:30])
+    copies = [
+        pickle.loads(pickle.dumps(original)),
+        pickle.loads(pickle.dumps(original, protocol=pickle.HIGHEST_PROTOCOL)),
+        copy.deepcopy(original),
+        copy.copy(original),
+    ]
+    for c in copies:
+        assert type(c) is type(original) and c is not original
+        assert_same_behaviour(c, original, rng)
+    # A copy is independent: updating the original does not move the copies.
+    before = copies[0].to_bytes()
+    original.update_many(a[30:], X[30:], r[30:])
+    assert all(c.to_bytes() == before for c in copies)
+    for c in copies:
+        c.update_many(a[30:], X[30:], r[30:])
+        assert c.to_bytes() == original.to_bytes()
+
+
+def test_header_fields(trained: Learner) -> None:
+    blob = trained.to_bytes()
+    assert blob[:8] == b"UNISCALE"
+    assert struct.unpack_from("<I", blob, 8)[0] == uniscale._core.STATE_FORMAT_VERSION
+    assert blob[12] == (1 if isinstance(trained, uniscale.LinUCB) else 2)
+    assert struct.unpack_from("<Q", blob, 13)[0] == len(blob) - HEADER - 4
+    assert struct.unpack_from("<I", blob, len(blob) - 4)[0] == zlib.crc32(blob[:-4])
+
+
+# --- corrupted input --------------------------------------------------------------------------
+
+
+def test_every_truncation_is_a_state_error(trained: Learner) -> None:
+    blob = trained.to_bytes()
+    cls = learner_type(trained)
+    for cut in range(len(blob)):
+        with pytest.raises(StateError, match=r"truncated|shorter|announces"):
+            cls.from_bytes(blob[:cut])
+    with pytest.raises(StateError, match=r"truncated or padded"):
+        cls.from_bytes(blob + b"\x00")
+
+
+def test_random_byte_flips_are_state_errors(trained: Learner) -> None:
+    blob = trained.to_bytes()
+    cls = learner_type(trained)
+    rng = np.random.default_rng(5)
+    for _ in range(400):
+        bad = bytearray(blob)
+        for pos in rng.choice(len(bad), size=rng.integers(1, 4), replace=False):
+            bad[pos] ^= int(rng.integers(1, 256))
+        with pytest.raises(StateError):
+            cls.from_bytes(bytes(bad))
+    for pos in range(len(blob)):  # every single bit flip in every byte position
+        bad = bytearray(blob)
+        bad[pos] ^= 1 << (pos % 8)
+        with pytest.raises(StateError):
+            cls.from_bytes(bytes(bad))
+
+
+def test_wrong_magic(trained: Learner) -> None:
+    blob = trained.to_bytes()
+    with pytest.raises(StateError, match=r"bad magic: not a UniScale state file"):
+        learner_type(trained).from_bytes(b"NOTSCALE" + blob[8:])
+
+
+@pytest.mark.parametrize("version", [0, 2, 0xFFFFFFFF])
+def test_wrong_version(trained: Learner, version: int) -> None:
+    blob = bytearray(trained.to_bytes())
+    blob[8:12] = struct.pack("<I", version)
+    with pytest.raises(StateError, match=rf"version {version}|checksum"):
+        learner_type(trained).from_bytes(bytes(blob))
+    # Even with a valid checksum, the version is refused.
+    with pytest.raises(StateError, match=rf"unsupported format version {version}"):
+        learner_type(trained).from_bytes(reseal(blob))
+
+
+def test_wrong_kind(rng: np.random.Generator) -> None:
+    lin = uniscale.LinUCB(3, 2)
+    shared = uniscale.SharedLinUCB(rng.normal(size=(3, 2)), 2)
+    with pytest.raises(StateError, match=r"blob holds a LinUCB state, not a SharedLinUCB"):
+        uniscale.SharedLinUCB.from_bytes(lin.to_bytes())
+    with pytest.raises(StateError, match=r"blob holds a SharedLinUCB state, not a LinUCB"):
+        uniscale.LinUCB.from_bytes(shared.to_bytes())
+    blob = bytearray(lin.to_bytes())
+    blob[12] = 9
+    with pytest.raises(StateError, match=r"unknown kind 9"):
+        uniscale.LinUCB.from_bytes(reseal(blob))
+
+
+@pytest.mark.parametrize("data", [b"", b"UNISCALE", bytes(24)])
+def test_empty_and_tiny_blobs(kind: str, data: bytes) -> None:
+    cls = uniscale.LinUCB if kind == "linucb" else uniscale.SharedLinUCB
+    with pytest.raises(StateError, match=r"shorter than the 25-byte header|bad magic"):
+        cls.from_bytes(data)
+
+
+def test_checksummed_but_invalid_payloads_are_state_errors() -> None:
+    """A blob with a valid CRC but impossible contents (a bug or a hostile writer) is refused by
+    the payload validation, not trusted."""
+    learner = uniscale.LinUCB(2, 2, alpha=0.5)
+    learner.update(0, [1.0, 2.0], 1.0)
+    blob = bytearray(learner.to_bytes())
+    # Payload: n_actions u64 @21, dim u64 @29, alpha f64 @37, ridge @45, discount @53, prior @61,
+    # then per arm: n_updates u64 @69, len(A) u64 @77, A (4 f64) @85, len(b) @117, b @125.
+
+    def patched(offset: int, fmt: str, value: float | int) -> bytes:
+        b = bytearray(blob)
+        struct.pack_into(fmt, b, offset, value)
+        return reseal(b)
+
+    cases = [
+        (patched(21, "<Q", 1 << 40), r"n_actions = 1099511627776 exceeds the limit 65536"),
+        (patched(29, "<Q", 10_000), r"dim = 10000 exceeds the limit 4096"),
+        (patched(21, "<Q", 0), r"n_actions must be in 1\.\.=65536, got 0"),
+        (patched(37, "<d", -1.0), r"alpha must be finite and >= 0"),
+        (patched(45, "<d", 0.0), r"ridge must be finite and > 0"),
+        (patched(53, "<d", 2.0), r"discount must be in \(0, 1\]"),
+        (patched(61, "<d", float("nan")), r"prior_mean must be finite"),
+        (patched(77, "<Q", 5), r"A has 5 values, expected 4"),
+        (patched(85, "<d", float("inf")), r"A contains a non-finite value"),
+        (patched(85, "<d", -5.0), r"arm matrix: numerical error: matrix is not positive definite"),
+    ]
+    # Trailing payload bytes, with the header length and the checksum made consistent.
+    longer = bytearray(blob[:-4] + b"\x00" * 8 + b"\x00" * 4)
+    struct.pack_into("<Q", longer, 13, len(longer) - HEADER - 4)
+    cases.append((reseal(longer), r"8 unexpected trailing payload bytes"))
+    for data, match in cases:
+        with pytest.raises(StateError, match=match):
+            uniscale.LinUCB.from_bytes(data)
+
+
+def test_shared_payload_validation(rng: np.random.Generator) -> None:
+    learner = uniscale.SharedLinUCB(rng.normal(size=(2, 1)), 1)
+    blob = bytearray(learner.to_bytes())
+    # Payload: K @21, dim @29, p @37, config @45..77, len(psi) @77, psi @85 (2 values).
+    struct.pack_into("<d", blob, 85, float("nan"))
+    with pytest.raises(StateError, match=r"action_features contains a non-finite value"):
+        uniscale.SharedLinUCB.from_bytes(reseal(blob))
+    blob = bytearray(learner.to_bytes())
+    struct.pack_into("<Q", blob, 37, 5000)
+    with pytest.raises(StateError, match=r"p = 5000 exceeds the limit 4096"):
+        uniscale.SharedLinUCB.from_bytes(reseal(blob))
+
+
+# --- files ------------------------------------------------------------------------------------
+
+
+def test_load_corrupted_files(trained: Learner, tmp_path: Path) -> None:
+    cls = learner_type(trained)
+    blob = trained.to_bytes()
+    path = tmp_path / "state.bin"
+    for data, match in [
+        (b"", r"shorter than the 25-byte header"),
+        (blob[: len(blob) // 2], r"truncated"),
+        (blob[:-1] + bytes([blob[-1] ^ 0xFF]), r"checksum mismatch"),
+    ]:
+        path.write_bytes(data)
+        with pytest.raises(StateError, match=match):
+            cls.load(path)
+
+
+def test_load_missing_file_is_an_os_error(kind: str, tmp_path: Path) -> None:
+    cls = uniscale.LinUCB if kind == "linucb" else uniscale.SharedLinUCB
+    missing = tmp_path / "nope.bin"
+    with pytest.raises(OSError, match=r"loading .*nope\.bin"):
+        cls.load(missing)
+    with pytest.raises(OSError):
+        cls.load(tmp_path)  # a directory
+
+
+def test_save_is_atomic_and_replaces(
+    make: MakeLearner, rng: np.random.Generator, tmp_path: Path
+) -> None:
+    path = tmp_path / "learner.bin"
+    path.write_bytes(b"old contents")
+    learner = make(3, 2)
+    learner.save(path)
+    assert path.read_bytes() == learner.to_bytes()
+    a, X, r = stream(rng, 10)
+    learner.update_many(a, X, r)
+    learner.save(path)  # replaces an existing state file
+    assert path.read_bytes() == learner.to_bytes()
+    assert sorted(os.listdir(tmp_path)) == ["learner.bin"], "temporary files were left behind"
+
+
+def test_failed_save_leaves_everything_untouched(make: MakeLearner, tmp_path: Path) -> None:
+    learner = make(3, 2)
+    learner.update(0, [1.0, 2.0], 1.0)
+    before = learner.to_bytes()
+    with pytest.raises(OSError, match=r"saving .*missing"):
+        learner.save(tmp_path / "missing" / "learner.bin")
+    # A target that cannot be replaced (a non-empty directory): the rename fails after the
+    # temporary file was written, which must then be removed.
+    target = tmp_path / "occupied"
+    target.mkdir()
+    (target / "keep.txt").write_text("precious")
+    with pytest.raises(OSError, match=r"saving .*occupied"):
+        learner.save(target)
+    assert (target / "keep.txt").read_text() == "precious"
+    assert sorted(os.listdir(tmp_path)) == ["occupied"], "temporary files were left behind"
+    assert sorted(os.listdir(target)) == ["keep.txt"]
+    assert learner.to_bytes() == before
