@@ -20,6 +20,7 @@
 #   UNISCALE_CACHE   cache dir (default: $HOME/.cache/uniscale)
 #   UNISCALE_BUILD_JOBS  parallel compile jobs (default 2; never more than 2 here)
 #   PYTHON           python used for pip/zipfile (default: python3)
+#   UNISCALE_REVERIFY=1  re-hash present models even if verified before
 #
 # Options:
 #   --no-build   only assemble models
@@ -44,7 +45,7 @@ for arg in "$@"; do
   case "$arg" in
     --no-build) DO_BUILD=0 ;;
     --no-wait) WAIT_BUILD=0 ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     smollm2|qwen05|qwen15) MODELS+=("$arg") ;;
     *) echo "setup.sh: unknown argument '$arg' (models: ${ALL_MODELS[*]})" >&2; exit 2 ;;
   esac
@@ -82,7 +83,11 @@ start_build() {
     log "llama-server present and working: $LLAMA_BIN ($("$LLAMA_BIN" --version 2>&1 | grep -m1 -i version || true))"
     return
   fi
+  # Serialise the check-and-start between concurrent setup.sh runs.
+  exec 9>"$LLAMA_DIR/build.lock"
+  flock 9
   if build_pid_alive; then
+    flock -u 9; exec 9>&-
     log "a llama-server build is already running (pid $(cat "$LLAMA_DIR/build.pid")); log: $LLAMA_DIR/build.log"
     return
   fi
@@ -98,7 +103,9 @@ echo "build started \$(date -Is)"
 start=\$(date +%s)
 mkdir -p src
 if [ ! -f src/llama_cpp_python-$LLAMA_CPP_PY_VERSION.tar.gz ]; then
-  "$PY" -m pip download --no-deps --no-binary :all: -d src llama-cpp-python==$LLAMA_CPP_PY_VERSION
+  # --no-binary for this package only: with ':all:', pip would also build the
+  # sdist's build requirements (cmake, ninja) from source just to read metadata.
+  "$PY" -m pip download --no-deps --no-binary llama-cpp-python -d src llama-cpp-python==$LLAMA_CPP_PY_VERSION
 fi
 if [ ! -d src/llama_cpp_python-$LLAMA_CPP_PY_VERSION/vendor/llama.cpp ]; then
   tar xzf src/llama_cpp_python-$LLAMA_CPP_PY_VERSION.tar.gz -C src
@@ -115,9 +122,10 @@ echo "build finished \$(date -Is) in \$(( \$(date +%s) - start )) s"
 EOF
   log "starting llama-server build in the background (nice -n 10, -j$JOBS); log: $LLAMA_DIR/build.log"
   rm -f "$LLAMA_DIR/build.status"
-  nohup nice -n 10 bash -c "bash '$LLAMA_DIR/build.sh'; echo \$? > '$LLAMA_DIR/build.status'" \
-    >"$LLAMA_DIR/build.log" 2>&1 </dev/null &
+  nohup nice -n 10 bash -c "bash '$LLAMA_DIR/build.sh'; echo \$? > '$LLAMA_DIR/build.status'; rm -f '$LLAMA_DIR/build.pid'" \
+    >"$LLAMA_DIR/build.log" 2>&1 </dev/null 9>&- &
   echo $! >"$LLAMA_DIR/build.pid"
+  flock -u 9; exec 9>&-
 }
 
 wait_build() {
@@ -165,12 +173,22 @@ assemble_model() {
   local name="$1" want out tmp
   want="$(sha_of "$name")"
   out="$MODELS_DIR/$name.gguf"
+  # $out.verified holds "sha256 size mtime" of the last successful check, so re-runs
+  # skip re-hashing an unchanged file (UNISCALE_REVERIFY=1 forces a full hash).
   if [ -f "$out" ]; then
+    local stamp
+    stamp="$want $(stat -c '%s %Y' "$out")"
+    if [ "${UNISCALE_REVERIFY:-0}" != 1 ] && [ -f "$out.verified" ] && [ "$(cat "$out.verified")" = "$stamp" ]; then
+      log "model $name: present, verified earlier ($out)"
+      return 0
+    fi
     if [ "$(sha256_file "$out")" = "$want" ]; then
+      echo "$stamp" >"$out.verified"
       log "model $name: present, sha256 ok ($out)"
       return 0
     fi
     log "model $name: $out has the wrong sha256; re-assembling"
+    rm -f "$out.verified"
   fi
   tmp="$(mktemp -d "$CACHE/tmp-$name.XXXXXX")"
   TMPDIRS+=("$tmp")
@@ -203,6 +221,7 @@ PYEOF
     return 1
   fi
   mv "$out.partial" "$out"
+  echo "$want $(stat -c '%s %Y' "$out")" >"$out.verified"
   rm -rf "$tmp"
   log "model $name: ok, $(stat -c %s "$out") bytes, sha256 $got -> $out"
 }
