@@ -5,6 +5,7 @@
 
 pub mod cost;
 pub mod error;
+pub mod featurize;
 pub mod learner;
 pub mod linalg;
 pub mod linucb;

@@ -38,7 +38,27 @@ from uniscale.execute import (
     Scorer,
 )
 from uniscale.extract import get_extractor, normalize_answer
+from uniscale.featurize import (
+    CallableFeaturizer,
+    Featurizer,
+    FeaturizerBackend,
+    HashingFeaturizer,
+    SentenceEmbeddingFeaturizer,
+    estimate_tokens,
+)
 from uniscale.policy import PRESETS, Policy, RewardWeights, UpdateResult
+from uniscale.router import (
+    ConfidenceFeedback,
+    DecisionLog,
+    DeferredFeedback,
+    FeedbackContext,
+    FeedbackSource,
+    GroundTruthFeedback,
+    JudgeFeedback,
+    Router,
+    RouterResult,
+    read_decision_log,
+)
 from uniscale.space import STRATEGIES, Action, ActionSpace, ModelSpec, Strategy
 from uniscale.vote import VoteResult, majority_vote
 
@@ -51,15 +71,26 @@ __all__ = [
     "AdaptiveConfig",
     "AllMaskedError",
     "AllSamplesFailed",
+    "CallableFeaturizer",
+    "ConfidenceFeedback",
     "ConfigError",
     "DTypeError",
     "DeadlineExceeded",
     "Decision",
+    "DecisionLog",
+    "DeferredFeedback",
     "DuplicateUpdateError",
     "ExecutionError",
     "Executor",
     "ExpiredDecisionError",
     "Failure",
+    "Featurizer",
+    "FeaturizerBackend",
+    "FeedbackContext",
+    "FeedbackSource",
+    "GroundTruthFeedback",
+    "HashingFeaturizer",
+    "JudgeFeedback",
     "JudgeScorer",
     "LinUCB",
     "MeanLogprobScorer",
@@ -70,8 +101,11 @@ __all__ = [
     "Policy",
     "PolicyCore",
     "RewardWeights",
+    "Router",
+    "RouterResult",
     "Sample",
     "Scorer",
+    "SentenceEmbeddingFeaturizer",
     "ShapeError",
     "SharedLinUCB",
     "StateError",
@@ -82,7 +116,9 @@ __all__ = [
     "UpdateResult",
     "VoteResult",
     "__version__",
+    "estimate_tokens",
     "get_extractor",
     "majority_vote",
     "normalize_answer",
+    "read_decision_log",
 ]

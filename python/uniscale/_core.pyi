@@ -11,11 +11,11 @@ are thread-safe; the GIL is released while the core computes.
 """
 
 import os
-from typing import Any, Final, Literal, Self, SupportsFloat, SupportsIndex, final
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Final, Literal, Self, SupportsFloat, SupportsIndex, final
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-
 
 __all__ = [
     "BUILD_PROFILE",
@@ -270,6 +270,56 @@ class SharedLinUCB:
     def __reduce__(self) -> tuple[object, tuple[bytes]]:
         """Pickle (and ``copy``) support through ``from_bytes(to_bytes())``."""
 
+# --- featurizer -----------------------------------------------------------------------------
+
+__all__ += ["FeatureHasher"]
+
+_Messages = str | Sequence[Mapping[str, object]]
+
+@final
+class FeatureHasher:
+    """The ``hash-v1`` request featurizer (``rust/featurize.rs``): signed feature hashing of word
+    unigrams/bigrams and character n-grams next to 12 dense length/structure signals,
+    L2-normalised. Deterministic across processes and platforms. Immutable and thread-safe; the
+    GIL is released while hashing.
+
+    ``messages`` is a prompt string or a list (or tuple) of ``{"role": str, "content": ...}``
+    dicts with content a str, ``None`` or a list of OpenAI content parts. Malformed messages raise
+    ``TypeError`` naming the offending path; an empty list raises ``ShapeError``. Raises
+    ``ConfigError`` for ``dim`` outside 16..=2**20 or ``char_ngram`` outside 1..=8.
+    """
+
+    n_dense: ClassVar[int]
+    """Number of dense features at the start of every vector (12)."""
+
+    def __new__(cls, dim: int = 64, *, char_ngram: int = 3, seed: int = 0) -> Self: ...
+    @property
+    def dim(self) -> int:
+        """Length of every feature vector."""
+    @property
+    def char_ngram(self) -> int:
+        """Character n-gram length."""
+    @property
+    def seed(self) -> int:
+        """Hash seed (0 by default)."""
+    @property
+    def version(self) -> str:
+        """``hash-v1-d{dim}``, plus ``-n{char_ngram}`` / ``-s{seed}`` when not 3 / 0."""
+    @staticmethod
+    def dense_names() -> list[str]:
+        """Names of the dense features ``x[:n_dense]``, in order."""
+    def featurize(self, messages: _Messages) -> NDArray[np.float64]:
+        """Features of one request: a new (dim,) float64 array with unit L2 norm."""
+    def featurize_many(self, batch: Sequence[_Messages]) -> NDArray[np.float64]:
+        """Features of a list of requests, (n, dim); the GIL is released once for the batch."""
+    def estimate_tokens(self, messages: _Messages) -> int:
+        """Tokenizer-free prompt-token estimate: per message ``ceil(max(chars / 4,
+        4/3 * words_and_symbols))``, plus 3 per message of a chat list."""
+    def featurize_with_tokens(self, messages: _Messages) -> tuple[NDArray[np.float64], int]:
+        """``(featurize(messages), estimate_tokens(messages))`` from one pass."""
+    def __reduce__(self) -> tuple[object, tuple[()]]:
+        """Pickle support (re-creates the hasher from its configuration)."""
+
 # --- policy ---------------------------------------------------------------------------------
 
 _ModelTuple = tuple[str, float, float, int, bool, float, float, float]
@@ -413,7 +463,9 @@ class PolicyCore:
     def set_weights(self, quality: float, cost: float, latency: float) -> None: ...
     @property
     def weights(self) -> tuple[float, float, float]: ...
-    def set_exploration(self, kind: str, epsilon: float = 0.05, temperature: float = 0.1) -> None: ...
+    def set_exploration(
+        self, kind: str, epsilon: float = 0.05, temperature: float = 0.1
+    ) -> None: ...
     def set_budget(
         self,
         budget_per_request_usd: float | None = None,
@@ -448,7 +500,9 @@ class PolicyCore:
     def predict(self, input_tokens: float) -> NDArray[np.float64]:
         """(K, 5): output_tokens_per_sample, samples, rounds, cost_usd, latency_s."""
     def quality_scores(self, x: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]: ...
-    def add_model(self, model: _ModelTuple, actions: list[tuple[str, int]]) -> NDArray[np.int64]: ...
+    def add_model(
+        self, model: _ModelTuple, actions: list[tuple[str, int]]
+    ) -> NDArray[np.int64]: ...
     def retire_model(self, name: str) -> NDArray[np.int64]: ...
     def to_bytes(self) -> bytes: ...
     @staticmethod

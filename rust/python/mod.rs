@@ -8,6 +8,7 @@ use pyo3::prelude::*;
 use crate::error::CoreError;
 
 mod convert;
+mod featurize;
 mod learners;
 mod policy;
 
@@ -144,5 +145,6 @@ fn uniscale_core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<policy::PyPolicyCore>()?;
     m.add_class::<policy::PyDecision>()?;
     m.add_function(wrap_pyfunction!(policy::action_features, m)?)?;
+    m.add_class::<featurize::PyFeatureHasher>()?;
     Ok(())
 }
