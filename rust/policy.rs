@@ -314,12 +314,18 @@ impl Policy {
         } else {
             QualityLearner::Disjoint(LinUcb::new(k, dim, learner_cfg)?)
         };
-        // Default scales: the most expensive / slowest action's prior prediction for a
-        // 500-token prompt, so normalised cost and latency live in [0, 1] at the start.
+        // Default scales: one answer (n = 1) from the most expensive / slowest model for a
+        // 500-token prompt, at the prior. Normalised cost 1.0 then reads "as much as asking the
+        // priciest model once", so price gaps between model tiers stay visible in the reward.
         let mut max_cost: f64 = 0.0;
         let mut max_lat: f64 = 0.0;
         for a in &space.actions {
-            let p = cost.predict(&space, a, 500.0);
+            let one = ActionDef {
+                n: 1,
+                strategy: Strategy::Single,
+                ..*a
+            };
+            let p = cost.predict(&space, &one, 500.0);
             max_cost = max_cost.max(p.cost_usd);
             max_lat = max_lat.max(p.latency_s);
         }

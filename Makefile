@@ -1,0 +1,67 @@
+# The one source of truth for building, checking and testing UniScale.
+#   make demo   install into .venv and run the built-in demo (no network, no API key)
+#   make test   everything CI runs: Rust tests, lints, type checks, the Python suite
+#               (including real-LLM tests against llama.cpp servers it builds and caches),
+#               and the benchmarks in smoke mode
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export HYPOTHESIS_PROFILE ?= $(if $(CI),ci,dev)
+# Real-LLM tests: set UNISCALE_REAL_LLM=0 to skip building/starting llama.cpp servers.
+UNISCALE_REAL_LLM ?= 1
+export UNISCALE_CACHE ?= $(HOME)/.cache/uniscale
+
+.PHONY: venv install build demo lint test test-rust test-py llm bench bench-smoke clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+venv: $(BIN)/python
+
+# Editable install; maturin builds the extension in release mode (pyproject: profile = "release").
+install: venv
+	$(BIN)/pip install -q -e ".[test]"
+
+build: install
+
+demo: install
+	$(BIN)/uniscale demo
+
+lint: install
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+	cargo clippy --all-targets --features python -- -D warnings
+	$(BIN)/ruff check python tests benches scripts
+	$(BIN)/ruff format --check python tests benches scripts
+	$(BIN)/mypy --strict python/uniscale
+	$(BIN)/python -m mypy.stubtest uniscale._core --allowlist tests/stubtest_allowlist.txt
+
+test-rust:
+	cargo test --release
+
+llm:
+	@if [ "$(UNISCALE_REAL_LLM)" = "1" ]; then bash scripts/llm/setup.sh smollm2 qwen05; \
+	else echo "UNISCALE_REAL_LLM=0: skipping llama.cpp setup"; fi
+
+test-py: install
+	$(BIN)/python -m pytest -q
+
+bench-smoke: install
+	$(BIN)/python benches/bench_learners.py --smoke
+	$(BIN)/python benches/bench_policy_sim.py --smoke
+	@for b in benches/bench_policy.py benches/bench_featurize.py; do \
+		if [ -f $$b ]; then $(BIN)/python $$b --smoke; fi; done
+
+test: install test-rust lint llm test-py bench-smoke
+
+bench: install
+	$(BIN)/python benches/bench_learners.py
+	$(BIN)/python benches/bench_policy_sim.py
+	@for b in benches/bench_policy.py benches/bench_featurize.py; do \
+		if [ -f $$b ]; then $(BIN)/python $$b; fi; done
+
+clean:
+	rm -rf target $(VENV) python/uniscale/*.so .pytest_cache .mypy_cache .ruff_cache .hypothesis uniscale-demo

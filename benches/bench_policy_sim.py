@@ -1,0 +1,131 @@
+"""Simulated benchmark of the UniScale policy, in the style of the paper's evaluation.
+
+A seeded stream of requests (``uniscale.sim``: four task types; three models of different
+price, skill and speed; per-sample correctness, token usage and latency depending on the
+request and the model; diminishing returns in n; capability ceilings) is pre-drawn for every
+(model, strategy, n) action, then streamed through:
+
+* ``uniscale``      the policy over the full model x strategy x n space (30 actions);
+* ``routing_only``  the same learner restricted to one sample per model;
+* ``tts_only``      the same learner restricted to the best single model in hindsight;
+* ``best_fixed``    the best single action in hindsight;
+* ``random`` and ``oracle`` (the best action per request, for regret).
+
+Scenarios: stationary; the mid-price model retired at T/2, or added at T/2 (it is the
+workhorse under the cost-sensitive preset, so both changes matter); the reward preset switched
+from cost_sensitive to quality_priority at T/2. Every scenario runs over several seeds and the
+table shows mean ± standard deviation. The verdict line checks the issue's target: the unified
+policy beats both restricted learners and the best fixed action on reward (mean over seeds),
+and how many seeds it wins.
+
+    python benches/bench_policy_sim.py                 # 10,000 requests x 5 seeds (~4 min)
+    python benches/bench_policy_sim.py --smoke         # CI: tiny, no verdict
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import uniscale
+from uniscale import outcomes, replay, report, sim
+from uniscale.progress import Progress
+from uniscale.space import ActionSpace
+
+SCENARIOS: dict[str, Any] = {
+    "stationary": lambda t: ([], None),
+    "model_removed": lambda t: ([replay.Event(t // 2, "retire_model", "medium")], None),
+    "model_added": lambda t: (
+        [replay.Event(t // 2, "add_model", "medium")],
+        ["small", "large"],
+    ),
+    "preset_switched": lambda t: ([replay.Event(t // 2, "set_reward", "quality_priority")], None),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--requests", type=int, default=10_000)
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS))
+    ap.add_argument("--smoke", action="store_true", help="tiny run for CI (no verdict)")
+    ap.add_argument("--json", type=Path, help="write results here")
+    args = ap.parse_args(argv)
+    if uniscale.BUILD_PROFILE != "release":
+        print("refusing to benchmark a debug build (pip install . builds release)", file=sys.stderr)
+        return 2
+    t_n, seeds = (1500, 1) if args.smoke else (args.requests, args.seeds)
+    names = [s for s in args.scenarios.split(",") if s]
+    unknown = [s for s in names if s not in SCENARIOS]
+    if unknown:
+        ap.error(f"unknown scenarios {unknown}; choose from {list(SCENARIOS)}")
+    models = {m.spec.name: m.spec for m in sim.DEFAULT_SIM_MODELS}
+    space = ActionSpace.grid(list(models.values()), n_values=(1, 2, 4, 8))
+    print(
+        f"bench_policy_sim: uniscale {uniscale.__version__}; {t_n} requests x {seeds} seeds; "
+        f"{len(models)} models, {len(space)} actions; reward cost_sensitive"
+    )
+    t0 = time.monotonic()
+    tables = []
+    for seed in range(seeds):
+        tables.append(
+            outcomes.build_table(sim.simulate(t_n, 16, seed=seed), space.ordered_actions(), models)
+        )
+    out: dict[str, Any] = {"requests": t_n, "seeds": seeds, "scenarios": {}}
+    verdicts = []
+    with Progress(len(names) * seeds * 3 * t_n, "bench", log_every_s=30) as bar:
+        for name in names:
+            per_seed = []
+            for seed, table in enumerate(tables):
+                events, initial = SCENARIOS[name](t_n)
+                per_seed.append(
+                    replay.compare(
+                        table,
+                        models,
+                        reward="cost_sensitive",
+                        events=events,
+                        initial_models=initial,
+                        seed=seed,
+                        progress=bar,
+                    )
+                )
+            rows = report.aggregate(per_seed)
+            wins = {
+                other: sum(_total(res, "uniscale") > _total(res, other) for res in per_seed)
+                for other in ("routing_only", "tts_only", "best_fixed")
+            }
+            mean = {r["policy"]: r["reward_total"][0] for r in rows}
+            ok = all(mean["uniscale"] > mean[o] for o in wins)
+            verdicts.append((name, ok, wins, mean))
+            out["scenarios"][name] = {"rows": rows, "wins": wins}
+            print(f"\n== {name} ==", file=sys.stdout)
+            print(report.table(rows))
+    print()
+    for name, ok, wins, mean in verdicts:
+        margin = ", ".join(
+            f"{o} {100 * (mean['uniscale'] / mean[o] - 1):+.1f}% ({wins[o]}/{seeds} seeds)"
+            for o in wins
+        )
+        tag = "smoke" if args.smoke else ("PASS" if ok else "FAIL")
+        print(f"[{tag:>5}] {name}: uniscale reward vs {margin}")
+    print(f"\n(total {time.monotonic() - t0:.0f} s)")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2, default=list) + "\n")
+    return 0
+
+
+def _total(results: list[replay.RunResult], name: str) -> float:
+    for r in results:
+        if r.name == name or (name == "tts_only" and r.name.startswith("tts_only")):
+            return float(r.reward.sum())
+    raise KeyError(name)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,180 @@
+"""Full-information outcome tables: what every action would have produced on every request.
+
+A table is built from *recorded samples*: for each (request, model), an ordered list of
+independent samples (extracted answer, correctness, output tokens, a score such as the mean
+token log-probability, wall latency) plus optionally one greedy sample. Every
+``(model, strategy, n <= m)`` action is then replayed offline exactly as the executor would run
+it live:
+
+* ``single``: the greedy sample (or the first sample when there is no greedy one);
+* ``self_consistency``: majority vote over the first n samples (earliest-first tie rule);
+* ``best_of_n``: the highest-scoring of the first n samples;
+* ``adaptive_consistency``: samples drawn in order in rounds (2, 4, 6, ...) until the stopping
+  rule fires; cost and latency count only the samples used.
+
+Cost is token counts times the model's prices (prompt billed once when the model bills it once,
+else once per sample). Latency: samples run in rounds of ``parallelism``; a round takes as long
+as its slowest sample. Shuffling the sample order per seed gives independent replays of the same
+recorded data. The simulator (`uniscale.sim`) and the real collected table
+(`uniscale.collect`) both produce samples in this form.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from uniscale.space import Action, ModelSpec
+from uniscale.vote import majority_vote, replay_adaptive
+
+F64 = NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One recorded completion."""
+
+    answer: str | None
+    correct: bool
+    output_tokens: int
+    score: float
+    latency_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One recorded request: its features and, per model, its samples."""
+
+    id: str
+    x: F64
+    input_tokens: int
+    gold: str
+    samples: Mapping[str, Sequence[Sample]]
+    greedy: Mapping[str, Sample]
+    kind: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeTable:
+    """Outcomes of every action on every request, shape (T, K) for the per-action arrays."""
+
+    ids: list[str]
+    kinds: list[str]
+    X: F64
+    input_tokens: F64
+    actions: list[Action]
+    quality: F64
+    cost_usd: F64
+    latency_s: F64
+    output_tokens: F64
+    samples_used: F64
+
+    @property
+    def n_requests(self) -> int:
+        return len(self.ids)
+
+    def action_index(self, action: Action) -> int:
+        return self.actions.index(action)
+
+    def subset(self, rows: Sequence[int] | NDArray[np.int64]) -> OutcomeTable:
+        r = np.asarray(rows, dtype=np.int64)
+        return OutcomeTable(
+            ids=[self.ids[i] for i in r],
+            kinds=[self.kinds[i] for i in r],
+            X=self.X[r],
+            input_tokens=self.input_tokens[r],
+            actions=self.actions,
+            quality=self.quality[r],
+            cost_usd=self.cost_usd[r],
+            latency_s=self.latency_s[r],
+            output_tokens=self.output_tokens[r],
+            samples_used=self.samples_used[r],
+        )
+
+
+def _round_latency(lat: Sequence[float], parallelism: int) -> float:
+    total = 0.0
+    for start in range(0, len(lat), parallelism):
+        total += max(lat[start : start + parallelism])
+    return total
+
+
+def action_outcome(
+    action: Action,
+    model: ModelSpec,
+    samples: Sequence[Sample],
+    greedy: Sample | None,
+    gold: str,
+    input_tokens: int,
+) -> tuple[float, float, float, float, float]:
+    """(quality, cost_usd, latency_s, output_tokens, samples_used) of one action on one request."""
+    n = action.n
+    if action.strategy == "single":
+        chosen = greedy if greedy is not None else samples[0]
+        used = [chosen]
+        correct = chosen.correct
+    else:
+        if len(samples) < n:
+            raise ValueError(f"{action} needs {n} samples but only {len(samples)} were recorded")
+        pool = samples[:n]
+        if action.strategy == "self_consistency":
+            v = majority_vote([s.answer for s in pool])
+            correct = v.answer is not None and v.answer == gold
+            used = list(pool)
+        elif action.strategy == "best_of_n":
+            best = max(range(n), key=lambda i: (pool[i].score, -i))
+            correct = pool[best].correct
+            used = list(pool)
+        else:
+            r = replay_adaptive([s.answer for s in pool], n)
+            correct = r.vote.answer is not None and r.vote.answer == gold
+            used = list(pool[: r.used])
+    k = len(used)
+    out = float(sum(s.output_tokens for s in used))
+    billed_in = input_tokens if (model.bills_prompt_once or k == 1) else input_tokens * k
+    cost = (billed_in * model.price_in_per_mtok + out * model.price_out_per_mtok) / 1e6
+    latency = _round_latency([s.latency_s for s in used], model.parallelism)
+    return (1.0 if correct else 0.0, cost, latency, out, float(k))
+
+
+def build_table(
+    requests: Sequence[Request],
+    actions: Sequence[Action],
+    models: Mapping[str, ModelSpec],
+    *,
+    seed: int | None = None,
+) -> OutcomeTable:
+    """Replays every action on every request. With ``seed``, each (request, model) sample list
+    is shuffled first (an independent draw of the same recorded data)."""
+    if not requests:
+        raise ValueError("no requests")
+    rng = np.random.default_rng(seed) if seed is not None else None
+    t, k = len(requests), len(actions)
+    arrays = np.zeros((5, t, k))
+    for i, req in enumerate(requests):
+        for name in {a.model for a in actions}:
+            s = list(req.samples.get(name, ()))
+            if rng is not None and len(s) > 1:
+                s = [s[j] for j in rng.permutation(len(s))]
+            g = req.greedy.get(name)
+            for j, a in enumerate(actions):
+                if a.model == name:
+                    arrays[:, i, j] = action_outcome(
+                        a, models[name], s, g, req.gold, req.input_tokens
+                    )
+    x = np.stack([np.asarray(r.x, dtype=np.float64) for r in requests])
+    return OutcomeTable(
+        ids=[r.id for r in requests],
+        kinds=[r.kind for r in requests],
+        X=x,
+        input_tokens=np.array([r.input_tokens for r in requests], dtype=np.float64),
+        actions=list(actions),
+        quality=arrays[0],
+        cost_usd=arrays[1],
+        latency_s=arrays[2],
+        output_tokens=arrays[3],
+        samples_used=arrays[4],
+    )

@@ -1,0 +1,365 @@
+"""Online learning evaluated offline: stream an outcome table through policies as if live.
+
+Every policy sees the same requests in the same order; each decision is answered from the
+table (what that action produced on that request), and the policy is updated with it. Rewards
+are computed with one set of scales for everyone, so numbers are comparable across policies.
+
+Baselines: ``random`` (uniform over available actions), ``best_fixed`` (the single action with
+the highest total reward in hindsight, among actions available all along), ``oracle`` (the best
+action per request). Learners: ``uniscale`` (full model x strategy x n space), ``routing_only``
+(each model with one sample), ``tts_only`` (the best single model in hindsight, any strategy/n).
+Scenarios insert events mid-stream: a model retired, a model added, the reward preset switched.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from uniscale.outcomes import OutcomeTable
+from uniscale.policy import Policy, RewardWeights, resolve_reward
+from uniscale.space import Action, ActionSpace, ModelSpec
+
+logger = logging.getLogger(__name__)
+
+F64 = NDArray[np.float64]
+I64 = NDArray[np.int64]
+
+EventKind = Literal["retire_model", "add_model", "set_reward"]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something that happens before request ``t`` is served."""
+
+    t: int
+    kind: EventKind
+    arg: str
+
+
+@dataclass(frozen=True, slots=True)
+class Scales:
+    cost_scale: float
+    latency_scale: float
+
+    @classmethod
+    def from_table(cls, table: OutcomeTable) -> Scales:
+        """Mean cost and latency of one answer from the most expensive / slowest model (its
+        ``single`` action, else its smallest-n action): normalised cost 1.0 reads "as much as
+        asking the priciest model once" (the same convention as `Policy`'s default scales)."""
+        cheapest_per_model: dict[str, int] = {}
+        for i, a in enumerate(table.actions):
+            j = cheapest_per_model.get(a.model)
+            if j is None or (a.n, a.strategy != "single") < (
+                table.actions[j].n,
+                table.actions[j].strategy != "single",
+            ):
+                cheapest_per_model[a.model] = i
+        cols = list(cheapest_per_model.values())
+        c = float(table.cost_usd[:, cols].mean(axis=0).max())
+        lat = float(table.latency_s[:, cols].mean(axis=0).max())
+        return cls(c if c > 0 else 1.0, lat if lat > 0 else 1.0)
+
+
+@dataclass
+class RunResult:
+    name: str
+    chosen: I64
+    reward: F64
+    quality: F64
+    cost_usd: F64
+    latency_s: F64
+    oracle_reward: F64
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        t = len(self.reward)
+        regret = self.oracle_reward - self.reward
+        return {
+            "policy": self.name,
+            "requests": t,
+            "accuracy": float(self.quality.mean()),
+            "cost_usd_total": float(self.cost_usd.sum()),
+            "cost_usd_per_request": float(self.cost_usd.mean()),
+            "latency_s_mean": float(self.latency_s.mean()),
+            "reward_total": float(self.reward.sum()),
+            "reward_mean": float(self.reward.mean()),
+            "regret_total": float(regret.sum()),
+            **self.extra,
+        }
+
+    def cumulative_regret(self) -> F64:
+        return np.cumsum(self.oracle_reward - self.reward)
+
+
+def schedule(
+    table: OutcomeTable,
+    events: Sequence[Event],
+    reward: str | RewardWeights | tuple[float, float, float],
+    initial_models: Iterable[str] | None = None,
+) -> tuple[NDArray[np.bool_], F64]:
+    """Per-step availability (T, K) and reward weights (T, 3) implied by the events."""
+    t_n, k = table.quality.shape
+    models = {a.model for a in table.actions}
+    active = set(models if initial_models is None else initial_models)
+    w = resolve_reward(reward)
+    avail = np.zeros((t_n, k), dtype=bool)
+    weights = np.zeros((t_n, 3))
+    ev = sorted(events, key=lambda e: e.t)
+    j = 0
+    for t in range(t_n):
+        while j < len(ev) and ev[j].t <= t:
+            e = ev[j]
+            if e.kind == "retire_model":
+                active.discard(e.arg)
+            elif e.kind == "add_model":
+                active.add(e.arg)
+            elif e.kind == "set_reward":
+                w = resolve_reward(e.arg)
+            j += 1
+        avail[t] = [a.model in active for a in table.actions]
+        weights[t] = (w.quality, w.cost, w.latency)
+    return avail, weights
+
+
+def reward_matrix(table: OutcomeTable, weights: F64, scales: Scales) -> F64:
+    """r[t, k] under the weights in force at step t."""
+    return (
+        weights[:, :1] * table.quality
+        - weights[:, 1:2] * table.cost_usd / scales.cost_scale
+        - weights[:, 2:3] * table.latency_s / scales.latency_scale
+    )
+
+
+def _result(
+    name: str, table: OutcomeTable, chosen: I64, r: F64, oracle: F64, **extra: Any
+) -> RunResult:
+    rows = np.arange(len(chosen))
+    return RunResult(
+        name=name,
+        chosen=chosen,
+        reward=r[rows, chosen],
+        quality=table.quality[rows, chosen],
+        cost_usd=table.cost_usd[rows, chosen],
+        latency_s=table.latency_s[rows, chosen],
+        oracle_reward=oracle,
+        extra=dict(extra),
+    )
+
+
+def oracle_run(table: OutcomeTable, r: F64, avail: NDArray[np.bool_]) -> RunResult:
+    masked = np.where(avail, r, -np.inf)
+    chosen = masked.argmax(axis=1).astype(np.int64)
+    return _result("oracle", table, chosen, r, masked.max(axis=1))
+
+
+def random_run(
+    table: OutcomeTable, r: F64, avail: NDArray[np.bool_], oracle: F64, seed: int
+) -> RunResult:
+    rng = np.random.default_rng(seed)
+    chosen = np.array([rng.choice(np.flatnonzero(row)) for row in avail], dtype=np.int64)
+    return _result("random", table, chosen, r, oracle)
+
+
+def best_fixed_run(
+    table: OutcomeTable,
+    r: F64,
+    avail: NDArray[np.bool_],
+    oracle: F64,
+    columns: Sequence[int] | None = None,
+    name: str = "best_fixed",
+) -> RunResult:
+    """The best single action in hindsight among those available at every step."""
+    always = np.asarray(avail.all(axis=0), dtype=bool)
+    cols = (
+        np.flatnonzero(always)
+        if columns is None
+        else np.array([c for c in columns if always[c]], dtype=np.int64)
+    )
+    if len(cols) == 0:
+        raise ValueError("no action is available for the whole stream")
+    totals = r[:, cols].sum(axis=0)
+    best = int(cols[int(np.argmax(totals))])
+    chosen = np.full(table.n_requests, best, dtype=np.int64)
+    return _result(name, table, chosen, r, oracle, action=str(table.actions[best]))
+
+
+@dataclass(frozen=True, slots=True)
+class LearnerSpec:
+    """How to build one learning policy for a replay."""
+
+    name: str
+    actions: Sequence[Action]
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
+def run_learner(
+    spec: LearnerSpec,
+    table: OutcomeTable,
+    models: Mapping[str, ModelSpec],
+    r: F64,
+    oracle: F64,
+    events: Sequence[Event],
+    scales: Scales,
+    reward: str | RewardWeights | tuple[float, float, float],
+    *,
+    initial_models: Iterable[str] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> RunResult:
+    """Streams the table through a fresh `Policy` over ``spec.actions``."""
+    col_of = {a: i for i, a in enumerate(table.actions)}
+    active = set(initial_models) if initial_models is not None else {a.model for a in spec.actions}
+    acts = [a for a in spec.actions if a.model in active]
+    space = ActionSpace(
+        [models[m] for m in sorted({a.model for a in acts}, key=_model_order(acts))], acts
+    )
+    pol = Policy(
+        space,
+        dim=table.X.shape[1],
+        reward=reward,
+        cost_scale=scales.cost_scale,
+        latency_scale=scales.latency_scale,
+        **dict(spec.kwargs),
+    )
+
+    def mapping() -> I64:
+        return np.array([col_of[a] for a in pol.actions], dtype=np.int64)
+
+    cols = mapping()
+    t_n = table.n_requests
+    chosen = np.zeros(t_n, dtype=np.int64)
+    ev = sorted(events, key=lambda e: e.t)
+    j = 0
+    fallbacks = 0
+    for t in range(t_n):
+        while j < len(ev) and ev[j].t <= t:
+            e = ev[j]
+            j += 1
+            if e.kind == "set_reward":
+                pol.set_reward(e.arg)
+            elif e.kind == "retire_model" and e.arg in pol.models:
+                pol.retire_model(e.arg)
+            elif e.kind == "add_model" and e.arg not in pol.models:
+                new = [a for a in spec.actions if a.model == e.arg]
+                if new:
+                    pol.add_model(models[e.arg], actions=new)
+            cols = mapping()
+        d = pol.select(table.X[t], float(table.input_tokens[t]), now=float(t))
+        c = int(cols[d.index])
+        chosen[t] = c
+        fallbacks += int(d.fallback)
+        pol.update(
+            d.id,
+            quality=float(table.quality[t, c]),
+            cost_usd=float(table.cost_usd[t, c]),
+            latency_s=float(table.latency_s[t, c]),
+            output_tokens=float(table.output_tokens[t, c]),
+            samples_used=float(table.samples_used[t, c]),
+            now=float(t),
+        )
+        if progress is not None:
+            progress(1)
+    return _result(
+        spec.name, table, chosen, r, oracle, fallbacks=fallbacks, pacing_lambda=pol.pacing_lambda
+    )
+
+
+def _model_order(acts: Sequence[Action]) -> Callable[[str], int]:
+    first: dict[str, int] = {}
+    for i, a in enumerate(acts):
+        first.setdefault(a.model, i)
+    return lambda m: first[m]
+
+
+def standard_learners(
+    table: OutcomeTable,
+    r: F64,
+    avail: NDArray[np.bool_],
+    **policy_kwargs: Any,
+) -> list[LearnerSpec]:
+    """UniScale over the full space, routing-only (n = 1), TTS-only (best model in hindsight)."""
+    actions = table.actions
+    routing = [a for a in actions if a.strategy == "single"]
+    always = avail.all(axis=0)
+    totals = np.where(always, r.sum(axis=0), -np.inf)
+    per_model: dict[str, float] = {}
+    for i, a in enumerate(actions):
+        per_model[a.model] = max(per_model.get(a.model, -math.inf), float(totals[i]))
+    best_model = max(per_model, key=lambda m: per_model[m])
+    tts = [a for a in actions if a.model == best_model]
+    return [
+        LearnerSpec("uniscale", actions, policy_kwargs),
+        LearnerSpec("routing_only", routing, policy_kwargs),
+        LearnerSpec(f"tts_only[{best_model}]", tts, policy_kwargs),
+    ]
+
+
+def compare(
+    table: OutcomeTable,
+    models: Mapping[str, ModelSpec],
+    *,
+    reward: str | RewardWeights | tuple[float, float, float] = "cost_sensitive",
+    events: Sequence[Event] = (),
+    initial_models: Iterable[str] | None = None,
+    learners: Sequence[LearnerSpec] | None = None,
+    seed: int = 0,
+    scales: Scales | None = None,
+    progress: Callable[[int], None] | None = None,
+    **policy_kwargs: Any,
+) -> list[RunResult]:
+    """Every baseline and learner on the same stream (``table`` rows in the given order)."""
+    scales = scales or Scales.from_table(table)
+    avail, weights = schedule(table, events, reward, initial_models)
+    r = reward_matrix(table, weights, scales)
+    orc = oracle_run(table, r, avail)
+    results = [
+        orc,
+        random_run(table, r, avail, orc.reward, seed),
+        best_fixed_run(table, r, avail, orc.reward),
+    ]
+    specs = (
+        learners if learners is not None else standard_learners(table, r, avail, **policy_kwargs)
+    )
+    for spec in specs:
+        results.append(
+            run_learner(
+                spec,
+                table,
+                models,
+                r,
+                orc.reward,
+                events,
+                scales,
+                reward,
+                initial_models=initial_models,
+                progress=progress,
+            )
+        )
+    return results
+
+
+def aiq(points: Sequence[tuple[float, float]]) -> float:
+    """RouterBench's AIQ: area under the non-decreasing quality-vs-cost frontier of the
+    points, divided by the cost range (so it is an average quality, in [0, 1] for accuracy)."""
+    pts = sorted(points)
+    if len(pts) < 2:
+        return float(pts[0][1]) if pts else 0.0
+    frontier: list[tuple[float, float]] = []
+    best = -math.inf
+    for c, q in pts:
+        best = max(best, q)
+        frontier.append((c, best))
+    lo, hi = frontier[0][0], frontier[-1][0]
+    if hi <= lo:
+        return float(frontier[-1][1])
+    area = 0.0
+    for (c0, q0), (c1, _q1) in itertools.pairwise(frontier):
+        area += (c1 - c0) * q0  # step function: quality reached at c0 holds until c1
+    return area / (hi - lo)

@@ -1,0 +1,124 @@
+"""Terminal tables, JSON results and SVG charts for replay comparisons."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from uniscale.plot import chart
+from uniscale.replay import RunResult
+
+COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("policy", "policy", "{}"),
+    ("reward_total", "reward", "{:,.1f}"),
+    ("accuracy", "accuracy", "{:.3f}"),
+    ("cost_usd_per_request", "$/request", "{:.3e}"),
+    ("latency_s_mean", "latency s", "{:.2f}"),
+    ("regret_total", "regret", "{:,.1f}"),
+)
+
+
+def table(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str, str]] = COLUMNS
+) -> str:
+    """Fixed-width text table; values may be numbers or (mean, std) pairs."""
+
+    def cell(v: Any, fmt: str) -> str:
+        if isinstance(v, tuple) and len(v) == 2:
+            return f"{fmt.format(v[0])} ± {fmt.format(v[1])}"
+        if isinstance(v, float) and not math.isfinite(v):
+            return "-"
+        return fmt.format(v) if v is not None else "-"
+
+    header = [title for _, title, _ in columns]
+    body = [[cell(r.get(key), fmt) for key, _, fmt in columns] for r in rows]
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
+    lines = [
+        "  ".join(
+            h.ljust(w) if i == 0 else h.rjust(w)
+            for i, (h, w) in enumerate(zip(header, widths, strict=True))
+        )
+    ]
+    lines.append("  ".join("-" * w for w in widths))
+    for b in body:
+        lines.append(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(b, widths, strict=True))
+            )
+        )
+    return "\n".join(lines)
+
+
+def aggregate(per_seed: Sequence[Sequence[RunResult]]) -> list[dict[str, Any]]:
+    """Mean and standard deviation over seeds of every numeric summary field, per policy (the
+    TTS-only learner's model may differ by seed; its rows are grouped under ``tts_only``)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    order: list[str] = []
+    for results in per_seed:
+        for r in results:
+            key = "tts_only" if r.name.startswith("tts_only") else r.name
+            if key not in groups:
+                order.append(key)
+            groups.setdefault(key, []).append(r.summary())
+    out = []
+    for key in order:
+        rows = groups[key]
+        agg: dict[str, Any] = {"policy": key, "seeds": len(rows)}
+        for field, value in rows[0].items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                vals = np.array([float(r[field]) for r in rows])
+                agg[field] = (float(vals.mean()), float(vals.std(ddof=0)))
+        names = sorted({str(r["policy"]) for r in rows})
+        agg["variants"] = names
+        out.append(agg)
+    return out
+
+
+def write_charts(results: Sequence[RunResult], out_dir: str | Path, prefix: str = "") -> list[Path]:
+    """Quality-vs-cost points and cumulative regret curves for one stream."""
+    out = Path(out_dir)
+    paths = [
+        chart(
+            out / f"{prefix}quality_vs_cost.svg",
+            [(r.name, [float(r.cost_usd.mean())], [float(r.quality.mean())]) for r in results],
+            title="Accuracy vs cost per request",
+            xlabel="dollars per request",
+            ylabel="accuracy",
+            mode="points",
+        ),
+        chart(
+            out / f"{prefix}cumulative_regret.svg",
+            [
+                (r.name, list(range(1, len(r.reward) + 1)), r.cumulative_regret().tolist())
+                for r in results
+                if r.name != "oracle"
+            ],
+            title="Cumulative regret against the per-request oracle",
+            xlabel="requests",
+            ylabel="cumulative regret",
+        ),
+    ]
+    return paths
+
+
+def write_json(path: str | Path, payload: Mapping[str, Any]) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(payload, indent=2, default=_jsonable) + "\n", encoding="utf-8")
+    return p
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, tuple):
+        return list(v)
+    raise TypeError(f"not JSON serialisable: {type(v).__name__}")

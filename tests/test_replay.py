@@ -1,0 +1,198 @@
+"""Outcome tables, offline replay, baselines, AIQ, and the demo / CLI built on them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from uniscale import outcomes, replay, report, sim
+from uniscale.cli import main as cli_main
+from uniscale.demo import run_demo
+from uniscale.outcomes import Request, Sample
+from uniscale.space import Action, ActionSpace, ModelSpec
+
+M = ModelSpec("m", price_in_per_mtok=1.0, price_out_per_mtok=2.0, parallelism=2)
+FANOUT = ModelSpec("f", price_in_per_mtok=1.0, price_out_per_mtok=2.0, bills_prompt_once=False)
+
+
+def s(
+    answer: str | None, correct: bool, out: int = 10, score: float = 0.0, lat: float = 1.0
+) -> Sample:
+    return Sample(answer, correct, out, score, lat)
+
+
+def request(samples: list[Sample], greedy: Sample | None = None, model: str = "m") -> Request:
+    return Request(
+        "r",
+        np.ones(2) / np.sqrt(2),
+        100,
+        "7",
+        {model: samples},
+        {model: greedy} if greedy else {},
+    )
+
+
+def test_single_uses_greedy_and_costs_one_call() -> None:
+    r = request([s("1", False)], greedy=s("7", True, out=20, lat=0.5))
+    q, cost, lat, out, used = outcomes.action_outcome(
+        Action("m", "single", 1), M, r.samples["m"], r.greedy["m"], "7", 100
+    )
+    assert (q, out, used, lat) == (1.0, 20.0, 1.0, 0.5)
+    assert cost == pytest.approx((100 * 1.0 + 20 * 2.0) / 1e6)
+
+
+def test_self_consistency_votes_and_bills_prompt_once() -> None:
+    pool = [s("7", True), s("3", False), s("3", False), s("7", True, lat=3.0)]
+    q, cost, _lat, out, used = outcomes.action_outcome(
+        Action("m", "self_consistency", 3), M, pool, None, "7", 100
+    )
+    assert q == 0.0  # "3" wins 2-1 among the first three
+    assert used == 3 and out == 30
+    assert cost == pytest.approx((100 + 30 * 2.0) / 1e6)
+    # parallelism 2: rounds of two samples, each as slow as its slowest sample
+    q4, _, lat4, _, _ = outcomes.action_outcome(
+        Action("m", "self_consistency", 4), M, pool, None, "7", 100
+    )
+    assert q4 == 1.0  # 2-2 tie: the earliest first occurrence ("7") wins
+    assert lat4 == pytest.approx(1.0 + 3.0)
+
+
+def test_fanout_bills_the_prompt_per_sample() -> None:
+    pool = [s("7", True)] * 4
+    _, cost, *_ = outcomes.action_outcome(
+        Action("f", "self_consistency", 4), FANOUT, pool, None, "7", 100
+    )
+    assert cost == pytest.approx((4 * 100 + 40 * 2.0) / 1e6)
+
+
+def test_best_of_n_takes_the_highest_score() -> None:
+    pool = [s("1", False, score=0.1), s("7", True, score=0.9), s("2", False, score=0.5)]
+    q, *_ = outcomes.action_outcome(Action("m", "best_of_n", 3), M, pool, None, "7", 100)
+    assert q == 1.0
+    q2, *_ = outcomes.action_outcome(
+        Action("m", "best_of_n", 2), M, [pool[0], pool[2], pool[1]], None, "7", 100
+    )
+    assert q2 == 0.0
+
+
+def test_adaptive_stops_early_and_counts_only_used_samples() -> None:
+    pool = [s("7", True)] * 8
+    q, cost, _, out, used = outcomes.action_outcome(
+        Action("m", "adaptive_consistency", 8), M, pool, None, "7", 100
+    )
+    assert q == 1.0 and used < 8 and out == 10 * used
+    assert cost == pytest.approx((100 + out * 2.0) / 1e6)
+
+
+def test_too_few_recorded_samples_is_an_error() -> None:
+    with pytest.raises(ValueError, match="needs 4 samples"):
+        outcomes.action_outcome(Action("m", "self_consistency", 4), M, [s("7", True)], None, "7", 1)
+
+
+@pytest.fixture(scope="module")
+def small_table() -> tuple[outcomes.OutcomeTable, dict[str, ModelSpec]]:
+    models = {m.spec.name: m.spec for m in sim.DEFAULT_SIM_MODELS}
+    space = ActionSpace.grid(list(models.values()), n_values=(1, 2, 4))
+    return outcomes.build_table(
+        sim.simulate(400, 8, seed=3), space.ordered_actions(), models
+    ), models
+
+
+def test_build_table_is_deterministic_and_seed_reshuffles(
+    small_table: tuple[outcomes.OutcomeTable, dict[str, ModelSpec]],
+) -> None:
+    table, models = small_table
+    reqs = sim.simulate(400, 8, seed=3)
+    again = outcomes.build_table(reqs, table.actions, models)
+    np.testing.assert_array_equal(again.quality, table.quality)
+    shuffled = outcomes.build_table(reqs, table.actions, models, seed=1)
+    single = [i for i, a in enumerate(table.actions) if a.strategy == "single"]
+    np.testing.assert_array_equal(shuffled.quality[:, single], table.quality[:, single])
+    assert not np.array_equal(shuffled.quality, table.quality)
+
+
+def test_baselines_and_oracle_bounds(
+    small_table: tuple[outcomes.OutcomeTable, dict[str, ModelSpec]],
+) -> None:
+    table, models = small_table
+    results = replay.compare(table, models, reward="cost_sensitive")
+    by = {r.name: r for r in results}
+    oracle = by["oracle"].reward
+    for r in results:
+        assert np.all(r.reward <= oracle + 1e-12), r.name
+        assert len(r.chosen) == table.n_requests
+    scales = replay.Scales.from_table(table)
+    _avail, w = replay.schedule(table, [], "cost_sensitive")
+    r_mat = replay.reward_matrix(table, w, scales)
+    assert by["best_fixed"].reward.sum() == pytest.approx(r_mat.sum(axis=0).max())
+    assert by["uniscale"].reward.sum() > by["random"].reward.sum()
+
+
+def test_retired_model_is_never_chosen_after_the_event(
+    small_table: tuple[outcomes.OutcomeTable, dict[str, ModelSpec]],
+) -> None:
+    table, models = small_table
+    ev = [
+        replay.Event(200, "retire_model", "medium"),
+        replay.Event(300, "set_reward", "quality_priority"),
+    ]
+    results = replay.compare(table, models, events=ev)
+    medium = {i for i, a in enumerate(table.actions) if a.model == "medium"}
+    for r in results:
+        assert not medium & set(r.chosen[200:].tolist()), r.name
+    avail, w = replay.schedule(table, ev, "cost_sensitive")
+    assert not avail[250, sorted(medium)].any() and avail[100, sorted(medium)].all()
+    assert w[299, 1] == 1.0 and w[300, 1] == 0.1
+
+
+def test_added_model_only_after_the_event(
+    small_table: tuple[outcomes.OutcomeTable, dict[str, ModelSpec]],
+) -> None:
+    table, models = small_table
+    ev = [replay.Event(150, "add_model", "large")]
+    results = replay.compare(table, models, events=ev, initial_models=["small", "medium"])
+    large = {i for i, a in enumerate(table.actions) if a.model == "large"}
+    for r in results:
+        assert not large & set(r.chosen[:150].tolist()), r.name
+
+
+@given(st.lists(st.tuples(st.floats(0, 10), st.floats(0, 1)), min_size=1, max_size=30))
+def test_aiq_is_an_average_quality_on_the_frontier(points: list[tuple[float, float]]) -> None:
+    v = replay.aiq(points)
+    qs = [q for _, q in points]
+    assert min(qs) - 1e-12 <= v <= max(qs) + 1e-12
+
+
+def test_aiq_step_frontier() -> None:
+    # quality 0.5 from cost 0 to 1, then 1.0 up to cost 2: average 0.75
+    assert replay.aiq([(0.0, 0.5), (1.0, 1.0), (2.0, 0.2)]) == pytest.approx(0.75)
+
+
+def test_report_table_and_aggregate(
+    small_table: tuple[outcomes.OutcomeTable, dict[str, ModelSpec]],
+) -> None:
+    table, models = small_table
+    rows = report.aggregate([replay.compare(table, models), replay.compare(table, models, seed=1)])
+    text = report.table(rows)
+    assert "uniscale" in text and "±" in text
+    assert {r["policy"] for r in rows} >= {"oracle", "uniscale", "tts_only", "best_fixed"}
+
+
+def test_demo_writes_results_and_charts(tmp_path: object) -> None:
+    out = run_demo(600, out_dir=str(tmp_path), quiet=True)
+    files = {p.name for p in __import__("pathlib").Path(str(tmp_path)).iterdir()}
+    assert {"demo_results.json", "quality_vs_cost.svg", "cumulative_regret.svg"} <= files
+    data = json.loads((__import__("pathlib").Path(str(tmp_path)) / "demo_results.json").read_text())
+    assert {r["policy"] for r in data["summary"]} >= {"uniscale", "oracle", "random"}
+    assert out["text"].count("\n") > 5
+
+
+def test_cli_demo(tmp_path: object, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["demo", "--requests", "300", "--out", str(tmp_path)]) == 0
+    assert "uniscale" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli_main(["demo", "--reward", "nonsense"])
