@@ -449,6 +449,9 @@ impl Policy {
                 };
             }
             let b = best.ok_or(CoreError::AllMasked)?;
+            // The chosen action broke a limit like the others, but it is the decision, not a
+            // pruned action: `fallback` records that it was taken despite the limits.
+            pruned.retain(|(i, _)| *i != b);
             (vec![b], vec![1.0], b, false)
         } else {
             // 2. dominance in (predicted cost, predicted latency, quality UCB)
@@ -724,6 +727,11 @@ impl Policy {
     /// Predictions for every action at this request size (for planners and explanations).
     pub fn predict_all(&self, input_tokens: f64) -> CoreResult<Vec<Prediction>> {
         check_finite_scalar("input_tokens", input_tokens)?;
+        if input_tokens < 0.0 {
+            return Err(CoreError::Config(format!(
+                "input_tokens must be >= 0, got {input_tokens}"
+            )));
+        }
         Ok(self
             .space
             .actions

@@ -16,6 +16,8 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from uniscale._core import ConfigError
+
 Strategy = Literal["single", "self_consistency", "best_of_n", "adaptive_consistency"]
 STRATEGIES: tuple[Strategy, ...] = (
     "single",
@@ -55,7 +57,7 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         if not self.name:
-            raise ValueError("ModelSpec.name must be a non-empty string")
+            raise ConfigError("ModelSpec.name must be a non-empty string")
         for key in (
             "price_in_per_mtok",
             "price_out_per_mtok",
@@ -65,15 +67,17 @@ class ModelSpec:
         ):
             v = getattr(self, key)
             if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
-                raise ValueError(f"ModelSpec.{key} must be a finite number >= 0, got {v!r}")
+                raise ConfigError(f"ModelSpec.{key} must be a finite number >= 0, got {v!r}")
         if not (isinstance(self.parallelism, int) and self.parallelism >= 1):
-            raise ValueError(f"ModelSpec.parallelism must be an int >= 1, got {self.parallelism!r}")
+            raise ConfigError(
+                f"ModelSpec.parallelism must be an int >= 1, got {self.parallelism!r}"
+            )
         if not (isinstance(self.max_concurrency, int) and self.max_concurrency >= 1):
-            raise ValueError(
+            raise ConfigError(
                 f"ModelSpec.max_concurrency must be an int >= 1, got {self.max_concurrency!r}"
             )
         if self.endpoint not in ("chat", "completions"):
-            raise ValueError(
+            raise ConfigError(
                 f"ModelSpec.endpoint must be 'chat' or 'completions', got {self.endpoint!r}"
             )
 
@@ -93,11 +97,11 @@ class Action:
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {self.strategy!r}; expected one of {STRATEGIES}")
+            raise ConfigError(f"unknown strategy {self.strategy!r}; expected one of {STRATEGIES}")
         if not (isinstance(self.n, int) and self.n >= 1):
-            raise ValueError(f"Action.n must be an int >= 1, got {self.n!r}")
+            raise ConfigError(f"Action.n must be an int >= 1, got {self.n!r}")
         if self.strategy == "single" and self.n != 1:
-            raise ValueError("strategy 'single' requires n == 1")
+            raise ConfigError("strategy 'single' requires n == 1")
 
     def __str__(self) -> str:
         return f"{self.model}/{self.strategy}/n={self.n}"
@@ -134,19 +138,19 @@ class ActionSpace:
         by_name: dict[str, ModelSpec] = {}
         for m in models:
             if not isinstance(m, ModelSpec):
-                raise TypeError(f"models must be ModelSpec instances, got {type(m).__name__}")
+                raise ConfigError(f"models must be ModelSpec instances, got {type(m).__name__}")
             if m.name in by_name:
-                raise ValueError(f"duplicate model name {m.name!r}")
+                raise ConfigError(f"duplicate model name {m.name!r}")
             by_name[m.name] = m
         seen: set[Action] = set()
         for a in actions:
             if a.model not in by_name:
-                raise ValueError(f"action {a} refers to unknown model {a.model!r}")
+                raise ConfigError(f"action {a} refers to unknown model {a.model!r}")
             if a in seen:
-                raise ValueError(f"duplicate action {a}")
+                raise ConfigError(f"duplicate action {a}")
             seen.add(a)
         if not actions:
-            raise ValueError("the action space is empty")
+            raise ConfigError("the action space is empty")
         self._models = by_name
         self._actions = list(actions)
 

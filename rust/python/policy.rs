@@ -10,7 +10,7 @@ use pyo3::types::{PyBytes, PyDict, PyTuple};
 
 use super::convert::{bool_nd, f64_1d};
 use super::learners::ArrayPair;
-use super::ShapeError;
+use super::{ShapeError, UnknownDecisionError};
 use crate::cost::Prediction;
 use crate::error::CoreError;
 use crate::learner::Config;
@@ -335,7 +335,9 @@ impl PyPolicyCore {
             .map_err(|_| CoreError::Config(format!("capacity must be >= 1, got {capacity}")))?;
         let n_models = models.len();
         let slots = match model_slots {
-            None => n_models.max(1) + 4,
+            // One spare slot for a model added while serving (each slot widens the shared
+            // learner's joint dimension by d + 1; pass model_slots to reserve more).
+            None => n_models.max(1) + 1,
             Some(s) => usize::try_from(s)
                 .map_err(|_| CoreError::Config(format!("model_slots must be >= 1, got {s}")))?,
         };
@@ -421,7 +423,7 @@ impl PyPolicyCore {
     fn update(
         &self,
         py: Python<'_>,
-        decision_id: i64,
+        decision_id: &Bound<'_, PyAny>,
         quality: f64,
         cost_usd: Option<f64>,
         latency_s: Option<f64>,
@@ -429,7 +431,16 @@ impl PyPolicyCore {
         samples_used: Option<f64>,
         now: Option<f64>,
     ) -> PyResult<(f64, f64, f64, bool)> {
-        let id = u64::try_from(decision_id).map_err(|_| CoreError::UnknownDecision(0))?;
+        // Ids are u64 in the core; anything else (negative, huge, not an int) was never issued.
+        let id: u64 = decision_id.extract().map_err(|_| {
+            let shown = decision_id
+                .repr()
+                .map(|r| r.to_string())
+                .unwrap_or_else(|_| "?".into());
+            UnknownDecisionError::new_err(format!(
+                "unknown decision id {shown}: ids are the non-negative integers select() returns"
+            ))
+        })?;
         let fb = Feedback {
             quality,
             cost_usd,
@@ -679,7 +690,7 @@ pub fn action_features<'py>(
     models: Vec<(ModelTuple, Vec<(String, u32)>)>,
     model_slots: Option<usize>,
 ) -> PyResult<Bound<'py, PyArray2<f64>>> {
-    let mut space = Space::new(model_slots.unwrap_or(models.len().max(1) + 4))?;
+    let mut space = Space::new(model_slots.unwrap_or(models.len().max(1) + 1))?;
     for (m, acts) in models {
         let mi = space.add_model(model_info(m))?;
         for (s, n) in actions_of(acts)? {
