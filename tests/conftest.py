@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-import uniscale
 from hypothesis import HealthCheck, settings
+
+import uniscale
 
 settings.register_profile(
     "dev",

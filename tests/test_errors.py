@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-import uniscale
 from conftest import Learner, MakeLearner
+
+import uniscale
 from uniscale import (
     AllMaskedError,
     ConfigError,

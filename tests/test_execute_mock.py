@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+
 from uniscale.execute import (
     AdaptiveConfig,
     AllSamplesFailed,

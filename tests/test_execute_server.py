@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import pytest
 from fake_openai import FakeConfig, FakeOpenAI
+
 from uniscale.execute import AllSamplesFailed, DeadlineExceeded, Executor, Outcome
 from uniscale.space import Action, ModelSpec
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from uniscale.extract import (
     available_extractors,
     extract_answer_number,

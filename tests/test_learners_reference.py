@@ -7,12 +7,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-import uniscale
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from numpy.typing import NDArray
 from reference import RefLinUCB, RefSharedLinUCB, masked_argmax
+
+import uniscale
 
 # Scores must agree to 1e-9 relative. The absolute floor is for scores whose exact value is
 # (near) zero: a mean prior_mean + theta.x that cancels, or a bonus at x ~ 0. There only an

@@ -8,9 +8,10 @@ values at the time of writing are noted next to each threshold).
 from __future__ import annotations
 
 import numpy as np
-import uniscale
 from numpy.typing import NDArray
 from reference import RefLinUCB, RefSharedLinUCB, linucb_from_state, shared_from_state
+
+import uniscale
 
 T = 5000
 

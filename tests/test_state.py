@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import uniscale
 from conftest import Learner, MakeLearner
 from numpy.typing import NDArray
+
+import uniscale
 from uniscale import StateError
 
 HEADER = 21

@@ -14,9 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-import uniscale
 from conftest import Learner
 from reference import linucb_from_state, shared_from_state
+
+import uniscale
 
 N_THREADS = 8
 ROUNDS = 1000

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from uniscale.vote import (
     adaptive_schedule,
     beta_cdf,
