@@ -35,6 +35,10 @@ pub struct Ridge {
     pub theta: Vec<f64>,
     pub n_updates: u64,
     pub since_refresh: u32,
+    /// Upper bound on the largest diagonal entry of A (= its largest entry, A being PSD), kept
+    /// incrementally so the overflow check does not read a strided diagonal on every update;
+    /// recomputed exactly at each refresh.
+    pub diag_bound: f64,
 }
 
 impl Ridge {
@@ -47,6 +51,7 @@ impl Ridge {
             theta: vec![0.0; n],
             n_updates: 0,
             since_refresh: 0,
+            diag_bound: ridge,
         }
     }
 
@@ -60,6 +65,7 @@ impl Ridge {
             theta: vec![0.0; n],
             n_updates,
             since_refresh: 0,
+            diag_bound: 0.0,
         };
         r.refresh()?;
         Ok(r)
@@ -69,10 +75,8 @@ impl Ridge {
     /// `b` past [`MAGNITUDE_LIMIT`]. A is positive semi-definite, so its largest entry is on the
     /// diagonal and this bound is O(n) to check.
     pub fn check_headroom(&self, add_a: f64, add_b: f64) -> CoreResult<()> {
-        let n = self.n;
-        let diag = (0..n).map(|i| self.a[i * n + i]).fold(0.0f64, f64::max);
         let bmax = max_abs(&self.b);
-        let (na, nb) = (diag + add_a, bmax + add_b);
+        let (na, nb) = (self.diag_bound + add_a, bmax + add_b);
         if na.is_finite() && nb.is_finite() && na <= MAGNITUDE_LIMIT && nb <= MAGNITUDE_LIMIT {
             Ok(())
         } else {
@@ -85,6 +89,8 @@ impl Ridge {
     /// Exact recomputation of `A^-1` and `theta` from `A`.
     pub fn refresh(&mut self) -> CoreResult<()> {
         linalg::symmetrize(&mut self.a, self.n);
+        let n = self.n;
+        self.diag_bound = (0..n).map(|i| self.a[i * n + i]).fold(0.0f64, f64::max);
         // Assign only on success so a failed factorisation leaves the old inverse in place.
         self.ainv = linalg::spd_inverse(&self.a, self.n)?;
         linalg::matvec(&self.ainv, &self.b, &mut self.theta);
@@ -144,11 +150,19 @@ impl Ridge {
         }
         let denom = linalg::sherman_morrison_prepare(&self.ainv, x, scratch)?;
         linalg::rank_one_add(&mut self.a, x);
+        self.diag_bound += xmax * xmax;
         for (bi, xi) in self.b.iter_mut().zip(x) {
             *bi += reward * xi;
         }
         self.n_updates += 1;
         self.since_refresh += 1;
+        // Recursive least squares: with z = A^-1 x, theta' = theta + z (r - x.theta) / denom
+        // equals (A + x x')^-1 (b + r x) in O(n) instead of an O(n^2) product; rounding drift
+        // is removed by the periodic refresh below, which recomputes theta from A and b.
+        let gain = (reward - linalg::dot(x, &self.theta)) / denom;
+        for (t, zi) in self.theta.iter_mut().zip(scratch.iter()) {
+            *t += gain * zi;
+        }
         linalg::sherman_morrison_apply(&mut self.ainv, scratch, denom);
         if self.since_refresh >= REFRESH_PERIOD {
             // If the exact refresh fails (it cannot for finite input, A >= ridge I) the
@@ -158,7 +172,6 @@ impl Ridge {
             }
             self.since_refresh = 0;
         }
-        linalg::matvec(&self.ainv, &self.b, &mut self.theta);
         Ok(())
     }
 
