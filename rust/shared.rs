@@ -9,7 +9,8 @@
 //! * mean:  `theta . phi_a = (u' Theta) . v_a = w . v_a`, where `w = u' Theta` is computed once
 //!   per request in O(D);
 //! * bonus: `phi_a' M phi_a = v_a' G v_a`, where `G[j,l] = sum_{i,k} u_i u_k M[(i,j),(k,l)]`
-//!   is a (p+1) x (p+1) matrix computed once per request in O(D^2).
+//!   is a (p+1) x (p+1) matrix computed once per request in O(D^2), reading only the block
+//!   upper triangle of the symmetric M (half of it).
 //!
 //! Selecting over K actions therefore costs **O(D^2 + K p^2)** = O(d^2 p^2 + K p^2) instead of
 //! the naive O(K D^2) = O(K d^2 p^2); at d = 16, p = 8, K = 1024 that is ~107k multiply-adds
@@ -286,28 +287,44 @@ impl SharedLinUcb {
                 }
             }
         }
-        // G[j, l] = sum_k u_k v_j[(k, l)] with v_j = sum_i u_i M[(i, j), :]. Each v_j is a sum
-        // of (d+1) contiguous rows of length D (long axpys that vectorise well); every row of M
-        // is read exactly once, so this is O(D^2) once per request.
-        let mut g = vec![0.0; pp * pp];
-        let mut v_j = vec![0.0; jd];
-        for j in 0..pp {
-            v_j.iter_mut().for_each(|v| *v = 0.0);
-            for (i, &ui) in u.iter().enumerate() {
-                if ui != 0.0 {
-                    let r = i * pp + j;
-                    for (acc, mv) in v_j.iter_mut().zip(&m[r * jd..(r + 1) * jd]) {
-                        *acc += ui * mv;
+        // G[j, l] = sum_{i,k} u_i u_k M[(i, j), (k, l)]. M is symmetric, so with B_ik the
+        // (p+1) x (p+1) block (i, k) of M and B_ki = B_ik':
+        //   G = sum_i u_i^2 B_ii + sum_{i<k} u_i u_k (B_ik + B_ik').
+        // Row (i, j) of M is therefore read only from column block i onwards: half of M per
+        // request, still O(D^2), in contiguous row segments. g1 collects the blocks as they
+        // are, g2 the ones that enter transposed.
+        let mut g1 = vec![0.0; pp * pp];
+        let mut g2 = vec![0.0; pp * pp];
+        let mut y = vec![0.0; pp];
+        for (i, &ui) in u.iter().enumerate() {
+            if ui == 0.0 {
+                continue;
+            }
+            for j in 0..pp {
+                let r = i * pp + j;
+                let row = &m[r * jd..(r + 1) * jd];
+                y.iter_mut().for_each(|v| *v = 0.0);
+                for (k, &uk) in u.iter().enumerate().skip(i + 1) {
+                    if uk != 0.0 {
+                        for (yl, mv) in y.iter_mut().zip(&row[k * pp..(k + 1) * pp]) {
+                            *yl += uk * mv;
+                        }
                     }
+                }
+                let diag = &row[i * pp..(i + 1) * pp];
+                let g1r = &mut g1[j * pp..(j + 1) * pp];
+                for ((g, d), yl) in g1r.iter_mut().zip(diag).zip(&y) {
+                    *g += ui * (ui * d + yl);
+                }
+                for (g, yl) in g2[j * pp..(j + 1) * pp].iter_mut().zip(&y) {
+                    *g += ui * yl;
                 }
             }
-            let g_row = &mut g[j * pp..(j + 1) * pp];
-            for (k, &uk) in u.iter().enumerate() {
-                if uk != 0.0 {
-                    for (gl, vv) in g_row.iter_mut().zip(&v_j[k * pp..(k + 1) * pp]) {
-                        *gl += uk * vv;
-                    }
-                }
+        }
+        let mut g = vec![0.0; pp * pp];
+        for j in 0..pp {
+            for l in 0..pp {
+                g[j * pp + l] = g1[j * pp + l] + g2[l * pp + j];
             }
         }
         // Per action: O(p^2).
