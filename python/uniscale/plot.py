@@ -44,7 +44,9 @@ def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
 def _fmt(v: float) -> str:
     if v == 0:
         return "0"
-    if abs(v) >= 1000 or abs(v) < 0.01:
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    if abs(v) < 0.01:
         return f"{v:.2g}"
     return f"{v:.3g}"
 
@@ -59,9 +61,11 @@ def chart(
     mode: str = "lines",
     width: int = 720,
     height: int = 440,
+    colors: dict[str, str] | None = None,
 ) -> Path:
     """Writes an SVG with one line (``mode="lines"``) or one point group (``"points"``) per
-    series; returns the path."""
+    series; returns the path. ``colors`` pins a colour per series name (so several charts of
+    the same policies agree); others take the palette in order."""
     left, right, top, bottom = 70, 190, 40, 55
     xs = [x for _, sx, _ in series for x in sx if math.isfinite(x)]
     ys = [y for _, _, sy in series for y in sy if math.isfinite(y)]
@@ -111,7 +115,7 @@ def chart(
         f'text-anchor="middle">{html.escape(ylabel)}</text>'
     )
     for i, (name, sx, sy) in enumerate(series):
-        color = PALETTE[i % len(PALETTE)]
+        color = (colors or {}).get(name, PALETTE[i % len(PALETTE)])
         pts = [
             (px(x), py(y))
             for x, y in zip(sx, sy, strict=False)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from uniscale.plot import chart
+from uniscale.plot import PALETTE, chart
 from uniscale.replay import RunResult
 
 COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -81,27 +81,33 @@ def aggregate(per_seed: Sequence[Sequence[RunResult]]) -> list[dict[str, Any]]:
 
 
 def write_charts(results: Sequence[RunResult], out_dir: str | Path, prefix: str = "") -> list[Path]:
-    """Quality-vs-cost points and cumulative regret curves for one stream."""
+    """Accuracy-vs-cost points and cumulative regret curves for one stream. The random policy
+    is left out of both (it is off the scale of everything else); colours follow the policy
+    order, so the two charts agree."""
     out = Path(out_dir)
+    colors = {r.name: PALETTE[i % len(PALETTE)] for i, r in enumerate(results)}
+    shown = [r for r in results if r.name != "random"]
     paths = [
         chart(
             out / f"{prefix}quality_vs_cost.svg",
-            [(r.name, [float(r.cost_usd.mean())], [float(r.quality.mean())]) for r in results],
-            title="Accuracy vs cost per request",
+            [(r.name, [float(r.cost_usd.mean())], [float(r.quality.mean())]) for r in shown],
+            title="Accuracy vs cost per request (random policy omitted)",
             xlabel="dollars per request",
             ylabel="accuracy",
             mode="points",
+            colors=colors,
         ),
         chart(
             out / f"{prefix}cumulative_regret.svg",
             [
                 (r.name, list(range(1, len(r.reward) + 1)), r.cumulative_regret().tolist())
-                for r in results
+                for r in shown
                 if r.name != "oracle"
             ],
-            title="Cumulative regret against the per-request oracle",
+            title="Cumulative regret against the per-request oracle (random omitted)",
             xlabel="requests",
             ylabel="cumulative regret",
+            colors=colors,
         ),
     ]
     return paths
