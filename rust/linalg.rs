@@ -78,11 +78,19 @@ pub fn matvec(m: &[f64], x: &[f64], out: &mut [f64]) {
     }
 }
 
+/// Below this dimension `quad_form_sym` reads full rows (see there).
+pub const SYM_MIN_DIM: usize = 24;
+
 /// `x' m x` for a symmetric row-major `n x n` matrix, reading only the upper triangle (half the
-/// memory traffic of the full form).
+/// memory traffic of the full form) when n > `SYM_MIN_DIM`.
 #[inline(always)]
 pub fn quad_form_sym(m: &[f64], x: &[f64]) -> f64 {
     let n = x.len();
+    if n <= SYM_MIN_DIM {
+        // Small matrices are cache-resident: full rows of exact 8-wide chunks beat short
+        // triangular segments with their per-row remainders.
+        return quad_form(m, x);
+    }
     let mut s = 0.0;
     for i in 0..n {
         let xi = x[i];
