@@ -1,0 +1,191 @@
+#!/usr/bin/env bash
+# Real outcome-table collection: llama-servers on 127.0.0.1 + a resumable `uniscale.collect run`,
+# supervised in the background. Idempotent: `start` while it runs does nothing; after a crash, a
+# reboot or `stop`, `start` again resumes (pairs already "ok" in the table are skipped).
+#
+#   scripts/collect_real.sh start            # background supervisor (nohup, nice -n 5)
+#   scripts/collect_real.sh status           # supervisor, servers, table counts, last log lines
+#   scripts/collect_real.sh stop             # stop supervisor + collector (servers keep running)
+#   scripts/collect_real.sh stop --servers   # ... and the llama-servers started by serve.sh
+#   scripts/collect_real.sh export           # data/outcomes/real_v1.jsonl.gz + real_v1.meta.json
+#   scripts/collect_real.sh supervise        # the loop itself, in the foreground
+#
+# Environment (defaults):
+#   MODELS="smollm2 qwen05"    models to serve and collect; add qwen15 later:
+#                              MODELS="smollm2 qwen05 qwen15" scripts/collect_real.sh start
+#                              (ports 8101 8102 8103, -t 1 each; 3 servers on 2 cores are slow)
+#   SAMPLES=8  ITEMS=data/items.jsonl  THREADS=1
+#   OUT=${UNISCALE_CACHE:-~/.cache/uniscale}/collect/real_v1.jsonl   (outside the repo)
+#   MAX_ROUNDS=50              supervisor rounds (each: ensure servers, run collector)
+#   EXTRA_ARGS=""              passed to `python -m uniscale.collect run`
+#
+# The supervisor runs in its own session (setsid); its pid is in $OUT.dir/supervisor.pid and its
+# log in $OUT.dir/collect.log. Each round it (re)starts any server whose /health is not 200, then
+# runs the collector over all MODELS; it stops when a round finishes with nothing failed. While
+# the collector runs, a watchdog checks every 20 s that each server's port accepts connections and
+# restarts a server that refused twice in a row (the collector waits --server-wait-s = 120 s for a
+# dead server). A slow /health is not treated as down: under load it can take several seconds.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/.." && pwd)"
+cache="${UNISCALE_CACHE:-$HOME/.cache/uniscale}"
+MODELS="${MODELS:-smollm2 qwen05}"
+SAMPLES="${SAMPLES:-8}"
+ITEMS="${ITEMS:-$repo/data/items.jsonl}"
+THREADS="${THREADS:-1}"
+OUT="${OUT:-$cache/collect/real_v1.jsonl}"
+MAX_ROUNDS="${MAX_ROUNDS:-50}"
+EXTRA_ARGS="${EXTRA_ARGS:-}"
+PY="${PYTHON:-python3}"
+dir="$(dirname "$OUT")"
+pidfile="$dir/supervisor.pid"
+log="$dir/collect.log"
+mkdir -p "$dir"
+export PYTHONPATH="$repo/python${PYTHONPATH:+:$PYTHONPATH}"
+
+port_of() {
+  case "$1" in
+    smollm2) echo 8101 ;; qwen05) echo 8102 ;; qwen15) echo 8103 ;;
+    *) echo "unknown model $1 (smollm2 qwen05 qwen15)" >&2; return 1 ;;
+  esac
+}
+
+listening() {  # listening PORT -> exit 0 unless the port refuses connections (a busy server
+  # can take many seconds to answer /health on a loaded machine; that is not "down")
+  "$PY" - "$1" <<'EOF'
+import socket, sys
+s = socket.socket()
+s.settimeout(5)
+try:
+    s.connect(("127.0.0.1", int(sys.argv[1])))
+except TimeoutError:
+    sys.exit(0)
+except OSError:
+    sys.exit(1)
+finally:
+    s.close()
+sys.exit(0)
+EOF
+}
+
+supervisor_alive() {
+  [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null
+}
+
+ensure_servers() {
+  for m in $MODELS; do
+    p="$(port_of "$m")"
+    if listening "$p"; then continue; fi
+    echo "$(date '+%F %T') starting llama-server $m on port $p"
+    "$repo/scripts/llm/serve.sh" stop "$m" >/dev/null 2>&1 || true   # clears a stale pid file
+    "$repo/scripts/llm/serve.sh" start "$m:$p" -t "$THREADS" || echo "could not start $m"
+  done
+}
+
+declare -A down_count=()
+
+watchdog() {  # restart a server whose port refused connections twice in a row, 20 s apart
+  for m in $MODELS; do
+    p="$(port_of "$m")"
+    if listening "$p"; then
+      down_count[$m]=0
+      continue
+    fi
+    down_count[$m]=$((${down_count[$m]:-0} + 1))
+    if [[ ${down_count[$m]} -ge 2 ]]; then
+      echo "$(date '+%F %T') watchdog: $m on port $p is down; restarting it"
+      "$repo/scripts/llm/serve.sh" stop "$m" >/dev/null 2>&1 || true
+      "$repo/scripts/llm/serve.sh" start "$m:$p" -t "$THREADS" || echo "could not start $m"
+      down_count[$m]=0
+    fi
+  done
+}
+
+supervise() {
+  echo $$ >"$pidfile"
+  trap 'rm -f "$pidfile"' EXIT
+  for ((round = 1; round <= MAX_ROUNDS; round++)); do
+    echo "$(date '+%F %T') round $round: models $MODELS -> $OUT"
+    ensure_servers
+    margs=()
+    for m in $MODELS; do margs+=(--model "$m=http://127.0.0.1:$(port_of "$m")/v1"); done
+    rc=0
+    # shellcheck disable=SC2086
+    "$PY" -m uniscale.collect run --items "$ITEMS" --out "$OUT" -m "$SAMPLES" \
+      "${margs[@]}" $EXTRA_ARGS &
+    cpid=$!
+    while kill -0 "$cpid" 2>/dev/null; do
+      sleep 20
+      kill -0 "$cpid" 2>/dev/null && watchdog
+    done
+    wait "$cpid" || rc=$?
+    echo "$(date '+%F %T') round $round: collector exited with $rc"
+    if [[ $rc -eq 0 ]]; then
+      echo "$(date '+%F %T') complete"
+      return 0
+    fi
+    if [[ $rc -eq 2 ]]; then
+      echo "configuration error; not retrying"
+      return 2
+    fi
+    sleep 60
+  done
+  echo "gave up after $MAX_ROUNDS rounds"
+  return 1
+}
+
+cmd="${1:-status}"
+case "$cmd" in
+  start)
+    if supervisor_alive; then
+      echo "already running: supervisor pid $(cat "$pidfile"), log $log"
+      exit 0
+    fi
+    cd "$repo"
+    MODELS="$MODELS" SAMPLES="$SAMPLES" ITEMS="$ITEMS" OUT="$OUT" THREADS="$THREADS" \
+      MAX_ROUNDS="$MAX_ROUNDS" EXTRA_ARGS="$EXTRA_ARGS" \
+      setsid nohup nice -n 5 "$0" supervise >>"$log" 2>&1 </dev/null &
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+      supervisor_alive && break
+      sleep 0.5
+    done
+    echo "started: supervisor pid $(cat "$pidfile" 2>/dev/null || echo '?'), log $log, table $OUT"
+    ;;
+  supervise)
+    cd "$repo"
+    supervise
+    ;;
+  stop)
+    if supervisor_alive; then
+      pid="$(cat "$pidfile")"
+      kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid"
+      echo "stopped supervisor (process group $pid)"
+      rm -f "$pidfile"
+    else
+      echo "supervisor not running"
+    fi
+    if [[ "${2:-}" == "--servers" ]]; then
+      # shellcheck disable=SC2086
+      "$repo/scripts/llm/serve.sh" stop $MODELS
+    fi
+    ;;
+  status)
+    if supervisor_alive; then
+      echo "supervisor: running, pid $(cat "$pidfile")"
+    else
+      echo "supervisor: not running"
+    fi
+    "$repo/scripts/llm/serve.sh" status || true
+    "$PY" -m uniscale.collect status "$OUT" --items "$ITEMS" 2>/dev/null || echo "no table yet"
+    echo "--- $log (tail)"
+    tail -n 5 "$log" 2>/dev/null || true
+    ;;
+  export)
+    cd "$repo"
+    "$PY" -m uniscale.collect export "$OUT" "$repo/data/outcomes/real_v1.jsonl.gz" --items "$ITEMS"
+    ;;
+  *)
+    echo "usage: $0 start|stop [--servers]|status|export|supervise" >&2
+    exit 2
+    ;;
+esac
