@@ -10,7 +10,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export HYPOTHESIS_PROFILE ?= $(if $(CI),ci,dev)
 # Real-LLM tests: set UNISCALE_REAL_LLM=0 to skip building/starting llama.cpp servers.
-UNISCALE_REAL_LLM ?= 1
+export UNISCALE_REAL_LLM ?= 1
 export UNISCALE_CACHE ?= $(HOME)/.cache/uniscale
 
 .PHONY: venv install build demo lint test test-rust test-py llm bench bench-smoke clean
@@ -43,7 +43,7 @@ test-rust:
 	cargo test --release
 
 llm:
-	@if [ "$(UNISCALE_REAL_LLM)" = "1" ]; then bash scripts/llm/setup.sh smollm2 qwen05; \
+	@if [ "$(UNISCALE_REAL_LLM)" = "1" ]; then bash scripts/llm/setup.sh smollm2 qwen05 llamacpp-python; \
 	else echo "UNISCALE_REAL_LLM=0: skipping llama.cpp setup"; fi
 
 test-py: install

