@@ -756,15 +756,7 @@ def _log_stream(
             c = uid_col[uids[dec.index]]
             d["action_uid"] = c
             cand_ids = [uid_col[uids[i]] for i in d["candidates"]]
-            pol.update(
-                dec.id,
-                quality=float(table.quality[t, c]),
-                cost_usd=float(table.cost_usd[t, c]),
-                latency_s=float(table.latency_s[t, c]),
-                output_tokens=float(table.output_tokens[t, c]),
-                samples_used=float(table.samples_used[t, c]),
-                now=float(step),
-            )
+            pol.update(dec.id, **table.feedback(t, c), now=float(step))
         out.append(
             {
                 "schema": LOG_SCHEMA,
@@ -932,13 +924,5 @@ def _train_greedy(
     for step, t in enumerate(rows):
         d = pol.select(table.X[t], float(table.input_tokens[t]), now=float(step))
         c = cols[d.index]
-        pol.update(
-            d.id,
-            quality=float(table.quality[t, c]),
-            cost_usd=float(table.cost_usd[t, c]),
-            latency_s=float(table.latency_s[t, c]),
-            output_tokens=float(table.output_tokens[t, c]),
-            samples_used=float(table.samples_used[t, c]),
-            now=float(step),
-        )
+        pol.update(d.id, **table.feedback(t, c), now=float(step))
     return pol

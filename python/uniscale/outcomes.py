@@ -76,6 +76,16 @@ class OutcomeTable:
     def n_requests(self) -> int:
         return len(self.ids)
 
+    def feedback(self, t: int, col: int) -> dict[str, float]:
+        """What action ``col`` produced on request ``t``, as `Policy.update` keyword arguments."""
+        return {
+            "quality": float(self.quality[t, col]),
+            "cost_usd": float(self.cost_usd[t, col]),
+            "latency_s": float(self.latency_s[t, col]),
+            "output_tokens": float(self.output_tokens[t, col]),
+            "samples_used": float(self.samples_used[t, col]),
+        }
+
     def action_index(self, action: Action) -> int:
         return self.actions.index(action)
 

@@ -255,15 +255,7 @@ def run_learner(
         c = int(cols[d.index])
         chosen[t] = c
         fallbacks += int(d.fallback)
-        pol.update(
-            d.id,
-            quality=float(table.quality[t, c]),
-            cost_usd=float(table.cost_usd[t, c]),
-            latency_s=float(table.latency_s[t, c]),
-            output_tokens=float(table.output_tokens[t, c]),
-            samples_used=float(table.samples_used[t, c]),
-            now=float(t),
-        )
+        pol.update(d.id, **table.feedback(t, c), now=float(t))
         if progress is not None:
             progress(1)
     return _result(
