@@ -168,7 +168,17 @@ fn matrix<'py>(
     v.into_pyarray(py).reshape([rows, cols])
 }
 
-fn reduce<'py, T: pyo3::PyClass>(
+/// Serialises (under the caller's lock) and writes atomically, with the GIL released.
+pub(super) fn save_with(
+    py: Python<'_>,
+    path: &std::path::Path,
+    to_bytes: impl FnOnce() -> Vec<u8> + Send,
+) -> PyResult<()> {
+    Ok(py.detach(|| state::atomic_write(path, &to_bytes()))?)
+}
+
+/// Pickle support shared by every stateful pyclass: `(type(self).from_bytes, (bytes,))`.
+pub(super) fn reduce<'py, T: pyo3::PyClass>(
     slf: &Bound<'py, T>,
     bytes: Vec<u8>,
 ) -> PyResult<Bound<'py, PyTuple>> {
@@ -336,10 +346,7 @@ impl PyLinUcb {
     }
 
     fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
-        Ok(py.detach(|| {
-            let bytes = self.inner.read().to_bytes();
-            state::atomic_write(&path, &bytes)
-        })?)
+        save_with(py, &path, || self.inner.read().to_bytes())
     }
 
     #[staticmethod]
@@ -552,10 +559,7 @@ impl PySharedLinUcb {
     }
 
     fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
-        Ok(py.detach(|| {
-            let bytes = self.inner.read().to_bytes();
-            state::atomic_write(&path, &bytes)
-        })?)
+        save_with(py, &path, || self.inner.read().to_bytes())
     }
 
     #[staticmethod]

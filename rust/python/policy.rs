@@ -9,7 +9,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
 use super::convert::{bool_nd, f64_1d};
-use super::learners::ArrayPair;
+use super::learners::{reduce, save_with, ArrayPair};
 use super::{ShapeError, UnknownDecisionError};
 use crate::cost::Prediction;
 use crate::error::CoreError;
@@ -659,10 +659,7 @@ impl PyPolicyCore {
     }
 
     fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
-        Ok(py.detach(|| {
-            let b = self.inner.lock().to_bytes();
-            state::atomic_write(&path, &b)
-        })?)
+        save_with(py, &path, || self.inner.lock().to_bytes())
     }
 
     #[staticmethod]
@@ -674,11 +671,8 @@ impl PyPolicyCore {
     }
 
     fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyTuple>> {
-        let py = slf.py();
         let bytes = slf.get().inner.lock().to_bytes();
-        let ctor = slf.as_any().get_type().getattr("from_bytes")?;
-        let args = PyTuple::new(py, [PyBytes::new(py, &bytes)])?;
-        PyTuple::new(py, [ctor, args.into_any()])
+        reduce(slf, bytes)
     }
 }
 
