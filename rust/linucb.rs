@@ -169,6 +169,9 @@ impl LinUcb {
         let k = r.dim("n_actions", MAX_DIM)?;
         let d = r.dim("dim", 4096)?;
         let cfg = Config::read(r)?;
+        // Each arm stores n_updates, A (d x d) and b (d) with their length prefixes.
+        let per_arm = 8 * (1 + 1 + (d as u128) * (d as u128) + 1 + d as u128);
+        r.expect_at_least("the arms", per_arm * k as u128)?;
         let mut me = LinUcb::new(k, d, cfg).map_err(|e| CoreError::State(e.to_string()))?;
         for arm in me.arms.iter_mut() {
             let n_updates = r.u64()?;

@@ -189,6 +189,8 @@ impl SharedLinUcb {
         let d = r.dim("dim", MAX_JOINT_DIM)?;
         let p = r.dim("p", MAX_JOINT_DIM)?;
         let cfg = Config::read(r)?;
+        let joint = ((d as u128) + 1) * ((p as u128) + 1);
+        r.expect_at_least("the model", 8 * (joint * joint + joint))?;
         let psi = r.f64s("action_features", k * p)?;
         let mut me =
             SharedLinUcb::new(psi, k, p, d, cfg).map_err(|e| CoreError::State(e.to_string()))?;

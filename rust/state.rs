@@ -245,6 +245,19 @@ impl<'a> Reader<'a> {
         let s = self.take(n)?;
         String::from_utf8(s.to_vec()).map_err(|_| bad("string is not UTF-8"))
     }
+    /// Fails unless at least `bytes` payload bytes remain: lets a reader reject a header that
+    /// announces more data than the blob holds *before* allocating for it.
+    pub fn expect_at_least(&self, what: &str, bytes: u128) -> CoreResult<()> {
+        let left = (self.buf.len() - self.pos) as u128;
+        if bytes <= left {
+            Ok(())
+        } else {
+            Err(bad(format!(
+                "{what} needs {bytes} more bytes but only {left} remain (corrupt dimensions?)"
+            )))
+        }
+    }
+
     pub fn finish(&self) -> CoreResult<()> {
         if self.pos == self.buf.len() {
             Ok(())

@@ -321,3 +321,22 @@ def test_failed_save_leaves_everything_untouched(make: MakeLearner, tmp_path: Pa
     assert sorted(os.listdir(tmp_path)) == ["occupied"], "temporary files were left behind"
     assert sorted(os.listdir(target)) == ["keep.txt"]
     assert learner.to_bytes() == before
+
+
+@pytest.mark.parametrize("kind", ["linucb", "shared"])
+def test_checksummed_blob_with_huge_dimensions_is_rejected_before_allocating(kind: str) -> None:
+    """A crafted blob with a valid CRC that announces enormous dimensions must fail fast with
+    StateError (not try to allocate terabytes)."""
+    cls: type[uniscale.LinUCB] | type[uniscale.SharedLinUCB]
+    if kind == "linucb":
+        cls = uniscale.LinUCB
+        blob = bytearray(uniscale.LinUCB(2, 2).to_bytes())
+        struct.pack_into("<QQ", blob, 21, 65536, 4096)  # n_actions, dim
+    else:
+        cls = uniscale.SharedLinUCB
+        blob = bytearray(uniscale.SharedLinUCB(np.eye(2), 2).to_bytes())
+        struct.pack_into("<QQQ", blob, 21, 2, 4000, 0)  # n_actions, dim, p
+    body = bytes(blob[:-4])
+    blob[-4:] = struct.pack("<I", zlib.crc32(body))
+    with pytest.raises(StateError, match="remain|exceeds|invalid"):
+        cls.from_bytes(bytes(blob))
