@@ -338,5 +338,5 @@ def test_checksummed_blob_with_huge_dimensions_is_rejected_before_allocating(kin
         struct.pack_into("<QQQ", blob, 21, 2, 4000, 0)  # n_actions, dim, p
     body = bytes(blob[:-4])
     blob[-4:] = struct.pack("<I", zlib.crc32(body))
-    with pytest.raises(StateError, match="remain|exceeds|invalid"):
+    with pytest.raises(StateError, match=r"remain|exceeds|invalid"):
         cls.from_bytes(bytes(blob))
