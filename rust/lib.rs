@@ -10,6 +10,7 @@ pub mod learner;
 pub mod linalg;
 pub mod linucb;
 pub mod pacing;
+pub mod pareto;
 pub mod policy;
 pub mod prune;
 pub mod ridge;

@@ -23,6 +23,8 @@ from uniscale._core import (
     UnknownActionError,
     UnknownDecisionError,
     __version__,
+    operating_point,
+    pareto_front,
 )
 from uniscale.execute import (
     AdaptiveConfig,
@@ -143,6 +145,8 @@ __all__ = [
     "majority_vote",
     "normalize_answer",
     "ope_check",
+    "operating_point",
+    "pareto_front",
     "read_decision_log",
     "records_from_log",
 ]

@@ -39,6 +39,8 @@ __all__ = [
     "UnknownDecisionError",
     "__version__",
     "action_features",
+    "operating_point",
+    "pareto_front",
 ]
 
 # --- module constants -----------------------------------------------------------------------
@@ -319,6 +321,26 @@ class FeatureHasher:
         """``(featurize(messages), estimate_tokens(messages))`` from one pass."""
     def __reduce__(self) -> tuple[object, tuple[()]]:
         """Pickle support (re-creates the hasher from its configuration)."""
+
+# --- Pareto front and operating points (for the planner) ------------------------------------
+
+def pareto_front(accuracy: ArrayLike, cost: ArrayLike, latency: ArrayLike) -> NDArray[np.int64]:
+    """Indices (increasing) of the points no other point beats on accuracy (higher), cost and
+    latency (lower) at once."""
+
+def operating_point(
+    accuracy: ArrayLike,
+    cost: ArrayLike,
+    latency: ArrayLike,
+    rule: Literal["accuracy_max", "knee", "utopia", "cube"] = "knee",
+    *,
+    min_accuracy: float = ...,
+    max_cost: float = ...,
+    max_latency: float = ...,
+) -> int | None:
+    """One point of the front: the most accurate; the knee (farthest from the plane through the
+    single-objective extremes, objectives scaled to [0, 1] over the front); the one closest to
+    utopia; or the most accurate inside the cube given by the bounds (None if empty)."""
 
 # --- policy ---------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ use crate::error::CoreError;
 mod convert;
 mod featurize;
 mod learners;
+mod pareto;
 mod policy;
 
 create_exception!(
@@ -145,6 +146,8 @@ fn uniscale_core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<policy::PyPolicyCore>()?;
     m.add_class::<policy::PyDecision>()?;
     m.add_function(wrap_pyfunction!(policy::action_features, m)?)?;
+    m.add_function(wrap_pyfunction!(pareto::pareto_front, m)?)?;
+    m.add_function(wrap_pyfunction!(pareto::operating_point, m)?)?;
     m.add_class::<featurize::PyFeatureHasher>()?;
     Ok(())
 }
