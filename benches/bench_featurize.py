@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from _common import release_build_or_exit_code
 
 TARGET_MEDIAN_US = 100.0
 
@@ -123,15 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dim", type=int, default=64, help="featurizer dimension (default 64)")
     args = ap.parse_args(argv)
 
+    refused = release_build_or_exit_code()
+    if refused is not None:
+        return refused
     import uniscale
 
-    if uniscale.BUILD_PROFILE != "release":
-        print(
-            f"refusing to benchmark: uniscale is a {uniscale.BUILD_PROFILE!r} build "
-            f"({uniscale.__file__}); install a release build (pip install .) and rerun",
-            file=sys.stderr,
-        )
-        return 2
     calls = 100 if args.smoke else args.calls
     repeats = 1 if args.smoke else args.repeats
 

@@ -30,6 +30,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from _common import release_build_or_exit_code
+
 
 def _pin_blas_threads(argv: list[str]) -> str:
     """Apply --blas-threads (default 1) before NumPy loads its BLAS; returns what was done.
@@ -739,15 +741,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     cfg = ap.parse_args(argv)
 
-    import uniscale
-
-    if uniscale.BUILD_PROFILE != "release":
-        print(
-            f"refusing to benchmark: uniscale is a {uniscale.BUILD_PROFILE!r} build "
-            f"({uniscale.__file__}); install a release build (pip install .) and rerun",
-            file=sys.stderr,
-        )
-        return 2
+    refused = release_build_or_exit_code()
+    if refused is not None:
+        return refused
 
     libs = list(ALL_LIBS)
     if cfg.only:

@@ -34,6 +34,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from _common import release_build_or_exit_code
 
 SEED = 20240611
 D = 32
@@ -254,15 +255,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     cfg = ap.parse_args(argv)
 
+    refused = release_build_or_exit_code()
+    if refused is not None:
+        return refused
     import uniscale
 
-    if uniscale.BUILD_PROFILE != "release":
-        print(
-            f"refusing to benchmark: uniscale is a {uniscale.BUILD_PROFILE!r} build "
-            f"({uniscale.__file__}); install a release build (pip install .) and rerun",
-            file=sys.stderr,
-        )
-        return 2
     smoke = cfg.smoke
     latency_s = cfg.latency_s if cfg.latency_s is not None else (0.05 if smoke else 1.0)
     decide_s = cfg.decide_s if cfg.decide_s is not None else (0.1 if smoke else 2.0)

@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _common import release_build_or_exit_code
+
 import uniscale
 from uniscale import outcomes, replay, report, sim
 from uniscale.progress import Progress
@@ -57,9 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny run for CI (no verdict)")
     ap.add_argument("--json", type=Path, help="write results here")
     args = ap.parse_args(argv)
-    if uniscale.BUILD_PROFILE != "release":
-        print("refusing to benchmark a debug build (pip install . builds release)", file=sys.stderr)
-        return 2
+    refused = release_build_or_exit_code()
+    if refused is not None:
+        return refused
     t_n, seeds = (1500, 1) if args.smoke else (args.requests, args.seeds)
     names = [s for s in args.scenarios.split(",") if s]
     unknown = [s for s in names if s not in SCENARIOS]
