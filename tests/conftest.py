@@ -6,6 +6,8 @@ Hypothesis profiles (choose with ``HYPOTHESIS_PROFILE=dev|ci``, default ``dev``)
   numpy's LAPACK warm-up make single examples slow in a way that says nothing about the code).
 * ``ci``: derandomized (the same examples on every run, so a red build is reproducible from the
   log alone), more examples, no deadline (shared CI runners have noisy timings).
+* ``stress``: random exploration with many examples, for hunting edge cases by hand before they
+  reach CI (``HYPOTHESIS_PROFILE=stress pytest tests/test_pareto.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,13 @@ settings.register_profile(
     max_examples=60,
     deadline=None,
     derandomize=True,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "stress",
+    max_examples=1000,
+    deadline=None,
     print_blob=True,
     suppress_health_check=[HealthCheck.too_slow],
 )
