@@ -1,12 +1,12 @@
 """How many samples adaptive consistency saves on real collected data, and at what accuracy.
 
-Replays the recorded samples of ``data/outcomes/real_v1.jsonl.gz`` (real llama.cpp models on
+Replays the recorded samples of ``uniscale/data/real_v1.jsonl.gz`` (real llama.cpp models on
 real benchmark items; see its meta file) for every model and n: self-consistency over the first
 n samples vs adaptive consistency drawing the same samples in rounds (2, 4, ...) until the
 leader cannot be overtaken or the Beta rule is confident. Several shuffles of the recorded
 sample order (seeds) give the spread.
 
-    python benches/adaptive_savings.py [--table PATH] [--items data/items.jsonl] [--seeds 5]
+    python benches/adaptive_savings.py [--table PATH] [--items PATH] [--seeds 5]
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from uniscale import outcomes
+from uniscale import datasets, outcomes
 from uniscale.collect import load_requests
 from uniscale.space import Action, ModelSpec
 
@@ -26,8 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--table", default="data/outcomes/real_v1.jsonl.gz")
-    ap.add_argument("--items", default="data/items.jsonl")
+    ap.add_argument("--table", default=str(datasets.REAL_TABLE), help="default: packaged table")
+    ap.add_argument("--items", default=str(datasets.ITEMS), help="default: the packaged items")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--n", default="4,8", help="comma-separated budgets n (default 4,8)")
     args = ap.parse_args(argv)

@@ -7,14 +7,14 @@
 #   scripts/collect_real.sh status           # supervisor, servers, table counts, last log lines
 #   scripts/collect_real.sh stop             # stop supervisor + collector (servers keep running)
 #   scripts/collect_real.sh stop --servers   # ... and the llama-servers started by serve.sh
-#   scripts/collect_real.sh export           # data/outcomes/real_v1.jsonl.gz + real_v1.meta.json
+#   scripts/collect_real.sh export           # python/uniscale/data/real_v1.jsonl.gz + real_v1.meta.json
 #   scripts/collect_real.sh supervise        # the loop itself, in the foreground
 #
 # Environment (defaults):
 #   MODELS="smollm2 qwen05"    models to serve and collect; add qwen15 later:
 #                              MODELS="smollm2 qwen05 qwen15" scripts/collect_real.sh start
 #                              (ports 8101 8102 8103, -t 1 each; 3 servers on 2 cores are slow)
-#   SAMPLES=8  ITEMS=data/items.jsonl  THREADS=1
+#   SAMPLES=8  ITEMS=python/uniscale/data/items.jsonl  THREADS=1
 #   OUT=${UNISCALE_CACHE:-~/.cache/uniscale}/collect/real_v1.jsonl   (outside the repo)
 #   MAX_ROUNDS=50              supervisor rounds (each: ensure servers, run collector)
 #   EXTRA_ARGS=""              passed to `python -m uniscale.collect run`
@@ -31,7 +31,7 @@ repo="$(cd "$here/.." && pwd)"
 cache="${UNISCALE_CACHE:-$HOME/.cache/uniscale}"
 MODELS="${MODELS:-smollm2 qwen05}"
 SAMPLES="${SAMPLES:-8}"
-ITEMS="${ITEMS:-$repo/data/items.jsonl}"
+ITEMS="${ITEMS:-$repo/python/uniscale/data/items.jsonl}"
 THREADS="${THREADS:-1}"
 OUT="${OUT:-$cache/collect/real_v1.jsonl}"
 MAX_ROUNDS="${MAX_ROUNDS:-50}"
@@ -182,7 +182,7 @@ case "$cmd" in
     ;;
   export)
     cd "$repo"
-    "$PY" -m uniscale.collect export "$OUT" "$repo/data/outcomes/real_v1.jsonl.gz" --items "$ITEMS"
+    "$PY" -m uniscale.collect export "$OUT" "$repo/python/uniscale/data/real_v1.jsonl.gz" --items "$ITEMS"
     ;;
   *)
     echo "usage: $0 start|stop [--servers]|status|export|supervise" >&2

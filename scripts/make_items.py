@@ -16,9 +16,9 @@ have something to learn from:
   (original answer after ``####``). Extractor ``last_number``. The hard tail.
 
 Deterministic: the same versions and seed give the same file byte for byte. Package versions,
-wheel sha256s and the selection parameters go to ``data/items.meta.json``.
+wheel sha256s and the selection parameters go to ``python/uniscale/data/items.meta.json``.
 
-    python scripts/make_items.py                # writes data/items.jsonl + data/items.meta.json
+    python scripts/make_items.py                # writes items.jsonl + items.meta.json
     python scripts/make_items.py --wheels DIR   # reuse wheels already downloaded into DIR
 """
 
@@ -349,8 +349,9 @@ def build(
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--out", type=Path, default=REPO / "data" / "items.jsonl")
-    p.add_argument("--meta", type=Path, default=REPO / "data" / "items.meta.json")
+    data = REPO / "python" / "uniscale" / "data"
+    p.add_argument("--out", type=Path, default=data / "items.jsonl")
+    p.add_argument("--meta", type=Path, default=data / "items.meta.json")
     p.add_argument("--seed", type=int, default=20240601)
     p.add_argument("--n-arithmetic", type=int, default=120)
     p.add_argument("--n-mmlu", type=int, default=120)

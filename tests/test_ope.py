@@ -288,6 +288,8 @@ def test_cli_replay_budget_and_scenario(tmp_path: Path, capsys: pytest.CaptureFi
     rc = cli_main(
         [
             "replay",
+            "--table",
+            "sim",
             "--requests",
             "300",
             "--seeds",
@@ -316,6 +318,8 @@ def test_cli_ope_check_and_ope(tmp_path: Path, capsys: pytest.CaptureFixture[str
     rc = cli_main(
         [
             "ope-check",
+            "--table",
+            "sim",
             "--requests",
             "1500",
             "--logger",

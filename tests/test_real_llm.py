@@ -24,12 +24,12 @@ import time
 from collections import Counter
 from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pytest
 
+from uniscale import datasets
 from uniscale.execute import Executor, Outcome
 from uniscale.extract import get_extractor
 from uniscale.llm_servers import (
@@ -45,7 +45,7 @@ pytestmark = pytest.mark.real_llm
 T = TypeVar("T")
 REQUIRED = os.environ.get("UNISCALE_REAL_LLM") == "1"
 SETUP_HINT = "bash scripts/llm/setup.sh smollm2 qwen05 llamacpp-python"
-ITEMS = Path(__file__).resolve().parent.parent / "data" / "items.jsonl"
+ITEMS = datasets.ITEMS
 
 MODELS = ("smollm2", "qwen05")
 #: (price_in, price_out) in $/Mtok: arbitrary but distinct, so a mix-up shows in the cost.

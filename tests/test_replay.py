@@ -183,7 +183,7 @@ def test_report_table_and_aggregate(
 
 
 def test_demo_writes_results_and_charts(tmp_path: object) -> None:
-    out = run_demo(600, out_dir=str(tmp_path), quiet=True)
+    out = run_demo(600, out_dir=str(tmp_path), quiet=True, sim=True, seeds=1)
     files = {p.name for p in __import__("pathlib").Path(str(tmp_path)).iterdir()}
     assert {"demo_results.json", "quality_vs_cost.svg", "cumulative_regret.svg"} <= files
     data = json.loads((__import__("pathlib").Path(str(tmp_path)) / "demo_results.json").read_text())
@@ -192,7 +192,7 @@ def test_demo_writes_results_and_charts(tmp_path: object) -> None:
 
 
 def test_cli_demo(tmp_path: object, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli_main(["demo", "--requests", "300", "--out", str(tmp_path)]) == 0
+    assert cli_main(["demo", "--sim", "--requests", "300", "--out", str(tmp_path)]) == 0
     assert "uniscale" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         cli_main(["demo", "--reward", "nonsense"])

@@ -1,10 +1,13 @@
 """The ``uniscale`` command line.
 
-``uniscale demo``       the built-in simulated comparison (no network).
-``uniscale replay``     stream an outcome table (simulated or collected) through UniScale and the
-                        baselines over several seeds; quality-cost curve, AIQ, budget check.
+``uniscale demo``       replay the packaged real outcome table through UniScale and the baselines
+                        (no network, no server, no API key; ``--sim`` for the simulator).
+``uniscale replay``     stream an outcome table (the packaged real one, the simulator, or a
+                        collected file) through UniScale and the baselines over several seeds;
+                        quality-cost curve, AIQ, budget check.
+``uniscale collect``    record a full-information outcome table from real endpoints.
 ``uniscale ope``        off-policy estimates of a target policy's mean reward from a decision log.
-``uniscale ope-check``  the same estimators checked against ground truth on the simulated table.
+``uniscale ope-check``  the same estimators checked against replay ground truth on a table.
 """
 
 from __future__ import annotations
@@ -12,14 +15,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
-from uniscale.space import ModelSpec
 
 if TYPE_CHECKING:  # the heavy modules load inside the subcommands: `--help` stays fast
     from uniscale.outcomes import OutcomeTable
@@ -31,36 +31,26 @@ COST_WEIGHTS = (0.0, 0.1, 0.3, 1.0, 3.0, 10.0)
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from uniscale.datasets import DataError
     from uniscale.demo import run_demo
 
-    run_demo(args.requests, seed=args.seed, out_dir=args.out, reward=args.reward)
+    try:
+        run_demo(
+            args.requests,
+            seed=args.seed,
+            seeds=args.seeds,
+            out_dir=args.out,
+            reward=args.reward,
+            sim=args.sim,
+            table=args.table,
+        )
+    except (DataError, ValueError) as exc:
+        raise SystemExit(f"error: {exc}") from None
     return 0
 
 
 # --------------------------------------------------------------------------------------------
 # replay
-
-
-@dataclass(frozen=True, slots=True)
-class _Source:
-    """Where the replay's tables come from: ``table(seed)`` gives one stream per seed."""
-
-    name: str
-    models: dict[str, ModelSpec]
-    table: Callable[[int], OutcomeTable]
-
-
-def _sim_source(n_requests: int) -> _Source:
-    from uniscale import outcomes, sim
-    from uniscale.space import ActionSpace
-
-    models = {m.spec.name: m.spec for m in sim.DEFAULT_SIM_MODELS}
-    actions = ActionSpace.grid(list(models.values()), n_values=(1, 2, 4, 8)).ordered_actions()
-
-    def table(seed: int) -> OutcomeTable:
-        return outcomes.build_table(sim.simulate(n_requests, 16, seed=seed), actions, models)
-
-    return _Source(f"simulated ({n_requests} requests per seed)", models, table)
 
 
 def _parse_prices(items: Sequence[str]) -> dict[str, tuple[float, float]]:
@@ -79,52 +69,29 @@ def _parse_prices(items: Sequence[str]) -> dict[str, tuple[float, float]]:
     return out
 
 
-def _path_source(
-    path: str, items: str, n_requests: int | None, prices: dict[str, tuple[float, float]]
-) -> _Source:
-    """A collected table through `uniscale.collect.load_requests` (a thin adapter)."""
+def _source(args: argparse.Namespace, models: str | None = None) -> Any:
+    """The `uniscale.datasets.Source` named by ``--table`` / ``--items`` / ``--price`` /
+    ``--parallelism`` / ``--requests`` (``models``: comma-separated, default by coverage); bad
+    input exits with a one-line error."""
+    from uniscale import datasets
+
+    if args.table == "sim":
+        return datasets.sim_source(args.requests or 3000)
+    path = datasets.REAL_TABLE if args.table == "real" else Path(args.table)
     try:
-        from uniscale.collect import load_requests
-    except ImportError as exc:
-        raise SystemExit(
-            f"error: loading a collected table needs uniscale.collect ({exc}); use --table sim"
-        ) from None
-    from uniscale import outcomes
-    from uniscale.space import ActionSpace
-
-    if not Path(path).exists():
-        raise SystemExit(f"error: --table {path!r}: no such file (or use --table sim)")
-    requests = load_requests(path, items)
-    if len(requests) < 2:
-        raise SystemExit(f"error: {path} holds {len(requests)} complete requests; need >= 2")
-    names = sorted({m for r in requests for m in r.samples})
-    m = min(len(s) for r in requests for s in r.samples.values())
-    unknown = sorted(set(prices) - set(names))
-    if unknown:
-        raise SystemExit(f"error: --price for unknown models {unknown}; the table has {names}")
-    if not prices:
-        logging.getLogger(__name__).warning(
-            "no --price given: every model costs 0, so the reward trades quality against "
-            "latency only"
+        src = datasets.collected_source(
+            path,
+            args.items or datasets.ITEMS,
+            prices={**datasets.DEFAULT_PRICES, **_parse_prices(args.price)},
+            models=models.split(",") if models else None,
+            parallelism=args.parallelism,
+            n_requests=args.requests,
         )
-    models = {
-        n: ModelSpec(
-            n,
-            price_in_per_mtok=prices.get(n, (0.0, 0.0))[0],
-            price_out_per_mtok=prices.get(n, (0.0, 0.0))[1],
-            parallelism=max(1, m),
-        )
-        for n in names
-    }
-    n_values = tuple(v for v in (1, 2, 4, 8, 16, 32) if v <= m) or (1,)
-    actions = ActionSpace.grid(list(models.values()), n_values=n_values).ordered_actions()
-    count = len(requests) if n_requests is None else min(n_requests, len(requests))
-
-    def table(seed: int) -> OutcomeTable:
-        order = np.random.default_rng(seed).permutation(len(requests))[:count]
-        return outcomes.build_table([requests[i] for i in order], actions, models, seed=seed)
-
-    return _Source(f"{path} ({count} requests, order and samples shuffled per seed)", models, table)
+    except datasets.DataError as exc:
+        raise SystemExit(f"error: --table {args.table}: {exc}") from None
+    for model, why in src.excluded.items():
+        logging.getLogger(__name__).warning("left out %s: %s", model, why)
+    return src
 
 
 def _scenario(
@@ -173,10 +140,7 @@ def _replay(args: argparse.Namespace) -> int:
         raise SystemExit("error: --seeds must be >= 1")
     if args.budget is not None and not args.budget > 0:
         raise SystemExit("error: --budget must be > 0 (USD per request)")
-    if args.table == "sim":
-        src = _sim_source(args.requests or 3000)
-    else:
-        src = _path_source(args.table, args.items, args.requests, _parse_prices(args.price))
+    src = _source(args, args.models)
     out = Path(args.out)
     kw: dict[str, Any] = {}
     if args.budget is not None:
@@ -358,7 +322,7 @@ def _ope(args: argparse.Namespace) -> int:
 def _ope_check(args: argparse.Namespace) -> int:
     from uniscale import ope, report
 
-    src = _sim_source(args.requests)
+    src = _source(args)
     res = ope.ope_check(
         src.table(args.seed),
         src.models,
@@ -396,13 +360,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser(
         "demo",
-        help="replay a built-in workload through UniScale and the baselines (no network)",
-        description="Streams a simulated workload through UniScale, routing-only, TTS-only, "
-        "best-fixed, random and oracle policies; prints the comparison and writes JSON and SVG "
-        "charts. Needs no network, server or API key.",
+        help="replay the packaged real-LLM outcome table through UniScale and the baselines "
+        "(no network)",
+        description="Streams the outcome table recorded from real small LLMs that ships with "
+        "UniScale through UniScale, routing-only, TTS-only, best-fixed, random and oracle "
+        "policies for a few seeds; prints the comparison and the targets and writes JSON and "
+        "SVG charts. Needs no network, server or API key.",
     )
-    d.add_argument("--requests", type=int, default=6000, help="stream length (default 6000)")
-    d.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    d.add_argument(
+        "--requests",
+        type=int,
+        default=None,
+        help="stream length (default: every recorded item; --sim: 6000)",
+    )
+    d.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    d.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
+    d.add_argument(
+        "--sim", action="store_true", help="stream the built-in simulator instead of real data"
+    )
+    d.add_argument("--table", default=None, help="a collected table instead of the packaged one")
     d.add_argument(
         "--out", default="uniscale-demo", help="output directory (default ./uniscale-demo)"
     )
@@ -421,6 +397,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _add_table_args(p: argparse.ArgumentParser) -> None:
+    """--table / --items / --price / --parallelism: which outcome table a command streams."""
+    p.add_argument(
+        "--table",
+        default="real",
+        help="'real' (default: the packaged table recorded from real LLMs), 'sim' (the "
+        "built-in simulator, a fresh stream per seed) or the path of a collected table (.jsonl "
+        "or exported .jsonl.gz); order and samples are shuffled per seed",
+    )
+    p.add_argument(
+        "--items", default=None, help="item file of a collected table (default: packaged items)"
+    )
+    p.add_argument(
+        "--price",
+        action="append",
+        default=[],
+        metavar="NAME=IN,OUT",
+        help="USD per million input/output tokens of a collected model (repeatable; default "
+        "uniscale.datasets.DEFAULT_PRICES for the packaged models, else 0)",
+    )
+    p.add_argument(
+        "--parallelism",
+        type=int,
+        default=1,
+        help="samples an endpoint runs at once in replay (default 1, as measured on the "
+        "recording CPU servers)",
+    )
+
+
 def _add_replay(sub: Any) -> None:
     r = sub.add_parser(
         "replay",
@@ -431,22 +436,11 @@ def _add_replay(sub: Any) -> None:
         "weight varies with its RouterBench AIQ, and (with --budget) spend vs target; writes "
         "JSON and SVG charts.",
     )
+    _add_table_args(r)
     r.add_argument(
-        "--table",
-        default="sim",
-        help="'sim' (the built-in simulator, a fresh stream per seed) or the path of a "
-        "collected table (.jsonl or exported .jsonl.gz; order and samples shuffled per seed)",
-    )
-    r.add_argument(
-        "--items", default="data/items.jsonl", help="item file of a collected table (PATH only)"
-    )
-    r.add_argument(
-        "--price",
-        action="append",
-        default=[],
-        metavar="NAME=IN,OUT",
-        help="USD per million input/output tokens of a collected model (PATH only, "
-        "repeatable; default 0)",
+        "--models",
+        default=None,
+        help="comma-separated models to replay (default: those recorded on >= 90%% of items)",
     )
     r.add_argument(
         "--requests",
@@ -523,11 +517,18 @@ def _add_ope(sub: Any) -> None:
     c = sub.add_parser(
         "ope-check",
         help="check IPS/SNIPS/DR against ground truth on the simulated table",
-        description="Logs a seeded simulated stream with an exploring logger, estimates a "
+        description="Logs a seeded stream (default: the packaged real table) with an exploring "
+        "logger, estimates a "
         "target policy's mean reward from the log alone and prints it against the target's "
         "true mean reward on the same requests (and whether each CI holds it).",
     )
-    c.add_argument("--requests", type=int, default=3000, help="stream length (default 3000)")
+    _add_table_args(c)
+    c.add_argument(
+        "--requests",
+        type=int,
+        default=None,
+        help="stream length (sim default 3000; a collected table: all of it)",
+    )
     c.add_argument(
         "--logger",
         choices=["uniform", "epsilon", "softmax"],

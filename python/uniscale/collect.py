@@ -9,10 +9,10 @@ n <= m)`` action on every item without calling a model again.
 
 Usage (the lead wires the same subcommands into ``uniscale collect``)::
 
-    python -m uniscale.collect run --items data/items.jsonl --out OUT.jsonl \\
+    python -m uniscale.collect run --items python/uniscale/data/items.jsonl --out OUT.jsonl \\
         --model smollm2=http://127.0.0.1:8101/v1 --model qwen05=http://127.0.0.1:8102/v1
     python -m uniscale.collect status OUT.jsonl
-    python -m uniscale.collect export OUT.jsonl data/outcomes/real_v1.jsonl.gz
+    python -m uniscale.collect export OUT.jsonl python/uniscale/data/real_v1.jsonl.gz
 
 ``--model NAME=URL[,endpoint=chat|completions][,honours_n=false][,api_model=X][,gguf=PATH]``
 (repeatable) or ``--config FILE`` (JSON or TOML: ``[[models]]`` tables with the same keys plus
@@ -114,6 +114,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from uniscale import llm_servers
+from uniscale.datasets import ITEMS
 from uniscale.execute import EmptyContentError, Executor, Failure, Messages, SampleBatch
 from uniscale.execute import Sample as ExecSample
 from uniscale.extract import get_extractor, normalize_answer
@@ -204,7 +205,7 @@ _CHOICE_EXTRACTORS = frozenset({"choice", "choice_e"})
 
 @dataclass(frozen=True, slots=True)
 class Item:
-    """One benchmark item (a line of ``data/items.jsonl``)."""
+    """One benchmark item (a line of ``uniscale/data/items.jsonl``)."""
 
     id: str
     kind: str
@@ -1305,6 +1306,31 @@ def _default_featurizer() -> Callable[[Messages], ArrayLike] | None:
     return Featurizer()
 
 
+def solo_latency_fit(records: Iterable[Record]) -> dict[str, tuple[float, float]]:
+    """Per model, ``(seconds, seconds per output token)`` of one request generating alone,
+    fitted by least squares to the greedy requests (each is one ``n = 1`` request, so its wall
+    time is a single stream's). A negative intercept (noise) refits through the origin. Models
+    without a timed greedy request are absent."""
+    pts: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for rec in records:
+        g = rec.get("greedy")
+        if g and float(g.get("latency_s") or 0.0) > 0.0:
+            pts[str(rec["model"])].append(
+                (float(g.get("output_tokens") or 0), float(g["latency_s"]))
+            )
+    out: dict[str, tuple[float, float]] = {}
+    for model, p in pts.items():
+        tok, lat = np.array(p).T
+        if len(p) >= 2 and np.ptp(tok) > 0:
+            b, a = np.polyfit(tok, lat, 1)
+        else:
+            a, b = 0.0, float(lat.sum() / max(tok.sum(), 1.0))
+        if a < 0.0 or b < 0.0:
+            a, b = 0.0, float((tok * lat).sum() / max((tok * tok).sum(), 1.0))
+        out[model] = (float(a), float(b))
+    return out
+
+
 def _outcome_sample(d: Mapping[str, Any], latency: float | None = None) -> OutcomeSample:
     lp = d.get("mean_logprob")
     return OutcomeSample(
@@ -1324,7 +1350,7 @@ def load_requests(
     models: Sequence[str] | None = None,
     m: int | None = None,
     complete: bool = True,
-    latency: Literal["request", "scaled"] = "request",
+    latency: Literal["request", "scaled", "solo"] = "request",
 ) -> list[Request]:
     """A collected table (raw ``.jsonl`` or exported ``.jsonl.gz``) as replayable requests.
 
@@ -1338,11 +1364,16 @@ def load_requests(
     every model in the table) are returned, so `uniscale.outcomes.build_table` can price every
     action. ``latency="request"`` gives each sample its request's latency (what a live ``n``
     request costs); ``"scaled"`` scales it by the sample's share of the longest output in its
-    request (a rough per-stream estimate).
+    request (a rough per-stream estimate); ``"solo"`` gives each sampled answer the time one
+    request generating it *alone* would take, ``a + b * output_tokens`` with the model's
+    `solo_latency_fit` (greedy samples keep their measured time). Use ``"solo"`` with a
+    replay parallelism that matches the endpoint: on a CPU server that runs ``n`` streams no
+    faster than one after another, parallelism 1.
     """
     items = {it.id: it for it in load_items(items_path)}
     order = list(items)
     table = latest_ok(read_records(Path(path).expanduser()))
+    solo = solo_latency_fit(table.values()) if latency == "solo" else {}
     present = sorted({model for _, model in table})
     wanted = list(models) if models is not None else present
     feat = featurizer if featurizer is not None else _default_featurizer()
@@ -1377,6 +1408,11 @@ def load_requests(
                         / max(1, longest[int(s.get("request", 0))]),
                     )
                     for s in raw
+                ]
+            elif latency == "solo" and mod in solo:
+                a, b = solo[mod]
+                samples[mod] = [
+                    _outcome_sample(s, a + b * int(s.get("output_tokens") or 0)) for s in raw
                 ]
             else:
                 samples[mod] = [_outcome_sample(s) for s in raw]
@@ -1507,7 +1543,7 @@ def run_collect(
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--items", default="data/items.jsonl", help="item JSONL (default: %(default)s)")
+    p.add_argument("--items", default=None, help="item JSONL (default: the packaged items)")
     p.add_argument("--out", required=True, help="table to append to (JSONL, created if missing)")
     p.add_argument(
         "--model",
@@ -1584,7 +1620,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         retry_failed=not args.no_retry_failed,
     )
     summary = run_collect(
-        args.items,
+        args.items or ITEMS,
         models,
         args.out,
         cfg,
@@ -1606,13 +1642,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    print(json.dumps(table_status(args.table, args.items), indent=2))
+    print(json.dumps(table_status(args.table, args.items or ITEMS), indent=2))
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     meta = export_table(
-        args.table, args.dst, items_path=args.items, max_text_chars=args.max_text_chars
+        args.table, args.dst, items_path=args.items or ITEMS, max_text_chars=args.max_text_chars
     )
     print(json.dumps({"export": meta["export"], "counts": meta["counts"]}, indent=2))
     return 0
@@ -1633,8 +1669,10 @@ def _build_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ps.set_defaults(collect_fn=_cmd_status)
     pe = sub.add_parser("export", help="write a compact gzip copy of a table plus meta")
     pe.add_argument("table")
-    pe.add_argument("dst", help="e.g. data/outcomes/real_v1.jsonl.gz")
-    pe.add_argument("--items", default="data/items.jsonl", help="item JSONL (for order/counts)")
+    pe.add_argument("dst", help="e.g. python/uniscale/data/real_v1.jsonl.gz")
+    pe.add_argument(
+        "--items", default=None, help="item JSONL for order/counts (default: the packaged items)"
+    )
     pe.add_argument("--max-text-chars", type=int, default=400, help="text kept per sample (400)")
     pe.set_defaults(collect_fn=_cmd_export)
     p.add_argument("--log-level", default="INFO", help="logging level (INFO)")

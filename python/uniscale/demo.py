@@ -1,10 +1,13 @@
 """``uniscale demo``: the built-in default job, with no network, server or API key.
 
-It streams a simulated gateway workload (``uniscale.sim``: four task types, three models of
-different price and skill, every (model, strategy, n) outcome pre-drawn) through UniScale and
-the baselines, prints the comparison and a learning curve, and writes a JSON result file and
-SVG charts. The real-data demo (replaying outcomes recorded from real LLMs) replaces this once
-the collected table lands.
+It replays the outcome table recorded from real small LLMs that ships with the package
+(`uniscale.datasets.REAL_TABLE`: real benchmark items, every model's recorded samples) through
+UniScale and the baselines for a few seeds -- each seed streams the items in its own order --
+prints the comparison with its seed-to-seed spread and the targets (reward against each
+baseline, accuracy at equal cost, cost against the largest model answering once), and writes a
+JSON result file and SVG charts. ``--sim`` streams the built-in simulator instead
+(`uniscale.sim`: four task types, three models, every outcome pre-drawn), which is larger and
+faster to learn from, but made up.
 """
 
 from __future__ import annotations
@@ -16,56 +19,82 @@ from typing import Any
 
 import numpy as np
 
-from uniscale import outcomes, replay, report, sim
+from uniscale import datasets, replay, report
 from uniscale.progress import Progress
-from uniscale.space import ActionSpace
 
 
 def run_demo(
-    n_requests: int = 6000,
+    n_requests: int | None = None,
     *,
     seed: int = 0,
+    seeds: int = 3,
     out_dir: str | Path = "uniscale-demo",
     reward: str = "cost_sensitive",
+    sim: bool = False,
+    table: str | Path | None = None,
     quiet: bool = False,
 ) -> dict[str, Any]:
+    """Replay ``table`` (default: the packaged real table; ``sim``: the simulator) for seeds
+    ``seed .. seed + seeds - 1`` and return the summary rows, target payload and report text."""
     t0 = time.monotonic()
-    models = {m.spec.name: m.spec for m in sim.DEFAULT_SIM_MODELS}
-    space = ActionSpace.grid(list(models.values()), n_values=(1, 2, 4, 8))
-    requests = sim.simulate(n_requests, 16, seed=seed)
-    table = outcomes.build_table(requests, space.ordered_actions(), models)
-    with Progress(3 * n_requests, "demo: streaming requests", enabled=not quiet) as bar:
-        results = replay.compare(table, models, reward=reward, seed=seed, progress=bar)
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    if sim:
+        src = datasets.sim_source(n_requests or 6000)
+    else:
+        src = datasets.collected_source(table or datasets.REAL_TABLE, n_requests=n_requests)
+    tables = [src.table(s) for s in range(seed, seed + seeds)]
+    per_seed: list[list[replay.RunResult]] = []
+    total = sum(t.n_requests for t in tables) * 3
+    with Progress(total, "demo: streaming requests", enabled=not quiet) as bar:
+        for s, t in zip(range(seed, seed + seeds), tables, strict=True):
+            per_seed.append(replay.compare(t, src.models, reward=reward, seed=s, progress=bar))
     sys.stderr.flush()
-    rows = [r.summary() for r in results]
+    rows = report.aggregate(per_seed)
     lines = [
-        f"UniScale demo: {n_requests} simulated requests, {len(models)} models, "
-        f"{len(space)} actions (model x strategy x n), reward preset {reward!r}, seed {seed}",
-        "",
-        report.table(rows),
-        "",
+        f"UniScale demo: {src.name}; {len(tables[0].actions)} actions (model x strategy x n), "
+        f"reward preset {reward!r}, seeds {seed}..{seed + seeds - 1} (mean ± std over seeds)",
     ]
-    uni = next(r for r in results if r.name == "uniscale")
-    windows = np.array_split(np.arange(n_requests), 6)
-    curve = [float(uni.oracle_reward[w].mean() - uni.reward[w].mean()) for w in windows]
+    lines += [f"  left out: {m} ({why})" for m, why in src.excluded.items()]
+    lines += ["", report.table(rows), ""]
+    uni = [next(r for r in res if r.name == "uniscale") for res in per_seed]
+    windows = [np.array_split(np.arange(len(u.reward)), 4) for u in uni]
+    curve = [
+        float(
+            np.mean(
+                [
+                    (u.oracle_reward[w[i]] - u.reward[w[i]]).mean()
+                    for u, w in zip(uni, windows, strict=True)
+                ]
+            )
+        )
+        for i in range(4)
+    ]
     lines.append(
-        "UniScale's mean regret per request by sixth of the stream (falls as it learns): "
+        "UniScale's mean regret per request by quarter of the stream (falls as it learns): "
         + "  ".join(f"{c:.3f}" for c in curve)
     )
-    best = max(
-        (r for r in results if r.name not in ("oracle", "uniscale")), key=lambda r: r.reward.sum()
-    )
-    gain = 100 * (uni.reward.sum() / best.reward.sum() - 1)
-    lines.append(
-        f"UniScale reward {uni.reward.sum():,.1f} vs best non-oracle baseline "
-        f"{best.name} {best.reward.sum():,.1f} ({gain:+.1f}%)"
-    )
+    prices = {m: s.price_in_per_mtok + s.price_out_per_mtok for m, s in src.models.items()}
+    target_lines, target_payload = report.targets(per_seed, tables, prices)
+    lines += [*target_lines]
     out = Path(out_dir)
-    charts = report.write_charts(results, out)
-    js = report.write_json(out / "demo_results.json", {"summary": rows, "regret_by_sixth": curve})
-    lines.append(f"wrote {js} and {', '.join(str(c) for c in charts)}")
+    charts = report.write_charts(per_seed[0], out)
+    js = report.write_json(
+        out / "demo_results.json",
+        {
+            "source": src.name,
+            "excluded_models": src.excluded,
+            "reward": reward,
+            "seeds": list(range(seed, seed + seeds)),
+            "summary": rows,
+            "per_seed": [[r.summary() for r in res] for res in per_seed],
+            "regret_by_quarter": curve,
+            "targets": target_payload,
+        },
+    )
+    lines.append(f"wrote {js} and {', '.join(str(c) for c in charts)} (charts: seed {seed})")
     lines.append(f"({time.monotonic() - t0:.1f} s)")
     text = "\n".join(lines)
     if not quiet:
         print(text)
-    return {"summary": rows, "text": text, "regret_by_sixth": curve}
+    return {"summary": rows, "text": text, "regret_by_quarter": curve, "targets": target_payload}

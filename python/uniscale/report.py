@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from uniscale.outcomes import OutcomeTable
 from uniscale.plot import PALETTE, chart
 from uniscale.replay import RunResult
 
@@ -78,6 +79,101 @@ def aggregate(per_seed: Sequence[Sequence[RunResult]]) -> list[dict[str, Any]]:
         agg["variants"] = names
         out.append(agg)
     return out
+
+
+def _spread(v: Sequence[float] | np.ndarray, fmt: str) -> str:
+    a = np.asarray(v, dtype=np.float64)
+    return f"{fmt.format(a.mean())} ± {fmt.format(a.std())}" if len(a) > 1 else fmt.format(a[0])
+
+
+def targets(
+    per_seed: Sequence[Sequence[RunResult]],
+    tables: Sequence[OutcomeTable],
+    prices: Mapping[str, float],
+) -> tuple[list[str], dict[str, Any]]:
+    """The replay targets, per seed and with their spread, as report lines and a JSON payload.
+
+    * reward: UniScale's mean reward per request minus each baseline's (routing-only, TTS-only,
+      best fixed action in hindsight), and on how many seeds it is ahead;
+    * accuracy at cost: UniScale's accuracy minus that of the most accurate fixed
+      ``(model, strategy, n)`` action whose mean cost is no higher than UniScale's;
+    * cost at accuracy: the largest model (highest ``prices`` value) answering once: its
+      accuracy and cost against UniScale's.
+    ``per_seed[i]`` are the results of `uniscale.replay.compare` on ``tables[i]``.
+    """
+    lines: list[str] = []
+    payload: dict[str, Any] = {}
+    unis = [next(r for r in res if r.name == "uniscale") for res in per_seed]
+    n = len(unis)
+    for base in ("routing_only", "tts_only", "best_fixed"):
+        diffs = []
+        for res, u in zip(per_seed, unis, strict=True):
+            b = next((r for r in res if r.name.startswith(base)), None)
+            if b is not None:
+                diffs.append(float(u.reward.mean() - b.reward.mean()))
+        if not diffs:
+            continue
+        wins = sum(d > 0 for d in diffs)
+        payload[f"reward_vs_{base}"] = {"diff_per_request": diffs, "wins": wins}
+        lines.append(
+            f"reward vs {base:<12} {_spread(diffs, '{:+.4f}')} per request; "
+            f"UniScale ahead on {wins}/{len(diffs)} seeds"
+        )
+    acc_gap, acc_rows = [], []
+    for table, u in zip(tables, unis, strict=True):
+        cost = table.cost_usd.mean(axis=0)
+        acc = table.quality.mean(axis=0)
+        ok = np.flatnonzero(cost <= u.cost_usd.mean() * (1 + 1e-12))
+        if len(ok) == 0:
+            continue
+        k = int(ok[np.argmax(acc[ok])])
+        acc_gap.append(float(u.quality.mean() - acc[k]))
+        acc_rows.append({"action": str(table.actions[k]), "accuracy": float(acc[k])})
+    if acc_gap:
+        held = sum(g >= 0 for g in acc_gap)
+        payload["accuracy_vs_best_action_at_cost"] = {
+            "diff": acc_gap,
+            "held": held,
+            "actions": acc_rows,
+        }
+        lines.append(
+            f"accuracy vs the most accurate fixed action costing no more: "
+            f"{_spread(acc_gap, '{:+.3f}')}; at least as high on {held}/{len(acc_gap)} seeds"
+        )
+    if prices:
+        largest = max(prices, key=lambda m: prices[m])
+        rows = []
+        for table, u in zip(tables, unis, strict=True):
+            col = next(
+                (i for i, a in enumerate(table.actions) if a.model == largest and a.n == 1), None
+            )
+            if col is None:
+                continue
+            rows.append(
+                (
+                    float(table.quality[:, col].mean()),
+                    float(table.cost_usd[:, col].mean()),
+                    float(u.quality.mean()),
+                    float(u.cost_usd.mean()),
+                )
+            )
+        if rows:
+            a = np.array(rows)
+            held = int(np.sum((a[:, 2] >= a[:, 0]) & (a[:, 3] < a[:, 1])))
+            payload["vs_largest_model_n1"] = {
+                "model": largest,
+                "accuracy": a[:, 0].tolist(),
+                "cost_usd_per_request": a[:, 1].tolist(),
+                "uniscale_accuracy": a[:, 2].tolist(),
+                "uniscale_cost_usd_per_request": a[:, 3].tolist(),
+                "held": held,
+            }
+            lines.append(
+                f"vs {largest} answering once: accuracy {_spread(a[:, 0], '{:.3f}')} at "
+                f"${a[:, 1].mean():.2e}/request; UniScale {_spread(a[:, 2], '{:.3f}')} at "
+                f"${a[:, 3].mean():.2e}/request (as accurate and cheaper on {held}/{n} seeds)"
+            )
+    return lines, payload
 
 
 def write_charts(results: Sequence[RunResult], out_dir: str | Path, prefix: str = "") -> list[Path]:
