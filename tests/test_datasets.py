@@ -237,6 +237,8 @@ def test_cli_replay_and_ope_check_on_the_packaged_table(
     assert js["aggregate"][0]["requests"][0] >= 300
     with pytest.raises(SystemExit, match="unknown models"):
         cli_main(["replay", "--models", "gpt-9", "-q", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="not in the table"):
+        cli_main(["replay", "--price", "gpt-9=1,2", "-q", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="parallelism"):
         cli_main(["replay", "--parallelism", "0", "-q", "--out", str(tmp_path)])
     rc = cli_main(["ope-check", "--logger", "uniform", "--target", "best_fixed"])

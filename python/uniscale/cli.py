@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:  # the heavy modules load inside the subcommands: `--help` stays fast
+    from uniscale.datasets import Source
     from uniscale.outcomes import OutcomeTable
 
 SCENARIOS = ("stationary", "model_removed", "model_added", "preset_switched")
@@ -69,7 +70,7 @@ def _parse_prices(items: Sequence[str]) -> dict[str, tuple[float, float]]:
     return out
 
 
-def _source(args: argparse.Namespace, models: str | None = None) -> Any:
+def _source(args: argparse.Namespace, models: str | None = None) -> Source:
     """The `uniscale.datasets.Source` named by ``--table`` / ``--items`` / ``--price`` /
     ``--parallelism`` / ``--requests`` (``models``: comma-separated, default by coverage); bad
     input exits with a one-line error."""
@@ -78,11 +79,15 @@ def _source(args: argparse.Namespace, models: str | None = None) -> Any:
     if args.table == "sim":
         return datasets.sim_source(args.requests or 3000)
     path = datasets.REAL_TABLE if args.table == "real" else Path(args.table)
+    prices = _parse_prices(args.price)
     try:
+        unknown = sorted(set(prices) - set(datasets.coverage(path))) if path.exists() else []
+        if unknown:
+            raise datasets.DataError(f"--price for models not in the table: {unknown}")
         src = datasets.collected_source(
             path,
             args.items or datasets.ITEMS,
-            prices={**datasets.DEFAULT_PRICES, **_parse_prices(args.price)},
+            prices={**datasets.DEFAULT_PRICES, **prices},
             models=models.split(",") if models else None,
             parallelism=args.parallelism,
             n_requests=args.requests,
