@@ -159,11 +159,20 @@ pub trait Learner {
         }
         let k = self.n_actions();
         let (mut m, mut b) = (vec![0.0; k], vec![0.0; k]);
-        self.scores_into(x, &mut m, &mut b);
-        for (mi, bi) in m.iter_mut().zip(&b) {
-            *mi += bi;
-        }
-        masked_argmax(&m, mask)
+        self.select_row(x, mask, &mut m, &mut b)
+    }
+
+    /// `select` for one validated row: the masked argmax of mean + bonus, ties to the lowest
+    /// index; `mean` and `bonus` are scratch of length K. Learners may override it with a
+    /// faster search that returns the same index (see `LinUcb`).
+    fn select_row(
+        &self,
+        x: &[f64],
+        mask: Option<&[bool]>,
+        mean: &mut [f64],
+        bonus: &mut [f64],
+    ) -> CoreResult<usize> {
+        exact_select_row(self, x, mask, mean, bonus)
     }
 
     /// `xs` is (n_rows, dim) row-major. Validates everything before computing anything.
@@ -181,19 +190,18 @@ pub trait Learner {
         let mut out = Vec::with_capacity(n_rows);
         for r in 0..n_rows {
             let x = &xs[r * d..(r + 1) * d];
-            self.scores_into(x, &mut mean, &mut bonus);
-            for (mi, bi) in mean.iter_mut().zip(&bonus) {
-                *mi += bi;
-            }
             let row_mask = match mask {
                 Mask::All => None,
                 Mask::Shared(m) => Some(m),
                 Mask::PerRow(m) => Some(&m[r * k..(r + 1) * k]),
             };
-            out.push(masked_argmax(&mean, row_mask).map_err(|e| match e {
-                CoreError::AllMasked => CoreError::AllMaskedRow(r),
-                other => other,
-            })?);
+            out.push(
+                self.select_row(x, row_mask, &mut mean, &mut bonus)
+                    .map_err(|e| match e {
+                        CoreError::AllMasked => CoreError::AllMaskedRow(r),
+                        other => other,
+                    })?,
+            );
         }
         Ok(out)
     }
@@ -241,6 +249,21 @@ pub trait Learner {
         }
         Ok(())
     }
+}
+
+/// The reference `select_row`: every action's exact score, then the masked argmax.
+pub fn exact_select_row<L: Learner + ?Sized>(
+    learner: &L,
+    x: &[f64],
+    mask: Option<&[bool]>,
+    mean: &mut [f64],
+    bonus: &mut [f64],
+) -> CoreResult<usize> {
+    learner.scores_into(x, mean, bonus);
+    for (mi, bi) in mean.iter_mut().zip(bonus.iter()) {
+        *mi += bi;
+    }
+    masked_argmax(mean, mask)
 }
 
 /// Validates indices for `remove_actions` and returns the old -> new mapping (-1 = removed).

@@ -286,3 +286,39 @@ def test_add_and_remove_actions_match_the_reference(kind: str, data: st.DataObje
 
     case.masks = np.ones((len(case.queries), len(keep)), bool)
     check_against(learner, ref, case)
+
+
+@given(
+    d=st.integers(25, 48),
+    k=st.integers(2, 10),
+    n=st.integers(0, 40),
+    alpha=st.sampled_from([0.05, 1.0, 3.0]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_disjoint_select_above_screen_dim_is_the_exact_argmax(
+    d: int, k: int, n: int, alpha: float, seed: int
+) -> None:
+    """From d = 25 the disjoint learner's `select` screens actions in float32 before an exact
+    float64 re-score (rust/linucb.rs); its choice must still be the argmax of its own float64
+    `scores` (ties to the lowest index) and agree with the NumPy oracle wherever the oracle's
+    top two scores are not within rounding of each other."""
+    rng = np.random.default_rng(seed)
+    learner = uniscale.LinUCB(n_actions=k, dim=d, alpha=alpha, ridge=1.0)
+    ref = RefLinUCB(k, d, alpha=alpha, ridge=1.0)
+    for _ in range(n):
+        x, a, r = rng.normal(size=d), int(rng.integers(k)), float(rng.normal())
+        learner.update(a, x, r)
+        ref.update(a, x, r)
+    X = rng.normal(size=(8, d)) * rng.choice([1e-6, 1.0, 1e6])
+    mask = rng.random((8, k)) < 0.7
+    mask[:, 0] = True
+    chosen = learner.select_many(X, mask=mask)
+    for i, x in enumerate(X):
+        mean, bonus = learner.scores(x)
+        total = mean + bonus
+        assert learner.select(x) == masked_argmax(total)
+        assert chosen[i] == learner.select(x, mask=mask[i]) == masked_argmax(total, mask[i])
+        rm, rb = ref.scores(x)
+        top = np.sort(rm + rb)[::-1]
+        if top[0] - top[1] > 1e-9 * max(1.0, abs(top[0])):
+            assert learner.select(x) == ref.select(x)
