@@ -173,9 +173,10 @@ impl LinUcb {
                     let w = if bi == bj { 1.0 } else { 2.0 };
                     for r in 0..LANES {
                         for c in 0..LANES {
+                            // the upper triangle, which the float64 path reads
                             let (i, j) = (bi * LANES + r, bj * LANES + c);
                             shadow[off + r * LANES + c] = if i < d && j < d {
-                                (w * arm.ainv[i * d + j]) as f32
+                                (w * arm.ainv[i.min(j) * d + i.max(j)]) as f32
                             } else {
                                 0.0
                             };
