@@ -269,6 +269,54 @@ impl Learner for SharedLinUcb {
     }
 }
 
+/// `y[l] = sum_{k >= from} u_k row[k pp + l]` for `l < pp`, any `pp`.
+#[inline(always)]
+fn blocks_after_any(row: &[f64], u: &[f64], from: usize, pp: usize, y: &mut [f64]) {
+    y.iter_mut().for_each(|v| *v = 0.0);
+    for (k, &uk) in u.iter().enumerate().skip(from) {
+        if uk != 0.0 {
+            for (yl, mv) in y.iter_mut().zip(&row[k * pp..(k + 1) * pp]) {
+                *yl += uk * mv;
+            }
+        }
+    }
+}
+
+/// `blocks_after_any` for `W - 4 < pp <= W`: every block is read as `W` values (the lanes past
+/// `pp` belong to the next block and are discarded), so each step is a fixed number of whole
+/// registers with no remainder loop, and two accumulators alternate so consecutive steps do not
+/// wait on each other. Per (row, block) work was dominated by loop overhead at `pp = 15`.
+#[inline(always)]
+fn blocks_after<const W: usize>(row: &[f64], u: &[f64], from: usize, pp: usize, y: &mut [f64]) {
+    let (mut ya, mut yb) = ([0.0f64; W], [0.0f64; W]);
+    let du = u.len();
+    let mut k = from;
+    // whole-width reads stay inside the row except (possibly) for the last block
+    let full = du.min(row.len().saturating_sub(W) / pp + 1);
+    while k + 1 < full {
+        let (ua, ub) = (u[k], u[k + 1]);
+        let (ca, cb) = (
+            &row[k * pp..k * pp + W],
+            &row[(k + 1) * pp..(k + 1) * pp + W],
+        );
+        for l in 0..W {
+            ya[l] += ua * ca[l];
+            yb[l] += ub * cb[l];
+        }
+        k += 2;
+    }
+    while k < du {
+        let uk = u[k];
+        for (l, mv) in row[k * pp..(k + 1) * pp].iter().enumerate() {
+            ya[l] += uk * mv;
+        }
+        k += 1;
+    }
+    for (l, yl) in y.iter_mut().enumerate() {
+        *yl = ya[l] + yb[l];
+    }
+}
+
 impl SharedLinUcb {
     #[inline(always)]
     fn scores_inline(&self, x: &[f64], mean: &mut [f64], bonus: &mut [f64]) {
@@ -305,13 +353,11 @@ impl SharedLinUcb {
             for j in 0..pp {
                 let r = i * pp + j;
                 let row = &m[r * jd..(r + 1) * jd];
-                y.iter_mut().for_each(|v| *v = 0.0);
-                for (k, &uk) in u.iter().enumerate().skip(i + 1) {
-                    if uk != 0.0 {
-                        for (yl, mv) in y.iter_mut().zip(&row[k * pp..(k + 1) * pp]) {
-                            *yl += uk * mv;
-                        }
-                    }
+                match pp {
+                    13..=16 => blocks_after::<16>(row, &u, i + 1, pp, &mut y),
+                    9..=12 => blocks_after::<12>(row, &u, i + 1, pp, &mut y),
+                    5..=8 => blocks_after::<8>(row, &u, i + 1, pp, &mut y),
+                    _ => blocks_after_any(row, &u, i + 1, pp, &mut y),
                 }
                 let diag = &row[i * pp..(i + 1) * pp];
                 let g1r = &mut g1[j * pp..(j + 1) * pp];
