@@ -243,3 +243,23 @@ def test_cli_replay_and_ope_check_on_the_packaged_table(
         cli_main(["replay", "--parallelism", "0", "-q", "--out", str(tmp_path)])
     rc = cli_main(["ope-check", "--logger", "uniform", "--target", "best_fixed"])
     assert rc == 0 and "true mean reward" in capsys.readouterr().out
+
+
+def test_cli_replay_learner_and_alpha(tmp_path: Path) -> None:
+    runs = {}
+    for name, extra in {
+        "default": [],
+        "disjoint": ["--learner", "disjoint", "--alpha", "1.5"],
+    }.items():
+        out = tmp_path / name
+        args = ["replay", "--table", "sim", "--requests", "300", "--seeds", "1", "-q"]
+        assert cli_main([*args, "--no-curve", "--out", str(out), *extra]) == 0
+        js = json.loads((out / "replay_results.json").read_text())
+        runs[name] = next(r for r in js["aggregate"] if r["policy"] == "uniscale")
+        oracle = next(r for r in js["aggregate"] if r["policy"] == "oracle")
+        runs[name + "_oracle"] = oracle
+    # the learner settings reach the learners (not the oracle): different choices, same oracle
+    assert runs["default"]["reward_total"] != runs["disjoint"]["reward_total"]
+    assert runs["default_oracle"]["reward_total"] == runs["disjoint_oracle"]["reward_total"]
+    with pytest.raises(SystemExit, match="alpha"):
+        cli_main(["replay", "--table", "sim", "--alpha", "nan", "-q", "--out", str(tmp_path)])

@@ -147,7 +147,10 @@ def _replay(args: argparse.Namespace) -> int:
         raise SystemExit("error: --budget must be > 0 (USD per request)")
     src = _source(args, args.models)
     out = Path(args.out)
-    kw: dict[str, Any] = {}
+    if not (np.isfinite(args.alpha) and args.alpha >= 0):
+        raise SystemExit("error: --alpha must be finite and >= 0")
+    learner_kw: dict[str, Any] = {"learner": args.learner, "alpha": args.alpha}
+    kw: dict[str, Any] = dict(learner_kw)
     if args.budget is not None:
         kw["budget_per_request_usd"] = args.budget
     weights = COST_WEIGHTS if args.curve else ()
@@ -186,7 +189,7 @@ def _replay(args: argparse.Namespace) -> int:
                 _, wts = replay.schedule(table, (), rw)
                 r = replay.reward_matrix(table, wts, scales)
                 run = replay.run_learner(
-                    LearnerSpec("uniscale", table.actions, {}),
+                    LearnerSpec("uniscale", table.actions, learner_kw),
                     table,
                     src.models,
                     r,
@@ -454,6 +457,16 @@ def _add_replay(sub: Any) -> None:
         help="requests per stream (sim default 3000; PATH default all)",
     )
     r.add_argument("--seeds", type=int, default=3, help="number of seeds 0..K-1 (default 3)")
+    r.add_argument(
+        "--learner",
+        choices=["shared", "disjoint"],
+        default="shared",
+        help="the learners' quality model (default shared: one model over request x action "
+        "features)",
+    )
+    r.add_argument(
+        "--alpha", type=float, default=0.3, help="LinUCB exploration width (default 0.3)"
+    )
     r.add_argument("--reward", default="cost_sensitive", choices=PRESET_NAMES, help="reward preset")
     r.add_argument(
         "--scenario",
