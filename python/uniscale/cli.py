@@ -79,15 +79,11 @@ def _source(args: argparse.Namespace, models: str | None = None) -> Source:
     if args.table == "sim":
         return datasets.sim_source(args.requests or 3000)
     path = datasets.REAL_TABLE if args.table == "real" else Path(args.table)
-    prices = _parse_prices(args.price)
     try:
-        unknown = sorted(set(prices) - set(datasets.coverage(path))) if path.exists() else []
-        if unknown:
-            raise datasets.DataError(f"--price for models not in the table: {unknown}")
         src = datasets.collected_source(
             path,
             args.items or datasets.ITEMS,
-            prices={**datasets.DEFAULT_PRICES, **prices},
+            prices=_parse_prices(args.price),
             models=models.split(",") if models else None,
             parallelism=args.parallelism,
             n_requests=args.requests,

@@ -109,7 +109,8 @@ def collected_source(
 
     ``models`` defaults to every model recorded on at least ``min_coverage`` of the items (a
     collection still running leaves the newest model out; `Source.excluded` says so).
-    ``prices`` (USD per million input, output tokens) default to `DEFAULT_PRICES`; a model
+    ``prices`` (USD per million input, output tokens) override `DEFAULT_PRICES` per model; a
+    price for a model the table lacks is an error (a typo would otherwise be ignored); a model
     with no price costs 0, with a warning. ``n_values`` are capped at the samples recorded.
     """
     from uniscale import outcomes
@@ -126,6 +127,9 @@ def collected_source(
     counts = coverage(p)
     if not counts:
         raise DataError(f"{p}: no complete records")
+    stray = sorted(set(prices or {}) - set(counts))
+    if stray:
+        raise DataError(f"--price for models not in the table: {stray}")
     n_items = len(load_items(items))
     excluded: dict[str, str] = {}
     if models is None:
@@ -144,7 +148,7 @@ def collected_source(
             raise DataError(f"unknown models {unknown}; {p} has {sorted(counts)}")
         chosen = sorted(set(models))
         excluded = {m: "not asked for" for m in sorted(counts) if m not in chosen}
-    price_table = dict(DEFAULT_PRICES if prices is None else prices)
+    price_table = {**DEFAULT_PRICES, **(prices or {})}
     unpriced = [m for m in chosen if m not in price_table]
     if unpriced:
         logger.warning(
