@@ -196,3 +196,26 @@ def test_cli_demo(tmp_path: object, capsys: pytest.CaptureFixture[str]) -> None:
     assert "uniscale" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         cli_main(["demo", "--reward", "nonsense"])
+
+
+def test_seeded_build_table_does_not_depend_on_string_hashing(tmp_path: object) -> None:
+    """The same seed gives the same table in every process: the sample shuffles must not follow
+    the iteration order of a set of model names (which PYTHONHASHSEED changes)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import hashlib, numpy as np\n"
+        "from uniscale import datasets\n"
+        "t = datasets.collected_source(models=['qwen05', 'smollm2']).table(3)\n"
+        "print(hashlib.sha256(np.ascontiguousarray(t.quality).tobytes()"
+        " + np.ascontiguousarray(t.latency_s).tobytes()).hexdigest())\n"
+    )
+    digests = set()
+    for hash_seed in ("1", "2", "3", "4"):
+        env = {**__import__("os").environ, "PYTHONHASHSEED": hash_seed}
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        )
+        digests.add(out.stdout.strip())
+    assert len(digests) == 1

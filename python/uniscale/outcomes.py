@@ -165,7 +165,9 @@ def build_table(
     t, k = len(requests), len(actions)
     arrays = np.zeros((5, t, k))
     for i, req in enumerate(requests):
-        for name in {a.model for a in actions}:
+        # first-appearance order, not a set: the shared rng must draw in the same order in
+        # every process (set order of strings changes with PYTHONHASHSEED)
+        for name in dict.fromkeys(a.model for a in actions):
             s = list(req.samples.get(name, ()))
             if rng is not None and len(s) > 1:
                 s = [s[j] for j in rng.permutation(len(s))]
