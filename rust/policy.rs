@@ -575,20 +575,7 @@ impl Policy {
     /// Feedback for a decision. Validated completely before anything changes; an unknown,
     /// expired or already-updated id is rejected.
     pub fn update(&mut self, id: u64, fb: Feedback, now_s: f64) -> CoreResult<UpdateResult> {
-        check_finite_scalar("quality", fb.quality)?;
-        for (what, v) in [
-            ("cost_usd", fb.cost_usd),
-            ("latency_s", fb.latency_s),
-            ("output_tokens", fb.output_tokens),
-            ("samples_used", fb.samples_used),
-        ] {
-            if let Some(v) = v {
-                check_finite_scalar(what, v)?;
-                if v < 0.0 {
-                    return Err(CoreError::Config(format!("{what} must be >= 0, got {v}")));
-                }
-            }
-        }
+        check_feedback(&fb)?;
         check_finite_scalar("now_s", now_s)?;
         self.pending.check(id, self.next_id, now_s)?;
         let p = match self.pending.map.get(&id) {
@@ -646,6 +633,75 @@ impl Policy {
             cost_usd,
             latency_s,
             learner_updated,
+        })
+    }
+
+    /// Learns from an outcome that no decision of this policy asked for: a sub-action observed
+    /// for free inside a larger test-time-scaling run (the first 2 of 8 samples are a
+    /// self-consistency-2 run), a full-information table used as a warm start, or another
+    /// replica's feedback. Updates the quality learner and the cost model exactly as `update`
+    /// would for a decision of action `index` on request `x`; the budget pacer is not touched
+    /// (nothing was spent on this policy's behalf). Validated completely before anything changes.
+    pub fn observe(
+        &mut self,
+        x: &[f64],
+        index: i64,
+        input_tokens: f64,
+        fb: Feedback,
+    ) -> CoreResult<UpdateResult> {
+        let k = self.n_actions();
+        let i = usize::try_from(index)
+            .ok()
+            .filter(|i| *i < k)
+            .ok_or(CoreError::UnknownAction {
+                action: index,
+                n_actions: k,
+            })?;
+        self.learner.as_learner().check_x(x)?;
+        check_finite_scalar("input_tokens", input_tokens)?;
+        if input_tokens < 0.0 {
+            return Err(CoreError::Config(format!(
+                "input_tokens must be >= 0, got {input_tokens}"
+            )));
+        }
+        check_feedback(&fb)?;
+        let a = self.space.actions[i];
+        let n = a.n as f64;
+        let samples = fb.samples_used.unwrap_or(n);
+        if !(1.0..=n).contains(&samples) {
+            return Err(CoreError::Config(format!(
+                "samples_used must be in 1..={n} for this action, got {samples}"
+            )));
+        }
+        let prediction = self.cost.predict(&self.space, &a, input_tokens);
+        match &mut self.learner {
+            QualityLearner::Shared(l) => {
+                let psi = self.space.psi(&a);
+                l.update_features(&psi, x, fb.quality)?;
+            }
+            QualityLearner::Disjoint(l) => l.update(index, x, fb.quality)?,
+        }
+        self.cost.observe(
+            &self.space,
+            &a,
+            input_tokens,
+            fb.output_tokens,
+            samples,
+            fb.latency_s,
+        );
+        let model = &self.space.models[a.model];
+        let cost_usd = fb.cost_usd.unwrap_or_else(|| {
+            let out = fb
+                .output_tokens
+                .unwrap_or(prediction.output_tokens_per_sample * samples);
+            CostModel::realised_cost(model, input_tokens, out, samples)
+        });
+        let latency_s = fb.latency_s.unwrap_or(prediction.latency_s);
+        Ok(UpdateResult {
+            reward: self.reward(fb.quality, cost_usd, latency_s),
+            cost_usd,
+            latency_s,
+            learner_updated: true,
         })
     }
 
@@ -1003,4 +1059,23 @@ impl Policy {
             dim,
         })
     }
+}
+
+/// Feedback values: quality finite, the optional measurements finite and >= 0.
+fn check_feedback(fb: &Feedback) -> CoreResult<()> {
+    check_finite_scalar("quality", fb.quality)?;
+    for (what, v) in [
+        ("cost_usd", fb.cost_usd),
+        ("latency_s", fb.latency_s),
+        ("output_tokens", fb.output_tokens),
+        ("samples_used", fb.samples_used),
+    ] {
+        if let Some(v) = v {
+            check_finite_scalar(what, v)?;
+            if v < 0.0 {
+                return Err(CoreError::Config(format!("{what} must be >= 0, got {v}")));
+            }
+        }
+    }
+    Ok(())
 }

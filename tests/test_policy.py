@@ -37,6 +37,7 @@ from uniscale import (
     ShapeError,
     StateError,
     UniScaleError,
+    UnknownActionError,
     UnknownDecisionError,
 )
 
@@ -685,3 +686,88 @@ def test_threads_share_one_policy(learner: str) -> None:
     for (ma, ba), (mb, bb) in zip(scores(policy), scores(replay), strict=True):
         np.testing.assert_allclose(ma, mb, rtol=1e-8, atol=1e-10)
         np.testing.assert_allclose(ba, bb, rtol=1e-8, atol=1e-10)
+
+
+# --------------------------------------------------------------------------------------------
+# observe: outcomes no decision asked for (sub-actions, warm starts, other replicas)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("learner", LEARNERS)
+def test_observe_learns_exactly_what_a_decision_would(learner: str) -> None:
+    via_decision = make(learner, budget_per_request_usd=0.001)
+    via_observe = make(learner, budget_per_request_usd=0.001)
+    rng = np.random.default_rng(5)
+    for t in range(30):
+        k = int(rng.integers(via_decision.n_actions))
+        x = rng.normal(size=DIM)
+        a = via_decision.actions[k]
+        fb = {
+            "quality": float(rng.random()),
+            "latency_s": float(rng.uniform(0.5, 3.0)),
+            "output_tokens": 200.0 * a.n,
+            "samples_used": float(a.n),
+        }
+        d = forced(via_decision, k, x, now=float(t))
+        want = via_decision.update(d.id, **fb, now=float(t))
+        # alternate index and Action forms
+        got = via_observe.observe(x, k if t % 2 else a, input_tokens=500.0, **fb)
+        assert got.reward == pytest.approx(want.reward, rel=1e-12)
+        assert got.cost_usd == pytest.approx(want.cost_usd, rel=1e-12)
+        assert got.learner_updated
+    for (m1, b1), (m2, b2) in zip(scores(via_decision), scores(via_observe), strict=True):
+        np.testing.assert_allclose(m2, m1, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(b2, b1, rtol=1e-10, atol=1e-12)
+    for key, v in via_decision.predict(800.0).items():
+        np.testing.assert_allclose(via_observe.predict(800.0)[key], v, rtol=1e-10)
+    # nothing was spent on the observing policy's behalf: no pacing, no pending decisions
+    assert via_observe.pacing_lambda == 0.0 and via_decision.pacing_lambda > 0.0
+    assert via_observe.n_pending == 0
+
+
+@pytest.mark.parametrize("learner", LEARNERS)
+@pytest.mark.parametrize(
+    ("args", "kw", "exc", "match"),
+    [
+        ((np.ones(DIM), 21, 0.5), {}, UnknownActionError, "21"),
+        ((np.ones(DIM), -1, 0.5), {}, UnknownActionError, "-1"),
+        ((np.ones(DIM), Action("gone", "single", 1), 0.5), {}, UnknownActionError, "gone"),
+        ((np.ones(DIM), True, 0.5), {}, UnknownActionError, "int index"),
+        ((np.ones(DIM + 1), 0, 0.5), {}, ShapeError, "x"),
+        ((np.full(DIM, math.nan), 0, 0.5), {}, NonFiniteError, "x"),
+        ((np.ones(DIM), 0, math.nan), {}, NonFiniteError, "quality"),
+        ((np.ones(DIM), 0, 0.5), {"input_tokens": -3.0}, ConfigError, "input_tokens"),
+        ((np.ones(DIM), 0, 0.5), {"latency_s": -1.0}, ConfigError, "latency_s must be >= 0"),
+        ((np.ones(DIM), 0, 0.5), {"samples_used": 2.0}, ConfigError, "samples_used"),
+    ],
+)
+def test_observe_rejects_bad_input_state_unchanged(
+    learner: str, args: tuple[Any, ...], kw: dict[str, float], exc: type[Exception], match: str
+) -> None:
+    policy = make(learner)
+    train(policy, 10)
+    state = policy.to_bytes()
+    with pytest.raises(exc, match=match):
+        policy.observe(*args, **kw)
+    assert policy.to_bytes() == state
+
+
+def test_sub_actions_are_the_runs_a_sampled_run_contains() -> None:
+    from uniscale.outcomes import sub_actions
+
+    acts = space().ordered_actions()
+    names = lambda idx: {str(acts[i]) for i in idx}  # noqa: E731
+    assert sub_actions(Action("mid", "single", 1), 1, acts) == []
+    assert names(sub_actions(Action("mid", "self_consistency", 4), 4, acts)) == {
+        "mid/self_consistency/n=2",
+        "mid/best_of_n/n=2",
+        "mid/best_of_n/n=4",
+        "mid/adaptive_consistency/n=2",
+        "mid/adaptive_consistency/n=4",
+    }
+    # adaptive consistency that stopped after 2 of 4 samples contains only the n = 2 runs
+    assert names(sub_actions(Action("big", "adaptive_consistency", 4), 2, acts)) == {
+        "big/self_consistency/n=2",
+        "big/best_of_n/n=2",
+        "big/adaptive_consistency/n=2",
+    }

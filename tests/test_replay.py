@@ -130,6 +130,15 @@ def test_baselines_and_oracle_bounds(
     r_mat = replay.reward_matrix(table, w, scales)
     assert by["best_fixed"].reward.sum() == pytest.approx(r_mat.sum(axis=0).max())
     assert by["uniscale"].reward.sum() > by["random"].reward.sum()
+    # best_per_kind: per kind, the best column in hindsight (brute force over the kinds)
+    kinds = np.asarray(table.kinds)
+    assert len(set(table.kinds)) > 1
+    expected = sum(r_mat[kinds == k].sum(axis=0).max() for k in set(table.kinds))
+    per_kind = by["best_per_kind"]
+    assert per_kind.reward.sum() == pytest.approx(expected)
+    assert per_kind.reward.sum() >= by["best_fixed"].reward.sum() - 1e-9
+    for k, action in per_kind.extra["actions"].items():
+        assert {str(table.actions[c]) for c in per_kind.chosen[kinds == k]} == {action}
 
 
 def test_retired_model_is_never_chosen_after_the_event(
@@ -158,6 +167,56 @@ def test_added_model_only_after_the_event(
     large = {i for i, a in enumerate(table.actions) if a.model == "large"}
     for r in results:
         assert not large & set(r.chosen[:150].tolist()), r.name
+
+
+def test_side_observations_feed_exactly_the_contained_sub_actions(
+    small_table: tuple[outcomes.OutcomeTable, dict[str, ModelSpec]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    table, models = small_table
+    table = table.subset(range(150))
+    seen: list[tuple[int, float]] = []
+    real_observe = replay.Policy.observe
+
+    def spy(self: replay.Policy, x: object, action: int, quality: float, **kw: float) -> object:
+        seen.append((action, quality))
+        return real_observe(self, x, action, quality, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(replay.Policy, "observe", spy)
+    spec = replay.LearnerSpec("uniscale", table.actions)
+    scales = replay.Scales.from_table(table)
+    _avail, w = replay.schedule(table, [], "quality_priority")
+    r = replay.reward_matrix(table, w, scales)
+    run = replay.run_learner(
+        spec,
+        table,
+        models,
+        r,
+        r.max(axis=1),
+        [],
+        scales,
+        "quality_priority",
+        side_observations=True,
+    )
+    # the policy's action order is the table's here, so indices map one to one
+    expected: list[tuple[int, float]] = []
+    for t, c in enumerate(run.chosen):
+        used = float(table.samples_used[t, c])
+        for j in outcomes.sub_actions(table.actions[int(c)], used, table.actions):
+            expected.append((j, float(table.quality[t, j])))
+    assert seen == expected and len(seen) > 0
+    again = replay.run_learner(
+        spec,
+        table,
+        models,
+        r,
+        r.max(axis=1),
+        [],
+        scales,
+        "quality_priority",
+        side_observations=True,
+    )
+    np.testing.assert_array_equal(again.chosen, run.chosen)
 
 
 @given(st.lists(st.tuples(st.floats(0, 10), st.floats(0, 1)), min_size=1, max_size=30))

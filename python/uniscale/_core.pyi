@@ -482,6 +482,18 @@ class PolicyCore:
         now: float | None = None,
     ) -> tuple[float, float, float, bool]:
         """Feedback; returns (reward, cost_usd, latency_s, learner_updated)."""
+    def observe(
+        self,
+        x: ArrayLike,
+        action: SupportsIndex,
+        quality: float,
+        input_tokens: float = 0.0,
+        cost_usd: float | None = None,
+        latency_s: float | None = None,
+        output_tokens: float | None = None,
+        samples_used: float | None = None,
+    ) -> tuple[float, float, float, bool]:
+        """Learns from an outcome no decision asked for (see ``uniscale.Policy.observe``)."""
     def set_weights(self, quality: float, cost: float, latency: float) -> None: ...
     @property
     def weights(self) -> tuple[float, float, float]: ...

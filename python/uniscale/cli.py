@@ -168,6 +168,7 @@ def _replay(args: argparse.Namespace) -> int:
                 initial_models=initial,
                 seed=seed,
                 progress=bar,
+                side_observations=args.side_observations,
                 **kw,
             )
             per_seed.append(results)
@@ -194,6 +195,7 @@ def _replay(args: argparse.Namespace) -> int:
                     scales,
                     rw,
                     progress=bar,
+                    side_observations=args.side_observations,
                 )
                 curve[w].append((float(run.cost_usd.mean()), float(run.quality.mean())))
     rows = report.aggregate(per_seed)
@@ -462,6 +464,12 @@ def _add_replay(sub: Any) -> None:
     )
     r.add_argument(
         "--alpha", type=float, default=0.3, help="LinUCB exploration width (default 0.3)"
+    )
+    r.add_argument(
+        "--side-observations",
+        action="store_true",
+        help="every learner also learns the sub-actions a sampled run contains (the first 2 "
+        "of 8 samples are a self-consistency-2 run; Policy.observe)",
     )
     r.add_argument("--reward", default="cost_sensitive", choices=PRESET_NAMES, help="reward preset")
     r.add_argument(

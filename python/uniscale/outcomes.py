@@ -150,6 +150,25 @@ def action_outcome(
     return (1.0 if correct else 0.0, cost, latency, out, float(k))
 
 
+def sub_actions(executed: Action, samples_used: float, actions: Sequence[Action]) -> list[int]:
+    """Indices into ``actions`` of the runs contained in ``executed``: the same model, a sampled
+    strategy (not ``single``, which is one greedy answer) and ``n`` no larger than the samples
+    ``executed`` actually drew, other than ``executed`` itself. Their outcomes follow from a
+    prefix of the executed run's samples (self-consistency n' votes over the first n' samples,
+    best-of-n' scores them, adaptive n' draws them in order), so a policy can learn from all of
+    them for the price of one run (`Policy.observe`)."""
+    if executed.strategy == "single":
+        return []
+    return [
+        i
+        for i, a in enumerate(actions)
+        if a.model == executed.model
+        and a.strategy != "single"
+        and a.n <= samples_used
+        and a != executed
+    ]
+
+
 def build_table(
     requests: Sequence[Request],
     actions: Sequence[Action],

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import ArrayLike
 
-from uniscale._core import ConfigError, Decision, PolicyCore
+from uniscale._core import ConfigError, Decision, PolicyCore, UnknownActionError
 from uniscale.space import STRATEGIES, Action, ActionSpace, ModelSpec, Strategy, _model_tuple
 
 
@@ -183,6 +183,44 @@ class Policy:
             decision_id, quality, cost_usd, latency_s, output_tokens, samples_used, now
         )
         return UpdateResult(*r)
+
+    def observe(
+        self,
+        x: ArrayLike,
+        action: int | Action,
+        quality: float,
+        input_tokens: float = 0.0,
+        cost_usd: float | None = None,
+        latency_s: float | None = None,
+        output_tokens: float | None = None,
+        samples_used: float | None = None,
+    ) -> UpdateResult:
+        """Learns from an outcome of ``action`` (an index or an `Action` of this policy) on
+        request ``x`` that no decision asked for, exactly as `update` would for a decision.
+
+        Uses: a sub-action observed for free inside a larger test-time-scaling run (the first
+        two of eight samples are a self-consistency n = 2 run; `uniscale.outcomes.sub_actions`
+        says which), a warm start from a full-information outcome table, or another replica's
+        feedback. The budget pacer is not charged. Raises `UnknownActionError` for an action
+        this policy does not have; invalid values are rejected before any state changes.
+        """
+        index = self._action_index(action)
+        r = self._core.observe(
+            x, index, quality, input_tokens, cost_usd, latency_s, output_tokens, samples_used
+        )
+        return UpdateResult(*r)
+
+    def _action_index(self, action: int | Action) -> int:
+        if isinstance(action, Action):
+            try:
+                return self.actions.index(action)
+            except ValueError:
+                raise UnknownActionError(
+                    f"{action} is not an action of this policy (retired, or never added)"
+                ) from None
+        if isinstance(action, bool) or not isinstance(action, int):
+            raise UnknownActionError(f"action must be an int index or an Action, got {action!r}")
+        return action
 
     def _check_feature_version(self, version: str) -> None:
         mine = self._core.feature_version

@@ -5,10 +5,13 @@ table (what that action produced on that request), and the policy is updated wit
 are computed with one set of scales for everyone, so numbers are comparable across policies.
 
 Baselines: ``random`` (uniform over available actions), ``best_fixed`` (the single action with
-the highest total reward in hindsight, among actions available all along), ``oracle`` (the best
-action per request). Learners: ``uniscale`` (full model x strategy x n space), ``routing_only``
-(each model with one sample), ``tts_only`` (the best single model in hindsight, any strategy/n).
-Scenarios insert events mid-stream: a model retired, a model added, the reward preset switched.
+the highest total reward in hindsight, among actions available all along), ``best_per_kind``
+(the same per task kind, when the table has several: the ceiling of routing on the request's
+type), ``oracle`` (the best action per request). Learners: ``uniscale`` (full model x strategy
+x n space), ``routing_only`` (each model with one sample), ``tts_only`` (the best single model in
+hindsight, any strategy/n). Scenarios insert events mid-stream: a model retired, a model added,
+the reward preset switched. With ``side_observations`` every learner also learns the sub-actions
+each sampled run contains (`uniscale.outcomes.sub_actions`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from uniscale.outcomes import OutcomeTable
+from uniscale.outcomes import OutcomeTable, sub_actions
 from uniscale.policy import Policy, RewardWeights, resolve_reward
 from uniscale.space import Action, ActionSpace, ModelSpec
 
@@ -191,6 +194,27 @@ def best_fixed_run(
     return _result(name, table, chosen, r, oracle, action=str(table.actions[best]))
 
 
+def best_per_kind_run(
+    table: OutcomeTable, r: F64, avail: NDArray[np.bool_], oracle: F64
+) -> RunResult:
+    """For each task kind, the single action with the highest total reward on that kind's
+    requests in hindsight (among actions available all along): what a hand-written router that
+    knows every request's type, and the best action for each type, would get. Its gap over
+    ``best_fixed`` is the most that routing on the request's type can gain on this stream."""
+    always = np.flatnonzero(avail.all(axis=0))
+    if len(always) == 0:
+        raise ValueError("no action is available for the whole stream")
+    kinds = np.asarray(table.kinds)
+    chosen = np.zeros(table.n_requests, dtype=np.int64)
+    picked: dict[str, str] = {}
+    for kind in dict.fromkeys(table.kinds):
+        rows = kinds == kind
+        best = int(always[int(np.argmax(r[rows][:, always].sum(axis=0)))])
+        chosen[rows] = best
+        picked[kind] = str(table.actions[best])
+    return _result("best_per_kind", table, chosen, r, oracle, actions=picked)
+
+
 @dataclass(frozen=True, slots=True)
 class LearnerSpec:
     """How to build one learning policy for a replay."""
@@ -212,8 +236,14 @@ def run_learner(
     *,
     initial_models: Iterable[str] | None = None,
     progress: Callable[[int], None] | None = None,
+    side_observations: bool = False,
 ) -> RunResult:
-    """Streams the table through a fresh `Policy` over ``spec.actions``."""
+    """Streams the table through a fresh `Policy` over ``spec.actions``.
+
+    With ``side_observations``, after each update the policy also learns (`Policy.observe`) the
+    outcomes of the sub-actions the chosen run contained (`uniscale.outcomes.sub_actions`): the
+    table builds every sampled action of a model from prefixes of one sample order, so those
+    are the outcomes the executed run's own samples imply."""
     col_of = {a: i for i, a in enumerate(table.actions)}
     active = set(initial_models) if initial_models is not None else {a.model for a in spec.actions}
     acts = [a for a in spec.actions if a.model in active]
@@ -255,7 +285,17 @@ def run_learner(
         c = int(cols[d.index])
         chosen[t] = c
         fallbacks += int(d.fallback)
-        pol.update(d.id, **table.feedback(t, c), now=float(t))
+        fb = table.feedback(t, c)
+        pol.update(d.id, **fb, now=float(t))
+        if side_observations:
+            acts = pol.actions
+            for j in sub_actions(acts[d.index], fb["samples_used"], acts):
+                pol.observe(
+                    table.X[t],
+                    j,
+                    input_tokens=float(table.input_tokens[t]),
+                    **table.feedback(t, int(cols[j])),
+                )
         if progress is not None:
             progress(1)
     return _result(
@@ -304,6 +344,7 @@ def compare(
     seed: int = 0,
     scales: Scales | None = None,
     progress: Callable[[int], None] | None = None,
+    side_observations: bool = False,
     **policy_kwargs: Any,
 ) -> list[RunResult]:
     """Every baseline and learner on the same stream (``table`` rows in the given order)."""
@@ -316,6 +357,8 @@ def compare(
         random_run(table, r, avail, orc.reward, seed),
         best_fixed_run(table, r, avail, orc.reward),
     ]
+    if len(set(table.kinds)) > 1:
+        results.append(best_per_kind_run(table, r, avail, orc.reward))
     specs = (
         learners if learners is not None else standard_learners(table, r, avail, **policy_kwargs)
     )
@@ -332,6 +375,7 @@ def compare(
                 reward,
                 initial_models=initial_models,
                 progress=progress,
+                side_observations=side_observations,
             )
         )
     return results

@@ -453,6 +453,34 @@ impl PyPolicyCore {
         Ok((r.reward, r.cost_usd, r.latency_s, r.learner_updated))
     }
 
+    /// Learns from an outcome no decision asked for (a sub-action seen inside a larger run, a
+    /// warm start, another replica); returns (reward, cost_usd, latency_s, learner_updated).
+    #[pyo3(signature = (x, action, quality, input_tokens=0.0, cost_usd=None, latency_s=None, output_tokens=None, samples_used=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn observe(
+        &self,
+        py: Python<'_>,
+        x: &Bound<'_, PyAny>,
+        action: i64,
+        quality: f64,
+        input_tokens: f64,
+        cost_usd: Option<f64>,
+        latency_s: Option<f64>,
+        output_tokens: Option<f64>,
+        samples_used: Option<f64>,
+    ) -> PyResult<(f64, f64, f64, bool)> {
+        let x = f64_1d(x, "x")?;
+        let fb = Feedback {
+            quality,
+            cost_usd,
+            latency_s,
+            output_tokens,
+            samples_used,
+        };
+        let r = py.detach(|| self.inner.lock().observe(&x, action, input_tokens, fb))?;
+        Ok((r.reward, r.cost_usd, r.latency_s, r.learner_updated))
+    }
+
     fn set_weights(&self, quality: f64, cost: f64, latency: f64) -> PyResult<()> {
         Ok(self.inner.lock().set_weights(Weights {
             quality,
