@@ -390,9 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument(
         "--reward",
-        default="cost_sensitive",
+        default="quality_priority",
         choices=["cost_sensitive", "quality_priority", "balanced"],
-        help="reward preset (default cost_sensitive)",
+        help="reward preset (default quality_priority: with these small models the "
+        "cost-sensitive weights make the cheapest model answering once the best action on "
+        "almost every question, so there is little to choose)",
     )
     d.set_defaults(func=_demo)
     from uniscale.collect import register as register_collect

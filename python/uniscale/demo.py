@@ -29,7 +29,7 @@ def run_demo(
     seed: int = 0,
     seeds: int = 3,
     out_dir: str | Path = "uniscale-demo",
-    reward: str = "cost_sensitive",
+    reward: str = "quality_priority",
     sim: bool = False,
     table: str | Path | None = None,
     quiet: bool = False,
