@@ -582,13 +582,7 @@ impl Policy {
             Some(p) => p,
             None => return Err(CoreError::ExpiredDecision(id)),
         };
-        let n = p.action.n as f64;
-        let samples = fb.samples_used.unwrap_or(n);
-        if !(1.0..=n).contains(&samples) {
-            return Err(CoreError::Config(format!(
-                "samples_used must be in 1..={n} for this action, got {samples}"
-            )));
-        }
+        let samples = samples_used(&p.action, &fb)?;
         // Learner first: it is the only step that can fail (numerical overflow), and the
         // pending record is only consumed once it succeeded.
         let a = p.action;
@@ -611,10 +605,32 @@ impl Policy {
             .pending
             .complete(id)
             .ok_or(CoreError::ExpiredDecision(id))?;
+        let (cost_usd, latency_s) =
+            self.learn_usage(&a, p.input_tokens, &p.prediction, &fb, samples);
+        self.pacer.observe_cost(cost_usd);
+        Ok(UpdateResult {
+            reward: self.reward(fb.quality, cost_usd, latency_s),
+            cost_usd,
+            latency_s,
+            learner_updated,
+        })
+    }
+
+    /// Teaches the cost model what action `a` used on a request, and returns the realised
+    /// (cost, latency): the measured values where given, else what the token counts (or the
+    /// prediction made for the request) imply.
+    fn learn_usage(
+        &mut self,
+        a: &ActionDef,
+        input_tokens: f64,
+        prediction: &Prediction,
+        fb: &Feedback,
+        samples: f64,
+    ) -> (f64, f64) {
         self.cost.observe(
             &self.space,
-            &a,
-            p.input_tokens,
+            a,
+            input_tokens,
             fb.output_tokens,
             samples,
             fb.latency_s,
@@ -623,17 +639,10 @@ impl Policy {
         let cost_usd = fb.cost_usd.unwrap_or_else(|| {
             let out = fb
                 .output_tokens
-                .unwrap_or(p.prediction.output_tokens_per_sample * samples);
-            CostModel::realised_cost(model, p.input_tokens, out, samples)
+                .unwrap_or(prediction.output_tokens_per_sample * samples);
+            CostModel::realised_cost(model, input_tokens, out, samples)
         });
-        let latency_s = fb.latency_s.unwrap_or(p.prediction.latency_s);
-        self.pacer.observe_cost(cost_usd);
-        Ok(UpdateResult {
-            reward: self.reward(fb.quality, cost_usd, latency_s),
-            cost_usd,
-            latency_s,
-            learner_updated,
-        })
+        (cost_usd, fb.latency_s.unwrap_or(prediction.latency_s))
     }
 
     /// Learns from an outcome that no decision of this policy asked for: a sub-action observed
@@ -666,13 +675,7 @@ impl Policy {
         }
         check_feedback(&fb)?;
         let a = self.space.actions[i];
-        let n = a.n as f64;
-        let samples = fb.samples_used.unwrap_or(n);
-        if !(1.0..=n).contains(&samples) {
-            return Err(CoreError::Config(format!(
-                "samples_used must be in 1..={n} for this action, got {samples}"
-            )));
-        }
+        let samples = samples_used(&a, &fb)?;
         let prediction = self.cost.predict(&self.space, &a, input_tokens);
         match &mut self.learner {
             QualityLearner::Shared(l) => {
@@ -681,22 +684,7 @@ impl Policy {
             }
             QualityLearner::Disjoint(l) => l.update(index, x, fb.quality)?,
         }
-        self.cost.observe(
-            &self.space,
-            &a,
-            input_tokens,
-            fb.output_tokens,
-            samples,
-            fb.latency_s,
-        );
-        let model = &self.space.models[a.model];
-        let cost_usd = fb.cost_usd.unwrap_or_else(|| {
-            let out = fb
-                .output_tokens
-                .unwrap_or(prediction.output_tokens_per_sample * samples);
-            CostModel::realised_cost(model, input_tokens, out, samples)
-        });
-        let latency_s = fb.latency_s.unwrap_or(prediction.latency_s);
+        let (cost_usd, latency_s) = self.learn_usage(&a, input_tokens, &prediction, &fb, samples);
         Ok(UpdateResult {
             reward: self.reward(fb.quality, cost_usd, latency_s),
             cost_usd,
@@ -1059,6 +1047,18 @@ impl Policy {
             dim,
         })
     }
+}
+
+/// Samples an outcome of action `a` used: `fb.samples_used` (default `n`), within 1..=n.
+fn samples_used(a: &ActionDef, fb: &Feedback) -> CoreResult<f64> {
+    let n = a.n as f64;
+    let samples = fb.samples_used.unwrap_or(n);
+    if !(1.0..=n).contains(&samples) {
+        return Err(CoreError::Config(format!(
+            "samples_used must be in 1..={n} for this action, got {samples}"
+        )));
+    }
+    Ok(samples)
 }
 
 /// Feedback values: quality finite, the optional measurements finite and >= 0.
