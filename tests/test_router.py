@@ -405,3 +405,57 @@ def test_closed_log_refuses_writes(tmp_path: Path) -> None:
 def test_ground_truth_feedback_without_truth_defers() -> None:
     ctx: Any = type("Ctx", (), {"ground_truth": None})()
     assert asyncio.run(GroundTruthFeedback().quality(ctx)) is None
+
+
+def test_side_observations_teach_the_voting_sub_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One request with n = 4 returns "5", "4", "4", "4" (the fake rotates answers per choice).
+    answers = ["The answer is 5", "The answer is 4", "The answer is 4", "The answer is 4"]
+    with FakeOpenAI(FakeConfig(answers=answers)) as server:
+        m = spec(server, "m")
+        acts = [
+            Action("m", "single", 1),
+            Action("m", "self_consistency", 2),
+            Action("m", "self_consistency", 4),
+            Action("m", "best_of_n", 2),
+            Action("m", "adaptive_consistency", 2),
+            Action("m", "adaptive_consistency", 4),
+        ]
+        policy, ex, f = setup([m], acts)
+        seen: list[tuple[str, float, dict[str, float]]] = []
+        real = Policy.observe
+
+        def spy(self: Policy, x: Any, action: int, quality: float, **kw: float) -> Any:
+            seen.append((str(self.actions[action]), quality, kw))
+            return real(self, x, action, quality, **kw)
+
+        monkeypatch.setattr(Policy, "observe", spy)
+        mask = [a == Action("m", "self_consistency", 4) for a in policy.actions]
+        log = tmp_path / "d.jsonl"
+
+        async def go() -> list[uniscale.RouterResult]:
+            async with ex, Router(policy, ex, f, log=log, side_observations=True) as router:
+                with_gt = await router.complete(Q, ground_truth="4", mask=mask)
+                # no ground truth: the quality is the vote share, so no sub-run is observed
+                without = await router.complete(Q, mask=mask)
+                return [with_gt, without]
+
+        res = run(go())
+    assert res[0].quality == 1.0  # "4" wins 3 to 1
+    got = {(a, q, kw["samples_used"]) for a, q, kw in seen}
+    assert got == {
+        ("m/self_consistency/n=2", 0.0, 2.0),  # "5" vs "4": the tie goes to the first answer
+        ("m/adaptive_consistency/n=2", 0.0, 2.0),
+        ("m/adaptive_consistency/n=4", 1.0, 4.0),  # not settled after 2, settled after 4
+    }
+    for _a, _q, kw in seen:
+        assert 0 < kw["cost_usd"] <= res[0].outcome.cost_usd
+        assert kw["input_tokens"] == res[0].outcome.samples[0].input_tokens
+    recs = records(log)
+    assert [o["action"] for o in recs[0]["side_observations"]] == [
+        "m/self_consistency/n=2",
+        "m/adaptive_consistency/n=2",
+        "m/adaptive_consistency/n=4",
+    ]
+    assert "side_observations" not in recs[1]

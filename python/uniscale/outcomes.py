@@ -105,7 +105,9 @@ class OutcomeTable:
         )
 
 
-def _round_latency(lat: Sequence[float], parallelism: int) -> float:
+def round_latency(lat: Sequence[float], parallelism: int) -> float:
+    """Wall time of samples run ``parallelism`` at a time, in draw order: each round lasts as
+    long as its slowest sample."""
     total = 0.0
     for start in range(0, len(lat), parallelism):
         total += max(lat[start : start + parallelism])
@@ -146,7 +148,7 @@ def action_outcome(
     out = float(sum(s.output_tokens for s in used))
     billed_in = input_tokens if (model.bills_prompt_once or k == 1) else input_tokens * k
     cost = (billed_in * model.price_in_per_mtok + out * model.price_out_per_mtok) / 1e6
-    latency = _round_latency([s.latency_s for s in used], model.parallelism)
+    latency = round_latency([s.latency_s for s in used], model.parallelism)
     return (1.0 if correct else 0.0, cost, latency, out, float(k))
 
 

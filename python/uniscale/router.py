@@ -86,8 +86,10 @@ from uniscale.execute import (
 )
 from uniscale.extract import Extractor, normalize_answer
 from uniscale.featurize import Featurizer, features_digest
+from uniscale.outcomes import round_latency, sub_actions
 from uniscale.policy import Policy, UpdateResult
 from uniscale.space import Action, ModelSpec
+from uniscale.vote import majority_vote, replay_adaptive
 
 __all__ = [
     "ConfidenceFeedback",
@@ -407,6 +409,14 @@ class Router:
     fails. ``log`` is a `DecisionLog` or a path (opened with default settings; the router then
     closes it in `aclose`). ``max_deferred`` bounds the realised values kept for deferred
     feedback (the oldest are dropped; their decisions expire in the policy too).
+
+    ``side_observations``: when a voting run (self-consistency or adaptive consistency) is scored
+    against a ground truth, the policy also learns (`Policy.observe`) the smaller voting runs of
+    the same model that its samples contain, in draw order: the first 2 of 8 samples are a
+    self-consistency n = 2 run, whose correctness, tokens, cost and latency follow from them.
+    Best-of-n sub-runs are left out (they would need the scorer's verdict on every prefix), and so
+    is every other feedback source (its quality would not mean the same for a sub-run). The
+    observed sub-runs are listed in the decision log record (``side_observations``).
     """
 
     def __init__(
@@ -419,6 +429,7 @@ class Router:
         log: DecisionLog | str | os.PathLike[str] | None = None,
         fallback: Action | None = None,
         max_deferred: int = 65536,
+        side_observations: bool = False,
     ) -> None:
         if not isinstance(policy, Policy):
             raise ConfigError(f"policy must be a uniscale.Policy, got {type(policy).__name__}")
@@ -442,6 +453,7 @@ class Router:
         )
         self.fallback = fallback
         self.max_deferred = max_deferred
+        self.side_observations = side_observations
         self._owns_log = log is not None and not isinstance(log, DecisionLog)
         self.log: DecisionLog | None = (
             log if isinstance(log, DecisionLog) or log is None else DecisionLog(log)
@@ -546,6 +558,13 @@ class Router:
             record["feedback"]["deferred"] = True
         else:
             upd = self._update(decision.id, float(quality), realised)
+            if (
+                self.side_observations
+                and ground_truth is not None
+                and isinstance(source, GroundTruthFeedback)
+                and not outcome.fallback_used
+            ):
+                record["side_observations"] = self._observe_sub_runs(x, outcome, ground_truth)
         record.update(self._reward_fields(quality, upd))
         self._write(record)
         return RouterResult(decision.to_dict(), outcome, upd, quality)
@@ -613,6 +632,56 @@ class Router:
             output_tokens=r.output_tokens,
             samples_used=r.samples_used,
         )
+
+    def _observe_sub_runs(
+        self, x: NDArray[np.float64], outcome: Outcome, ground_truth: str
+    ) -> list[dict[str, Any]]:
+        """Feeds the policy the voting sub-runs ``outcome``'s samples contain (see the class
+        docs) and returns what was observed, for the decision log."""
+        done: list[dict[str, Any]] = []
+        actions = self.policy.actions
+        spec = self.policy.models[outcome.action.model]
+        samples = sorted(outcome.samples, key=lambda smp: smp.index)
+        answers = [None if smp.answer is None else normalize_answer(smp.answer) for smp in samples]
+        gold = normalize_answer(ground_truth)
+        cfg = self.executor.adaptive
+        for j in sub_actions(outcome.action, len(samples), actions):
+            a = actions[j]
+            if a.strategy == "self_consistency":
+                vote, used = majority_vote(answers[: a.n]), a.n
+            elif a.strategy == "adaptive_consistency":
+                r = replay_adaptive(
+                    answers[: a.n],
+                    a.n,
+                    first=cfg.first,
+                    step=cfg.step,
+                    rule=cfg.rule,
+                    threshold=cfg.threshold,
+                    prior=cfg.prior,
+                    min_samples=cfg.min_samples,
+                )
+                vote, used = r.vote, r.used
+            else:
+                continue  # best_of_n: needs the scorer's verdict on this prefix
+            part = samples[:used]
+            prompt = part[0].input_tokens
+            out_tokens = float(sum(smp.output_tokens for smp in part))
+            billed_in = prompt if (spec.bills_prompt_once or used == 1) else prompt * used
+            cost = (billed_in * spec.price_in_per_mtok + out_tokens * spec.price_out_per_mtok) / 1e6
+            latency = round_latency([smp.latency_s for smp in part], spec.parallelism)
+            quality = 1.0 if vote.answer is not None and vote.answer == gold else 0.0
+            self.policy.observe(
+                x,
+                j,
+                quality,
+                input_tokens=float(prompt),
+                cost_usd=cost,
+                latency_s=latency,
+                output_tokens=out_tokens,
+                samples_used=float(used),
+            )
+            done.append({"action": str(a), "quality": quality, "samples_used": used})
+        return done
 
     def _defer(self, decision_id: int, r: _Realised) -> None:
         with self._lock:
