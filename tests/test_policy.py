@@ -710,8 +710,9 @@ def test_observe_learns_exactly_what_a_decision_would(learner: str) -> None:
         }
         d = forced(via_decision, k, x, now=float(t))
         want = via_decision.update(d.id, **fb, now=float(t))
-        # alternate index and Action forms
-        got = via_observe.observe(x, k if t % 2 else a, input_tokens=500.0, **fb)
+        # alternate index (Python and NumPy integers) and Action forms
+        form = (a, k, np.int64(k))[t % 3]
+        got = via_observe.observe(x, form, input_tokens=500.0, **fb)
         assert got.reward == pytest.approx(want.reward, rel=1e-12)
         assert got.cost_usd == pytest.approx(want.cost_usd, rel=1e-12)
         assert got.learner_updated
@@ -733,6 +734,7 @@ def test_observe_learns_exactly_what_a_decision_would(learner: str) -> None:
         ((np.ones(DIM), -1, 0.5), {}, UnknownActionError, "-1"),
         ((np.ones(DIM), Action("gone", "single", 1), 0.5), {}, UnknownActionError, "gone"),
         ((np.ones(DIM), True, 0.5), {}, UnknownActionError, "int index"),
+        ((np.ones(DIM), 1.0, 0.5), {}, UnknownActionError, "int index"),
         ((np.ones(DIM + 1), 0, 0.5), {}, ShapeError, "x"),
         ((np.full(DIM, math.nan), 0, 0.5), {}, NonFiniteError, "x"),
         ((np.ones(DIM), 0, math.nan), {}, NonFiniteError, "quality"),

@@ -9,11 +9,12 @@ immediately and keeps every statistic learned so far valid.
 from __future__ import annotations
 
 import math
+import operator
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, SupportsIndex
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -187,7 +188,7 @@ class Policy:
     def observe(
         self,
         x: ArrayLike,
-        action: int | Action,
+        action: SupportsIndex | Action,
         quality: float,
         input_tokens: float = 0.0,
         cost_usd: float | None = None,
@@ -210,7 +211,7 @@ class Policy:
         )
         return UpdateResult(*r)
 
-    def _action_index(self, action: int | Action) -> int:
+    def _action_index(self, action: SupportsIndex | Action) -> int:
         if isinstance(action, Action):
             try:
                 return self.actions.index(action)
@@ -218,9 +219,14 @@ class Policy:
                 raise UnknownActionError(
                     f"{action} is not an action of this policy (retired, or never added)"
                 ) from None
-        if isinstance(action, bool) or not isinstance(action, int):
+        if isinstance(action, bool | np.bool_):
             raise UnknownActionError(f"action must be an int index or an Action, got {action!r}")
-        return action
+        try:
+            return operator.index(action)  # int, numpy integers
+        except TypeError:
+            raise UnknownActionError(
+                f"action must be an int index or an Action, got {action!r}"
+            ) from None
 
     def _check_feature_version(self, version: str) -> None:
         mine = self._core.feature_version

@@ -288,8 +288,8 @@ def run_learner(
         fb = table.feedback(t, c)
         pol.update(d.id, **fb, now=float(t))
         if side_observations:
-            acts = pol.actions
-            for j in sub_actions(acts[d.index], fb["samples_used"], acts):
+            current = pol.actions
+            for j in sub_actions(current[d.index], fb["samples_used"], current):
                 pol.observe(
                     table.X[t],
                     j,
