@@ -76,7 +76,7 @@ import httpx
 
 from uniscale.extract import Extractor, get_extractor
 from uniscale.space import Action, ModelSpec
-from uniscale.vote import StopRule, majority_vote, should_stop
+from uniscale.vote import AdaptiveResult, StopRule, majority_vote, replay_adaptive, should_stop
 
 __all__ = [
     "AdaptiveConfig",
@@ -247,6 +247,20 @@ class AdaptiveConfig:
             raise ValueError("AdaptiveConfig.first and .step must be >= 1")
         if not 0.0 < self.threshold <= 1.0:
             raise ValueError(f"AdaptiveConfig.threshold must be in (0, 1], got {self.threshold}")
+
+    def replay(self, answers: Sequence[str | None], budget: int) -> AdaptiveResult:
+        """What a live run with this configuration and ``budget`` samples decides over
+        pre-drawn ``answers`` (in draw order): the same rounds and stopping rule."""
+        return replay_adaptive(
+            answers,
+            budget,
+            first=self.first,
+            step=self.step,
+            rule=self.rule,
+            threshold=self.threshold,
+            prior=self.prior,
+            min_samples=min(self.min_samples, budget),
+        )
 
 
 @dataclass(frozen=True, slots=True)

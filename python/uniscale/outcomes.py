@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -144,12 +145,31 @@ def action_outcome(
             r = replay_adaptive([s.answer for s in pool], n)
             correct = r.vote.answer is not None and r.vote.answer == gold
             used = list(pool[: r.used])
+    cost, latency, out = run_usage(model, input_tokens, used)
+    return (1.0 if correct else 0.0, cost, latency, out, float(len(used)))
+
+
+class _Used(Protocol):
+    """What `run_usage` reads of a sample (recorded here, or live from `uniscale.execute`)."""
+
+    @property
+    def output_tokens(self) -> int: ...
+    @property
+    def latency_s(self) -> float: ...
+
+
+def run_usage(
+    model: ModelSpec, input_tokens: int, used: Sequence[_Used]
+) -> tuple[float, float, float]:
+    """(cost_usd, latency_s, output_tokens) of one run that used ``used`` samples in draw order:
+    the prompt billed once (or per sample for fan-out endpoints), every output token, and
+    ``ceil(k / parallelism)`` rounds of generation."""
     k = len(used)
     out = float(sum(s.output_tokens for s in used))
     billed_in = input_tokens if (model.bills_prompt_once or k == 1) else input_tokens * k
     cost = (billed_in * model.price_in_per_mtok + out * model.price_out_per_mtok) / 1e6
     latency = round_latency([s.latency_s for s in used], model.parallelism)
-    return (1.0 if correct else 0.0, cost, latency, out, float(k))
+    return cost, latency, out
 
 
 def sub_actions(executed: Action, samples_used: float, actions: Sequence[Action]) -> list[int]:

@@ -86,10 +86,10 @@ from uniscale.execute import (
 )
 from uniscale.extract import Extractor, normalize_answer
 from uniscale.featurize import Featurizer, features_digest
-from uniscale.outcomes import round_latency, sub_actions
+from uniscale.outcomes import run_usage, sub_actions
 from uniscale.policy import Policy, UpdateResult
 from uniscale.space import Action, ModelSpec
-from uniscale.vote import majority_vote, replay_adaptive
+from uniscale.vote import majority_vote
 
 __all__ = [
     "ConfidenceFeedback",
@@ -644,31 +644,17 @@ class Router:
         samples = sorted(outcome.samples, key=lambda smp: smp.index)
         answers = [None if smp.answer is None else normalize_answer(smp.answer) for smp in samples]
         gold = normalize_answer(ground_truth)
-        cfg = self.executor.adaptive
         for j in sub_actions(outcome.action, len(samples), actions):
             a = actions[j]
             if a.strategy == "self_consistency":
                 vote, used = majority_vote(answers[: a.n]), a.n
             elif a.strategy == "adaptive_consistency":
-                r = replay_adaptive(
-                    answers[: a.n],
-                    a.n,
-                    first=cfg.first,
-                    step=cfg.step,
-                    rule=cfg.rule,
-                    threshold=cfg.threshold,
-                    prior=cfg.prior,
-                    min_samples=cfg.min_samples,
-                )
+                r = self.executor.adaptive.replay(answers[: a.n], a.n)
                 vote, used = r.vote, r.used
             else:
                 continue  # best_of_n: needs the scorer's verdict on this prefix
-            part = samples[:used]
-            prompt = part[0].input_tokens
-            out_tokens = float(sum(smp.output_tokens for smp in part))
-            billed_in = prompt if (spec.bills_prompt_once or used == 1) else prompt * used
-            cost = (billed_in * spec.price_in_per_mtok + out_tokens * spec.price_out_per_mtok) / 1e6
-            latency = round_latency([smp.latency_s for smp in part], spec.parallelism)
+            prompt = samples[0].input_tokens
+            cost, latency, out_tokens = run_usage(spec, prompt, samples[:used])
             quality = 1.0 if vote.answer is not None and vote.answer == gold else 0.0
             self.policy.observe(
                 x,
