@@ -141,15 +141,17 @@ def test_baselines_and_oracle_bounds(
         assert {str(table.actions[c]) for c in per_kind.chosen[kinds == k]} == {action}
 
 
+@pytest.mark.parametrize("side_observations", [False, True])
 def test_retired_model_is_never_chosen_after_the_event(
-    small_table: tuple[outcomes.OutcomeTable, dict[str, ModelSpec]],
+    small_table: tuple[outcomes.OutcomeTable, dict[str, ModelSpec]], side_observations: bool
 ) -> None:
+    # with side observations too: their loop must not disturb the event schedule
     table, models = small_table
     ev = [
         replay.Event(200, "retire_model", "medium"),
         replay.Event(300, "set_reward", "quality_priority"),
     ]
-    results = replay.compare(table, models, events=ev)
+    results = replay.compare(table, models, events=ev, side_observations=side_observations)
     medium = {i for i, a in enumerate(table.actions) if a.model == "medium"}
     for r in results:
         assert not medium & set(r.chosen[200:].tolist()), r.name

@@ -289,12 +289,12 @@ def run_learner(
         pol.update(d.id, **fb, now=float(t))
         if side_observations:
             current = pol.actions
-            for j in sub_actions(current[d.index], fb["samples_used"], current):
+            for sub in sub_actions(current[d.index], fb["samples_used"], current):
                 pol.observe(
                     table.X[t],
-                    j,
+                    sub,
                     input_tokens=float(table.input_tokens[t]),
-                    **table.feedback(t, int(cols[j])),
+                    **table.feedback(t, int(cols[sub])),
                 )
         if progress is not None:
             progress(1)
