@@ -15,10 +15,15 @@ Scenarios: stationary; the mid-price model retired at T/2, or added at T/2 (it i
 workhorse under the cost-sensitive preset, so both changes matter); the reward preset switched
 from cost_sensitive to quality_priority at T/2. Every scenario runs over several seeds and the
 table shows mean ± standard deviation. The verdict line checks the issue's target: the unified
-policy beats both restricted learners and the best fixed action on reward (mean over seeds),
-and how many seeds it wins.
+policy beats both restricted learners and the best fixed action on reward (mean over seeds).
+Each seed is one stream all policies share, so the comparison is paired: per baseline the
+line gives the mean of UniScale's per-seed reward minus the baseline's, a 95% bootstrap
+interval of that mean over seeds, and the seeds UniScale wins. An interval that contains 0 is
+a difference the seeds cannot tell from noise; the verdict says so instead of calling it a win
+or a loss. Twenty seeds by default: the learners' seed-to-seed spread (a learner that settles
+on a weak action early loses hundreds of reward on that seed) is too large for five.
 
-    python benches/bench_policy_sim.py                 # 10,000 requests x 5 seeds (~4 min)
+    python benches/bench_policy_sim.py                 # 10,000 requests x 20 seeds (~3 min)
     python benches/bench_policy_sim.py --smoke         # CI: tiny, no verdict
 """
 
@@ -31,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from _common import release_build_or_exit_code
 
 import uniscale
@@ -54,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--requests", type=int, default=10_000)
-    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--seeds", type=int, default=20)
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
     ap.add_argument("--smoke", action="store_true", help="tiny run for CI (no verdict)")
     ap.add_argument("--json", type=Path, help="write results here")
@@ -98,28 +104,58 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 )
             rows = report.aggregate(per_seed)
-            wins = {
-                other: sum(_total(res, "uniscale") > _total(res, other) for res in per_seed)
+            paired = {
+                other: paired_difference(
+                    [_total(res, "uniscale") - _total(res, other) for res in per_seed]
+                )
                 for other in ("routing_only", "tts_only", "best_fixed")
             }
             mean = {r["policy"]: r["reward_total"][0] for r in rows}
-            ok = all(mean["uniscale"] > mean[o] for o in wins)
-            verdicts.append((name, ok, wins, mean))
-            out["scenarios"][name] = {"rows": rows, "wins": wins}
+            verdicts.append((name, paired, mean))
+            out["scenarios"][name] = {"rows": rows, "paired": paired}
             print(f"\n== {name} ==", file=sys.stdout)
             print(report.table(rows))
     print()
-    for name, ok, wins, mean in verdicts:
-        margin = ", ".join(
-            f"{o} {100 * (mean['uniscale'] / mean[o] - 1):+.1f}% ({wins[o]}/{seeds} seeds)"
-            for o in wins
-        )
+    print(
+        "uniscale reward vs each baseline: relative margin of the means, paired difference "
+        "(mean and 95% bootstrap interval over seeds), seeds won"
+    )
+    for name, paired, mean in verdicts:
+        ok = all(p["mean"] > 0 for p in paired.values())
+        clear = all(p["low"] > 0 for p in paired.values())
         tag = "smoke" if args.smoke else ("PASS" if ok else "FAIL")
-        print(f"[{tag:>5}] {name}: uniscale reward vs {margin}")
+        note = ""
+        if ok and not clear and not args.smoke:
+            note = "  (on the mean; not every interval excludes 0)"
+        print(f"[{tag:>5}] {name}:{note}")
+        for o, p in paired.items():
+            print(
+                f"          vs {o:<13} {100 * (mean['uniscale'] / mean[o] - 1):+6.1f}%  "
+                f"diff {p['mean']:+8.1f} [{p['low']:+8.1f}, {p['high']:+8.1f}]  "
+                f"{p['wins']}/{seeds} seeds"
+            )
     print(f"\n(total {time.monotonic() - t0:.0f} s)")
     if args.json:
         args.json.write_text(json.dumps(out, indent=2, default=list) + "\n")
     return 0
+
+
+def paired_difference(diffs: list[float], *, resamples: int = 10_000) -> dict[str, Any]:
+    """Mean of per-seed differences with a 95% percentile-bootstrap interval (seeded)."""
+    d = np.asarray(diffs, dtype=np.float64)
+    if len(d) < 2:
+        m = float(d.mean())
+        return {"mean": m, "low": m, "high": m, "wins": int((d > 0).sum()), "per_seed": d.tolist()}
+    rng = np.random.default_rng(0)
+    boot = d[rng.integers(0, len(d), size=(resamples, len(d)))].mean(axis=1)
+    low, high = np.quantile(boot, [0.025, 0.975])
+    return {
+        "mean": float(d.mean()),
+        "low": float(low),
+        "high": float(high),
+        "wins": int((d > 0).sum()),
+        "per_seed": d.tolist(),
+    }
 
 
 def _total(results: list[replay.RunResult], name: str) -> float:
