@@ -277,6 +277,7 @@ impl Policy {
         mut cfg: PolicyConfig,
         budget: Budget,
         pacing_step: f64,
+        pacing_carryover: f64,
         seed: u64,
     ) -> CoreResult<Policy> {
         weights.validate()?;
@@ -339,7 +340,7 @@ impl Policy {
             space,
             learner,
             cost,
-            pacer: Pacer::new(budget, pacing_step)?,
+            pacer: Pacer::new(budget, pacing_step, pacing_carryover)?,
             weights,
             pending: PendingStore::new(cfg.capacity, cfg.ttl_s),
             cfg,

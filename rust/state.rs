@@ -3,7 +3,7 @@
 //! ```text
 //! offset  size  field
 //! 0       8     magic  b"UNISCALE"
-//! 8       4     format version (u32 LE), currently FORMAT_VERSION
+//! 8       4     format version (u32 LE), currently FORMAT_VERSION (MIN_FORMAT_VERSION.. read)
 //! 12      1     kind (1 = LinUCB, 2 = SharedLinUCB, 3 = Policy)
 //! 13      8     payload length in bytes (u64 LE)
 //! 21      n     payload (kind-specific; starts with the object's dimensions)
@@ -20,7 +20,10 @@ use std::path::Path;
 use crate::error::{CoreError, CoreResult};
 
 pub const MAGIC: &[u8; 8] = b"UNISCALE";
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+/// Oldest format version this build reads. Version 2 added the pacer's carry-over state to
+/// the Policy payload; the learners' payloads are the same in both.
+pub const MIN_FORMAT_VERSION: u32 = 1;
 const HEADER_LEN: usize = 8 + 4 + 1 + 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +107,8 @@ impl Writer {
 pub struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// Format version of the blob being read.
+    pub version: u32,
 }
 
 fn bad(msg: impl Into<String>) -> CoreError {
@@ -124,9 +129,10 @@ impl<'a> Reader<'a> {
             return Err(bad("bad magic: not a UniScale state file"));
         }
         let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
-        if version != FORMAT_VERSION {
+        if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(bad(format!(
-                "unsupported format version {version} (this build reads version {FORMAT_VERSION})"
+                "unsupported format version {version} (this build reads versions \
+                 {MIN_FORMAT_VERSION} to {FORMAT_VERSION})"
             )));
         }
         let kind =
@@ -166,6 +172,7 @@ impl<'a> Reader<'a> {
         Ok(Reader {
             buf: &bytes[HEADER_LEN..body_end],
             pos: 0,
+            version,
         })
     }
 

@@ -231,3 +231,27 @@ def shared_from_state(blob: bytes) -> RefSharedLinUCB:
     ref.A = c.f64s().reshape(ref.joint_dim, ref.joint_dim)
     ref.b = c.f64s()
     return ref
+
+
+class RefPacer:
+    """The budget pacer of ``rust/pacing.rs`` for a per-request target, in plain Python:
+    ``debt`` is the running relative overspend floored at ``-carryover`` (capped so that
+    lambda cannot wind up past its maximum), and ``lambda = clamp(step * debt, 0, 1e4)``."""
+
+    LAMBDA_MAX = 1e4
+
+    def __init__(self, target: float, step: float, carryover: float) -> None:
+        self.target, self.step, self.carryover = target, step, carryover
+        self.debt = 0.0
+        self.lam = 0.0
+
+    def observe(self, cost: float) -> None:
+        self.debt = min(
+            max(self.debt + (cost - self.target) / self.target, -self.carryover),
+            self.LAMBDA_MAX / self.step,
+        )
+        self.lam = min(max(self.step * self.debt, 0.0), self.LAMBDA_MAX)
+
+    @property
+    def credit(self) -> float:
+        return max(-self.debt, 0.0)

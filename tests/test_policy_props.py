@@ -30,8 +30,9 @@ import numpy as np
 import pytest
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
+from reference import RefPacer
 
-from uniscale import Action, ActionSpace, Decision, ModelSpec, Policy
+from uniscale import Action, ActionSpace, ConfigError, Decision, ModelSpec, Policy
 
 SAMPLING = ("self_consistency", "best_of_n", "adaptive_consistency")
 N_CHOICES = (2, 3, 4, 8)
@@ -493,6 +494,73 @@ def test_pacing_converges_on_a_stationary_stream(learner: str) -> None:
     paced = run(target)
     assert abs(paced - target) <= 0.05 * target, (paced, target, free)
     assert paced < free
+
+
+def _paced_policy(target: float, step: float, carryover: float) -> Policy:
+    space = ActionSpace([LADDER[0]], [Action("cheap", "single", 1)])
+    return Policy(
+        space,
+        2,
+        budget_per_request_usd=target,
+        pacing_step=step,
+        pacing_carryover=carryover,
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    costs=st.lists(st.floats(0.0, 5.0), min_size=1, max_size=60),
+    step=st.floats(0.01, 0.5),
+    carryover=st.sampled_from([0.0, 0.5, 3.0, 100.0]),
+)
+def test_pacer_matches_the_reference(costs: list[float], step: float, carryover: float) -> None:
+    """Multiplier and credit after every realised cost equal the plain-Python pacer's."""
+    target = 1.0
+    policy = _paced_policy(target, step, carryover)
+    ref = RefPacer(target, step, carryover)
+    for t, c in enumerate(costs):
+        d = policy.select(np.zeros(2), 10.0, now=float(t))
+        policy.update(d.id, 0.5, cost_usd=c, now=float(t))
+        ref.observe(c)
+        assert policy.pacing_lambda == pytest.approx(ref.lam, rel=1e-12, abs=1e-12)
+        assert policy.pacing_credit == pytest.approx(ref.credit, rel=1e-12, abs=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(costs=st.lists(st.floats(0.0, 3.0), min_size=1, max_size=80), step=st.floats(0.01, 0.5))
+def test_carryover_accounts_for_every_dollar(costs: list[float], step: float) -> None:
+    """With a carry-over no stream can exhaust, nothing is forgotten: the average spend is
+    exactly ``target * (1 + debt / T)``, where debt is ``lambda / step`` when over budget and
+    minus the credit when under it (rust/pacing.rs)."""
+    target = 1.0
+    policy = _paced_policy(target, step, carryover=1e6)
+    for t, c in enumerate(costs):
+        d = policy.select(np.zeros(2), 10.0, now=float(t))
+        policy.update(d.id, 0.5, cost_usd=c, now=float(t))
+    debt = policy.pacing_lambda / step if policy.pacing_lambda > 0 else -policy.pacing_credit
+    avg = sum(costs) / len(costs)
+    assert avg == pytest.approx(target * (1 + debt / len(costs)), rel=1e-9, abs=1e-9)
+
+
+def test_carryover_zero_forgets_unspent_budget_and_spends_less() -> None:
+    """Without carry-over a cheap stretch while the multiplier is 0 is forgotten: after 20
+    requests under the target and 20 over it, the multiplier has climbed as if the cheap half
+    never happened; with carry-over the two halves cancel. Bad carry-over values are refused."""
+    costs = [0.2] * 20 + [1.8] * 20
+    lams = {}
+    for carry in (0.0, 100.0):
+        policy = _paced_policy(1.0, 0.1, carry)
+        for t, c in enumerate(costs):
+            d = policy.select(np.zeros(2), 10.0, now=float(t))
+            policy.update(d.id, 0.5, cost_usd=c, now=float(t))
+        lams[carry] = policy.pacing_lambda
+    assert lams[100.0] == pytest.approx(0.0, abs=1e-9)
+    assert lams[0.0] == pytest.approx(0.1 * 20 * 0.8)
+    for bad in (-1.0, math.nan, math.inf):
+        with pytest.raises(ConfigError, match="carry-over"):
+            _paced_policy(1.0, 0.1, bad)
+        with pytest.raises(ConfigError, match="carry-over"):
+            _paced_policy(1.0, 0.1, 1.0).set_budget(per_request_usd=1.0, pacing_carryover=bad)
 
 
 # --------------------------------------------------------------------------------------------

@@ -184,7 +184,7 @@ def test_wrong_magic(trained: Learner) -> None:
         learner_type(trained).from_bytes(b"NOTSCALE" + blob[8:])
 
 
-@pytest.mark.parametrize("version", [0, 2, 0xFFFFFFFF])
+@pytest.mark.parametrize("version", [0, uniscale._core.STATE_FORMAT_VERSION + 1, 0xFFFFFFFF])
 def test_wrong_version(trained: Learner, version: int) -> None:
     blob = bytearray(trained.to_bytes())
     blob[8:12] = struct.pack("<I", version)
@@ -193,6 +193,38 @@ def test_wrong_version(trained: Learner, version: int) -> None:
     # Even with a valid checksum, the version is refused.
     with pytest.raises(StateError, match=rf"unsupported format version {version}"):
         learner_type(trained).from_bytes(reseal(blob))
+
+
+def test_learner_blobs_of_format_version_1_still_load(trained: Learner) -> None:
+    """Version 2 changed only the Policy payload: a learner blob stamped version 1 reads the
+    same (and is written back as the current version)."""
+    blob = bytearray(trained.to_bytes())
+    blob[8:12] = struct.pack("<I", 1)
+    old = learner_type(trained).from_bytes(reseal(blob))
+    assert old.to_bytes() == trained.to_bytes()
+
+
+# Written by uniscale 0.1.0 at format version 1 (before the pacer's carry-over), with
+#   space = ActionSpace.grid([ModelSpec("a", 0.1, 0.2), ModelSpec("b", 1.0, 3.0)], n_values=(1, 2))
+#   Policy(space, dim=3, reward="quality_priority", budget_per_request_usd=1e-4, seed=7)
+# after 40 decisions on x ~ N(0, I) (rng seed 0) updated with quality in {0, 1} and cost_usd
+# uniform in [5e-5, 3e-4]; the values below are what that build reported right after saving.
+POLICY_V1 = Path(__file__).parent / "data" / "policy_v1.bin"
+
+
+def test_policy_of_format_version_1_loads_and_behaves_as_before() -> None:
+    blob = POLICY_V1.read_bytes()
+    assert struct.unpack_from("<I", blob, 8)[0] == 1
+    policy = uniscale.Policy.from_bytes(blob)
+    # no carry-over then: the pacer resumes from its multiplier with none, exactly as it was
+    assert policy.pacing_lambda == 1.6687988081310394
+    assert policy.pacing_credit == 0.0
+    d = policy.select(np.array([0.1, -0.2, 0.3]), 500.0, now=41.0)
+    assert d.index == 0
+    assert d.score == pytest.approx(0.1162394280432279, rel=1e-9)
+    again = policy.to_bytes()
+    assert struct.unpack_from("<I", again, 8)[0] == uniscale._core.STATE_FORMAT_VERSION == 2
+    assert uniscale.Policy.from_bytes(again).to_bytes() == again
 
 
 def test_wrong_kind(rng: np.random.Generator) -> None:

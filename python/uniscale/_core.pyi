@@ -455,6 +455,7 @@ class PolicyCore:
         budget_per_request_usd: float | None = None,
         budget_per_hour_usd: float | None = None,
         pacing_step: float = 0.05,
+        pacing_carryover: float = 100.0,
         ttl_s: float = 3600.0,
         capacity: SupportsIndex = 65536,
         seed: SupportsIndex = 0,
@@ -505,9 +506,13 @@ class PolicyCore:
         budget_per_request_usd: float | None = None,
         budget_per_hour_usd: float | None = None,
         pacing_step: float = 0.05,
+        pacing_carryover: float = 100.0,
     ) -> None: ...
     @property
     def pacing_lambda(self) -> float: ...
+    @property
+    def pacing_credit(self) -> float:
+        """Unspent budget kept as credit, in requests' worth of the target."""
     @property
     def total_cost_usd(self) -> float: ...
     @property

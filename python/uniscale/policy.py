@@ -78,7 +78,9 @@ class Policy:
     ``alpha = 0.3``, the exploration width that did best across seeds on the simulated
     benchmark (``benches/bench_policy_sim.py``): smaller widths sometimes lock in on an early
     wrong estimate, larger ones pay for more exploration. ``prior_mean = 0.5`` suits qualities
-    in [0, 1] (untried actions start in the middle, not at 0).
+    in [0, 1] (untried actions start in the middle, not at 0). With a budget, up to
+    ``pacing_carryover = 100`` requests' worth of unspent budget is spent later rather than
+    forgotten (see `set_budget`).
 
     ``select`` returns a `Decision` (id, action, predicted cost and latency, propensity,
     candidates, pruning reasons); ``update(decision.id, quality=..., ...)`` may come later, out of
@@ -107,6 +109,7 @@ class Policy:
         budget_per_request_usd: float | None = None,
         budget_per_hour_usd: float | None = None,
         pacing_step: float = 0.05,
+        pacing_carryover: float = 100.0,
         ttl_s: float = 3600.0,
         capacity: int = 65536,
         seed: int = 0,
@@ -134,6 +137,7 @@ class Policy:
             budget_per_request_usd=budget_per_request_usd,
             budget_per_hour_usd=budget_per_hour_usd,
             pacing_step=pacing_step,
+            pacing_carryover=pacing_carryover,
             ttl_s=ttl_s,
             capacity=capacity,
             seed=seed,
@@ -262,9 +266,15 @@ class Policy:
         per_request_usd: float | None = None,
         per_hour_usd: float | None = None,
         pacing_step: float = 0.05,
+        pacing_carryover: float = 100.0,
     ) -> None:
-        """Set (or clear, with no arguments) a long-run spend target held by pacing."""
-        self._core.set_budget(per_request_usd, per_hour_usd, pacing_step)
+        """Set (or clear, with no arguments) a long-run spend target held by pacing.
+
+        The multiplier on cost follows the running overspend relative to the target;
+        ``pacing_carryover`` is how many requests' worth of unspent budget is kept as credit
+        and spent later (0: unspent budget is forgotten, and spend tends to land below the
+        target when the policy sometimes spends less on its own). See ``rust/pacing.rs``."""
+        self._core.set_budget(per_request_usd, per_hour_usd, pacing_step, pacing_carryover)
 
     def add_model(
         self,
@@ -322,6 +332,11 @@ class Policy:
     @property
     def pacing_lambda(self) -> float:
         return self._core.pacing_lambda
+
+    @property
+    def pacing_credit(self) -> float:
+        """Unspent budget kept as credit, in requests' worth of the target."""
+        return self._core.pacing_credit
 
     def predict(self, input_tokens: float) -> dict[str, np.ndarray[Any, np.dtype[np.float64]]]:
         """Cost-model predictions for every action at this prompt size."""

@@ -14,7 +14,7 @@ use super::{ShapeError, UnknownDecisionError};
 use crate::cost::Prediction;
 use crate::error::CoreError;
 use crate::learner::Config;
-use crate::pacing::Budget;
+use crate::pacing::{Budget, DEFAULT_CARRYOVER};
 use crate::policy::{Decision, Exploration, Feedback, NewModel, Policy, PolicyConfig, Weights};
 use crate::space::{ModelInfo, Space, Strategy};
 use crate::state;
@@ -290,8 +290,8 @@ impl PyPolicyCore {
         models, dim, *, learner="shared", alpha=1.0, ridge=1.0, discount=1.0, prior_mean=0.0,
         weights=(1.0, 1.0, 0.2), cost_scale=None, latency_scale=None, exploration="greedy",
         epsilon=0.05, temperature=0.1, budget_per_request_usd=None, budget_per_hour_usd=None,
-        pacing_step=0.05, ttl_s=3600.0, capacity=65536, seed=0, model_slots=None,
-        feature_version=String::new()
+        pacing_step=0.05, pacing_carryover=DEFAULT_CARRYOVER, ttl_s=3600.0, capacity=65536,
+        seed=0, model_slots=None, feature_version=String::new()
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -311,6 +311,7 @@ impl PyPolicyCore {
         budget_per_request_usd: Option<f64>,
         budget_per_hour_usd: Option<f64>,
         pacing_step: f64,
+        pacing_carryover: f64,
         ttl_s: f64,
         capacity: i64,
         seed: u64,
@@ -382,6 +383,7 @@ impl PyPolicyCore {
             cfg,
             budget(budget_per_request_usd, budget_per_hour_usd)?,
             pacing_step,
+            pacing_carryover,
             seed,
         )?;
         Ok(PyPolicyCore {
@@ -501,15 +503,29 @@ impl PyPolicyCore {
         Ok(self.inner.lock().set_exploration(e)?)
     }
 
-    #[pyo3(signature = (budget_per_request_usd=None, budget_per_hour_usd=None, pacing_step=0.05))]
+    #[pyo3(signature = (
+        budget_per_request_usd=None, budget_per_hour_usd=None, pacing_step=0.05,
+        pacing_carryover=DEFAULT_CARRYOVER
+    ))]
     fn set_budget(
         &self,
         budget_per_request_usd: Option<f64>,
         budget_per_hour_usd: Option<f64>,
         pacing_step: f64,
+        pacing_carryover: f64,
     ) -> PyResult<()> {
         let b = budget(budget_per_request_usd, budget_per_hour_usd)?;
-        Ok(self.inner.lock().pacer.set_budget(b, pacing_step)?)
+        Ok(self
+            .inner
+            .lock()
+            .pacer
+            .set_budget(b, pacing_step, pacing_carryover)?)
+    }
+
+    /// Unspent budget kept as credit, in requests' worth of the target (0 when over budget).
+    #[getter]
+    fn pacing_credit(&self) -> f64 {
+        (-self.inner.lock().pacer.debt).max(0.0)
     }
 
     #[getter]
