@@ -250,6 +250,7 @@ def test_cli_replay_learner_and_alpha(tmp_path: Path) -> None:
     for name, extra in {
         "default": [],
         "disjoint": ["--learner", "disjoint", "--alpha", "1.5"],
+        "no_features": ["--no-request-features"],
     }.items():
         out = tmp_path / name
         args = ["replay", "--table", "sim", "--requests", "300", "--seeds", "1", "-q"]
@@ -258,8 +259,11 @@ def test_cli_replay_learner_and_alpha(tmp_path: Path) -> None:
         runs[name] = next(r for r in js["aggregate"] if r["policy"] == "uniscale")
         oracle = next(r for r in js["aggregate"] if r["policy"] == "oracle")
         runs[name + "_oracle"] = oracle
+        runs[name + "_features"] = js["request_features"]
     # the learner settings reach the learners (not the oracle): different choices, same oracle
-    assert runs["default"]["reward_total"] != runs["disjoint"]["reward_total"]
-    assert runs["default_oracle"]["reward_total"] == runs["disjoint_oracle"]["reward_total"]
+    for other in ("disjoint", "no_features"):
+        assert runs["default"]["reward_total"] != runs[other]["reward_total"]
+        assert runs["default_oracle"]["reward_total"] == runs[other + "_oracle"]["reward_total"]
+    assert runs["default_features"] and not runs["no_features_features"]
     with pytest.raises(SystemExit, match="alpha"):
         cli_main(["replay", "--table", "sim", "--alpha", "nan", "-q", "--out", str(tmp_path)])

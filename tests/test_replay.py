@@ -280,3 +280,19 @@ def test_seeded_build_table_does_not_depend_on_string_hashing(tmp_path: object) 
         )
         digests.add(out.stdout.strip())
     assert len(digests) == 1
+
+
+def test_without_request_features_changes_only_the_features(
+    small_table: tuple[outcomes.OutcomeTable, dict[str, ModelSpec]],
+) -> None:
+    table, models = small_table
+    blind = table.without_request_features()
+    assert blind.X.shape == (table.n_requests, 1) and not blind.X.any()
+    for f in ("quality", "cost_usd", "latency_s", "output_tokens", "samples_used"):
+        np.testing.assert_array_equal(getattr(blind, f), getattr(table, f))
+    assert blind.ids == table.ids and blind.actions == table.actions
+    # a learner that cannot tell requests apart makes different choices on the same stream
+    spec = [replay.LearnerSpec("uniscale", table.actions)]
+    seeing = replay.compare(table, models, learners=spec)[-1]
+    blind_run = replay.compare(blind, models, learners=spec)[-1]
+    assert not np.array_equal(seeing.chosen, blind_run.chosen)

@@ -153,12 +153,17 @@ def _replay(args: argparse.Namespace) -> int:
     per_seed: list[list[replay.RunResult]] = []
     curve: dict[float, list[tuple[float, float]]] = {w: [] for w in weights}
     fixed_points: list[list[tuple[float, float]]] = []
-    first = src.table(0)
+
+    def table_for(seed: int) -> OutcomeTable:
+        t = src.table(seed)
+        return t if args.request_features else t.without_request_features()
+
+    first = table_for(0)
     events, initial, described = _scenario(args.scenario, first, args.reward)
     total = args.seeds * first.n_requests * (3 + len(weights))
     with Progress(total, "replay", enabled=not args.quiet) as bar:
         for seed in range(args.seeds):
-            table = first if seed == 0 else src.table(seed)
+            table = first if seed == 0 else table_for(seed)
             events, initial, _ = _scenario(args.scenario, table, args.reward)
             results = replay.compare(
                 table,
@@ -201,7 +206,8 @@ def _replay(args: argparse.Namespace) -> int:
     rows = report.aggregate(per_seed)
     lines = [
         f"UniScale replay: {src.name}, {args.seeds} seed(s), {len(first.actions)} actions, "
-        f"reward {args.reward!r}, scenario {described}",
+        f"reward {args.reward!r}, scenario {described}"
+        + ("" if args.request_features else "; learners see no request features (ablation)"),
         "",
         report.table(rows),
     ]
@@ -211,6 +217,7 @@ def _replay(args: argparse.Namespace) -> int:
         "reward": args.reward,
         "scenario": args.scenario,
         "scenario_detail": described,
+        "request_features": args.request_features,
         "aggregate": rows,
         "per_seed": [[r.summary() for r in res] for res in per_seed],
     }
@@ -472,6 +479,13 @@ def _add_replay(sub: Any) -> None:
         action="store_true",
         help="every learner also learns the sub-actions a sampled run contains (the first 2 "
         "of 8 samples are a self-consistency-2 run; Policy.observe)",
+    )
+    r.add_argument(
+        "--no-request-features",
+        dest="request_features",
+        action="store_false",
+        help="ablation: the learners see every request as the same (features replaced by a "
+        "constant), so they learn which actions are good, not for which requests",
     )
     r.add_argument("--reward", default="cost_sensitive", choices=PRESET_NAMES, help="reward preset")
     r.add_argument(

@@ -22,7 +22,7 @@ recorded data. The simulator (`uniscale.sim`) and the real collected table
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -89,6 +89,12 @@ class OutcomeTable:
 
     def action_index(self, action: Action) -> int:
         return self.actions.index(action)
+
+    def without_request_features(self) -> OutcomeTable:
+        """The same table with every request's features replaced by one constant 0: a learner
+        replayed on it can tell actions apart (psi) but not requests, an ablation that shows
+        what the request features are worth on a stream of this length."""
+        return replace(self, X=np.zeros((self.n_requests, 1)))
 
     def subset(self, rows: Sequence[int] | NDArray[np.int64]) -> OutcomeTable:
         r = np.asarray(rows, dtype=np.int64)
