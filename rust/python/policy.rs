@@ -14,7 +14,7 @@ use super::{ShapeError, UnknownDecisionError};
 use crate::cost::Prediction;
 use crate::error::CoreError;
 use crate::learner::Config;
-use crate::pacing::{Budget, DEFAULT_CARRYOVER};
+use crate::pacing::Budget;
 use crate::policy::{Decision, Exploration, Feedback, NewModel, Policy, PolicyConfig, Weights};
 use crate::space::{ModelInfo, Space, Strategy};
 use crate::state;
@@ -290,7 +290,7 @@ impl PyPolicyCore {
         models, dim, *, learner="shared", alpha=1.0, ridge=1.0, discount=1.0, prior_mean=0.0,
         weights=(1.0, 1.0, 0.2), cost_scale=None, latency_scale=None, exploration="greedy",
         epsilon=0.05, temperature=0.1, budget_per_request_usd=None, budget_per_hour_usd=None,
-        pacing_step=0.05, pacing_carryover=DEFAULT_CARRYOVER, ttl_s=3600.0, capacity=65536,
+        pacing_step=0.05, pacing_carryover=100.0, ttl_s=3600.0, capacity=65536,
         seed=0, model_slots=None, feature_version=String::new()
     ))]
     #[allow(clippy::too_many_arguments)]
@@ -505,7 +505,7 @@ impl PyPolicyCore {
 
     #[pyo3(signature = (
         budget_per_request_usd=None, budget_per_hour_usd=None, pacing_step=0.05,
-        pacing_carryover=DEFAULT_CARRYOVER
+        pacing_carryover=100.0
     ))]
     fn set_budget(
         &self,
