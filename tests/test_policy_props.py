@@ -563,6 +563,30 @@ def test_carryover_zero_forgets_unspent_budget_and_spends_less() -> None:
             _paced_policy(1.0, 0.1, 1.0).set_budget(per_request_usd=1.0, pacing_carryover=bad)
 
 
+def test_set_budget_keeps_the_multiplier_and_caps_the_credit() -> None:
+    """A new step or target leaves the current multiplier as it is (only later moves change);
+    a smaller carry-over trims the credit; clearing the budget resets both."""
+
+    def spend(policy: Policy, costs: list[float]) -> None:
+        for c in costs:
+            d = policy.select(np.zeros(2), 10.0, now=0.0)
+            policy.update(d.id, 0.5, cost_usd=c, now=0.0)
+
+    policy = _paced_policy(1.0, 0.1, 100.0)
+    spend(policy, [2.0] * 5)  # 5 requests each 100% over: lambda = 0.1 * 5
+    assert policy.pacing_lambda == pytest.approx(0.5)
+    policy.set_budget(per_request_usd=1.0, pacing_step=0.25, pacing_carryover=100.0)
+    assert policy.pacing_lambda == pytest.approx(0.5)
+    spend(policy, [2.0])  # one more: + 0.25 * 1
+    assert policy.pacing_lambda == pytest.approx(0.75)
+    spend(policy, [0.0] * 13)  # 13 under: debt 3 - 13 = -10 -> credit 10
+    assert policy.pacing_lambda == 0.0 and policy.pacing_credit == pytest.approx(10.0)
+    policy.set_budget(per_request_usd=1.0, pacing_step=0.25, pacing_carryover=4.0)
+    assert policy.pacing_credit == pytest.approx(4.0)
+    policy.set_budget()
+    assert policy.pacing_lambda == 0.0 and policy.pacing_credit == 0.0
+
+
 # --------------------------------------------------------------------------------------------
 # Save / load / pickle mid-stream
 # --------------------------------------------------------------------------------------------
