@@ -193,7 +193,11 @@ impl Pacer {
                 )));
             }
             p.carryover = carryover;
-            p.debt = debt.clamp(-carryover, LAMBDA_MAX / step);
+            if budget != Budget::None {
+                // lambda is a function of the debt; derive it rather than trust two fields
+                p.debt = debt.clamp(-carryover, LAMBDA_MAX / step);
+                p.lambda = (step * p.debt).clamp(0.0, LAMBDA_MAX);
+            }
         } else {
             p.debt = p.lambda / step;
         }

@@ -189,17 +189,21 @@ def test_side_observations_feed_exactly_the_contained_sub_actions(
     scales = replay.Scales.from_table(table)
     _avail, w = replay.schedule(table, [], "quality_priority")
     r = replay.reward_matrix(table, w, scales)
-    run = replay.run_learner(
-        spec,
-        table,
-        models,
-        r,
-        r.max(axis=1),
-        [],
-        scales,
-        "quality_priority",
-        side_observations=True,
-    )
+
+    def stream() -> replay.RunResult:
+        return replay.run_learner(
+            spec,
+            table,
+            models,
+            r,
+            r.max(axis=1),
+            [],
+            scales,
+            "quality_priority",
+            side_observations=True,
+        )
+
+    run = stream()
     # the policy's action order is the table's here, so indices map one to one
     expected: list[tuple[int, float]] = []
     for t, c in enumerate(run.chosen):
@@ -207,17 +211,7 @@ def test_side_observations_feed_exactly_the_contained_sub_actions(
         for j in outcomes.sub_actions(table.actions[int(c)], used, table.actions):
             expected.append((j, float(table.quality[t, j])))
     assert seen == expected and len(seen) > 0
-    again = replay.run_learner(
-        spec,
-        table,
-        models,
-        r,
-        r.max(axis=1),
-        [],
-        scales,
-        "quality_priority",
-        side_observations=True,
-    )
+    again = stream()
     np.testing.assert_array_equal(again.chosen, run.chosen)
 
 
