@@ -267,3 +267,17 @@ def test_cli_replay_learner_and_alpha(tmp_path: Path) -> None:
     assert runs["default_features"] and not runs["no_features_features"]
     with pytest.raises(SystemExit, match="alpha"):
         cli_main(["replay", "--table", "sim", "--alpha", "nan", "-q", "--out", str(tmp_path)])
+
+
+def test_cli_replay_pacing_carryover(tmp_path: Path) -> None:
+    spent = {}
+    for carry in ("0", "100"):
+        out = tmp_path / carry
+        args = ["replay", "--table", "sim", "--requests", "300", "--seeds", "1", "-q"]
+        extra = ["--budget", "1e-4", "--pacing-carryover", carry, "--no-curve"]
+        assert cli_main([*args, *extra, "--out", str(out)]) == 0
+        spent[carry] = json.loads((out / "replay_results.json").read_text())["budget"]["spent_mean"]
+    # the setting reaches the pacer: forgetting unspent budget spends less
+    assert spent["0"] < spent["100"]
+    with pytest.raises(SystemExit, match="pacing-carryover"):
+        cli_main(["replay", "--table", "sim", "--pacing-carryover", "-1", "-q"])

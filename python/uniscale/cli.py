@@ -141,6 +141,8 @@ def _replay(args: argparse.Namespace) -> int:
         raise SystemExit("error: --seeds must be >= 1")
     if args.budget is not None and not args.budget > 0:
         raise SystemExit("error: --budget must be > 0 (USD per request)")
+    if not (np.isfinite(args.pacing_carryover) and args.pacing_carryover >= 0):
+        raise SystemExit("error: --pacing-carryover must be finite and >= 0")
     src = _source(args, args.models)
     out = Path(args.out)
     if not (np.isfinite(args.alpha) and args.alpha >= 0):
@@ -149,6 +151,7 @@ def _replay(args: argparse.Namespace) -> int:
     kw: dict[str, Any] = dict(learner_kw)
     if args.budget is not None:
         kw["budget_per_request_usd"] = args.budget
+        kw["pacing_carryover"] = args.pacing_carryover
     weights = COST_WEIGHTS if args.curve else ()
     per_seed: list[list[replay.RunResult]] = []
     curve: dict[float, list[tuple[float, float]]] = {w: [] for w in weights}
@@ -501,6 +504,14 @@ def _add_replay(sub: Any) -> None:
         default=None,
         metavar="USD_PER_REQUEST",
         help="run the learners with this long-run spend target and report spend vs target",
+    )
+    r.add_argument(
+        "--pacing-carryover",
+        type=float,
+        default=100.0,
+        metavar="REQUESTS",
+        help="with --budget: requests' worth of unspent budget kept as credit (default 100; 0 "
+        "forgets what was not spent)",
     )
     r.add_argument(
         "--no-curve",
