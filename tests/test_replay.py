@@ -141,6 +141,44 @@ def test_baselines_and_oracle_bounds(
         assert {str(table.actions[c]) for c in per_kind.chosen[kinds == k]} == {action}
 
 
+def _xfit_reference(kinds: list[str], r: np.ndarray, fold: np.ndarray) -> np.ndarray:
+    """Plain loops: each request gets its kind's best column on the other folds' requests."""
+    chosen = np.zeros(len(kinds), dtype=np.int64)
+    for t, kind in enumerate(kinds):
+        fit = [u for u in range(len(kinds)) if fold[u] != fold[t] and kinds[u] == kind]
+        if not fit:
+            fit = [u for u in range(len(kinds)) if fold[u] != fold[t]]
+        chosen[t] = int(np.argmax(r[fit].sum(axis=0)))
+    return chosen
+
+
+@pytest.mark.parametrize("folds", [2, 5])
+def test_best_per_kind_xfit_chooses_each_kind_out_of_sample(
+    small_table: tuple[outcomes.OutcomeTable, dict[str, ModelSpec]], folds: int
+) -> None:
+    table, _models = small_table
+    scales = replay.Scales.from_table(table)
+    avail, w = replay.schedule(table, [], "balanced")
+    r_mat = replay.reward_matrix(table, w, scales)
+    oracle = r_mat.max(axis=1)
+    run = replay.best_per_kind_xfit_run(table, r_mat, avail, oracle, folds=folds, seed=3)
+    fold = np.random.default_rng(3).permutation(table.n_requests) % folds
+    np.testing.assert_array_equal(run.chosen, _xfit_reference(table.kinds, r_mat, fold))
+    # a request's own outcome never decides its action: make column 0 hugely rewarding on
+    # request 0 alone; request 0's choice stays, while its fold-mates of other folds may move
+    boosted = r_mat.copy()
+    boosted[0, 0] += 1e6
+    again = replay.best_per_kind_xfit_run(table, boosted, avail, oracle, folds=folds, seed=3)
+    assert again.chosen[0] == run.chosen[0]
+    other = (fold != fold[0]) & (np.asarray(table.kinds) == table.kinds[0])
+    assert np.all(again.chosen[other] == 0)
+    # hindsight per kind is an upper bound of any per-kind choice made elsewhere
+    hind = replay.best_per_kind_run(table, r_mat, avail, oracle)
+    assert run.reward.sum() <= hind.reward.sum() + 1e-9
+    with pytest.raises(ValueError, match="folds"):
+        replay.best_per_kind_xfit_run(table, r_mat, avail, oracle, folds=1)
+
+
 @pytest.mark.parametrize("side_observations", [False, True])
 def test_retired_model_is_never_chosen_after_the_event(
     small_table: tuple[outcomes.OutcomeTable, dict[str, ModelSpec]], side_observations: bool

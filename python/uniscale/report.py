@@ -95,6 +95,8 @@ def targets(
 
     * reward: UniScale's mean reward per request minus each baseline's (routing-only, TTS-only,
       best fixed action in hindsight), and on how many seeds it is ahead;
+    * headroom: what routing on the task type gains over the best fixed action when each type's
+      action is chosen out of sample (``best_per_kind_xfit``), the most a learner can expect;
     * accuracy at cost: UniScale's accuracy minus that of the most accurate fixed
       ``(model, strategy, n)`` action whose mean cost is no higher than UniScale's;
     * cost at accuracy: the largest model (highest ``prices`` value) answering once: its
@@ -118,6 +120,20 @@ def targets(
         lines.append(
             f"reward vs {base:<12} {_spread(diffs, '{:+.4f}')} per request; "
             f"UniScale ahead on {wins}/{len(diffs)} seeds"
+        )
+    head = [
+        float(x.reward.mean() - b.reward.mean())
+        for res in per_seed
+        for x in res
+        if x.name == "best_per_kind_xfit"
+        for b in res
+        if b.name == "best_fixed"
+    ]
+    if head:
+        payload["headroom_per_kind_xfit_vs_best_fixed"] = {"diff_per_request": head}
+        lines.append(
+            f"headroom: the best action per task type, chosen out of sample, vs best_fixed: "
+            f"{_spread(head, '{:+.4f}')} per request"
         )
     acc_gap, acc_rows = [], []
     for table, u in zip(tables, unis, strict=True):
