@@ -177,6 +177,29 @@ def test_best_per_kind_xfit_chooses_each_kind_out_of_sample(
     assert run.reward.sum() <= hind.reward.sum() + 1e-9
     with pytest.raises(ValueError, match="folds"):
         replay.best_per_kind_xfit_run(table, r_mat, avail, oracle, folds=1)
+    # restricted to one-sample actions: the same choice rule over those columns only
+    single = [i for i, a in enumerate(table.actions) if a.n == 1]
+    n1 = replay.best_per_kind_xfit_run(
+        table, r_mat, avail, oracle, folds=folds, seed=3, columns=single, name="n1"
+    )
+    ref = _xfit_reference(table.kinds, r_mat[:, single], fold)
+    np.testing.assert_array_equal(n1.chosen, np.asarray(single)[ref])
+    assert n1.name == "n1"
+
+
+def test_compare_reports_the_out_of_sample_rows(
+    small_table: tuple[outcomes.OutcomeTable, dict[str, ModelSpec]],
+) -> None:
+    table, models = small_table
+    by = {r.name: r for r in replay.compare(table, models, reward="balanced", seed=2)}
+    n1 = {i for i, a in enumerate(table.actions) if a.n == 1}
+    assert set(by["best_per_kind_xfit_n1"].chosen.tolist()) <= n1
+    lines, payload = report.targets([list(by.values())], [table], {})
+    assert any(line.startswith("headroom:") for line in lines)
+    gap = payload["tts_value_per_kind_xfit_vs_n1"]["diff_per_request"][0]
+    assert gap == pytest.approx(
+        by["best_per_kind_xfit"].reward.mean() - by["best_per_kind_xfit_n1"].reward.mean()
+    )
 
 
 @pytest.mark.parametrize("side_observations", [False, True])

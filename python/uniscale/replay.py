@@ -8,11 +8,13 @@ Baselines: ``random`` (uniform over available actions), ``best_fixed`` (the sing
 the highest total reward in hindsight, among actions available all along), ``best_per_kind``
 (the same per task kind, when the table has several), ``best_per_kind_xfit`` (the same with
 each kind's action chosen on other requests, by cross-fitting: what routing on the request's
-type can really gain), ``oracle`` (the best action per request). Learners: ``uniscale`` (full
-model x strategy x n space), ``routing_only`` (each model with one sample), ``tts_only`` (the
-best single model in hindsight, any strategy/n). Scenarios insert events mid-stream: a model
-retired, a model added, the reward preset switched. With ``side_observations`` every learner
-also learns the sub-actions each sampled run contains (`uniscale.outcomes.sub_actions`).
+type can really gain), ``best_per_kind_xfit_n1`` (the same among one-sample actions: its gap
+to the previous one is what test-time scaling adds out of sample), ``oracle`` (the best action
+per request). Learners: ``uniscale`` (full model x strategy x n space), ``routing_only`` (each
+model with one sample), ``tts_only`` (the best single model in hindsight, any strategy/n).
+Scenarios insert events mid-stream: a model retired, a model added, the reward preset
+switched. With ``side_observations`` every learner also learns the sub-actions each sampled
+run contains (`uniscale.outcomes.sub_actions`).
 """
 
 from __future__ import annotations
@@ -224,6 +226,8 @@ def best_per_kind_xfit_run(
     *,
     folds: int = 5,
     seed: int = 0,
+    columns: Sequence[int] | None = None,
+    name: str = "best_per_kind_xfit",
 ) -> RunResult:
     """`best_per_kind_run` with each choice made out of sample (``folds``-fold cross-fitting):
     the requests are dealt into folds by a seeded shuffle, and a request's kind gets the action
@@ -232,10 +236,13 @@ def best_per_kind_xfit_run(
     can expect about this much, so its gap over ``best_fixed`` is the headroom routing on the
     request's type really has; ``best_per_kind``'s larger gap includes picking, per kind, the
     luckiest of K actions on the very requests it is scored on. A kind absent from the other
-    folds gets the best action over all of them."""
+    folds gets the best action over all of them. ``columns`` restricts the choice (e.g. to one
+    sample per model, which measures what test-time scaling adds out of sample)."""
     if folds < 2:
         raise ValueError(f"folds must be >= 2, got {folds}")
     always = np.flatnonzero(avail.all(axis=0))
+    if columns is not None:
+        always = np.intersect1d(always, np.asarray(columns, dtype=np.int64))
     if len(always) == 0:
         raise ValueError("no action is available for the whole stream")
     t_n = table.n_requests
@@ -252,7 +259,7 @@ def best_per_kind_xfit_run(
             chosen[rows] = (
                 int(always[int(np.argmax(ra[fit].sum(axis=0)))]) if fit.any() else overall
             )
-    return _result("best_per_kind_xfit", table, chosen, r, oracle, folds=folds)
+    return _result(name, table, chosen, r, oracle, folds=folds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,6 +407,19 @@ def compare(
     if len(set(table.kinds)) > 1:
         results.append(best_per_kind_run(table, r, avail, orc.reward))
         results.append(best_per_kind_xfit_run(table, r, avail, orc.reward, seed=seed))
+        single = [i for i, a in enumerate(table.actions) if a.n == 1]
+        if 0 < len(single) < len(table.actions):
+            results.append(
+                best_per_kind_xfit_run(
+                    table,
+                    r,
+                    avail,
+                    orc.reward,
+                    seed=seed,
+                    columns=single,
+                    name="best_per_kind_xfit_n1",
+                )
+            )
     specs = (
         learners if learners is not None else standard_learners(table, r, avail, **policy_kwargs)
     )

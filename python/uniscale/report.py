@@ -96,7 +96,8 @@ def targets(
     * reward: UniScale's mean reward per request minus each baseline's (routing-only, TTS-only,
       best fixed action in hindsight), and on how many seeds it is ahead;
     * headroom: what routing on the task type gains over the best fixed action when each type's
-      action is chosen out of sample (``best_per_kind_xfit``), the most a learner can expect;
+      action is chosen out of sample (``best_per_kind_xfit``), the most a learner can expect,
+      and how much of that test-time scaling adds (against ``best_per_kind_xfit_n1``);
     * accuracy at cost: UniScale's accuracy minus that of the most accurate fixed
       ``(model, strategy, n)`` action whose mean cost is no higher than UniScale's;
     * cost at accuracy: the largest model (highest ``prices`` value) answering once: its
@@ -121,20 +122,31 @@ def targets(
             f"reward vs {base:<12} {_spread(diffs, '{:+.4f}')} per request; "
             f"UniScale ahead on {wins}/{len(diffs)} seeds"
         )
-    head = [
-        float(x.reward.mean() - b.reward.mean())
-        for res in per_seed
-        for x in res
-        if x.name == "best_per_kind_xfit"
-        for b in res
-        if b.name == "best_fixed"
-    ]
-    if head:
-        payload["headroom_per_kind_xfit_vs_best_fixed"] = {"diff_per_request": head}
-        lines.append(
-            f"headroom: the best action per task type, chosen out of sample, vs best_fixed: "
-            f"{_spread(head, '{:+.4f}')} per request"
-        )
+    for a_name, b_name, key, text in (
+        (
+            "best_per_kind_xfit",
+            "best_fixed",
+            "headroom_per_kind_xfit_vs_best_fixed",
+            "headroom: the best action per task type, chosen out of sample, vs best_fixed:",
+        ),
+        (
+            "best_per_kind_xfit",
+            "best_per_kind_xfit_n1",
+            "tts_value_per_kind_xfit_vs_n1",
+            "the same router with test-time scaling vs one sample per model:",
+        ),
+    ):
+        gap = [
+            float(a.reward.mean() - b.reward.mean())
+            for res in per_seed
+            for a in res
+            if a.name == a_name
+            for b in res
+            if b.name == b_name
+        ]
+        if gap:
+            payload[key] = {"diff_per_request": gap}
+            lines.append(f"{text} {_spread(gap, '{:+.4f}')} per request")
     acc_gap, acc_rows = [], []
     for table, u in zip(tables, unis, strict=True):
         cost = table.cost_usd.mean(axis=0)
