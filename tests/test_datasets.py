@@ -232,9 +232,15 @@ def test_cli_replay_and_ope_check_on_the_packaged_table(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     rc = cli_main(["replay", "--seeds", "1", "--no-curve", "-q", "--out", str(tmp_path)])
-    assert rc == 0 and "real_v1.jsonl.gz" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert rc == 0 and "real_v1.jsonl.gz" in text
     js = json.loads((tmp_path / "replay_results.json").read_text())
     assert js["aggregate"][0]["requests"][0] >= 300
+    # the targets, paired, with the out-of-sample headroom that explains them
+    assert "reward vs best_fixed" in text and "headroom:" in text
+    policies = {row["policy"] for row in js["aggregate"]}
+    assert {"best_per_kind_xfit", "best_per_kind_xfit_n1"} <= policies
+    assert len(js["targets"]["headroom_per_kind_xfit_vs_best_fixed"]["diff_per_request"]) == 1
     with pytest.raises(SystemExit, match="unknown models"):
         cli_main(["replay", "--models", "gpt-9", "-q", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="not in the table"):

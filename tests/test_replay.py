@@ -162,10 +162,15 @@ def test_best_per_kind_xfit_chooses_each_kind_out_of_sample(
     r_mat = replay.reward_matrix(table, w, scales)
     oracle = r_mat.max(axis=1)
     run = replay.best_per_kind_xfit_run(table, r_mat, avail, oracle, folds=folds, seed=3)
-    fold = np.random.default_rng(3).permutation(table.n_requests) % folds
+    fold = replay.xfit_folds(table.n_requests, folds, 3)
+    assert np.bincount(fold).max() - np.bincount(fold).min() <= 1
+    # independent of the permutation replay sources order a seed's rows with
+    assert not np.array_equal(fold, np.random.default_rng(3).permutation(table.n_requests) % folds)
+    assert not np.array_equal(fold, replay.xfit_folds(table.n_requests, folds, 4))
     np.testing.assert_array_equal(run.chosen, _xfit_reference(table.kinds, r_mat, fold))
     # a request's own outcome never decides its action: make column 0 hugely rewarding on
-    # request 0 alone; request 0's choice stays, while its fold-mates of other folds may move
+    # request 0 alone; request 0's choice stays, and every request of its kind in the other
+    # folds (whose choice was fitted on request 0) switches to column 0
     boosted = r_mat.copy()
     boosted[0, 0] += 1e6
     again = replay.best_per_kind_xfit_run(table, boosted, avail, oracle, folds=folds, seed=3)

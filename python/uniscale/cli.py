@@ -154,6 +154,7 @@ def _replay(args: argparse.Namespace) -> int:
         kw["pacing_carryover"] = args.pacing_carryover
     weights = COST_WEIGHTS if args.curve else ()
     per_seed: list[list[replay.RunResult]] = []
+    tables: list[OutcomeTable] = []
     curve: dict[float, list[tuple[float, float]]] = {w: [] for w in weights}
     fixed_points: list[list[tuple[float, float]]] = []
 
@@ -180,6 +181,7 @@ def _replay(args: argparse.Namespace) -> int:
                 **kw,
             )
             per_seed.append(results)
+            tables.append(table)
             if seed == 0:
                 report.write_charts(results, out, prefix="replay_")
             scales = Scales.from_table(table)
@@ -214,6 +216,9 @@ def _replay(args: argparse.Namespace) -> int:
         "",
         report.table(rows),
     ]
+    prices = {m: s.price_in_per_mtok + s.price_out_per_mtok for m, s in src.models.items()}
+    target_lines, target_payload = report.targets(per_seed, tables, prices)
+    lines += ["", "targets (differences are paired: same stream, per request):", *target_lines]
     payload: dict[str, Any] = {
         "table": src.name,
         "seeds": args.seeds,
@@ -222,6 +227,7 @@ def _replay(args: argparse.Namespace) -> int:
         "scenario_detail": described,
         "request_features": args.request_features,
         "aggregate": rows,
+        "targets": target_payload,
         "per_seed": [[r.summary() for r in res] for res in per_seed],
     }
     if args.budget is not None:

@@ -218,6 +218,15 @@ def best_per_kind_run(
     return _result("best_per_kind", table, chosen, r, oracle, actions=picked)
 
 
+def xfit_folds(n: int, folds: int, seed: int) -> I64:
+    """Fold of each of ``n`` rows: a seeded shuffle dealt round-robin, so fold sizes differ by at
+    most one. The generator is keyed on ``(seed, "xfit")``, not on ``seed`` alone: replay
+    sources order a seed's rows with ``default_rng(seed)``, and the same permutation again would
+    put every item in the same fold on every seed."""
+    key = int.from_bytes(b"xfit", "little")
+    return np.asarray(np.random.default_rng([seed, key]).permutation(n) % folds, dtype=np.int64)
+
+
 def best_per_kind_xfit_run(
     table: OutcomeTable,
     r: F64,
@@ -246,7 +255,7 @@ def best_per_kind_xfit_run(
     if len(always) == 0:
         raise ValueError("no action is available for the whole stream")
     t_n = table.n_requests
-    fold = np.random.default_rng(seed).permutation(t_n) % folds
+    fold = xfit_folds(t_n, folds, seed)
     kinds = np.asarray(table.kinds)
     chosen = np.zeros(t_n, dtype=np.int64)
     ra = r[:, always]
