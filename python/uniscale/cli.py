@@ -216,8 +216,7 @@ def _replay(args: argparse.Namespace) -> int:
         "",
         report.table(rows),
     ]
-    prices = {m: s.price_in_per_mtok + s.price_out_per_mtok for m, s in src.models.items()}
-    target_lines, target_payload = report.targets(per_seed, tables, prices)
+    target_lines, target_payload = report.targets(per_seed, tables, report.model_prices(src.models))
     lines += ["", "targets (differences are paired: same stream, per request):", *target_lines]
     payload: dict[str, Any] = {
         "table": src.name,

@@ -74,8 +74,7 @@ def run_demo(
         "UniScale's mean regret per request by quarter of the stream (falls as it learns): "
         + "  ".join(f"{c:.3f}" for c in curve)
     )
-    prices = {m: s.price_in_per_mtok + s.price_out_per_mtok for m, s in src.models.items()}
-    target_lines, target_payload = report.targets(per_seed, tables, prices)
+    target_lines, target_payload = report.targets(per_seed, tables, report.model_prices(src.models))
     lines += [*target_lines]
     out = Path(out_dir)
     charts = report.write_charts(per_seed[0], out)

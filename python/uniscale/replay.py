@@ -174,6 +174,19 @@ def random_run(
     return _result("random", table, chosen, r, oracle)
 
 
+def _always_available(avail: NDArray[np.bool_], columns: Sequence[int] | None = None) -> I64:
+    """Columns available at every step (among ``columns``, in their order, when given)."""
+    always = np.asarray(avail.all(axis=0), dtype=bool)
+    cols = (
+        np.flatnonzero(always)
+        if columns is None
+        else np.array([c for c in columns if always[c]], dtype=np.int64)
+    )
+    if len(cols) == 0:
+        raise ValueError("no action is available for the whole stream")
+    return np.asarray(cols, dtype=np.int64)
+
+
 def best_fixed_run(
     table: OutcomeTable,
     r: F64,
@@ -183,14 +196,7 @@ def best_fixed_run(
     name: str = "best_fixed",
 ) -> RunResult:
     """The best single action in hindsight among those available at every step."""
-    always = np.asarray(avail.all(axis=0), dtype=bool)
-    cols = (
-        np.flatnonzero(always)
-        if columns is None
-        else np.array([c for c in columns if always[c]], dtype=np.int64)
-    )
-    if len(cols) == 0:
-        raise ValueError("no action is available for the whole stream")
+    cols = _always_available(avail, columns)
     totals = r[:, cols].sum(axis=0)
     best = int(cols[int(np.argmax(totals))])
     chosen = np.full(table.n_requests, best, dtype=np.int64)
@@ -204,9 +210,7 @@ def best_per_kind_run(
     requests in hindsight (among actions available all along): what a hand-written router that
     knows every request's type, and the best action for each type, would get. Its gap over
     ``best_fixed`` is the most that routing on the request's type can gain on this stream."""
-    always = np.flatnonzero(avail.all(axis=0))
-    if len(always) == 0:
-        raise ValueError("no action is available for the whole stream")
+    always = _always_available(avail)
     kinds = np.asarray(table.kinds)
     chosen = np.zeros(table.n_requests, dtype=np.int64)
     picked: dict[str, str] = {}
@@ -249,11 +253,7 @@ def best_per_kind_xfit_run(
     sample per model, which measures what test-time scaling adds out of sample)."""
     if folds < 2:
         raise ValueError(f"folds must be >= 2, got {folds}")
-    always = np.flatnonzero(avail.all(axis=0))
-    if columns is not None:
-        always = np.intersect1d(always, np.asarray(columns, dtype=np.int64))
-    if len(always) == 0:
-        raise ValueError("no action is available for the whole stream")
+    always = _always_available(avail, columns)
     t_n = table.n_requests
     fold = xfit_folds(t_n, folds, seed)
     kinds = np.asarray(table.kinds)

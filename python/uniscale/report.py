@@ -13,6 +13,7 @@ import numpy as np
 from uniscale.outcomes import OutcomeTable
 from uniscale.plot import PALETTE, chart
 from uniscale.replay import RunResult
+from uniscale.space import ModelSpec
 
 COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("policy", "policy", "{}"),
@@ -84,6 +85,11 @@ def aggregate(per_seed: Sequence[Sequence[RunResult]]) -> list[dict[str, Any]]:
 def _spread(v: Sequence[float] | np.ndarray, fmt: str) -> str:
     a = np.asarray(v, dtype=np.float64)
     return f"{fmt.format(a.mean())} ± {fmt.format(a.std())}" if len(a) > 1 else fmt.format(a[0])
+
+
+def model_prices(models: Mapping[str, ModelSpec]) -> dict[str, float]:
+    """Input plus output price per model: what `targets` ranks models by to find the largest."""
+    return {m: s.price_in_per_mtok + s.price_out_per_mtok for m, s in models.items()}
 
 
 def targets(
