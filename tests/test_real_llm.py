@@ -11,6 +11,11 @@ and the server quirks the executor must handle.
 Prerequisites come from ``bash scripts/llm/setup.sh smollm2 qwen05 llamacpp-python`` (``make
 llm``). Without them the tests skip, unless ``UNISCALE_REAL_LLM=1``: then they fail, so that CI
 cannot pass by silently skipping.
+
+The first tests start each (engine, model) the rest needs and ask it one question. A server that
+cannot start on this CPU (it dies while loading, say with SIGSEGV) fails there once, with the
+signal and the tail of its log; the tests that need that server then skip, naming the failed
+start, instead of repeating the same error.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import time
 from collections import Counter
 from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -33,7 +39,10 @@ from uniscale import datasets
 from uniscale.execute import Executor, Outcome
 from uniscale.extract import get_extractor
 from uniscale.llm_servers import (
+    Engine,
     RunningServer,
+    ServerError,
+    cpu_level,
     engine_executable,
     servers_available,
     start_servers,
@@ -67,6 +76,21 @@ def require(ok: bool, what: str) -> None:
     if REQUIRED:
         pytest.fail(f"UNISCALE_REAL_LLM=1 but {msg}", pytrace=False)
     pytest.skip(msg)
+
+
+#: (engine, model) -> why it could not start, filled by the start-up tests below.
+START_FAILURES: dict[tuple[str, str], str] = {}
+
+
+def require_started(engine: Engine, models: Sequence[str]) -> None:
+    """Skip when a start-up test already failed for one of these servers: that test carries
+    the error, the others would only repeat it."""
+    for m in models:
+        if (engine, m) in START_FAILURES:
+            pytest.skip(
+                f"{engine} {m} could not start on this machine; see the failure of "
+                f"test_server_starts_and_answers_one_request[{engine}-{m}]"
+            )
 
 
 def free_port() -> int:
@@ -179,12 +203,62 @@ def check_samples_extracted(out: Outcome) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Start-up: each server this file needs starts on this CPU and answers one request. These run
+# first (file order), so a crash at load is reported once, here.
+
+
+def llamacpp_python_ok() -> bool:
+    if not servers_available(["smollm2"], engine="llama-cpp-python"):
+        return False
+    probe = subprocess.run(
+        [str(engine_executable("llama-cpp-python")), "-c", "import llama_cpp.server"],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    return probe.returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("engine", "model"),
+    [("llama-server", "smollm2"), ("llama-server", "qwen05"), ("llama-cpp-python", "smollm2")],
+)
+def test_server_starts_and_answers_one_request(engine: Engine, model: str, tmp_path: Path) -> None:
+    if engine == "llama-server":
+        require(servers_available([model]), f"llama-server or the {model} GGUF")
+    else:
+        require(llamacpp_python_ok(), "llama-cpp-python[server] (venv) or the smollm2 GGUF")
+    try:
+        with start_servers(
+            [model], ports=[free_port()], threads=2, ctx=1024, engine=engine, log_dir=tmp_path
+        ) as servers:
+            url = f"{servers[model].base_url}/v1/chat/completions"
+            body = {
+                "model": model,
+                "messages": [{"role": "user", "content": "What is 2 + 3? Answer with a number."}],
+                "max_tokens": 8,
+                "temperature": 0.0,
+            }
+            resp = httpx.post(url, json=body, timeout=120.0)
+            alive = servers[model].process.poll() is None
+    except ServerError as e:
+        START_FAILURES[(engine, model)] = str(e)
+        pytest.fail(f"{engine} {model} on cpu level {cpu_level()}: {e}", pytrace=False)
+    assert alive, f"{engine} {model} died while answering"
+    assert resp.status_code == 200, resp.text[:500]
+    data = resp.json()
+    assert data["choices"][0]["message"]["content"].strip()
+    assert data["usage"]["completion_tokens"] >= 1
+
+
+# --------------------------------------------------------------------------------------------
 # llama-server: single and self_consistency on both models
 
 
 @pytest.fixture(scope="module")
 def llama_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, RunningServer]]:
     require(servers_available(MODELS), f"llama-server or the {'/'.join(MODELS)} GGUFs")
+    require_started("llama-server", MODELS)
     logs = tmp_path_factory.mktemp("llama-server-logs")
     with start_servers(
         MODELS,
@@ -322,21 +396,10 @@ def test_the_two_models_differ_and_both_ran(runs: dict[tuple[str, str, int], Run
 # llama-cpp-python: a real server that ignores n -> fan-out fallback
 
 
-def llamacpp_python_ok() -> bool:
-    if not servers_available(["smollm2"], engine="llama-cpp-python"):
-        return False
-    probe = subprocess.run(
-        [str(engine_executable("llama-cpp-python")), "-c", "import llama_cpp.server"],
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
-    return probe.returncode == 0
-
-
 @pytest.fixture(scope="module")
 def lcp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     require(llamacpp_python_ok(), "llama-cpp-python[server] (venv) or the smollm2 GGUF")
+    require_started("llama-cpp-python", ["smollm2"])
     logs = tmp_path_factory.mktemp("llama-cpp-python-logs")
     with start_servers(
         ["smollm2"],

