@@ -50,11 +50,15 @@ connect/pool timeouts, 429 (honouring ``Retry-After``, capped at ``max_retry_aft
 retried up to ``retries`` times with exponential backoff (``backoff_s * 2**attempt``, capped at
 ``max_backoff_s``); read timeouts are not retried unless ``retry_timeouts`` (the server got the
 request and a retry would likely be as slow). Malformed JSON, missing fields and empty content
-raise typed errors (`ExecutionError` subclasses) that are recorded per sample: a multi-sample
+raise typed errors (`ExecutionError` subclasses) that are recorded per sample; so does any other
+unusable body (nesting deep enough to exhaust the parser, wrong types, token counts outside
+[0, 10**9]), as `MalformedResponseError`, never a bare ``RecursionError``/``OverflowError``: a multi-sample
 action returns what succeeded with the failures listed, also when the deadline cuts it short. An
 action with no successful sample raises `AllSamplesFailed` / `DeadlineExceeded`, or runs the
 ``fallback`` action if one is given. API keys are read from the environment variable named by
-`ModelSpec.api_key_env` at request time and are never logged or put in an exception message.
+`ModelSpec.api_key_env` at request time and are never logged or put in an exception message:
+an upstream error body is redacted (`redact_message`: the key and any 8-character fragment of
+it, bearer tokens, ``Authorization``/``api_key`` values) before it is cut to 200 characters.
 """
 
 from __future__ import annotations
@@ -79,6 +83,7 @@ from uniscale.space import Action, ModelSpec
 from uniscale.vote import AdaptiveResult, StopRule, majority_vote, replay_adaptive, should_stop
 
 __all__ = [
+    "REDACTED",
     "AdaptiveConfig",
     "AllSamplesFailed",
     "DeadlineExceeded",
@@ -101,6 +106,7 @@ __all__ = [
     "TokenCountMethod",
     "UpstreamHTTPError",
     "parse_grade",
+    "redact_message",
 ]
 
 logger = logging.getLogger(__name__)
@@ -205,7 +211,7 @@ class Failure:
         model: str, exc: BaseException, stage: Literal["sample", "scorer", "action"] = "sample"
     ) -> Failure:
         status = exc.status if isinstance(exc, UpstreamHTTPError) else None
-        return Failure(model, type(exc).__name__, str(exc), status, stage)
+        return Failure(model, type(exc).__name__, redact_message(str(exc)), status, stage)
 
 
 @dataclass(frozen=True, slots=True)
@@ -449,14 +455,83 @@ def _estimate_tokens(text: str) -> int:
     return math.ceil(len(text) / 4)
 
 
+# No endpoint reports a billion tokens for one request; a larger count is a broken server, and
+# an unbounded JSON integer (10**400) would overflow the float cost arithmetic.
+_MAX_TOKEN_COUNT = 10**9
+
+
 def _is_int(v: object) -> TypeGuard[int]:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= _MAX_TOKEN_COUNT
 
 
-def _redact(text: str, secret: str | None) -> str:
-    if secret:
-        text = text.replace(secret, "[REDACTED]")
+REDACTED = "[REDACTED]"
+# A fragment of a secret this long is redacted wherever it appears: an upstream body may echo
+# part of a key ("sk-abc...xyz"), and a message cut at a boundary may hold part of one.
+_MIN_SECRET_FRAGMENT = 8
+_TOKEN_PATTERNS = (
+    # "Authorization: Bearer <token>", "authorization=<token>", "api_key": "<token>"
+    re.compile(
+        r"""(?i)(\b(?:authorization|x-api-key|api[_-]?key)\b["']?\s*[:=]\s*["']?(?:bearer\s+)?)"""
+        r"""[^\s"',;}\]]+"""
+    ),
+    re.compile(r"""(?i)(\bbearer\s+)[^\s"',;}\]]+"""),
+    re.compile(r"(\b)sk-[A-Za-z0-9_-]{8,}"),
+)
+
+
+def _redact_fragments(text: str, secret: str) -> str:
+    """Replace every run of ``text`` that is a substring of ``secret`` of at least
+    `_MIN_SECRET_FRAGMENT` characters (longest first, left to right) by `REDACTED`."""
+    k = _MIN_SECRET_FRAGMENT
+    if len(secret) < k:
+        return text.replace(secret, REDACTED)
+    out: list[str] = []
+    i = plain = 0
+    n = len(text)
+    while i <= n - k:
+        if text[i : i + k] in secret:
+            j = i + k
+            while j < n and text[i : j + 1] in secret:
+                j += 1
+            out.append(text[plain:i])
+            out.append(REDACTED)
+            i = plain = j
+        else:
+            i += 1
+    out.append(text[plain:])
+    return "".join(out)
+
+
+def redact_message(
+    text: str, secrets: Sequence[str | None] = (), *, limit: int | None = None
+) -> str:
+    """``text`` with every secret (and every >= 8-character fragment of one), bearer tokens,
+    ``Authorization``/``api_key`` values and ``sk-...`` keys replaced by ``[REDACTED]``, then
+    cut to ``limit`` characters. Redaction comes first, so a cut never exposes part of a key."""
+    if limit is not None:
+        # Bound the work on a huge body; the invariant holds for any cut (a fragment split by
+        # it is redacted from its own >= 8-character part, and a shorter part is no fragment).
+        text = text[: 4 * limit + 1024]
+    for pattern in _TOKEN_PATTERNS:
+        text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
+    for secret in secrets:
+        if secret:
+            text = _redact_fragments(text, secret)
+    if limit is not None and len(text) > limit:
+        text = text[:limit] + "..."
     return text
+
+
+def _short_repr(v: object, limit: int = 40) -> str:
+    """``repr(v)`` cut to ``limit`` characters, safe for any JSON value (a 10**400 integer
+    would exceed the int-to-str digit limit)."""
+    if isinstance(v, int) and not isinstance(v, bool) and abs(v) > 10**limit:
+        return f"<{v.bit_length()}-bit integer>"
+    try:
+        text = repr(v)
+    except (ValueError, RecursionError):
+        return f"<{type(v).__name__}>"
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _retry_after_s(resp: httpx.Response) -> float | None:
@@ -482,20 +557,25 @@ def _logprob_entries(choice: Mapping[str, Any]) -> list[float] | None:
         return None
     content = lp.get("content")
     if isinstance(content, list):
-        out: list[float] = []
-        for entry in content:
-            if not isinstance(entry, Mapping):
-                return None
-            v = entry.get("logprob")
-            if not isinstance(v, int | float) or isinstance(v, bool):
-                return None
-            out.append(float(v))
-        return out
-    legacy = lp.get("token_logprobs")
-    if isinstance(legacy, list):
-        vals = [float(v) for v in legacy if isinstance(v, int | float)]
-        return vals if len(vals) == len(legacy) else None
-    return None
+        entries = [e.get("logprob") if isinstance(e, Mapping) else None for e in content]
+    else:
+        legacy = lp.get("token_logprobs")
+        if not isinstance(legacy, list):
+            return None
+        entries = legacy
+    out: list[float] = []
+    for v in entries:
+        if not isinstance(v, int | float) or isinstance(v, bool):
+            return None
+        try:
+            f = float(v)
+        except OverflowError:  # an integer beyond float range
+            return None
+        # inf/NaN (JSON 1e400, or a broken server) would poison the mean and the log.
+        if not math.isfinite(f):
+            return None
+        out.append(f)
+    return out
 
 
 @dataclass(slots=True)
@@ -709,7 +789,7 @@ class Executor:
             except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
                 error = NetworkError(
                     f"request to {url} for model {spec.name!r} failed: {type(exc).__name__}: "
-                    f"{_redact(str(exc), key)}",
+                    f"{redact_message(str(exc), [key], limit=300)}",
                     model=spec.name,
                 )
                 if attempt >= retries:
@@ -717,20 +797,22 @@ class Executor:
             except httpx.HTTPError as exc:
                 raise NetworkError(
                     f"request to {url} for model {spec.name!r} failed: {type(exc).__name__}: "
-                    f"{_redact(str(exc), key)}",
+                    f"{redact_message(str(exc), [key], limit=300)}",
                     model=spec.name,
                 ) from None
             else:
                 if resp.status_code < 400:
                     try:
                         return json.loads(resp.content)
-                    except ValueError:
+                    except (ValueError, RecursionError) as exc:
+                        # RecursionError: a deeply nested body; ValueError includes bad UTF-8
+                        # and integers longer than Python converts.
                         raise MalformedResponseError(
                             f"model {spec.name!r} returned invalid JSON from {url} "
-                            f"({len(resp.content)} bytes)",
+                            f"({len(resp.content)} bytes; {type(exc).__name__})",
                             model=spec.name,
                         ) from None
-                body = _redact(resp.text[:200], key)
+                body = redact_message(resp.text, [key], limit=200)
                 error = UpstreamHTTPError(
                     f"model {spec.name!r}: HTTP {resp.status_code} from {url}: {body}",
                     status=resp.status_code,
@@ -809,7 +891,33 @@ class Executor:
         t0 = time.monotonic()
         body = await self._post(spec, url, payload, retries=self.retries)
         latency = time.monotonic() - t0
+        try:
+            return await self._take_body(
+                spec, messages, n, first_index, sampling, tally, body, latency
+            )
+        except ExecutionError:
+            raise
+        except (TypeError, ValueError, OverflowError, RecursionError, KeyError, IndexError) as exc:
+            # Whatever shape a broken upstream body has, it is this request's failure (so
+            # the fallback runs and the decision is logged), never a bare Python error.
+            raise MalformedResponseError(
+                f"model {spec.name!r}: unusable response body ({type(exc).__name__}: "
+                f"{redact_message(str(exc), limit=120)})",
+                model=spec.name,
+            ) from None
 
+    async def _take_body(
+        self,
+        spec: ModelSpec,
+        messages: Messages,
+        n: int,
+        first_index: int,
+        sampling: _Sampling,
+        tally: _Tally,
+        body: Any,
+        latency: float,
+    ) -> int:
+        """Parse and validate a decoded response body; bill and record its samples."""
         if not isinstance(body, Mapping) or not isinstance(body.get("choices"), list):
             raise MalformedResponseError(
                 f"model {spec.name!r}: response has no 'choices' list", model=spec.name
@@ -832,6 +940,14 @@ class Executor:
         choices = choices[:n]
         usage = body.get("usage")
         usage = usage if isinstance(usage, Mapping) else {}
+        for key in ("prompt_tokens", "completion_tokens"):
+            v = usage.get(key)
+            if v is not None and not _is_int(v):
+                raise MalformedResponseError(
+                    f"model {spec.name!r}: usage.{key} is not a token count in "
+                    f"[0, {_MAX_TOKEN_COUNT}] ({type(v).__name__} {_short_repr(v)})",
+                    model=spec.name,
+                )
         reported = usage.get("prompt_tokens")
         prompt_tokens = (
             int(reported) if _is_int(reported) else _estimate_tokens(_prompt_text(messages))
