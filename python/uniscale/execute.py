@@ -49,16 +49,16 @@ Faults. Each request has an ``httpx.Timeout``; each action attempt runs under ``
 connect/pool timeouts, 429 (honouring ``Retry-After``, capped at ``max_retry_after_s``) and 5xx are
 retried up to ``retries`` times with exponential backoff (``backoff_s * 2**attempt``, capped at
 ``max_backoff_s``); read timeouts are not retried unless ``retry_timeouts`` (the server got the
-request and a retry would likely be as slow). Malformed JSON, missing fields and empty content
-raise typed errors (`ExecutionError` subclasses) that are recorded per sample; so does any other
-unusable body (nesting deep enough to exhaust the parser, wrong types, token counts outside
-[0, 10**9]), as `MalformedResponseError`, never a bare ``RecursionError``/``OverflowError``: a multi-sample
-action returns what succeeded with the failures listed, also when the deadline cuts it short. An
-action with no successful sample raises `AllSamplesFailed` / `DeadlineExceeded`, or runs the
-``fallback`` action if one is given. API keys are read from the environment variable named by
-`ModelSpec.api_key_env` at request time and are never logged or put in an exception message:
-an upstream error body is redacted (`redact_message`: the key and any 8-character fragment of
-it, bearer tokens, ``Authorization``/``api_key`` values) before it is cut to 200 characters.
+request and a retry would likely be as slow). Malformed JSON, missing fields and empty content raise
+typed errors (`ExecutionError` subclasses) that are recorded per sample; so does any other unusable
+body (nesting deep enough to exhaust the parser, wrong types, token counts outside [0, 10**9]), as
+`MalformedResponseError`, never a bare ``RecursionError``/``OverflowError``: a multi-sample action
+returns what succeeded with the failures listed, also when the deadline cuts it short. An action
+with no successful sample raises `AllSamplesFailed` / `DeadlineExceeded`, or runs the ``fallback``
+action if one is given. API keys are read from the environment variable named by
+`ModelSpec.api_key_env` at request time and are never logged or put in an exception message: an
+upstream error body is redacted (`redact_message`: the key and any 8-character fragment of it,
+bearer tokens, ``Authorization``/``api_key`` values) before it is cut to 200 characters.
 """
 
 from __future__ import annotations
