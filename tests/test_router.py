@@ -385,14 +385,21 @@ def test_truncated_last_line_is_skipped_and_repaired(tmp_path: Path) -> None:
     assert path.read_bytes().count(b"\n") == 3
 
 
-def test_corrupt_middle_line_is_an_error(tmp_path: Path) -> None:
+def test_corrupt_middle_line_is_skipped_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # D11: one bad line (two writers' lines merged) must not make the whole log unreadable.
     path = tmp_path / "d.jsonl"
     path.write_bytes(b'{"decision_id": 0}\n{"decision_id": 1, oops\n{"decision_id": 2}\n')
-    with pytest.raises(uniscale.StateError, match=r"d\.jsonl:2: corrupt"):
-        records(path)
+    with caplog.at_level("WARNING", logger="uniscale.router"):
+        assert [r["decision_id"] for r in records(path)] == [0, 2]
+    assert "d.jsonl:2: skipping a corrupt line" in caplog.text
+    assert "skipped 1 unreadable line(s) of 3" in caplog.text
+    caplog.clear()
     path.write_bytes(b'{"decision_id": 0}\n[1, 2]\n')
-    with pytest.raises(uniscale.StateError, match="expected a JSON object"):
-        records(path)
+    with caplog.at_level("WARNING", logger="uniscale.router"):
+        assert [r["decision_id"] for r in records(path)] == [0]
+    assert "d.jsonl:2: skipping a line that is not a JSON object (list)" in caplog.text
 
 
 def test_closed_log_refuses_writes(tmp_path: Path) -> None:

@@ -37,6 +37,12 @@ cost model (they belong to another action). `ExecutionConfigError` (unknown mode
 parameter: nothing was sent) and cancellation leave the decision unanswered; it expires from the
 policy's pending store after its TTL.
 
+Once the action has run, `Router.complete` returns its answer whatever happens next: a
+decision the policy no longer holds (expired, or evicted by its ``capacity`` under more
+concurrent requests) is logged with ``"learning_skipped"`` (the error's type and message),
+``reward`` ``null``, and counted in `Router.learning_skipped`; a record the log cannot take
+(full disk, closed log) is reported through `logging` and counted in `Router.log_failures`.
+
 Decision log (`DecisionLog`): one JSON object per line, flushed per line, for off-policy
 evaluation. ``"type": "decision"`` records hold the decision dict (chosen index and
 ``action_uid``, propensity, candidate indices and their probabilities, pruning reasons,
@@ -45,16 +51,23 @@ predictions), ``candidate_uids`` (the stable uids of the candidates), the featur
 limits, an outcome summary or the error, the feedback source, and the quality, reward and reward
 components (quality, cost_usd, latency_s, weights, scales) or ``null`` when deferred.
 ``"type": "feedback"`` records complete a deferred decision later (join on ``decision_id``). The
-prompt text is never logged. `read_decision_log` iterates the records, skipping a truncated last
-line (a crash mid-write); opening a log for appending cuts such a line off first.
+prompt text is never logged. Lines are strict ASCII JSON: non-finite numbers are written as
+``null``, non-ASCII text (a lone surrogate included) as ``\\u`` escapes. Several processes may
+append to one log (``flock``; each record starts on a fresh line). `read_decision_log` iterates
+the records, skipping (with a warning) any line that is not a JSON object, such as one a writer
+left incomplete when it was killed; opening a log for appending cuts an incomplete last line
+off first, and refuses (`StateError`, file untouched) a file that is not a decision log.
 """
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import json
 import logging
 import math
 import os
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -101,6 +114,8 @@ __all__ = [
     "JudgeFeedback",
     "Router",
     "RouterResult",
+    "encode_record",
+    "json_safe",
     "read_decision_log",
 ]
 
@@ -252,9 +267,16 @@ class DecisionLog:
     """Append-only JSON-lines decision log, one object per line, flushed per line.
 
     ``include_features`` writes the feature vector ``x`` into each decision record (its SHA-256
-    is always written). ``fsync=True`` also syncs each line to disk. Opening an existing file
-    whose last line is incomplete (a crash mid-write) cuts that line off first, so appended
-    records start on a line of their own. Thread-safe.
+    is always written). ``fsync=True`` also syncs each line to disk. Lines are strict ASCII
+    JSON (`json_safe`: non-finite floats become ``null``, lone surrogates are escaped), so every
+    line parses anywhere.
+
+    Several threads and processes may append to one file: each line is written with one
+    ``write`` under an exclusive ``flock`` of the file (plus a thread lock), and starts on a
+    fresh line (a newline is written first when the file does not end in one, e.g. after a
+    writer was killed mid-line). Opening an existing file checks that it is a decision log
+    (`StateError` otherwise, and the file is left untouched) and, under the same lock, cuts off
+    an incomplete last line left by a crash.
     """
 
     def __init__(
@@ -264,19 +286,35 @@ class DecisionLog:
         self.include_features = include_features
         self.fsync = fsync
         self._lock = threading.Lock()
-        _repair_tail(self.path)
-        self._fh = self.path.open("a", encoding="utf-8", newline="\n")
+        # Unbuffered binary append: each record is one write(2) at the end of the file.
+        self._fh = self.path.open("a+b", buffering=0)
+        try:
+            fd = self._fh.fileno()
+            with _file_lock(fd):
+                _check_is_decision_log(self.path, fd)
+                _repair_tail(self.path, fd)
+        except BaseException:
+            self._fh.close()
+            raise
 
     def write(self, record: Mapping[str, Any]) -> None:
-        """Append one record (a JSON-serialisable mapping) as one line."""
-        line = json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+        """Append one record (a JSON-serialisable mapping) as one line.
+
+        Raises ``TypeError`` for a value JSON cannot hold, ``ValueError`` on a closed log and
+        ``OSError`` when the disk refuses the write.
+        """
+        line = encode_record(record)
         with self._lock:
             if self._fh.closed:
                 raise ValueError(f"decision log {self.path} is closed")
-            self._fh.write(line + "\n")
-            self._fh.flush()
-            if self.fsync:
-                os.fsync(self._fh.fileno())
+            fd = self._fh.fileno()
+            with _file_lock(fd):
+                size = os.fstat(fd).st_size
+                if size > 0 and os.pread(fd, 1, size - 1) != b"\n":
+                    line = b"\n" + line  # a writer died mid-line: start a line of our own
+                _write_all(fd, line)
+                if self.fsync:
+                    os.fsync(fd)
 
     def close(self) -> None:
         with self._lock:
@@ -301,63 +339,164 @@ class DecisionLog:
         return f"DecisionLog({str(self.path)!r}, include_features={self.include_features})"
 
 
-def _repair_tail(path: Path) -> None:
-    """Cut off an incomplete last line (no trailing newline) left by a crash."""
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (inf, -inf, NaN) replaced by ``None``, tuples as
+    lists and NumPy scalars and arrays as Python values: what strict JSON can hold."""
+    if isinstance(value, float | np.floating):
+        f = float(value)
+        return f if math.isfinite(f) else None
+    if isinstance(value, Mapping):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    if isinstance(value, np.integer | np.bool_):
+        return value.item()
+    return value
+
+
+def encode_record(record: Mapping[str, Any]) -> bytes:
+    """One decision-log line: strict JSON (``allow_nan=False`` after `json_safe`), ASCII only
+    (a lone surrogate in an answer becomes the escape ``\\udxxx``, still valid JSON), with the
+    newline."""
+    text = json.dumps(json_safe(record), separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return text.encode("ascii") + b"\n"
+
+
+if sys.platform == "win32":  # pragma: no cover - no flock; the thread lock still applies
+
+    @contextlib.contextmanager
+    def _file_lock(fd: int) -> Iterator[None]:
+        yield
+
+else:
+    import fcntl
+
+    @contextlib.contextmanager
+    def _file_lock(fd: int) -> Iterator[None]:
+        """Exclusive advisory lock on the whole file, between processes."""
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+_SNIFF_BYTES = 65536
+_SNIFF_LINES = 8
+
+
+def _is_log_record(obj: object) -> bool:
+    return isinstance(obj, dict) and ("decision_id" in obj or ("schema" in obj and "type" in obj))
+
+
+def _check_is_decision_log(path: Path, fd: int) -> None:
+    """Raise `StateError` unless the file is empty or looks like a decision log: no NUL bytes,
+    UTF-8, and one of its first lines a JSON object with the log's keys (``decision_id``, or
+    ``schema`` and ``type``). A single incomplete first line must start with ``{``."""
+    if os.fstat(fd).st_size == 0:  # empty, or a device such as /dev/null
         return
-    if size == 0:
+    head = os.pread(fd, _SNIFF_BYTES, 0)
+    if not head.strip():
         return
-    with path.open("rb+") as fh:
-        fh.seek(size - 1)
-        if fh.read(1) == b"\n":
-            return
-        pos = size
-        chunk = 65536
-        cut = 0
-        while pos > 0:
-            start = max(0, pos - chunk)
-            fh.seek(start)
-            block = fh.read(pos - start)
-            i = block.rfind(b"\n")
-            if i >= 0:
-                cut = start + i + 1
-                break
-            pos = start
-        logger.warning(
-            "decision log %s ends with an incomplete line (%d bytes); cutting it off",
-            path,
-            size - cut,
+
+    def refuse(why: str) -> StateError:
+        return StateError(
+            f"{path} is not a UniScale decision log ({why}); refusing to append to it "
+            "(the file was not modified)"
         )
-        fh.truncate(cut)
+
+    if b"\x00" in head:
+        raise refuse("it holds binary data")
+    complete, _, partial = head.rpartition(b"\n")
+    try:
+        # Not final when the sample is cut: its last character may be split.
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=len(head) < _SNIFF_BYTES)
+    except UnicodeDecodeError:
+        raise refuse("it is not UTF-8 text") from None
+    lines = [ln for ln in complete.split(b"\n") if ln.strip()]
+    if not lines:
+        if not partial.lstrip().startswith(b"{"):
+            raise refuse("its first line is not a JSON object")
+        return
+    for raw in lines[:_SNIFF_LINES]:
+        try:
+            if _is_log_record(json.loads(raw)):
+                return
+        except (ValueError, RecursionError):
+            continue
+    raise refuse(
+        f"none of its first {min(len(lines), _SNIFF_LINES)} lines is a JSON object with "
+        "'decision_id' or 'schema' and 'type'"
+    )
+
+
+def _repair_tail(path: Path, fd: int) -> None:
+    """Cut off an incomplete last line (no trailing newline) left by a crash. The caller holds
+    the file lock, so no live writer is in the middle of a line."""
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return
+    pos = size
+    chunk = 65536
+    cut = 0
+    while pos > 0:
+        start = max(0, pos - chunk)
+        block = os.pread(fd, pos - start, start)
+        i = block.rfind(b"\n")
+        if i >= 0:
+            cut = start + i + 1
+            break
+        pos = start
+    logger.warning(
+        "decision log %s ends with an incomplete line (%d bytes); cutting it off",
+        path,
+        size - cut,
+    )
+    os.ftruncate(fd, cut)
 
 
 def read_decision_log(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     """Iterate the records of a decision log.
 
-    An incomplete last line (no trailing newline and not valid JSON: a crash mid-write) is
-    skipped with a warning; a corrupt line anywhere else raises `StateError` naming the line.
-    Blank lines are ignored.
+    A line that is not a JSON object (a crash mid-write, two writers' lines merged by an old
+    writer) is skipped with a warning naming it, and the number skipped is logged at the end;
+    the rest of the file is still read. Blank lines are ignored.
     """
     p = Path(path)
+    bad = 0
     with p.open("rb") as fh:
         lineno = 0
         for raw in fh:
             lineno += 1
             if not raw.strip():
                 continue
-            complete = raw.endswith(b"\n")
             try:
                 rec = json.loads(raw)
-            except (ValueError, UnicodeDecodeError) as exc:
-                if not complete:
-                    logger.warning("skipping the truncated last line %d of %s", lineno, p)
-                    return
-                raise StateError(f"{p}:{lineno}: corrupt decision-log line ({exc})") from None
+            except (ValueError, RecursionError) as exc:
+                bad += 1
+                what = "incomplete last" if not raw.endswith(b"\n") else "corrupt"
+                logger.warning("%s:%d: skipping a %s line (%s)", p, lineno, what, exc)
+                continue
             if not isinstance(rec, dict):
-                raise StateError(f"{p}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+                bad += 1
+                logger.warning(
+                    "%s:%d: skipping a line that is not a JSON object (%s)",
+                    p,
+                    lineno,
+                    type(rec).__name__,
+                )
+                continue
             yield rec
+    if bad:
+        logger.warning("%s: skipped %d unreadable line(s) of %d", p, bad, lineno)
 
 
 # --------------------------------------------------------------------------------------------
@@ -373,6 +512,7 @@ class RouterResult:
     outcome: Outcome
     update: UpdateResult | None
     quality: float | None
+    learning_skipped: bool = False
 
     @property
     def decision_id(self) -> int:
@@ -380,7 +520,9 @@ class RouterResult:
 
     @property
     def deferred(self) -> bool:
-        return self.update is None
+        """No update yet: the quality is to come through `Router.feedback` (not the case when
+        the learning was skipped: ``learning_skipped``)."""
+        return self.update is None and not self.learning_skipped
 
     @property
     def answer(self) -> str | None:
@@ -460,6 +602,8 @@ class Router:
         )
         self._deferred: OrderedDict[int, _Realised] = OrderedDict()
         self._lock = threading.Lock()
+        self._log_failures = 0
+        self._learning_skipped = 0
 
     # -- the request path -------------------------------------------------------------------
 
@@ -509,7 +653,7 @@ class Router:
         except ExecutionError as exc:
             latency = time.monotonic() - t0
             realised = _Realised(0.0, latency, None, None)
-            upd = self._update(decision.id, 0.0, realised)
+            upd = self._learn(decision.id, 0.0, realised, record)
             record.update(
                 outcome=None,
                 error={"type": type(exc).__name__, "message": str(exc)},
@@ -557,17 +701,22 @@ class Router:
             self._defer(decision.id, realised)
             record["feedback"]["deferred"] = True
         else:
-            upd = self._update(decision.id, float(quality), realised)
+            upd = self._learn(decision.id, float(quality), realised, record)
             if (
-                self.side_observations
+                upd is not None
+                and self.side_observations
                 and ground_truth is not None
                 and isinstance(source, GroundTruthFeedback)
                 and not outcome.fallback_used
             ):
-                record["side_observations"] = self._observe_sub_runs(x, outcome, ground_truth)
+                try:
+                    record["side_observations"] = self._observe_sub_runs(x, outcome, ground_truth)
+                except Exception as exc:  # the answer stands; only the extra learning is lost
+                    logger.exception("decision %d: side observations failed", decision.id)
+                    record["side_observations_error"] = _error_field(exc)
         record.update(self._reward_fields(quality, upd))
         self._write(record)
-        return RouterResult(decision.to_dict(), outcome, upd, quality)
+        return RouterResult(decision.to_dict(), outcome, upd, quality, "learning_skipped" in record)
 
     def feedback(self, decision_id: int, quality: float) -> UpdateResult:
         """Complete a deferred decision with its quality, using the realised cost, latency,
@@ -605,6 +754,21 @@ class Router:
         with self._lock:
             return len(self._deferred)
 
+    @property
+    def log_failures(self) -> int:
+        """Records the decision log could not take (full disk, closed log, unencodable value):
+        counted and reported through `logging`, never raised to the caller of `complete`."""
+        with self._lock:
+            return self._log_failures
+
+    @property
+    def learning_skipped(self) -> int:
+        """Executed decisions the policy could not learn from (expired from its pending store,
+        e.g. more concurrent requests than its ``capacity``); their answers were returned and
+        their records logged with ``"learning_skipped"``."""
+        with self._lock:
+            return self._learning_skipped
+
     async def aclose(self) -> None:
         """Close the decision log if the router opened it (not the executor: it is shared)."""
         if self._owns_log and self.log is not None:
@@ -622,6 +786,26 @@ class Router:
         await self.aclose()
 
     # -- internals -----------------------------------------------------------------------------
+
+    def _learn(
+        self, decision_id: int, quality: float, r: _Realised, record: dict[str, Any]
+    ) -> UpdateResult | None:
+        """`_update` after an execution: a decision the policy no longer holds (expired,
+        evicted, already updated) or an update it rejects skips the learning, noted in
+        ``record`` and counted, instead of raising after the answer was produced."""
+        err: Exception
+        try:
+            return self._update(decision_id, quality, r)
+        except (UnknownDecisionError, ExpiredDecisionError, DuplicateUpdateError) as exc:
+            logger.warning("decision %d: learning skipped (%s)", decision_id, exc)
+            err = exc
+        except Exception as exc:
+            logger.exception("decision %d: the policy update failed; learning skipped", decision_id)
+            err = exc
+        with self._lock:
+            self._learning_skipped += 1
+        record["learning_skipped"] = _error_field(err)
+        return None
 
     def _update(self, decision_id: int, quality: float, r: _Realised) -> UpdateResult:
         return self.policy.update(
@@ -677,8 +861,22 @@ class Router:
                 logger.warning("dropping deferred decision %d (max_deferred reached)", old)
 
     def _write(self, record: Mapping[str, Any]) -> None:
-        if self.log is not None:
+        """Log ``record``; a failure (full disk, closed log, a value JSON cannot hold) is
+        counted in `log_failures` and reported through `logging`, never raised: the request it
+        belongs to was already executed and learned from."""
+        if self.log is None:
+            return
+        try:
             self.log.write(record)
+        except Exception:
+            with self._lock:
+                self._log_failures += 1
+            logger.exception(
+                "decision log %s: could not write the %s record of decision %s",
+                self.log.path,
+                record.get("type"),
+                record.get("decision_id"),
+            )
 
     def _decision_record(
         self,
@@ -732,6 +930,10 @@ class Router:
             f"Router({self.policy!r}, featurizer={self.featurizer.version!r}, "
             f"feedback={self.feedback_source!r})"
         )
+
+
+def _error_field(exc: BaseException) -> dict[str, str]:
+    return {"type": type(exc).__name__, "message": str(exc)}
 
 
 def _outcome_summary(o: Outcome) -> dict[str, Any]:
