@@ -10,6 +10,7 @@ from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import numpy as np
 import pytest
 from fake_openai import FakeConfig, FakeOpenAI
@@ -412,3 +413,101 @@ def test_register_hook_for_the_uniscale_cli(
     args = parser.parse_args(["collect", "status", str(out)])
     assert args.func(args) == 0
     assert json.loads(capsys.readouterr().out)["ok_pairs_per_model"] == {"a": 1}
+
+
+# ---- review findings D7 and D13 ----------------------------------------------------------------
+
+
+def test_lone_surrogate_answer_is_recorded_and_resume_gets_past_it(
+    tmp_path: Path, items_path: Path, fa: FakeOpenAI
+) -> None:
+    # D7: the fake sends "\ud800" JSON-escaped; the table could not encode it as UTF-8 and
+    # the whole run aborted, on every resume.
+    fa.config.answers = ["The answer is 4. \ud800"]
+    out = tmp_path / "t.jsonl"
+    summary = do_collect(items_path, [cm("a", fa)], out)
+    assert (summary.ok, summary.failed, summary.todo) == (3, 0, 3)
+    recs = lines(out)
+    assert [r["status"] for r in recs] == ["ok", "ok", "ok"]
+    assert recs[0]["samples"][0]["text"] == "The answer is 4. \ud800"
+    assert recs[0]["samples"][0]["correct"] is True
+    assert b"\\ud800" in out.read_bytes()
+    again = do_collect(items_path, [cm("a", fa)], out)
+    assert (again.todo, again.skipped_done) == (0, 3)
+    meta = export_table(out, tmp_path / "e.jsonl.gz")
+    assert meta["export"]["records"] == 3
+    exported = [json.loads(x) for x in gzip.open(tmp_path / "e.jsonl.gz", "rt")]
+    assert exported[0]["samples"][0]["text"].endswith("\ud800")
+
+
+def test_unwritable_record_fails_only_its_pair(
+    tmp_path: Path, items_path: Path, fa: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uniscale.collect as collect_mod
+
+    real = collect_mod.collect_pair
+
+    async def broken(ex: Any, item: Item, model: str, c: CollectConfig) -> dict[str, Any]:
+        rec = await real(ex, item, model, c)
+        if item.id == "q1":
+            rec["samples"][0]["answer"] = object()  # not JSON
+        return rec
+
+    monkeypatch.setattr(collect_mod, "collect_pair", broken)
+    out = tmp_path / "t.jsonl"
+    summary = do_collect(items_path, [cm("a", fa)], out)
+    assert (summary.ok, summary.failed) == (2, 1)
+    failed = [r for r in lines(out) if r["status"] == "failed"]
+    assert {r["item_id"] for r in failed} == {"q1"}
+    (f,) = failed[0]["failures"]
+    assert f["error"] == "TypeError" and "not JSON serializable" in f["message"]
+    monkeypatch.setattr(collect_mod, "collect_pair", real)
+    again = do_collect(items_path, [cm("a", fa)], out)  # resume retries just that pair
+    assert (again.todo, again.ok) == (1, 1)
+
+
+KEY = "sk-proj-" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6"
+
+
+def _no_key_fragment(text: str) -> None:
+    frags = [KEY[i : i + 8] for i in range(len(KEY) - 7)]
+    assert not [f for f in frags if f in text], text
+
+
+def test_upstream_401_echoing_a_key_never_reaches_the_table(
+    tmp_path: Path, items_path: Path
+) -> None:
+    # D13: collect writes failure messages into its table; they were cut before redaction.
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/health"):
+            return httpx.Response(200, json={"status": "ok"})
+        body = "x" * 150 + f"Incorrect API key provided: {KEY}. Authorization: Bearer {KEY}"
+        return httpx.Response(401, text=body)
+
+    out = tmp_path / "t.jsonl"
+    model = CollectModel(name="a", base_url="http://upstream.test/v1")
+    summary = do_collect(items_path, [model], out, transport=httpx.MockTransport(handler))
+    assert summary.ok == 0
+    recs = lines(out)
+    messages = [f["message"] for r in recs for f in r["failures"]]
+    assert messages and all("HTTP 401" in m for m in messages)
+    for m in messages:
+        _no_key_fragment(m)
+    _no_key_fragment(out.read_text())
+
+
+def test_unexpected_pair_error_is_redacted_before_truncation(
+    tmp_path: Path, items_path: Path, fa: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uniscale.collect as collect_mod
+
+    async def boom(ex: Any, item: Item, model: str, c: CollectConfig) -> dict[str, Any]:
+        raise RuntimeError("y" * 260 + f" Authorization: Bearer {KEY}")
+
+    monkeypatch.setattr(collect_mod, "collect_pair", boom)
+    out = tmp_path / "t.jsonl"
+    do_collect(items_path, [cm("a", fa)], out, items=load_items(items_path)[:1])
+    (rec, *_) = lines(out)
+    (f,) = rec["failures"]
+    assert f["error"] == "RuntimeError" and f["message"].startswith("y" * 260)
+    _no_key_fragment(f["message"])

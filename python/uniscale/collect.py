@@ -44,7 +44,10 @@ for choices; ``correct`` is ``extracted == gold``.
 The table (``--out``) is append-only JSON lines, one line per (item, model) attempt, flushed and
 fsynced per line. A line has ``status`` ``"ok"`` (``m`` samples and a greedy sample) or
 ``"failed"`` (the failures are listed); on restart every pair with an ``ok`` line is skipped and
-every other pair is tried again, so a failed pair is retried on the next resume. A truncated last
+every other pair is tried again, so a failed pair is retried on the next resume. A text UTF-8
+cannot encode (a lone surrogate from a server) is written as a ``\\udxxx`` escape; a record
+that cannot be written at all becomes a ``failed`` line for its pair and the run goes on.
+Failure messages are redacted (bearer tokens, keys) before they are cut. A truncated last
 line (a crash mid-write) is cut off before appending. Only one collector may write a table at a
 time (``fcntl`` lock on ``OUT.lock``). Record fields::
 
@@ -115,7 +118,14 @@ from numpy.typing import ArrayLike, NDArray
 
 from uniscale import llm_servers
 from uniscale.datasets import ITEMS
-from uniscale.execute import EmptyContentError, Executor, Failure, Messages, SampleBatch
+from uniscale.execute import (
+    EmptyContentError,
+    Executor,
+    Failure,
+    Messages,
+    SampleBatch,
+    redact_message,
+)
 from uniscale.execute import Sample as ExecSample
 from uniscale.extract import get_extractor, normalize_answer
 from uniscale.outcomes import Request
@@ -508,10 +518,12 @@ class _TableWriter:
         self._lock.write(f"{os.getpid()}\n")
         self._lock.flush()
         repair_jsonl(path)
-        self._f = open(path, "a", encoding="utf-8")
+        self._f = open(path, "ab")
 
     def append(self, rec: Record) -> None:
-        self._f.write(json.dumps(rec, ensure_ascii=False, separators=(",", ":")) + "\n")
+        """Write ``rec`` as one line. Raises ``TypeError``/``ValueError`` (nothing written) for
+        a value JSON cannot hold, ``OSError`` when the disk refuses it."""
+        self._f.write(_record_line(rec))
         self._f.flush()
         os.fsync(self._f.fileno())
 
@@ -520,6 +532,16 @@ class _TableWriter:
         with contextlib.suppress(OSError):
             fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
         self._lock.close()
+
+
+def _record_line(rec: Record) -> bytes:
+    """One table line as UTF-8 bytes. A text UTF-8 cannot encode (a lone surrogate a server
+    sent as ``\\ud800``) makes the line ASCII-escaped JSON instead: still valid, and it reads
+    back to the same string."""
+    try:
+        return (json.dumps(rec, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+    except UnicodeEncodeError:
+        return (json.dumps(rec, ensure_ascii=True, separators=(",", ":")) + "\n").encode()
 
 
 # --------------------------------------------------------------------------------------------
@@ -619,7 +641,33 @@ def _sample_dict(
 
 
 def _failure_dict(f: Failure, role: str) -> Record:
-    return {"role": role, "error": f.error, "message": f.message[:300], "status": f.status}
+    # Redact before cutting (D13): a cut must never leave part of a key behind.
+    return {
+        "role": role,
+        "error": f.error,
+        "message": redact_message(f.message, limit=300),
+        "status": f.status,
+    }
+
+
+def _pair_failure(item: Item, model: str, exc: BaseException) -> Record:
+    """The ``failed`` record of a pair that raised, or whose record could not be written."""
+    return {
+        "v": FORMAT_VERSION,
+        "item_id": item.id,
+        "model": model,
+        "kind": item.kind,
+        "status": "failed",
+        "t_start": round(time.time(), 3),
+        "failures": [
+            {
+                "role": "pair",
+                "error": type(exc).__name__,
+                "message": redact_message(str(exc), limit=300),
+                "status": None,
+            }
+        ],
+    }
 
 
 async def collect_pair(ex: Executor, item: Item, model: str, cfg: CollectConfig) -> Record:
@@ -887,19 +935,15 @@ async def collect(
                         rec = await collect_pair(ex, item, model.name, cfg)
                     except Exception as exc:  # never let one pair end the run
                         logger.exception("%s / %s: unexpected error", item.id, model.name)
-                        rec = {
-                            "v": FORMAT_VERSION,
-                            "item_id": item.id,
-                            "model": model.name,
-                            "kind": item.kind,
-                            "status": "failed",
-                            "t_start": round(time.time(), 3),
-                            "failures": [
-                                {"role": "pair", "error": type(exc).__name__,
-                                 "message": str(exc)[:300], "status": None}
-                            ],
-                        }  # fmt: skip
-                    writer.append(rec)
+                        rec = _pair_failure(item, model.name, exc)
+                    try:
+                        writer.append(rec)
+                    except (TypeError, ValueError) as exc:
+                        # A value JSON cannot hold: the pair is recorded as failed (and
+                        # retried on resume) instead of ending the run.
+                        logger.exception("%s / %s: record not writable", item.id, model.name)
+                        rec = _pair_failure(item, model.name, exc)
+                        writer.append(rec)
                     if on_record is not None:
                         on_record(rec)
                     ok = rec["status"] == "ok"
@@ -1481,7 +1525,7 @@ def export_table(
                     **r["greedy"],
                     "text": _trim(str(r["greedy"].get("text", "")), max_text_chars),
                 }
-            gz.write((json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n").encode())
+            gz.write(_record_line(r))
     os.replace(tmp, dst_p)
     src_meta_path = meta_path(src_p)
     meta: dict[str, Any] = {}
