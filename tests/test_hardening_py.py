@@ -669,3 +669,27 @@ def test_logs_that_are_logs_are_accepted(tmp_path: Path) -> None:
     with DecisionLog(only_partial) as log:
         log.write({"schema": 1, "type": "decision", "decision_id": 5})
     assert [r["decision_id"] for r in read_decision_log(only_partial)] == [5]
+
+
+def test_malformed_body_echoing_the_key_is_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
+    # D13 on the MalformedResponseError path: a usage field that echoes the key.
+    monkeypatch.setenv("UNISCALE_HARDENING_KEY", KEY)
+    tail = KEY[6:]  # no "sk-" prefix: only the key itself can catch it
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=body_with(prompt_tokens=tail))
+
+    async def go() -> None:
+        async with executor(
+            [mspec("m", "http://m.test/v1", api_key_env="UNISCALE_HARDENING_KEY")],
+            transport=httpx.MockTransport(handler),
+        ) as ex:
+            await ex.run(Action("m", "single", 1), Q)
+
+    with pytest.raises(AllSamplesFailed) as ei:
+        run(go())
+    (failure,) = ei.value.failures
+    assert failure.error == "MalformedResponseError"
+    assert "usage.prompt_tokens is not a token count" in failure.message
+    assert REDACTED in failure.message
+    _assert_no_fragment(KEY, failure.message)

@@ -522,16 +522,16 @@ def redact_message(
     return text
 
 
-def _short_repr(v: object, limit: int = 40) -> str:
-    """``repr(v)`` cut to ``limit`` characters, safe for any JSON value (a 10**400 integer
-    would exceed the int-to-str digit limit)."""
+def _short_repr(v: object, secrets: Sequence[str | None], limit: int = 40) -> str:
+    """``repr(v)`` redacted, then cut to ``limit`` characters; safe for any JSON value (a
+    10**400 integer would exceed the int-to-str digit limit)."""
     if isinstance(v, int) and not isinstance(v, bool) and abs(v) > 10**limit:
         return f"<{v.bit_length()}-bit integer>"
     try:
         text = repr(v)
     except (ValueError, RecursionError):
         return f"<{type(v).__name__}>"
-    return text if len(text) <= limit else text[:limit] + "..."
+    return redact_message(text, secrets, limit=limit)
 
 
 def _retry_after_s(resp: httpx.Response) -> float | None:
@@ -762,6 +762,11 @@ class Executor:
             )
         return key
 
+    def _secrets(self, spec: ModelSpec) -> list[str]:
+        """What to redact from messages about ``spec``'s responses (never raises)."""
+        key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
+        return [key] if key else []
+
     # -- HTTP -----------------------------------------------------------------------------------
 
     async def _post(
@@ -902,7 +907,7 @@ class Executor:
             # the fallback runs and the decision is logged), never a bare Python error.
             raise MalformedResponseError(
                 f"model {spec.name!r}: unusable response body ({type(exc).__name__}: "
-                f"{redact_message(str(exc), limit=120)})",
+                f"{redact_message(str(exc), self._secrets(spec), limit=120)})",
                 model=spec.name,
             ) from None
 
@@ -943,9 +948,10 @@ class Executor:
         for key in ("prompt_tokens", "completion_tokens"):
             v = usage.get(key)
             if v is not None and not _is_int(v):
+                shown = _short_repr(v, self._secrets(spec))
                 raise MalformedResponseError(
                     f"model {spec.name!r}: usage.{key} is not a token count in "
-                    f"[0, {_MAX_TOKEN_COUNT}] ({type(v).__name__} {_short_repr(v)})",
+                    f"[0, {_MAX_TOKEN_COUNT}] ({type(v).__name__} {shown})",
                     model=spec.name,
                 )
         reported = usage.get("prompt_tokens")
