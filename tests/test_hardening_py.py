@@ -693,3 +693,30 @@ def test_malformed_body_echoing_the_key_is_redacted(monkeypatch: pytest.MonkeyPa
     assert "usage.prompt_tokens is not a token count" in failure.message
     assert REDACTED in failure.message
     _assert_no_fragment(KEY, failure.message)
+
+
+def test_failed_action_beyond_capacity_is_logged_and_raises_its_own_error(
+    good: FakeOpenAI, tmp_path: Path
+) -> None:
+    # D6 on the failure path: the ExecutionError is what the caller gets, not an
+    # ExpiredDecisionError from the quality-0 update, and both decisions are logged.
+    good.config.fail_times = 100
+    good.config.delay_s = 0.05
+    policy, ex, f = router_parts(good, capacity=1)
+    path = tmp_path / "d.jsonl"
+
+    async def go() -> tuple[list[BaseException | RouterResult], Router]:
+        async with ex, Router(policy, ex, f, log=path) as router:
+            out = await asyncio.gather(
+                *(router.complete(Q) for _ in range(2)), return_exceptions=True
+            )
+            return list(out), router
+
+    results, router = run(go())
+    assert all(isinstance(r, AllSamplesFailed) for r in results)
+    notes = [n for r in results for n in getattr(r, "__notes__", [])]
+    assert sum("its learning was skipped (ExpiredDecisionError)" in n for n in notes) == 1
+    assert sum("recorded with quality 0" in n for n in notes) == 1
+    recs = log_lines(path)
+    assert len(recs) == 2 and all(r["error"]["type"] == "AllSamplesFailed" for r in recs)
+    assert router.learning_skipped == 1 and router.log_failures == 0

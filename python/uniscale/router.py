@@ -660,7 +660,13 @@ class Router:
                 **self._reward_fields(0.0, upd),
             )
             self._write(record)
-            exc.add_note(f"uniscale: decision {decision.id} was recorded with quality 0")
+            if upd is not None:
+                exc.add_note(f"uniscale: decision {decision.id} was recorded with quality 0")
+            else:
+                exc.add_note(
+                    f"uniscale: decision {decision.id} was logged; its learning was skipped "
+                    f"({record['learning_skipped']['type']})"
+                )
             raise
 
         record["outcome"] = _outcome_summary(outcome)
