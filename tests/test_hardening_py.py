@@ -720,3 +720,17 @@ def test_failed_action_beyond_capacity_is_logged_and_raises_its_own_error(
     recs = log_lines(path)
     assert len(recs) == 2 and all(r["error"]["type"] == "AllSamplesFailed" for r in recs)
     assert router.learning_skipped == 1 and router.log_failures == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Authorization: Bearer abc.def", f"Authorization: Bearer {REDACTED}"),
+        ('{"api_key": "s3cr3t"}', f'{{"api_key": "{REDACTED}"}}'),
+        ("bad key sk-proj-abcdefghijkl, retry", f"bad key {REDACTED}, retry"),
+        ("authorization failed for user", "authorization failed for user"),
+        ("x-api-key=abc123&y=1", f"x-api-key={REDACTED}&y=1"),
+    ],
+)
+def test_redaction_patterns(text: str, expected: str) -> None:
+    assert redact_message(text) == expected

@@ -472,9 +472,9 @@ _TOKEN_PATTERNS = (
     # "Authorization: Bearer <token>", "authorization=<token>", "api_key": "<token>"
     re.compile(
         r"""(?i)(\b(?:authorization|x-api-key|api[_-]?key)\b["']?\s*[:=]\s*["']?(?:bearer\s+)?)"""
-        r"""[^\s"',;}\]]+"""
+        r"""(?!\[REDACTED\])[^\s"',;&}\]]+"""
     ),
-    re.compile(r"""(?i)(\bbearer\s+)[^\s"',;}\]]+"""),
+    re.compile(r"""(?i)(\bbearer\s+)(?!\[REDACTED\])[^\s"',;&}\]]+"""),
     re.compile(r"(\b)sk-[A-Za-z0-9_-]{8,}"),
 )
 
