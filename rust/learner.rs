@@ -325,7 +325,16 @@ pub trait Learner {
         for (r, (&a, &rew)) in idx.iter().zip(rewards).enumerate() {
             let key = self.ridge_key(a);
             if !saved.iter().any(|(k, _)| *k == key) {
-                saved.push((key, self.ridge(key).clone()));
+                let snapshot = match self.ridge(key).try_clone() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        for (k, ridge) in saved {
+                            self.restore_ridge(k, ridge);
+                        }
+                        return Err(e);
+                    }
+                };
+                saved.push((key, snapshot));
             }
             if let Err(e) = self.apply_update(a, &xs[r * d..(r + 1) * d], rew) {
                 for (k, ridge) in saved {

@@ -27,6 +27,15 @@ pub fn try_filled<T: Clone>(len: usize, value: T) -> CoreResult<Vec<T>> {
     Ok(v)
 }
 
+/// A copy of `v` with a fallible allocation.
+pub fn try_copy<T: Clone>(v: &[T]) -> CoreResult<Vec<T>> {
+    let mut out = Vec::new();
+    out.try_reserve_exact(v.len())
+        .map_err(|e| CoreError::Memory(format!("cannot copy {} values: {e}", v.len())))?;
+    out.extend_from_slice(v);
+    Ok(out)
+}
+
 /// [`scaled_identity`] with a fallible allocation.
 pub fn try_scaled_identity(n: usize, s: f64) -> CoreResult<Vec<f64>> {
     let mut m = try_filled(n * n, 0.0)?;
@@ -210,7 +219,7 @@ pub fn cholesky(a: &[f64], n: usize) -> CoreResult<Vec<f64>> {
             n * n
         )));
     }
-    let mut l = vec![0.0; n * n];
+    let mut l = try_filled(n * n, 0.0)?;
     for j in 0..n {
         let mut d = a[j * n + j];
         for k in 0..j {
@@ -277,7 +286,7 @@ pub fn spd_inverse(a: &[f64], n: usize) -> CoreResult<Vec<f64>> {
         }
         *si = 1.0 / d.sqrt();
     }
-    let mut c = vec![0.0; n * n];
+    let mut c = try_filled(n * n, 0.0)?;
     for i in 0..n {
         for j in 0..n {
             c[i * n + j] = a[i * n + j] * s[i] * s[j];
@@ -304,7 +313,8 @@ pub fn spd_inverse(a: &[f64], n: usize) -> CoreResult<Vec<f64>> {
             }
         }
     };
-    let mut inv = triangular_inverse_product(&l, n);
+    drop(c);
+    let mut inv = triangular_inverse_product(&l, n)?;
     for i in 0..n {
         for j in 0..n {
             inv[i * n + j] *= s[i] * s[j];
@@ -320,9 +330,9 @@ pub fn spd_inverse(a: &[f64], n: usize) -> CoreResult<Vec<f64>> {
 }
 
 /// `L^-T L^-1` for a lower-triangular `L` with a positive diagonal: the inverse of `L L'`.
-fn triangular_inverse_product(l: &[f64], n: usize) -> Vec<f64> {
+fn triangular_inverse_product(l: &[f64], n: usize) -> CoreResult<Vec<f64>> {
     // Invert L (lower triangular) column by column by forward substitution.
-    let mut linv = vec![0.0; n * n];
+    let mut linv = try_filled(n * n, 0.0)?;
     for c in 0..n {
         for i in c..n {
             let mut s = if i == c { 1.0 } else { 0.0 };
@@ -333,7 +343,7 @@ fn triangular_inverse_product(l: &[f64], n: usize) -> Vec<f64> {
         }
     }
     // A^-1 = L^-T L^-1.
-    let mut inv = vec![0.0; n * n];
+    let mut inv = try_filled(n * n, 0.0)?;
     for i in 0..n {
         for j in 0..=i {
             let mut s = 0.0;
@@ -344,7 +354,7 @@ fn triangular_inverse_product(l: &[f64], n: usize) -> Vec<f64> {
             inv[j * n + i] = s;
         }
     }
-    inv
+    Ok(inv)
 }
 
 #[cfg(test)]

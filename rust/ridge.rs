@@ -64,6 +64,21 @@ impl Ridge {
         })
     }
 
+    /// A copy made with fallible allocations (a rollback snapshot of a large model must not
+    /// abort the process when memory is short).
+    pub fn try_clone(&self) -> CoreResult<Self> {
+        Ok(Ridge {
+            n: self.n,
+            a: linalg::try_copy(&self.a)?,
+            ainv: linalg::try_copy(&self.ainv)?,
+            b: self.b.clone(),
+            theta: self.theta.clone(),
+            n_updates: self.n_updates,
+            since_refresh: self.since_refresh,
+            diag_bound: self.diag_bound,
+        })
+    }
+
     /// Bytes of the matrices and vectors one model of dimension `n` keeps.
     pub fn bytes(n: usize) -> u128 {
         let n = n as u128;
@@ -188,7 +203,7 @@ impl Ridge {
             // Discounted LinUCB: A <- gamma A + x x' + (1 - gamma) ridge I, b <- gamma b + r x.
             // The (1 - gamma) ridge I term is not rank one, so the inverse is recomputed exactly
             // (O(n^3)); plain LinUCB (gamma = 1) takes the O(n^2) path below.
-            let backup = self.clone();
+            let backup = self.try_clone()?;
             for v in self.a.iter_mut() {
                 *v *= gamma;
             }
@@ -252,7 +267,8 @@ impl Ridge {
     /// and theta recomputed from `A` (O(n^3)). Transactional.
     #[cold]
     fn exact_update(&mut self, x: &[f64], reward: f64, xmax: f64) -> CoreResult<()> {
-        let (a_old, b_old, bound_old) = (self.a.clone(), self.b.clone(), self.diag_bound);
+        let (a_old, b_old, bound_old) =
+            (linalg::try_copy(&self.a)?, self.b.clone(), self.diag_bound);
         linalg::rank_one_add(&mut self.a, x);
         self.diag_bound += xmax * xmax;
         for (bi, xi) in self.b.iter_mut().zip(x) {
