@@ -246,7 +246,7 @@ def test_d9_theta_overflow_is_rejected_before_mutation(make: MakeLearner) -> Non
     assert np.isfinite(learner.theta()).all()
 
 
-@pytest.mark.parametrize("reward", [1e250, -1e280, 1e295])
+@pytest.mark.parametrize("reward", [1e250, -1e280, 1e295, 9e307])
 @pytest.mark.parametrize("x", [1e-8, 1e-3, 1.0, 1e5])
 def test_d9_accepted_updates_keep_theta_finite(make: MakeLearner, reward: float, x: float) -> None:
     learner = make(2, 1, ridge=1e-10)
