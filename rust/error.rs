@@ -29,6 +29,8 @@ pub enum CoreError {
     Numerical(String),
     /// An I/O error while saving or loading.
     Io(String),
+    /// An allocation failed (the process is out of memory or under an address-space limit).
+    Memory(String),
 }
 
 pub type CoreResult<T> = Result<T, CoreError>;
@@ -58,6 +60,7 @@ impl fmt::Display for CoreError {
             }
             CoreError::Numerical(m) => write!(f, "numerical error: {m}"),
             CoreError::Io(m) => write!(f, "I/O error: {m}"),
+            CoreError::Memory(m) => write!(f, "out of memory: {m}"),
         }
     }
 }

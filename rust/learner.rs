@@ -7,6 +7,63 @@ use crate::state::{Reader, Writer};
 /// Upper bound on any dimension read from a state blob or accepted from a caller.
 pub const MAX_DIM: usize = 1 << 16;
 
+/// Largest state (bytes of all matrices and vectors) a learner may allocate; beyond it the
+/// constructor (or `add_actions`, or loading) raises `ConfigError` instead of letting the
+/// allocation abort the process. 2 GiB: a disjoint learner with 64 arms of dimension 1024 or
+/// 16 arms of 2048, or a shared learner at the joint-dimension limit, fit well below it.
+pub const MAX_STATE_BYTES: u128 = 2 << 30;
+
+/// Fails with `Config` when a learner of `bytes` would exceed [`MAX_STATE_BYTES`].
+pub fn check_state_bytes(what: &str, bytes: u128) -> CoreResult<()> {
+    if bytes <= MAX_STATE_BYTES {
+        Ok(())
+    } else {
+        Err(CoreError::Config(format!(
+            "{what} would need {:.2} GiB of state, above the limit of {} GiB (MAX_STATE_BYTES); use fewer actions or a smaller dimension",
+            bytes as f64 / (1u128 << 30) as f64,
+            MAX_STATE_BYTES >> 30
+        )))
+    }
+}
+
+/// Largest `alpha` accepted: far beyond any useful exploration width (typical values are 0.1 to
+/// 10), and small enough that `alpha * sqrt(x' A^-1 x)` stays finite for accepted inputs.
+pub const ALPHA_MAX: f64 = 1e6;
+
+/// Largest magnitude of a feature value (request features x, action features psi). Its square
+/// is the most one update may add to `A` ([`crate::ridge::MAGNITUDE_LIMIT`] = 1e300), so a
+/// larger value could never be learned from; select and scores reject it too, rather than
+/// return infinite or NaN scores.
+pub const FEATURE_LIMIT: f64 = 1e150;
+
+/// Fails with `NonFinite` naming `what` when a value is NaN, infinite or beyond
+/// [`FEATURE_LIMIT`]. One pass; the comparison also catches NaN.
+#[inline]
+pub fn check_features(what: &str, values: &[f64]) -> CoreResult<()> {
+    match values.iter().position(|v| v.is_nan() || v.abs() > FEATURE_LIMIT) {
+        None => Ok(()),
+        Some(i) if values[i].is_finite() => Err(CoreError::NonFinite(format!(
+            "{what}[{i}] = {:e} exceeds the feature limit {FEATURE_LIMIT:e}: its square overflows what the statistics may hold; rescale the features",
+            values[i]
+        ))),
+        Some(_) => check_finite(what, values),
+    }
+}
+
+/// Fails with `NonFinite` when a computed score is not finite (features, statistics and
+/// settings that are each in range can still overflow in combination).
+pub fn check_scores(mean: &[f64], bonus: &[f64]) -> CoreResult<()> {
+    for (what, v) in [("mean", mean), ("bonus", bonus)] {
+        if let Some(i) = v.iter().position(|s| !s.is_finite()) {
+            return Err(CoreError::NonFinite(format!(
+                "the {what} score of action {i} is {} for this x (the features, alpha or the learned statistics are too large in combination); rescale the features or rewards",
+                v[i]
+            )));
+        }
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Config {
     /// Width of the confidence bonus.
@@ -36,6 +93,12 @@ impl Config {
         if !(self.alpha.is_finite() && self.alpha >= 0.0) {
             return Err(CoreError::Config(format!(
                 "alpha must be finite and >= 0, got {}",
+                self.alpha
+            )));
+        }
+        if self.alpha > ALPHA_MAX {
+            return Err(CoreError::Config(format!(
+                "alpha must be <= {ALPHA_MAX:e}, got {:e}",
                 self.alpha
             )));
         }
@@ -122,12 +185,22 @@ pub trait Learner {
     /// Which ridge model an action's updates go to (the arm, or 0 for a shared model).
     fn ridge_key(&self, action: usize) -> usize;
     fn ridge(&self, key: usize) -> &crate::ridge::Ridge;
+    /// Puts back a ridge model taken from `ridge(key)` (keeping any derived buffers in sync):
+    /// how a failed batch is rolled back.
+    fn restore_ridge(&mut self, key: usize, ridge: crate::ridge::Ridge);
     /// Largest absolute entry of the feature vector an update of `action` with `x` adds.
     fn feature_max(&self, action: usize, x: &[f64]) -> f64;
 
     fn check_x(&self, x: &[f64]) -> CoreResult<()> {
         check_len("x", x.len(), self.dim())?;
-        check_finite("x", x)
+        check_features("x", x)
+    }
+
+    /// `scores_into` followed by the check that every score is finite: what anything that
+    /// selects or reports scores must call.
+    fn finite_scores_into(&self, x: &[f64], mean: &mut [f64], bonus: &mut [f64]) -> CoreResult<()> {
+        self.scores_into(x, mean, bonus);
+        check_scores(mean, bonus)
     }
 
     fn check_action(&self, action: i64) -> CoreResult<usize> {
@@ -148,7 +221,7 @@ pub trait Learner {
         self.check_x(x)?;
         let k = self.n_actions();
         let (mut m, mut b) = (vec![0.0; k], vec![0.0; k]);
-        self.scores_into(x, &mut m, &mut b);
+        self.finite_scores_into(x, &mut m, &mut b)?;
         Ok((m, b))
     }
 
@@ -180,7 +253,7 @@ pub trait Learner {
         let d = self.dim();
         let k = self.n_actions();
         check_len("X", xs.len(), n_rows * d)?;
-        check_finite("X", xs)?;
+        check_features("X", xs)?;
         match mask {
             Mask::All => {}
             Mask::Shared(m) => self.check_mask(m)?,
@@ -213,13 +286,15 @@ pub trait Learner {
         self.apply_update(a, x, reward)
     }
 
-    /// All-or-nothing: every row is validated before the first one is applied.
+    /// All-or-nothing: every row is validated before the first one is applied, and should a
+    /// later step still fail (a numerical failure no pre-check foresees) every model the batch
+    /// touched is rolled back, so the state is exactly what it was.
     fn update_many(&mut self, actions: &[i64], xs: &[f64], rewards: &[f64]) -> CoreResult<()> {
         let n = actions.len();
         let d = self.dim();
         check_len("rewards", rewards.len(), n)?;
         check_len("X", xs.len(), n * d)?;
-        check_finite("X", xs)?;
+        check_features("X", xs)?;
         check_finite("rewards", rewards)?;
         let mut idx = Vec::with_capacity(n);
         for &a in actions {
@@ -228,6 +303,7 @@ pub trait Learner {
         // Overflow is checked against the accumulated statistics of the whole batch first, so
         // a bad row never leaves earlier rows applied.
         let prior = self.config().prior_mean;
+        let ridge = self.config().ridge;
         let mut adds: Vec<(usize, f64, f64)> = Vec::new();
         for (r, (&a, &rew)) in idx.iter().zip(rewards).enumerate() {
             let key = self.ridge_key(a);
@@ -241,11 +317,31 @@ pub trait Learner {
                 None => adds.push((key, add_a, add_b)),
             }
         }
-        for (key, add_a, add_b) in adds {
-            self.ridge(key).check_headroom(add_a, add_b)?;
+        for &(key, add_a, add_b) in &adds {
+            self.ridge(key).check_headroom(add_a, add_b, ridge)?;
         }
+        // Snapshot each touched model just before its first update (only those are copied).
+        let mut saved: Vec<(usize, crate::ridge::Ridge)> = Vec::with_capacity(adds.len());
         for (r, (&a, &rew)) in idx.iter().zip(rewards).enumerate() {
-            self.apply_update(a, &xs[r * d..(r + 1) * d], rew)?;
+            let key = self.ridge_key(a);
+            if !saved.iter().any(|(k, _)| *k == key) {
+                let snapshot = match self.ridge(key).try_clone() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        for (k, ridge) in saved {
+                            self.restore_ridge(k, ridge);
+                        }
+                        return Err(e);
+                    }
+                };
+                saved.push((key, snapshot));
+            }
+            if let Err(e) = self.apply_update(a, &xs[r * d..(r + 1) * d], rew) {
+                for (k, ridge) in saved {
+                    self.restore_ridge(k, ridge);
+                }
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -260,8 +356,19 @@ pub fn exact_select_row<L: Learner + ?Sized>(
     bonus: &mut [f64],
 ) -> CoreResult<usize> {
     learner.scores_into(x, mean, bonus);
+    // mean + bonus is finite exactly when both are (bonus >= 0), so one flag in the summing
+    // loop is the whole check on this hot path.
+    let mut finite = true;
     for (mi, bi) in mean.iter_mut().zip(bonus.iter()) {
         *mi += bi;
+        finite &= mi.is_finite();
+    }
+    if !finite {
+        let i = mean.iter().position(|t| !t.is_finite()).unwrap_or(0);
+        return Err(CoreError::NonFinite(format!(
+            "the score of action {i} is {} for this x (the features, alpha or the learned statistics are too large in combination); rescale the features or rewards",
+            mean[i]
+        )));
     }
     masked_argmax(mean, mask)
 }
@@ -315,6 +422,58 @@ mod tests {
             Err(CoreError::AllMasked)
         );
         assert_eq!(masked_argmax(&[f64::NAN, -1e300], None).unwrap(), 1);
+    }
+
+    /// A learner whose updates fail on a marked reward, after validation: stands in for a
+    /// numerical failure no pre-check foresees.
+    struct Flaky(crate::linucb::LinUcb);
+
+    impl Learner for Flaky {
+        fn n_actions(&self) -> usize {
+            self.0.n_actions()
+        }
+        fn dim(&self) -> usize {
+            self.0.dim()
+        }
+        fn config(&self) -> &Config {
+            self.0.config()
+        }
+        fn scores_into(&self, x: &[f64], mean: &mut [f64], bonus: &mut [f64]) {
+            self.0.scores_into(x, mean, bonus)
+        }
+        fn apply_update(&mut self, action: usize, x: &[f64], reward: f64) -> CoreResult<()> {
+            if reward == 42.0 {
+                return Err(CoreError::Numerical("injected".into()));
+            }
+            self.0.apply_update(action, x, reward)
+        }
+        fn ridge_key(&self, action: usize) -> usize {
+            self.0.ridge_key(action)
+        }
+        fn ridge(&self, key: usize) -> &crate::ridge::Ridge {
+            self.0.ridge(key)
+        }
+        fn restore_ridge(&mut self, key: usize, ridge: crate::ridge::Ridge) {
+            self.0.restore_ridge(key, ridge)
+        }
+        fn feature_max(&self, action: usize, x: &[f64]) -> f64 {
+            self.0.feature_max(action, x)
+        }
+    }
+
+    #[test]
+    fn update_many_rolls_back_every_touched_model_on_a_late_failure() {
+        let mut l = Flaky(crate::linucb::LinUcb::new(3, 2, Config::default()).unwrap());
+        l.update(1, &[0.3, -0.2], 0.5).unwrap();
+        let before = l.0.clone();
+        let xs = [1.0, 0.5, -1.0, 2.0, 0.1, 0.1, 0.7, 0.7];
+        let err = l.update_many(&[0, 1, 2, 0], &xs, &[1.0, 0.0, 1.0, 42.0]);
+        assert!(matches!(err, Err(CoreError::Numerical(_))));
+        assert_eq!(l.0, before, "rows before the failure stayed applied");
+        assert_eq!(l.0.to_bytes(), before.to_bytes());
+        l.update_many(&[0, 1, 2, 0], &xs, &[1.0, 0.0, 1.0, 0.0])
+            .unwrap();
+        assert_eq!(l.0.arms.iter().map(|a| a.n_updates).sum::<u64>(), 5);
     }
 
     #[test]

@@ -13,6 +13,38 @@ pub fn scaled_identity(n: usize, s: f64) -> Vec<f64> {
     m
 }
 
+/// `len` copies of `value`, or `CoreError::Memory` if the allocation fails: a large state is
+/// refused with an exception rather than aborting the process.
+pub fn try_filled<T: Clone>(len: usize, value: T) -> CoreResult<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|e| {
+        CoreError::Memory(format!(
+            "cannot allocate {len} values of {} bytes: {e}",
+            std::mem::size_of::<T>()
+        ))
+    })?;
+    v.resize(len, value);
+    Ok(v)
+}
+
+/// A copy of `v` with a fallible allocation.
+pub fn try_copy<T: Clone>(v: &[T]) -> CoreResult<Vec<T>> {
+    let mut out = Vec::new();
+    out.try_reserve_exact(v.len())
+        .map_err(|e| CoreError::Memory(format!("cannot copy {} values: {e}", v.len())))?;
+    out.extend_from_slice(v);
+    Ok(out)
+}
+
+/// [`scaled_identity`] with a fallible allocation.
+pub fn try_scaled_identity(n: usize, s: f64) -> CoreResult<Vec<f64>> {
+    let mut m = try_filled(n * n, 0.0)?;
+    for i in 0..n {
+        m[i * n + i] = s;
+    }
+    Ok(m)
+}
+
 /// Whether the running CPU has AVX2 and FMA (checked once). Hot kernels are compiled twice, once
 /// for baseline x86-64 and once with these features enabled, and dispatch on this flag: wheels
 /// stay portable while modern CPUs get 4-wide vectors.
@@ -187,7 +219,7 @@ pub fn cholesky(a: &[f64], n: usize) -> CoreResult<Vec<f64>> {
             n * n
         )));
     }
-    let mut l = vec![0.0; n * n];
+    let mut l = try_filled(n * n, 0.0)?;
     for j in 0..n {
         let mut d = a[j * n + j];
         for k in 0..j {
@@ -211,12 +243,96 @@ pub fn cholesky(a: &[f64], n: usize) -> CoreResult<Vec<f64>> {
     Ok(l)
 }
 
-/// Inverse of a symmetric positive-definite matrix through its Cholesky factor; the result is
-/// exactly symmetric.
+/// Largest relative diagonal jitter `spd_inverse` adds before it declares a matrix not positive
+/// semi-definite. A Gram matrix `ridge I + sum x x'` accumulated in floating point is PSD only up
+/// to rounding: each entry carries a relative error of about `updates * eps`, so after the
+/// diagonal scaling below the error has norm below `dim * updates * eps` (1e-5 at dim 4096 and
+/// ten million updates, and typically orders of magnitude less). A genuinely indefinite matrix
+/// (a corrupt file) needs a jitter of order 1 and is still rejected.
+pub const JITTER_MAX: f64 = 1e-4;
+
+/// Inverse of a symmetric matrix that is positive semi-definite up to rounding and has a
+/// positive diagonal (every `ridge I + sum x x'` qualifies); the result is exactly symmetric.
+///
+/// Robust to scale and to rounding: the matrix is first scaled to unit diagonal,
+/// `C = S A S` with `S = diag(A)^-1/2`, so that features of very different magnitudes (a unix
+/// time next to an intercept) do not decide the pivots, and `A^-1 = S C^-1 S`. If `C` is not
+/// numerically positive definite (it can be singular in floating point while `A` is positive
+/// definite in exact arithmetic, e.g. `I + 1e16 [[1, 1], [1, 1]]`, whose `1` is lost next to
+/// `1e16`), a relative jitter `tau I` is added to `C` (i.e. `tau diag(A)` to `A`), starting at
+/// `dim * eps` and growing tenfold up to [`JITTER_MAX`]; the inverse is that of the jittered
+/// matrix, a perturbation no larger than the rounding already present in `A`.
 pub fn spd_inverse(a: &[f64], n: usize) -> CoreResult<Vec<f64>> {
-    let l = cholesky(a, n)?;
+    if a.len() != n * n {
+        return Err(CoreError::Shape(format!(
+            "matrix has {} entries, expected {}",
+            a.len(),
+            n * n
+        )));
+    }
+    if let Some(i) = a.iter().position(|v| !v.is_finite()) {
+        return Err(CoreError::Numerical(format!(
+            "matrix entry {i} is not finite ({})",
+            a[i]
+        )));
+    }
+    let mut s = vec![0.0; n];
+    for (i, si) in s.iter_mut().enumerate() {
+        let d = a[i * n + i];
+        if d.is_nan() || d <= 0.0 {
+            return Err(CoreError::Numerical(format!(
+                "matrix is not positive definite (diagonal entry {i} = {d})"
+            )));
+        }
+        *si = 1.0 / d.sqrt();
+    }
+    let mut c = try_filled(n * n, 0.0)?;
+    for i in 0..n {
+        for j in 0..n {
+            c[i * n + j] = a[i * n + j] * s[i] * s[j];
+        }
+    }
+    let mut tau = 0.0;
+    let first = (n as f64) * f64::EPSILON;
+    let l = loop {
+        if tau > 0.0 {
+            for i in 0..n {
+                // the scaled diagonal is 1 up to rounding; jitter is relative to it
+                c[i * n + i] = a[i * n + i] * s[i] * s[i] + tau;
+            }
+        }
+        match cholesky(&c, n) {
+            Ok(l) => break l,
+            Err(e) => {
+                tau = if tau == 0.0 { first } else { tau * 10.0 };
+                if tau > JITTER_MAX * 1.000_001 {
+                    return Err(CoreError::Numerical(format!(
+                        "{e}; not positive semi-definite even with a relative diagonal jitter of {JITTER_MAX:e}"
+                    )));
+                }
+            }
+        }
+    };
+    drop(c);
+    let mut inv = triangular_inverse_product(&l, n)?;
+    for i in 0..n {
+        for j in 0..n {
+            inv[i * n + j] *= s[i] * s[j];
+        }
+    }
+    if let Some(i) = inv.iter().position(|v| !v.is_finite()) {
+        return Err(CoreError::Numerical(format!(
+            "inverse entry {i} is not finite ({})",
+            inv[i]
+        )));
+    }
+    Ok(inv)
+}
+
+/// `L^-T L^-1` for a lower-triangular `L` with a positive diagonal: the inverse of `L L'`.
+fn triangular_inverse_product(l: &[f64], n: usize) -> CoreResult<Vec<f64>> {
     // Invert L (lower triangular) column by column by forward substitution.
-    let mut linv = vec![0.0; n * n];
+    let mut linv = try_filled(n * n, 0.0)?;
     for c in 0..n {
         for i in c..n {
             let mut s = if i == c { 1.0 } else { 0.0 };
@@ -227,7 +343,7 @@ pub fn spd_inverse(a: &[f64], n: usize) -> CoreResult<Vec<f64>> {
         }
     }
     // A^-1 = L^-T L^-1.
-    let mut inv = vec![0.0; n * n];
+    let mut inv = try_filled(n * n, 0.0)?;
     for i in 0..n {
         for j in 0..=i {
             let mut s = 0.0;
@@ -259,6 +375,49 @@ mod tests {
                 assert!((s - want).abs() < 1e-12, "({i},{j}) = {s}");
             }
         }
+    }
+
+    #[test]
+    fn spd_inverse_accepts_a_matrix_singular_only_by_rounding() {
+        // I + 1e16 [[1, 1], [1, 1]]: positive definite, but its 1s are lost next to 1e16.
+        let mut a = scaled_identity(2, 1.0);
+        rank_one_add(&mut a, &[1e8, 1e8]);
+        assert!(cholesky(&a, 2).is_err());
+        let inv = spd_inverse(&a, 2).unwrap();
+        assert!(inv.iter().all(|v| v.is_finite()));
+        assert!(inv[0] > 0.0 && inv[3] > 0.0 && inv[0] * inv[3] - inv[1] * inv[2] > 0.0);
+    }
+
+    #[test]
+    fn spd_inverse_is_accurate_across_scales() {
+        // an intercept next to a unix time: badly scaled, but well conditioned once scaled
+        let mut a = scaled_identity(2, 1.0);
+        for t in [1.7e9, 1.7e9 + 3600.0, 1.7e9 + 7200.0] {
+            rank_one_add(&mut a, &[1.0, t]);
+        }
+        let inv = spd_inverse(&a, 2).unwrap();
+        // (S A S)(S^-1 A^-1 S^-1) = I with S = diag(A)^-1/2
+        let s = [1.0 / a[0].sqrt(), 1.0 / a[3].sqrt()];
+        for i in 0..2 {
+            for j in 0..2 {
+                let v: f64 = (0..2)
+                    .map(|k| a[i * 2 + k] * s[i] * s[k] * inv[k * 2 + j] / (s[k] * s[j]))
+                    .sum();
+                let want = if i == j { 1.0 } else { 0.0 };
+                assert!((v - want).abs() < 1e-6, "({i},{j}) = {v}");
+            }
+        }
+    }
+
+    #[test]
+    fn spd_inverse_rejects_indefinite_and_bad_input() {
+        assert!(matches!(
+            spd_inverse(&[1.0, 2.0, 2.0, 1.0], 2),
+            Err(CoreError::Numerical(_))
+        ));
+        assert!(spd_inverse(&[0.0, 0.0, 0.0, 1.0], 2).is_err());
+        assert!(spd_inverse(&[f64::NAN, 0.0, 0.0, 1.0], 2).is_err());
+        assert!(spd_inverse(&[1.0, 0.0, 0.0], 2).is_err());
     }
 
     #[test]

@@ -17,8 +17,10 @@
 //! finite bounds fall back to the plain float64 path. The copy costs about 55% more memory for
 //! the inverses and is refreshed with each arm update (O(d^2), like the update itself).
 
-use crate::error::{check_finite, check_len, CoreError, CoreResult};
-use crate::learner::{exact_select_row, removal_mapping, Config, Learner, MAX_DIM};
+use crate::error::{check_len, CoreError, CoreResult};
+use crate::learner::{
+    check_features, check_state_bytes, exact_select_row, removal_mapping, Config, Learner, MAX_DIM,
+};
 use crate::linalg::{self, SYM_MIN_DIM};
 use crate::ridge::Ridge;
 use crate::state::{Kind, Reader, Writer};
@@ -45,6 +47,19 @@ fn matrix_len(dim: usize) -> usize {
     } else {
         dim * (dim + 1) / 2
     }
+}
+
+/// Bytes a learner of `k` arms of dimension `d` keeps: per arm the ridge model, its scoring
+/// block and (d > SYM_MIN_DIM) its float32 screen.
+pub fn state_bytes(k: usize, d: usize) -> u128 {
+    let per_arm = Ridge::bytes(d)
+        + 8 * (matrix_len(d) as u128 + d as u128)
+        + if d > SYM_MIN_DIM {
+            4 * shadow_len(d) as u128
+        } else {
+            0
+        };
+    per_arm * k as u128
 }
 
 /// Lanes of the float32 screen's kernel (one AVX register).
@@ -134,14 +149,22 @@ impl LinUcb {
                 "dim must be in 1..=4096, got {dim}"
             )));
         }
+        check_state_bytes(
+            &format!("LinUCB({n_actions}, {dim})"),
+            state_bytes(n_actions, dim),
+        )?;
+        let mut arms = Vec::with_capacity(n_actions);
+        for _ in 0..n_actions {
+            arms.push(Ridge::new(dim, cfg.ridge)?);
+        }
         let mut me = LinUcb {
             cfg,
             dim,
-            arms: (0..n_actions).map(|_| Ridge::new(dim, cfg.ridge)).collect(),
+            arms,
             scoring: Vec::new(),
             shadow: Vec::new(),
         };
-        me.rebuild_scoring();
+        me.rebuild_scoring()?;
         Ok(me)
     }
 
@@ -188,15 +211,19 @@ impl LinUcb {
         }
     }
 
-    fn rebuild_scoring(&mut self) {
+    fn rebuild_scoring(&mut self) -> CoreResult<()> {
         let (k, d) = (self.arms.len(), self.dim);
-        self.scoring = vec![0.0; k * self.block_len()];
+        // Free the old buffers first so the peak is one copy, then allocate fallibly.
+        self.scoring = Vec::new();
+        self.shadow = Vec::new();
+        self.scoring = crate::linalg::try_filled(k * self.block_len(), 0.0)?;
         if d > SYM_MIN_DIM {
-            self.shadow = vec![0.0; k * shadow_len(d)];
+            self.shadow = crate::linalg::try_filled(k * shadow_len(d), 0.0f32)?;
         }
         for a in 0..k {
             self.sync_arm(a);
         }
+        Ok(())
     }
 
     /// `screened_select` compiled for the running CPU.
@@ -296,10 +323,23 @@ impl LinUcb {
             )));
         }
         let first = self.arms.len();
+        check_state_bytes(
+            &format!("LinUCB({}, {})", first + count, self.dim),
+            state_bytes(first + count, self.dim),
+        )?;
+        let mut fresh = Vec::new();
+        fresh
+            .try_reserve_exact(count)
+            .map_err(|e| CoreError::Memory(e.to_string()))?;
         for _ in 0..count {
-            self.arms.push(Ridge::new(self.dim, self.cfg.ridge));
+            fresh.push(Ridge::new(self.dim, self.cfg.ridge)?);
         }
-        self.rebuild_scoring();
+        self.arms.extend(fresh);
+        if let Err(e) = self.rebuild_scoring() {
+            self.arms.truncate(first);
+            self.rebuild_scoring()?;
+            return Err(e);
+        }
         Ok(first)
     }
 
@@ -312,7 +352,7 @@ impl LinUcb {
             i += 1;
             keep
         });
-        self.rebuild_scoring();
+        self.rebuild_scoring()?;
         Ok(mapping)
     }
 
@@ -336,8 +376,7 @@ impl LinUcb {
             m.absorb(o, self.cfg.ridge)?;
         }
         self.arms = merged;
-        self.rebuild_scoring();
-        Ok(())
+        self.rebuild_scoring()
     }
 
     pub fn write_payload(&self, w: &mut Writer) {
@@ -358,15 +397,20 @@ impl LinUcb {
         // Each arm stores n_updates, A (d x d) and b (d) with their length prefixes.
         let per_arm = 8 * (1 + 1 + (d as u128) * (d as u128) + 1 + d as u128);
         r.expect_at_least("the arms", per_arm * k as u128)?;
-        let mut me = LinUcb::new(k, d, cfg).map_err(|e| CoreError::State(e.to_string()))?;
+        let mut me = LinUcb::new(k, d, cfg).map_err(|e| match e {
+            CoreError::Memory(_) => e,
+            e => CoreError::State(e.to_string()),
+        })?;
         for arm in me.arms.iter_mut() {
             let n_updates = r.u64()?;
             let a = r.f64s("A", d * d)?;
             let b = r.f64s("b", d)?;
-            *arm = Ridge::from_stats(d, a, b, n_updates)
-                .map_err(|e| CoreError::State(format!("arm matrix: {e}")))?;
+            *arm = Ridge::from_stats(d, a, b, n_updates).map_err(|e| match e {
+                CoreError::Memory(_) => e,
+                e => CoreError::State(format!("arm matrix: {e}")),
+            })?;
         }
-        me.rebuild_scoring();
+        me.rebuild_scoring()?;
         Ok(me)
     }
 
@@ -430,13 +474,19 @@ impl Learner for LinUcb {
     fn ridge(&self, key: usize) -> &Ridge {
         &self.arms[key]
     }
+    fn restore_ridge(&mut self, key: usize, ridge: Ridge) {
+        if let Some(arm) = self.arms.get_mut(key) {
+            *arm = ridge;
+            self.sync_arm(key);
+        }
+    }
     fn feature_max(&self, _action: usize, x: &[f64]) -> f64 {
         crate::ridge::max_abs(x)
     }
 
     fn apply_update(&mut self, action: usize, x: &[f64], reward: f64) -> CoreResult<()> {
         check_len("x", x.len(), self.dim)?;
-        check_finite("x", x)?;
+        check_features("x", x)?;
         let cfg = self.cfg;
         let n_actions = self.arms.len();
         let arm = self.arms.get_mut(action).ok_or(CoreError::UnknownAction {

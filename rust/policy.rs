@@ -394,7 +394,7 @@ impl Policy {
 
         let mut qmean = vec![0.0; k];
         let mut qbonus = vec![0.0; k];
-        learner.scores_into(x, &mut qmean, &mut qbonus);
+        learner.finite_scores_into(x, &mut qmean, &mut qbonus)?;
         let preds: Vec<Prediction> = self
             .space
             .actions

@@ -16,8 +16,10 @@
 //! the naive O(K D^2) = O(K d^2 p^2); at d = 16, p = 8, K = 1024 that is ~107k multiply-adds
 //! instead of ~24M. An update is one Sherman-Morrison step on the D x D inverse, O(D^2).
 
-use crate::error::{check_finite, check_len, CoreError, CoreResult};
-use crate::learner::{removal_mapping, Config, Learner, MAX_DIM};
+use crate::error::{check_len, CoreError, CoreResult};
+use crate::learner::{
+    check_features, check_state_bytes, removal_mapping, Config, Learner, MAX_DIM,
+};
 use crate::linalg;
 use crate::ridge::Ridge;
 use crate::state::{Kind, Reader, Writer};
@@ -77,14 +79,18 @@ impl SharedLinUcb {
                 ))
             })?;
         check_len("action_features", psi.len(), n_actions * p)?;
-        check_finite("action_features", &psi)?;
+        check_features("action_features", &psi)?;
+        check_state_bytes(
+            &format!("SharedLinUCB(joint dimension {joint}, {n_actions} actions)"),
+            Ridge::bytes(joint) + 8 * psi.len() as u128,
+        )?;
         Ok(SharedLinUcb {
             cfg,
             dim,
             p,
             k: n_actions,
             psi,
-            model: Ridge::new(joint, cfg.ridge),
+            model: Ridge::new(joint, cfg.ridge)?,
         })
     }
 
@@ -101,9 +107,9 @@ impl SharedLinUcb {
     /// between selection and feedback: the shared model still learns from it).
     pub fn update_features(&mut self, psi_a: &[f64], x: &[f64], reward: f64) -> CoreResult<()> {
         check_len("x", x.len(), self.dim)?;
-        check_finite("x", x)?;
+        check_features("x", x)?;
         check_len("action features", psi_a.len(), self.p)?;
-        check_finite("action features", psi_a)?;
+        check_features("action features", psi_a)?;
         crate::error::check_finite_scalar("reward", reward)?;
         let phi = kron_phi(x, psi_a);
         let mut scratch = vec![0.0; phi.len()];
@@ -132,13 +138,24 @@ impl SharedLinUcb {
                 self.p
             )));
         }
-        check_finite("action_features", psi_new)?;
+        check_features("action_features", psi_new)?;
         let count = psi_new.len() / self.p;
         if self.n_actions() + count > MAX_DIM {
             return Err(CoreError::Config(format!(
                 "too many actions (limit {MAX_DIM})"
             )));
         }
+        check_state_bytes(
+            &format!(
+                "SharedLinUCB(joint dimension {}, {} actions)",
+                self.joint_dim(),
+                self.n_actions() + count
+            ),
+            Ridge::bytes(self.joint_dim()) + 8 * (self.psi.len() + psi_new.len()) as u128,
+        )?;
+        self.psi
+            .try_reserve(psi_new.len())
+            .map_err(|e| CoreError::Memory(e.to_string()))?;
         let first = self.n_actions();
         self.psi.extend_from_slice(psi_new);
         self.k += count;
@@ -192,14 +209,18 @@ impl SharedLinUcb {
         let joint = ((d as u128) + 1) * ((p as u128) + 1);
         r.expect_at_least("the model", 8 * (joint * joint + joint))?;
         let psi = r.f64s("action_features", k * p)?;
-        let mut me =
-            SharedLinUcb::new(psi, k, p, d, cfg).map_err(|e| CoreError::State(e.to_string()))?;
+        let mut me = SharedLinUcb::new(psi, k, p, d, cfg).map_err(|e| match e {
+            CoreError::Memory(_) => e,
+            e => CoreError::State(e.to_string()),
+        })?;
         let n = me.joint_dim();
         let n_updates = r.u64()?;
         let a = r.f64s("A", n * n)?;
         let b = r.f64s("b", n)?;
-        me.model = Ridge::from_stats(n, a, b, n_updates)
-            .map_err(|e| CoreError::State(format!("model matrix: {e}")))?;
+        me.model = Ridge::from_stats(n, a, b, n_updates).map_err(|e| match e {
+            CoreError::Memory(_) => e,
+            e => CoreError::State(format!("model matrix: {e}")),
+        })?;
         Ok(me)
     }
 
@@ -241,6 +262,9 @@ impl Learner for SharedLinUcb {
     fn ridge(&self, _key: usize) -> &Ridge {
         &self.model
     }
+    fn restore_ridge(&mut self, _key: usize, ridge: Ridge) {
+        self.model = ridge;
+    }
     fn feature_max(&self, action: usize, x: &[f64]) -> f64 {
         // max |u_i v_j| = max|u| * max|v| with u = [1, x], v = [1, psi_a].
         let psi_a = &self.psi[action * self.p..(action + 1) * self.p];
@@ -249,7 +273,7 @@ impl Learner for SharedLinUcb {
 
     fn apply_update(&mut self, action: usize, x: &[f64], reward: f64) -> CoreResult<()> {
         check_len("x", x.len(), self.dim)?;
-        check_finite("x", x)?;
+        check_features("x", x)?;
         if action >= self.n_actions() {
             return Err(CoreError::UnknownAction {
                 action: action as i64,

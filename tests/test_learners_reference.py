@@ -322,3 +322,120 @@ def test_disjoint_select_above_screen_dim_is_the_exact_argmax(
         top = np.sort(rm + rb)[::-1]
         if top[0] - top[1] > 1e-9 * max(1.0, abs(top[0])):
             assert learner.select(x) == ref.select(x)
+
+
+# --- extreme but finite inputs (review of 2026-12-02, D1/D5/D9/D10) ---------------------------
+
+# Features up to 1e9 in magnitude (unix times, byte counts), mixed with tiny ones; ridge down to
+# 1e-8; rewards up to 1e3. Nothing here is an error: every operation must be accepted.
+EXTREME = st.one_of(finite(-1e9, 1e9), finite(-1e-6, 1e-6), st.sampled_from([1.0, 1.7e9, 0.0]))
+
+
+@st.composite
+def extreme_cases(draw: st.DrawFn, kind: str) -> Case:
+    k = draw(st.integers(1, 4))
+    d = draw(st.integers(1, 4))
+    p = draw(st.integers(1, 2)) if kind == "shared" else 0
+    n = draw(st.integers(1, 60))
+    cfg = {
+        "alpha": draw(finite(0.0, 3.0)),
+        "ridge": draw(st.one_of(st.sampled_from([1e-8, 1e-6, 1.0]), finite(1e-8, 10.0))),
+        "discount": draw(st.one_of(st.just(1.0), finite(0.5, 1.0))),
+        "prior_mean": draw(finite(-1.0, 1.0)),
+    }
+    return Case(
+        kind=kind,
+        k=k,
+        d=d,
+        psi=draw(arrays(np.float64, (k, p), elements=finite(-3.0, 3.0))),
+        cfg=cfg,
+        actions=draw(arrays(np.int64, n, elements=st.integers(0, k - 1))),
+        X=draw(arrays(np.float64, (n, d), elements=EXTREME)),
+        rewards=draw(arrays(np.float64, n, elements=finite(-1e3, 1e3))),
+        queries=draw(arrays(np.float64, (4, d), elements=EXTREME)),
+        masks=np.ones((4, k), bool),
+    )
+
+
+def assert_finite_and_loadable(learner: Learner) -> None:
+    blob = learner.to_bytes()
+    restored = type(learner).from_bytes(blob)
+    assert restored.to_bytes() == blob
+    assert np.isfinite(learner.theta()).all() and np.isfinite(restored.theta()).all()
+
+
+@pytest.mark.parametrize("kind", ["linucb", "shared"])
+@given(data=st.data())
+def test_extreme_streams_are_accepted_stay_finite_and_load(kind: str, data: st.DataObject) -> None:
+    """After every accepted operation the state saves and loads back and everything it reports
+    is finite; with features up to 1e9 and ridge down to 1e-8 no operation is refused."""
+    case = data.draw(extreme_cases(kind))
+    learner, _ = case.make()
+    batched, _ = case.make()
+    half = len(case.actions) // 2
+    for i, (a, x, r) in enumerate(zip(case.actions, case.X, case.rewards, strict=True)):
+        learner.update(int(a), x, float(r))
+        if i % 7 == 0 or i == half:
+            assert_finite_and_loadable(learner)
+    batched.update_many(case.actions[:half], case.X[:half], case.rewards[:half])
+    assert_finite_and_loadable(batched)
+    batched.update_many(case.actions[half:], case.X[half:], case.rewards[half:])
+    assert_finite_and_loadable(learner)
+    assert_finite_and_loadable(batched)
+    for x in case.queries:
+        for m in (learner, batched):
+            mean, bonus = m.scores(x)
+            assert np.isfinite(mean).all() and np.isfinite(bonus).all()
+            assert 0 <= m.select(x) < case.k
+    assert list(learner.select_many(case.queries)) == [learner.select(x) for x in case.queries]
+
+
+@pytest.mark.parametrize("kind", ["linucb", "shared"])
+@given(data=st.data())
+def test_well_scaled_tiny_ridge_matches_reference(kind: str, data: st.DataObject) -> None:
+    """Ridge down to 1e-8 with well-scaled features: the exact fallbacks for large
+    Sherman-Morrison denominators keep the learner's confidence widths on the oracle's."""
+    case = data.draw(cases(kind, max_updates=25))
+    case.cfg["ridge"] = data.draw(st.sampled_from([1e-8, 1e-6, 1e-4]))
+    learner, ref = case.make()
+    for a, x, r in zip(case.actions, case.X, case.rewards, strict=True):
+        learner.update(int(a), x, float(r))
+        ref.update(int(a), x, float(r))
+    assert_finite_and_loadable(learner)
+    # A tiny ridge makes A nearly singular along unseen directions, where theta is only
+    # determined to cond(A) * eps (1e8 * |b| here); the bonus depends on A alone and must agree.
+    for x in case.queries:
+        mean, bonus = learner.scores(x)
+        _ref_mean, ref_bonus = ref.scores(x)
+        assert np.isfinite(mean).all() and np.isfinite(bonus).all()
+        np.testing.assert_allclose(
+            bonus, ref_bonus, rtol=1e-4, atol=1e-6 * max(1.0, ref_bonus.max())
+        )
+
+
+@pytest.mark.parametrize("kind", ["linucb", "shared"])
+@given(
+    x=st.floats(1e-12, 1e150),
+    reward=st.floats(-1e305, 1e305, allow_nan=False),
+    ridge=st.sampled_from([1e-10, 1e-8, 1.0, 1e10]),
+    repeats=st.integers(1, 3),
+)
+def test_huge_values_are_rejected_before_mutation_or_kept_finite(
+    kind: str, x: float, reward: float, ridge: float, repeats: int
+) -> None:
+    learner = build_kind(kind, ridge)
+    for _ in range(repeats):
+        before = learner.to_bytes()
+        try:
+            learner.update(0, [x], reward)
+        except uniscale.NonFiniteError:
+            assert learner.to_bytes() == before
+        assert_finite_and_loadable(learner)
+        mean, bonus = learner.scores([1.0])
+        assert np.isfinite(mean).all() and np.isfinite(bonus).all()
+
+
+def build_kind(kind: str, ridge: float) -> Learner:
+    if kind == "linucb":
+        return uniscale.LinUCB(2, 1, ridge=ridge)
+    return uniscale.SharedLinUCB(np.array([[0.0], [1.0]]), 1, ridge=ridge)

@@ -112,8 +112,16 @@ class LinUCB:
     over the allowed actions, ties going to the lowest index.
 
     Raises ``ConfigError`` for ``n_actions`` outside ``1..=65536``, ``dim`` outside
-    ``1..=4096``, ``alpha < 0``, ``ridge <= 0``, ``discount`` outside ``(0, 1]`` or a
-    non-finite value.
+    ``1..=4096``, ``alpha`` outside ``[0, 1e6]``, ``ridge`` outside ``[1e-10, 1e10]``,
+    ``discount`` outside ``(0, 1]``, a non-finite value, or a state above 2 GiB (about
+    ``22 * K * d**2`` bytes; ``MemoryError`` if the allocation itself fails).
+
+    Numerics: feature values must satisfy ``|x_i| <= 1e150`` (``NonFiniteError`` otherwise);
+    an update that would push the statistics or theta past 1e300 is refused with
+    ``NonFiniteError`` before anything changes, and a score that overflows in combination is
+    ``NonFiniteError`` rather than ``inf``. Ill-conditioned input (features in the billions, a
+    tiny ridge) is handled by scaled, jittered factorisations: every accepted update keeps a
+    state that saves and loads back.
     """
 
     def __new__(
@@ -153,13 +161,16 @@ class LinUCB:
         """``(mean, bonus)``, each (K,): posterior mean (prior included) and exploration bonus
         (alpha included) of every action for ``x`` (d,)."""
     def update(self, action: SupportsIndex, x: ArrayLike, reward: SupportsFloat) -> None:
-        """Records that ``action`` earned ``reward`` on ``x`` (d,)."""
+        """Records that ``action`` earned ``reward`` on ``x`` (d,). Any index outside
+        ``0..K`` (of any size) or a bool raises ``UnknownActionError``."""
     def select_many(self, X: ArrayLike, mask: ArrayLike | None = None) -> NDArray[np.int64]:
         """``select`` for every row of ``X`` (n, d): returns (n,) action indices. ``mask`` is
-        (K,) for every row or (n, K) per row. Validates everything before computing."""
+        (K,) for every row or exactly (n, K) per row (``ShapeError`` otherwise, including a
+        transposed (K, n) mask). Validates everything before computing."""
     def update_many(self, actions: ArrayLike, X: ArrayLike, rewards: ArrayLike) -> None:
         """``update`` for each row: ``actions`` (n,) integers, ``X`` (n, d), ``rewards`` (n,).
-        Every row is validated before the first is applied."""
+        All or nothing: every row is validated before the first is applied, and a failure
+        after that rolls every row back."""
     def theta(self, action: SupportsIndex | None = None) -> NDArray[np.float64]:
         """Ridge coefficients ``A_a^-1 b_a`` (prior mean not included): (K, d) for all actions,
         or (d,) for one ``action``."""
@@ -194,8 +205,9 @@ class SharedLinUCB:
     ``A`` (D, D) and ``b`` (D,) shared by every action, so evidence on one action informs every
     action with similar features (including actions added later).
 
-    Raises ``ConfigError`` for no actions, ``dim < 1``, ``D > 4096`` or a bad configuration
-    value, ``ShapeError``/``NonFiniteError``/``DTypeError`` for bad ``action_features``.
+    Raises ``ConfigError`` for no actions, ``dim < 1``, ``D > 4096``, a state above 2 GiB or
+    a bad configuration value, ``ShapeError``/``NonFiniteError``/``DTypeError`` for bad
+    ``action_features`` (values must satisfy ``|psi| <= 1e150``). Numerics as for ``LinUCB``.
     """
 
     def __new__(
@@ -240,7 +252,8 @@ class SharedLinUCB:
     def scores(self, x: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """``(mean, bonus)``, each (K,), for ``x`` (d,). Costs O(D^2 + K p^2), not O(K D^2)."""
     def update(self, action: SupportsIndex, x: ArrayLike, reward: SupportsFloat) -> None:
-        """Records that ``action`` earned ``reward`` on ``x`` (d,)."""
+        """Records that ``action`` earned ``reward`` on ``x`` (d,). Any index outside
+        ``0..K`` (of any size) or a bool raises ``UnknownActionError``."""
     def select_many(self, X: ArrayLike, mask: ArrayLike | None = None) -> NDArray[np.int64]:
         """``select`` for every row of ``X`` (n, d); ``mask`` is (K,) or (n, K)."""
     def update_many(self, actions: ArrayLike, X: ArrayLike, rewards: ArrayLike) -> None:

@@ -6,7 +6,7 @@
 use numpy::{PyArray1, PyArray2, PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 
-use super::{DTypeError, ShapeError};
+use super::{DTypeError, ShapeError, UnknownActionError};
 
 /// `numpy.asarray(obj)` converted to `dtype`, refusing kinds whose conversion would lose
 /// information silently (complex, strings, dates, ...). Booleans, integers, floats and object
@@ -52,13 +52,24 @@ pub fn f64_1d(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<f64>> {
     Ok(dynarr.readonly().as_array().iter().copied().collect())
 }
 
+/// Copies `len` values into a new vector, raising `MemoryError` if it cannot be allocated
+/// (a huge input must not abort the interpreter).
+fn try_collect(len: usize, values: impl Iterator<Item = f64>) -> PyResult<Vec<f64>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|e| {
+        pyo3::exceptions::PyMemoryError::new_err(format!("cannot copy {len} values: {e}"))
+    })?;
+    v.extend(values);
+    Ok(v)
+}
+
 /// A 2-D float64 matrix as (row-major values, rows, cols).
 pub fn f64_2d(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<(Vec<f64>, usize, usize)> {
     if let Ok(a) = obj.cast::<PyArray2<f64>>() {
         let ro = a.readonly();
         let shape = ro.shape();
         let (r, c) = (shape[0], shape[1]);
-        return Ok((ro.as_array().iter().copied().collect(), r, c));
+        return Ok((try_collect(r * c, ro.as_array().iter().copied())?, r, c));
     }
     let arr = asarray(obj, "float64", what)?;
     let dynarr = arr.cast::<PyArrayDyn<f64>>()?;
@@ -66,10 +77,11 @@ pub fn f64_2d(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<(Vec<f64>, usize, 
         return Err(ndim_error(what, 2, dynarr.ndim(), dynarr.shape()));
     }
     let shape = dynarr.shape().to_vec();
+    let (r, c) = (shape[0], shape[1]);
     Ok((
-        dynarr.readonly().as_array().iter().copied().collect(),
-        shape[0],
-        shape[1],
+        try_collect(r * c, dynarr.readonly().as_array().iter().copied())?,
+        r,
+        c,
     ))
 }
 
@@ -90,6 +102,27 @@ pub fn bool_nd(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<(Vec<bool>, Vec<u
             )))
         }
     }
+}
+
+/// One action index argument: a Python int or anything with `__index__` (NumPy integers).
+/// A value outside the int64 range is an unknown action, like any other out-of-range index
+/// (not an `OverflowError`); booleans are refused (`True` is an int to Python, but passing it
+/// as an action is a bug); other types raise `TypeError`.
+pub fn action_index(obj: &Bound<'_, PyAny>) -> PyResult<i64> {
+    if obj.is_instance_of::<pyo3::types::PyBool>() {
+        return Err(UnknownActionError::new_err(format!(
+            "action must be an int index, got {}",
+            obj.repr()?
+        )));
+    }
+    if let Ok(v) = obj.extract::<i64>() {
+        return Ok(v);
+    }
+    // Not an int64: either a bigger int (unknown action) or not an integer (TypeError).
+    let index = obj.py().import("operator")?.call_method1("index", (obj,))?;
+    Err(UnknownActionError::new_err(format!(
+        "unknown action {index}: out of the range of action indices"
+    )))
 }
 
 /// A 1-D array of integers (e.g. action indices).

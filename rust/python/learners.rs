@@ -9,7 +9,7 @@ use parking_lot::RwLock;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 
-use super::convert::{bool_nd, f64_1d, f64_2d, i64_1d};
+use super::convert::{action_index, bool_nd, f64_1d, f64_2d, i64_1d};
 use super::ShapeError;
 use crate::error::CoreError;
 use crate::learner::{Config, Learner, Mask};
@@ -51,16 +51,19 @@ fn mask_1d(mask: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Vec<bool>>> {
     }
 }
 
-/// Mask argument of `select_many`: `None`, (K,) shared by every row, or (n, K) per row.
-fn mask_batch(mask: Option<&Bound<'_, PyAny>>) -> PyResult<(Option<Vec<bool>>, bool)> {
+/// Mask argument of `select_many`: `None`, (K,) shared by every row, or (n, K) per row;
+/// returns the values and, for a per-row mask, its shape (checked against (n, K) later).
+type BatchMask = (Option<Vec<bool>>, Option<(usize, usize)>);
+
+fn mask_batch(mask: Option<&Bound<'_, PyAny>>) -> PyResult<BatchMask> {
     match mask {
-        None => Ok((None, false)),
-        Some(m) if m.is_none() => Ok((None, false)),
+        None => Ok((None, None)),
+        Some(m) if m.is_none() => Ok((None, None)),
         Some(m) => {
             let (v, shape) = bool_nd(m, "mask")?;
-            match shape.len() {
-                1 => Ok((Some(v), false)),
-                2 => Ok((Some(v), true)),
+            match shape[..] {
+                [_] => Ok((Some(v), None)),
+                [r, c] => Ok((Some(v), Some((r, c)))),
                 _ => Err(ShapeError::new_err(format!(
                     "mask must be (n_actions,) or (n_rows, n_actions), got shape {shape:?}"
                 ))),
@@ -93,10 +96,11 @@ fn scores_impl<'py, L: Learner + Send + Sync>(
 fn update_impl<L: Learner + Send + Sync>(
     py: Python<'_>,
     lock: &RwLock<L>,
-    action: i64,
+    action: &Bound<'_, PyAny>,
     x: &Bound<'_, PyAny>,
     reward: f64,
 ) -> PyResult<()> {
+    let action = action_index(action)?;
     let x = f64_1d(x, "x")?;
     Ok(py.detach(|| lock.write().update(action, &x, reward))?)
 }
@@ -119,8 +123,20 @@ fn select_many_impl<'py, L: Learner + Send + Sync>(
         }
         let m = match (&mask, per_row) {
             (None, _) => Mask::All,
-            (Some(v), false) => Mask::Shared(v),
-            (Some(v), true) => Mask::PerRow(v),
+            (Some(v), None) => Mask::Shared(v),
+            (Some(v), Some((r, c))) => {
+                // Exactly (n_rows, n_actions): a transposed (K, n) mask has the right number of
+                // entries and would otherwise be read row-major as something else.
+                let k = l.n_actions();
+                if (r, c) != (rows, k) {
+                    return Err(CoreError::Shape(format!(
+                        "mask has length {}, expected {}: shape ({r}, {c}), expected (n_rows, n_actions) = ({rows}, {k})",
+                        r * c,
+                        rows * k
+                    )));
+                }
+                Mask::PerRow(v)
+            }
         };
         l.select_many(&xs, rows, m)
     })?;
@@ -262,7 +278,7 @@ impl PyLinUcb {
     fn update(
         &self,
         py: Python<'_>,
-        action: i64,
+        action: &Bound<'_, PyAny>,
         x: &Bound<'_, PyAny>,
         reward: f64,
     ) -> PyResult<()> {
@@ -292,7 +308,15 @@ impl PyLinUcb {
     }
 
     #[pyo3(signature = (action=None))]
-    fn theta<'py>(&self, py: Python<'py>, action: Option<i64>) -> PyResult<Bound<'py, PyAny>> {
+    fn theta<'py>(
+        &self,
+        py: Python<'py>,
+        action: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let action = action
+            .filter(|a| !a.is_none())
+            .map(action_index)
+            .transpose()?;
         let l = self.inner.read();
         match action {
             Some(a) => {
@@ -461,7 +485,7 @@ impl PySharedLinUcb {
     fn update(
         &self,
         py: Python<'_>,
-        action: i64,
+        action: &Bound<'_, PyAny>,
         x: &Bound<'_, PyAny>,
         reward: f64,
     ) -> PyResult<()> {
@@ -500,8 +524,9 @@ impl PySharedLinUcb {
         &self,
         py: Python<'py>,
         x: &Bound<'py, PyAny>,
-        action: i64,
+        action: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyArray1<f64>>> {
+        let action = action_index(action)?;
         let x = f64_1d(x, "x")?;
         let l = self.inner.read();
         l.check_x(&x)?;

@@ -2,7 +2,7 @@
 //! inputs, releases the GIL around the work, and maps `CoreError` onto the exception tree.
 
 use pyo3::create_exception;
-use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::exceptions::{PyMemoryError, PyOSError, PyValueError};
 use pyo3::prelude::*;
 
 use crate::error::CoreError;
@@ -101,6 +101,7 @@ impl From<CoreError> for PyErr {
             CoreError::DuplicateUpdate(_) => DuplicateUpdateError::new_err(msg),
             CoreError::Numerical(_) => NumericalError::new_err(msg),
             CoreError::Io(_) => PyOSError::new_err(msg),
+            CoreError::Memory(_) => PyMemoryError::new_err(msg),
         }
     }
 }

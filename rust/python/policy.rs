@@ -8,7 +8,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
-use super::convert::{bool_nd, f64_1d};
+use super::convert::{action_index, bool_nd, f64_1d};
 use super::learners::{reduce, save_with, ArrayPair};
 use super::{ShapeError, UnknownDecisionError};
 use crate::cost::Prediction;
@@ -463,7 +463,7 @@ impl PyPolicyCore {
         &self,
         py: Python<'_>,
         x: &Bound<'_, PyAny>,
-        action: i64,
+        action: &Bound<'_, PyAny>,
         quality: f64,
         input_tokens: f64,
         cost_usd: Option<f64>,
@@ -471,6 +471,7 @@ impl PyPolicyCore {
         output_tokens: Option<f64>,
         samples_used: Option<f64>,
     ) -> PyResult<(f64, f64, f64, bool)> {
+        let action = action_index(action)?;
         let x = f64_1d(x, "x")?;
         let fb = Feedback {
             quality,
