@@ -43,6 +43,7 @@ class FakeConfig:
     truncate_times: int = 0
     empty_times: int = 0
     prompt_tokens: int = 11
+    finish_reason: str = "stop"  # "length" plays a reply cut off by max_tokens
     logprob: Callable[[str], float] = lambda text: -0.25
 
 
@@ -228,7 +229,7 @@ class FakeOpenAI:
             cfg.empty_times -= empty
         for i, text in enumerate(texts):
             out = "" if i < empty else text
-            c: dict[str, Any] = {"index": i, "finish_reason": "stop"}
+            c: dict[str, Any] = {"index": i, "finish_reason": self.config.finish_reason}
             if chat:
                 c["message"] = {"role": "assistant", "content": out}
             else:

@@ -20,7 +20,9 @@ from uniscale.collect import (
     CollectError,
     CollectModel,
     Item,
+    PromptSpec,
     _TableWriter,
+    answer_rates,
     build_messages,
     collect,
     collect_main,
@@ -31,6 +33,7 @@ from uniscale.collect import (
     load_requests,
     meta_path,
     parse_model_arg,
+    rate_flags,
     read_records,
     repair_jsonl,
     table_status,
@@ -511,3 +514,89 @@ def test_unexpected_pair_error_is_redacted_before_truncation(
     (f,) = rec["failures"]
     assert f["error"] == "RuntimeError" and f["message"].startswith("y" * 260)
     _no_key_fragment(f["message"])
+
+
+# --------------------------------------------------------------------------------------------
+# Truncation and no-answer rates: the check that keeps a table from measuring its limits
+
+
+def _rec(model: str, kind: str, answers: list[tuple[str, str | None, bool]]) -> dict[str, Any]:
+    samples = [{"finish_reason": f, "answer": a, "correct": c} for f, a, c in answers]
+    return {"model": model, "kind": kind, "samples": samples[:-1], "greedy": samples[-1]}
+
+
+def test_answer_rates_count_samples_and_greedy_and_flag_above_five_percent() -> None:
+    recs = [
+        _rec("m", "mmlu", [("stop", "A", True), ("length", None, False), ("stop", "B", False)]),
+        _rec("m", "mmlu", [("stop", "C", True)] * 3),
+        _rec("m", "gsm8k", [("stop", "4", True)] * 40),
+        _rec("m", "gsm8k", [("stop", None, False)] * 2),
+    ]
+    rates = answer_rates(recs)
+    assert rates["m"]["mmlu"] == {
+        "answers": 6,
+        "truncated": round(1 / 6, 4),
+        "no_answer": round(1 / 6, 4),
+        "accuracy": round(4 / 6, 4),
+    }
+    assert rates["m"]["gsm8k"]["no_answer"] == round(2 / 42, 4)  # 4.8%: not flagged
+    assert rates["m"]["gsm8k"]["truncated"] == 0.0
+    flags = rate_flags(rates)
+    assert flags == ["m/mmlu: truncated 16.7%, no_answer 16.7% (> 5%)"]
+    assert rate_flags(rates, threshold=0.01) == [  # kinds in sorted order
+        "m/gsm8k: no_answer 4.8% (> 1%)",
+        "m/mmlu: truncated 16.7%, no_answer 16.7% (> 1%)",
+    ]
+
+
+def test_status_and_export_report_the_rates_and_warn(
+    tmp_path: Path, items_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Answers the mmlu extractor cannot read and that hit the limit: flagged by status/export.
+    cut = FakeConfig(answers=["The answer is 4."], finish_reason="length")
+    with FakeOpenAI(cut) as server:
+        out = tmp_path / "t.jsonl"
+        do_collect(items_path, [cm("a", server)], out)
+    status = table_status(out, items_path)
+    assert status["answer_rates"]["a"]["mmlu"]["no_answer"] == 1.0
+    assert status["answer_rates"]["a"]["mmlu"]["truncated"] == 1.0
+    assert any(
+        f.startswith("a/mmlu: truncated 100.0%, no_answer 100.0%")
+        for f in status["answer_rate_flags"]
+    )
+    assert collect_main(["status", str(out), "--items", str(items_path)]) == 0
+    assert "warning: a/mmlu: truncated 100.0%" in capsys.readouterr().err
+    dst = tmp_path / "x.jsonl.gz"
+    assert collect_main(["export", str(out), str(dst), "--items", str(items_path)]) == 0
+    assert "warning: a/mmlu" in capsys.readouterr().err
+    assert json.loads(meta_path(dst).read_text())["counts"]["answer_rate_flags"]
+
+
+def test_system_turn_and_grammar_reach_the_server(
+    tmp_path: Path, items_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from uniscale import collect as collect_mod
+
+    spec = PromptSpec(
+        "mmlu",
+        "{question}\n{options}\nLetter?",
+        2,
+        "choice",
+        system="Answer with one letter.",
+        grammar="root ::= [ABCD]",
+    )
+    monkeypatch.setitem(collect_mod.PROMPTS, "mmlu", spec)  # type: ignore[arg-type]
+    with FakeOpenAI(FakeConfig(answers=["B"])) as server:
+        do_collect(items_path, [cm("a", server)], tmp_path / "t.jsonl")
+        bodies = [r.body for r in server.generation_requests()]
+    mmlu = [b for b in bodies if b["max_tokens"] == 2]
+    assert len(mmlu) == 2  # samples + greedy
+    for b in mmlu:
+        assert b["grammar"] == "root ::= [ABCD]"
+        assert b["messages"][0] == {"role": "system", "content": "Answer with one letter."}
+        assert b["messages"][1]["role"] == "user" and "Letter?" in b["messages"][1]["content"]
+    others = [b for b in bodies if b["max_tokens"] != 2]
+    assert others and all("grammar" not in b for b in others)
+    assert all(b["messages"][0]["role"] == "user" for b in others)
+    item = next(i for i in load_items(items_path) if i.kind == "mmlu")
+    assert build_messages(item)[0]["role"] == "system"

@@ -184,6 +184,10 @@ class PromptSpec:
     template: str
     max_tokens: int
     extractor: str | None  # None: the item's own extractor field
+    system: str | None = None  # a system turn before the question, when set
+    #: A llama.cpp GBNF grammar the answer must match (sent as the request's ``grammar``
+    #: field, which llama-server honours), e.g. ``root ::= [ABCD]`` for one letter.
+    grammar: str | None = None
 
 
 PROMPTS: Mapping[str, PromptSpec] = {
@@ -273,12 +277,14 @@ def extractor_name(item: Item) -> str:
 
 
 def build_messages(item: Item) -> list[dict[str, str]]:
-    """The chat messages sent for ``item`` (one user turn)."""
+    """The chat messages sent for ``item``: the kind's system turn, if any, and the question."""
     spec = prompt_for(item)
     options = "\n".join(f"{chr(ord('A') + i)}. {c}" for i, c in enumerate(item.choices))
-    return [
-        {"role": "user", "content": spec.template.format(question=item.question, options=options)}
-    ]
+    user = {
+        "role": "user",
+        "content": spec.template.format(question=item.question, options=options),
+    }
+    return [{"role": "system", "content": spec.system}, user] if spec.system else [user]
 
 
 def gold_for(item: Item) -> str:
@@ -677,6 +683,8 @@ async def collect_pair(ex: Executor, item: Item, model: str, cfg: CollectConfig)
     ext_name = extractor_name(item)
     extractor = get_extractor(ext_name)
     max_tokens = cfg.max_tokens_for(item)
+    grammar = prompt_for(item).grammar
+    extra: dict[str, Any] = {"grammar": grammar} if grammar else {}
     seed = pair_seed(cfg.seed, item.id, model)
     deadline = 2 * cfg.timeout_s * (cfg.retries + 1)
     t_start = time.time()
@@ -699,6 +707,7 @@ async def collect_pair(ex: Executor, item: Item, model: str, cfg: CollectConfig)
             seed=rseed,
             extractor=extractor,
             deadline_s=deadline,
+            **extra,
         )
         wall = time.monotonic() - t
         idx = len(requests)
@@ -1267,16 +1276,69 @@ def _counts(path: Path, item_ids: Sequence[str] | None = None) -> dict[str, Any]
         by_kind[model][str(rec.get("kind", ""))] += 1
     models = sorted(set(ok) | set(failed_lines))
     items_all = {i for i in {k[0] for k in pairs_ok} if all((i, m) in pairs_ok for m in sorted(ok))}
+    rates = answer_rates(pairs_ok.values())
     out: dict[str, Any] = {
         "ok_pairs_per_model": {m: ok[m] for m in models},
         "ok_pairs_per_model_kind": {m: dict(by_kind[m]) for m in models},
         "failed_lines_per_model": {m: failed_lines[m] for m in models},
         "items_with_all_models": len(items_all),
+        "answer_rates": rates,
+        "answer_rate_flags": rate_flags(rates),
     }
     if item_ids is not None:
         out["items_total"] = len(item_ids)
         out["complete"] = all(ok[m] >= len(item_ids) for m in models) and bool(models)
     return out
+
+
+#: Above this share of truncated (``finish_reason == "length"``) or answer-less samples in a
+#: (model, kind), a table measures the limit or the format more than the model: flagged.
+RATE_FLAG_THRESHOLD = 0.05
+
+
+def answer_rates(records: Iterable[Record]) -> dict[str, dict[str, dict[str, float | int]]]:
+    """Per model and kind, over every sample and greedy answer of the given ``ok`` records:
+    ``answers``, ``truncated`` (share cut off by ``max_tokens``), ``no_answer`` (share where the
+    extractor found nothing, empty answers included) and ``accuracy``."""
+    tally: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    for rec in records:
+        answers = list(rec.get("samples") or [])
+        if rec.get("greedy") is not None:
+            answers.append(rec["greedy"])
+        t = tally[(str(rec.get("model")), str(rec.get("kind", "")))]
+        for a in answers:
+            t[0] += 1
+            t[1] += a.get("finish_reason") == "length"
+            t[2] += a.get("answer") is None
+            t[3] += bool(a.get("correct"))
+    out: dict[str, dict[str, dict[str, float | int]]] = defaultdict(dict)
+    for (model, kind), (n, trunc, none, right) in sorted(tally.items()):
+        if n:
+            out[model][kind] = {
+                "answers": n,
+                "truncated": round(trunc / n, 4),
+                "no_answer": round(none / n, 4),
+                "accuracy": round(right / n, 4),
+            }
+    return dict(out)
+
+
+def rate_flags(
+    rates: Mapping[str, Mapping[str, Mapping[str, float | int]]],
+    threshold: float = RATE_FLAG_THRESHOLD,
+) -> list[str]:
+    """One line per (model, kind) whose truncation or no-answer share exceeds ``threshold``."""
+    flags = []
+    for model, kinds in rates.items():
+        for kind, r in kinds.items():
+            bad = [
+                f"{key} {float(r[key]):.1%}"
+                for key in ("truncated", "no_answer")
+                if float(r[key]) > threshold
+            ]
+            if bad:
+                flags.append(f"{model}/{kind}: {', '.join(bad)} (> {threshold:.0%})")
+    return flags
 
 
 def _throughput(
@@ -1686,7 +1748,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    print(json.dumps(table_status(args.table, args.items or ITEMS), indent=2))
+    status = table_status(args.table, args.items or ITEMS)
+    print(json.dumps(status, indent=2))
+    for flag in status["answer_rate_flags"]:
+        print(f"warning: {flag}", file=sys.stderr)
     return 0
 
 
@@ -1695,6 +1760,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         args.table, args.dst, items_path=args.items or ITEMS, max_text_chars=args.max_text_chars
     )
     print(json.dumps({"export": meta["export"], "counts": meta["counts"]}, indent=2))
+    for flag in meta["counts"]["answer_rate_flags"]:
+        print(f"warning: {flag}", file=sys.stderr)
     return 0
 
 
