@@ -188,6 +188,10 @@ impl Space {
                 "strategy 'single' requires n == 1".into(),
             ));
         }
+        let next_uid = self
+            .next_uid
+            .checked_add(1)
+            .ok_or_else(|| CoreError::Config("action uids are exhausted".into()))?;
         if self
             .actions
             .iter()
@@ -205,7 +209,7 @@ impl Space {
             n,
             uid: self.next_uid,
         });
-        self.next_uid += 1;
+        self.next_uid = next_uid;
         Ok(self.actions.len() - 1)
     }
 
