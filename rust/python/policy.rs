@@ -6,7 +6,7 @@ use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods};
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyDict, PyTuple};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyTuple};
 
 use super::convert::{bool_nd, f64_1d};
 use super::learners::{reduce, save_with, ArrayPair};
@@ -433,8 +433,14 @@ impl PyPolicyCore {
         samples_used: Option<f64>,
         now: Option<f64>,
     ) -> PyResult<(f64, f64, f64, bool)> {
-        // Ids are u64 in the core; anything else (negative, huge, not an int) was never issued.
-        let id: u64 = decision_id.extract().map_err(|_| {
+        // Ids are u64 in the core; anything else (negative, huge, not an int, a bool) was never
+        // issued.
+        let extracted: PyResult<u64> = if decision_id.is_instance_of::<PyBool>() {
+            Err(UnknownDecisionError::new_err("bool"))
+        } else {
+            decision_id.extract()
+        };
+        let id: u64 = extracted.map_err(|_| {
             let shown = decision_id
                 .repr()
                 .map(|r| r.to_string())
