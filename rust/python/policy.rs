@@ -9,7 +9,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyTuple};
 
 use super::convert::{bool_nd, f64_1d};
-use super::learners::{reduce, save_with, ArrayPair};
+use super::learners::{reduce, save_with, verified_bytes, ArrayPair};
 use super::{ShapeError, UnknownDecisionError};
 use crate::cost::Prediction;
 use crate::error::CoreError;
@@ -695,9 +695,10 @@ impl PyPolicyCore {
         Ok(m.into_pyarray(py))
     }
 
-    fn to_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        let b = py.detach(|| self.inner.lock().to_bytes());
-        PyBytes::new(py, &b)
+    /// The state blob; verified to load back before it is returned.
+    fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let b = verified_bytes(py, || self.inner.lock().to_bytes(), Policy::from_bytes)?;
+        Ok(PyBytes::new(py, &b))
     }
 
     #[staticmethod]
@@ -709,7 +710,12 @@ impl PyPolicyCore {
     }
 
     fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
-        save_with(py, &path, || self.inner.lock().to_bytes())
+        save_with(
+            py,
+            &path,
+            || self.inner.lock().to_bytes(),
+            Policy::from_bytes,
+        )
     }
 
     #[staticmethod]
@@ -721,7 +727,8 @@ impl PyPolicyCore {
     }
 
     fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyTuple>> {
-        let bytes = slf.get().inner.lock().to_bytes();
+        let me = slf.get();
+        let bytes = verified_bytes(slf.py(), || me.inner.lock().to_bytes(), Policy::from_bytes)?;
         reduce(slf, bytes)
     }
 }
