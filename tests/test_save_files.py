@@ -121,3 +121,33 @@ def test_to_bytes_pickle_and_save_hand_out_the_same_verified_bytes(tmp_path: Pat
     learner = uniscale.LinUCB(3, 2)
     learner.update(1, [1.0, 2.0], 0.5)
     assert pickle.loads(pickle.dumps(learner)).to_bytes() == learner.to_bytes()
+
+
+@pytest.mark.parametrize("kind", ["linucb", "shared"])
+def test_a_state_that_would_not_load_is_never_written(kind: str, tmp_path: Path) -> None:
+    """D1, from Python: an update with features in the 1e150s gives A = I + x x', singular in
+    floating point, which the loader's Cholesky refuses. Such a state must not replace the last
+    good file (it used to: the user lost everything learned). If the learner refuses the update
+    itself (the learner numerics fix), there is nothing unloadable to save and the old state
+    stays too."""
+    learner: uniscale.LinUCB | uniscale.SharedLinUCB = (
+        uniscale.LinUCB(2, 2) if kind == "linucb" else uniscale.SharedLinUCB(np.eye(2), 2)
+    )
+    learner.update(1, [0.5, -0.5], 1.0)
+    path = tmp_path / "learner.bin"
+    learner.save(path)
+    good = path.read_bytes()
+    try:
+        learner.update(0, [1e150, 1e150], 0.0)
+    except uniscale.UniScaleError:
+        pass
+    else:
+        with pytest.raises(uniscale.StateError, match=r"does not load back.*left untouched"):
+            learner.save(path)
+        with pytest.raises(uniscale.StateError, match=r"does not load back"):
+            learner.to_bytes()
+        with pytest.raises(uniscale.StateError, match=r"does not load back"):
+            pickle.dumps(learner)
+    assert path.read_bytes() == good
+    assert temp_files(tmp_path) == []
+    type(learner).load(path)
