@@ -1278,6 +1278,7 @@ impl Policy {
             QualityLearner::Disjoint(_) => 0,
         };
         let queued: HashSet<u64> = store.order.iter().copied().collect();
+        let by_uid: HashMap<u64, &ActionDef> = space.actions.iter().map(|a| (a.uid, a)).collect();
         for (&id, p) in &store.map {
             if id >= self.next_id {
                 return Err(format!(
@@ -1294,8 +1295,8 @@ impl Policy {
                 ));
             }
             valid_action(&p.action)?;
-            match space.actions.iter().find(|a| a.uid == p.action.uid) {
-                Some(a) if *a != p.action => {
+            match by_uid.get(&p.action.uid) {
+                Some(a) if **a != p.action => {
                     return Err(format!(
                         "pending decision {id} disagrees with action uid {}",
                         a.uid

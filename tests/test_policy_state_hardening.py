@@ -286,3 +286,70 @@ def test_out_of_range_decision_ids_are_unknown(bad_id: Any) -> None:
         policy.update(bad_id, 0.5, now=0.0)
     assert policy.to_bytes() == state
     policy.update(d.id, 0.5, now=0.0)
+
+
+def pacer_offset(blob: bytes) -> int:
+    """Offset of the pacer section: after the learner, the cost model (n_models, 4 output-token
+    regressions per model, one latency regression per model, the adaptive-sample table)."""
+    _, pos = learner_span(blob)
+    (m,) = struct.unpack_from("<Q", blob, pos)
+    pos += 8
+    rls2 = 8 + (8 + 8 * 4) + (8 + 8 * 2) + (8 + 8 * 2)
+    rls3 = 8 + (8 + 8 * 9) + (8 + 8 * 3) + (8 + 8 * 3)
+    pos += 4 * m * rls2 + m * rls3
+    (k,) = struct.unpack_from("<Q", blob, pos)
+    return pos + 8 + 24 * k
+
+
+def paced_blob() -> bytes:
+    policy = make(budget_per_hour_usd=1.0)
+    mask = np.array([a.strategy == "adaptive_consistency" for a in policy.actions])
+    for t in range(3):
+        d = policy.select(np.ones(DIM), 100.0, mask=mask, now=float(t))
+        policy.update(d.id, 0.5, samples_used=2.0, now=float(t))
+    return policy.to_bytes()
+
+
+@pytest.mark.parametrize(
+    ("field", "fmt", "value", "match"),
+    [
+        # pacer: kind u8 @0, target @1, lambda @9, step @17, gap @25, last request @33,
+        # n_costs @41, total @49, debt @57, carry-over @65
+        (17, "<d", 5e-324, r"pacing step must be finite and >= 1e-300"),
+        (25, "<d", -1.0, r"request gap estimate must be in"),
+        (25, "<d", math.inf, r"gap is not finite"),
+        (33, "<d", math.inf, r"last request time is infinite"),
+        (49, "<d", -1.0, r"total cost must be >= 0"),
+        (57, "<d", math.nan, r"pacing debt is not finite"),
+        (65, "<d", -2.0, r"carry-over must be >= 0"),
+    ],
+)
+def test_pacer_fields_out_of_range_are_refused(
+    field: int, fmt: str, value: float, match: str
+) -> None:
+    blob = paced_blob()
+    at = pacer_offset(blob)
+    assert blob[at] == 2  # per-hour budget
+    assert struct.unpack_from("<d", blob, at + 17) == (0.05,)  # the default step
+    b = bytearray(blob[:-4])
+    struct.pack_into(fmt, b, at + field, value)
+    with pytest.raises(StateError, match=match):
+        Policy.from_bytes(reseal(bytes(b)))
+
+
+def test_adaptive_sample_table_must_be_sorted_and_issued() -> None:
+    policy = make()
+    # two adaptive actions observed: a two-entry table, sorted by action uid
+    for i, a in enumerate(policy.actions):
+        if a.strategy == "adaptive_consistency":
+            policy.observe(np.ones(DIM), i, 0.5, samples_used=2.0)
+    blob = policy.to_bytes()
+    table = pacer_offset(blob) - 2 * 24
+    (first,) = struct.unpack_from("<Q", blob, table)
+    (second,) = struct.unpack_from("<Q", blob, table + 24)
+    assert first < second
+    for entry, uid, match in [(0, second, r"not sorted"), (1, 10**6, r"uid never issued")]:
+        b = bytearray(blob[:-4])
+        struct.pack_into("<Q", b, table + 24 * entry, uid)
+        with pytest.raises(StateError, match=match):
+            Policy.from_bytes(reseal(bytes(b)))
