@@ -363,6 +363,18 @@ impl Policy {
         if !(cfg.latency_scale.is_finite() && cfg.latency_scale > 0.0) {
             cfg.latency_scale = if max_lat > 0.0 { max_lat } else { 1.0 };
         }
+        // Prices and priors near the top of the doubles make the defaults overflow.
+        for (what, v) in [
+            ("cost_scale", cfg.cost_scale),
+            ("latency_scale", cfg.latency_scale),
+        ] {
+            if !v.is_finite() {
+                return Err(CoreError::Config(format!(
+                    "the default {what} (one answer of the priciest / slowest model to a \
+                     500-token prompt) overflows with these model parameters; pass {what}"
+                )));
+            }
+        }
         Ok(Policy {
             space,
             learner,

@@ -61,6 +61,11 @@ impl Strategy {
     }
 }
 
+/// Largest price, per-token latency or output-token prior a model may declare: finite values
+/// beyond it overflow what the cost model derives from them (per-thousand-token latency
+/// coefficients, the regressions' priors), which then cannot be saved.
+pub const MAX_MODEL_VALUE: f64 = 1e300;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelInfo {
     pub name: String,
@@ -90,9 +95,9 @@ impl ModelInfo {
         ] {
             check_finite_scalar(what, v)
                 .map_err(|e| CoreError::Config(format!("model {:?}: {e}", self.name)))?;
-            if v < 0.0 {
+            if !(0.0..=MAX_MODEL_VALUE).contains(&v) {
                 return Err(CoreError::Config(format!(
-                    "model {:?}: {what} must be >= 0, got {v}",
+                    "model {:?}: {what} must be in [0, {MAX_MODEL_VALUE:e}], got {v}",
                     self.name
                 )));
             }

@@ -353,3 +353,35 @@ def test_adaptive_sample_table_must_be_sorted_and_issued() -> None:
         struct.pack_into("<Q", b, table + 24 * entry, uid)
         with pytest.raises(StateError, match=match):
             Policy.from_bytes(reseal(bytes(b)))
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ({"price_in_per_mtok": 1.7e308}, r"price_in_per_mtok must be in \[0, 1e300\]"),
+        ({"latency_out_s_per_token": 1e308}, r"latency_out_s_per_token must be in \[0, 1e300\]"),
+        ({"prior_output_tokens": 1e301}, r"prior_output_tokens must be in \[0, 1e300\]"),
+    ],
+)
+def test_model_parameters_that_overflow_the_cost_model_are_refused(
+    spec: dict[str, float], match: str
+) -> None:
+    """A per-token latency of 1e308 s became an infinite per-thousand-token prior in the cost
+    model: the policy (built or extended with add_model) could no longer be saved."""
+    kw = {"price_in_per_mtok": 1.0, "price_out_per_mtok": 1.0} | spec
+    with pytest.raises(ConfigError, match=match):
+        Policy(ActionSpace.grid([ModelSpec("m", **kw)]), DIM)  # type: ignore[arg-type]
+    policy = make()
+    state = policy.to_bytes()
+    with pytest.raises(ConfigError, match=match):
+        policy.add_model(ModelSpec("m", **kw))  # type: ignore[arg-type]
+    assert policy.to_bytes() == state
+
+
+def test_default_scales_that_overflow_are_refused() -> None:
+    """Each value in range, but one answer of such a model costs inf dollars: cost_scale."""
+    gold = ModelSpec("gold", 1.0, 1e300, prior_output_tokens=1e300)
+    with pytest.raises(ConfigError, match=r"default cost_scale .* overflows"):
+        Policy(ActionSpace.grid([gold], n_values=(1,)), DIM)
+    policy = Policy(ActionSpace.grid([gold], n_values=(1,)), DIM, cost_scale=1.0)
+    assert_finite_state(policy)

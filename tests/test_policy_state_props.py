@@ -84,7 +84,7 @@ operations = st.one_of(
     ),
     st.tuples(st.just("reward"), NONNEG, NONNEG, NONNEG),
     st.tuples(st.just("explore"), st.sampled_from(["greedy", "epsilon", "softmax"]), NONNEG),
-    st.tuples(st.just("add"), st.integers(0, 99), NONNEG, NONNEG),
+    st.tuples(st.just("add"), st.integers(0, 99), NONNEG, NONNEG, NONNEG, NONNEG, NONNEG),
     st.tuples(st.just("retire"), st.sampled_from(["a", "b", "c0", "c1"])),
     st.tuples(st.just("reload")),
 )
@@ -117,10 +117,16 @@ def apply(policy: Policy, op: tuple[Any, ...], issued: list[int]) -> Policy:
         _, how, v = op
         policy.set_exploration(how, epsilon=v, temperature=v)
     elif kind == "add":
-        _, i, price_in, price_out = op
-        policy.add_model(
-            ModelSpec(f"c{i}", price_in, price_out), ["single", "best_of_n"], n_values=(1, 2)
+        _, i, price_in, price_out, latency_in, latency_out, prior = op
+        spec = ModelSpec(
+            f"c{i}",
+            price_in,
+            price_out,
+            latency_in_s_per_token=latency_in,
+            latency_out_s_per_token=latency_out,
+            prior_output_tokens=prior,
         )
+        policy.add_model(spec, ["single", "best_of_n"], n_values=(1, 2))
     elif kind == "retire":
         policy.retire_model(op[1])
     elif kind == "reload":
