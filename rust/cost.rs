@@ -61,7 +61,7 @@ impl Rls {
                 self.a = a;
                 self.b = b;
                 self.w = w;
-                self.count += 1;
+                self.count = self.count.saturating_add(1);
             }
         }
     }

@@ -385,3 +385,13 @@ def test_default_scales_that_overflow_are_refused() -> None:
         Policy(ActionSpace.grid([gold], n_values=(1,)), DIM)
     policy = Policy(ActionSpace.grid([gold], n_values=(1,)), DIM, cost_scale=1.0)
     assert_finite_state(policy)
+
+
+def test_action_uid_counter_at_2_64_does_not_wrap() -> None:
+    blob = bytearray(make().to_bytes()[:-4])
+    struct.pack_into("<Q", blob, HEADER + 16, 2**64 - 1)  # dim, model_slots, next_uid
+    policy = Policy.from_bytes(reseal(bytes(blob)))
+    state = policy.to_bytes()
+    with pytest.raises(ConfigError, match=r"action uids are exhausted"):
+        policy.add_model(ModelSpec("new", 1.0, 1.0), ["single"], n_values=(1,))
+    assert policy.to_bytes() == state
