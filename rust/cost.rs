@@ -55,11 +55,13 @@ impl Rls {
         if let Ok(inv) = linalg::spd_inverse(&a, n) {
             let mut w = vec![0.0; n];
             linalg::matvec(&inv, &b, &mut w);
-            if w.iter().all(|v| v.is_finite()) {
+            // Commit only a model whose every statistic stays finite (an observation in the
+            // 1e300s can overflow A or b while w still looks fine).
+            if w.iter().chain(&a).chain(&b).all(|v| v.is_finite()) {
                 self.a = a;
                 self.b = b;
                 self.w = w;
-                self.count += 1;
+                self.count = self.count.saturating_add(1);
             }
         }
     }
@@ -72,12 +74,16 @@ impl Rls {
     }
 
     fn read(r: &mut Reader, n: usize) -> CoreResult<Rls> {
-        Ok(Rls {
+        let me = Rls {
             count: r.u64()?,
             a: r.f64s("rls.A", n * n)?,
             b: r.f64s("rls.b", n)?,
             w: r.f64s("rls.w", n)?,
-        })
+        };
+        // A = kappa I + sum f f' is positive definite; anything else could never be updated
+        linalg::spd_inverse(&me.a, n)
+            .map_err(|e| CoreError::State(format!("cost model regression matrix: {e}")))?;
+        Ok(me)
     }
 }
 
@@ -265,9 +271,22 @@ impl CostModel {
             latency.push(Rls::read(r, 3)?);
         }
         let k = r.dim("cost.adaptive", 1 << 20)?;
-        let mut adaptive_samples = Vec::with_capacity(k);
+        let mut adaptive_samples: Vec<(u64, f64, f64)> = Vec::with_capacity(k);
         for _ in 0..k {
-            adaptive_samples.push((r.u64()?, r.finite_f64("samples")?, r.finite_f64("count")?));
+            let e = (r.u64()?, r.finite_f64("samples")?, r.finite_f64("count")?);
+            // `expected_samples` binary-searches by uid: strictly increasing, and the running
+            // sums are counts of samples (>= 0)
+            if adaptive_samples.last().is_some_and(|last| last.0 >= e.0) {
+                return Err(CoreError::State(
+                    "cost model: adaptive-sample entries are not sorted by action uid".into(),
+                ));
+            }
+            if e.1 < 0.0 || e.2 < 0.0 {
+                return Err(CoreError::State(
+                    "cost model: negative adaptive-sample statistics".into(),
+                ));
+            }
+            adaptive_samples.push(e);
         }
         Ok(CostModel {
             out_tokens,

@@ -25,6 +25,28 @@ use crate::error::{CoreError, CoreResult};
 use crate::state::{Reader, Writer};
 
 pub const LAMBDA_MAX: f64 = 1e4;
+/// Smallest pacing step: below it the debt cap `LAMBDA_MAX / step` and the debt a multiplier
+/// implies (`lambda / step`) overflow to infinity.
+pub const MIN_STEP: f64 = 1e-300;
+/// Largest gap between requests the rate estimate takes in (seconds). Only absurd clocks reach
+/// it; it keeps the moving average and everything derived from it finite.
+const MAX_GAP_S: f64 = f64::MAX / 4.0;
+
+/// `(cost - target) / target`, the overspend of one request in requests' worth of target, for
+/// any finite `cost >= 0` and any `target >= 0` (including a per-hour target that underflowed
+/// to 0 or overflowed to infinity): never NaN, possibly infinite (the caller clamps it).
+fn relative_overspend(cost_usd: f64, target_usd: f64) -> f64 {
+    if target_usd.is_infinite() {
+        -1.0
+    } else if target_usd > 0.0 {
+        // |cost - target| <= max(cost, target) is finite; the quotient may overflow, not NaN
+        (cost_usd - target_usd) / target_usd
+    } else if cost_usd > 0.0 {
+        f64::INFINITY
+    } else {
+        0.0
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Budget {
@@ -77,9 +99,9 @@ impl Pacer {
             }
             _ => {}
         }
-        if !(step.is_finite() && step > 0.0) {
+        if !(step.is_finite() && step >= MIN_STEP) {
             return Err(CoreError::Config(format!(
-                "pacing step must be finite and > 0, got {step}"
+                "pacing step must be finite and >= {MIN_STEP:e}, got {step}"
             )));
         }
         if !(carryover.is_finite() && carryover >= 0.0) {
@@ -104,7 +126,7 @@ impl Pacer {
     pub fn observe_request(&mut self, now_s: f64) {
         if let Budget::PerHour(_) = self.budget {
             if self.last_request_s.is_finite() {
-                let gap = (now_s - self.last_request_s).max(0.0);
+                let gap = (now_s - self.last_request_s).clamp(0.0, MAX_GAP_S);
                 self.gap_s = if self.gap_s > 0.0 {
                     0.98 * self.gap_s + 0.02 * gap
                 } else {
@@ -130,12 +152,34 @@ impl Pacer {
         }
     }
 
+    /// Checks that `observe_cost(cost_usd)` keeps every field finite, without changing anything.
+    pub fn check_cost(&self, cost_usd: f64) -> CoreResult<()> {
+        if !(cost_usd.is_finite() && cost_usd >= 0.0) {
+            return Err(CoreError::NonFinite(format!(
+                "realised cost_usd = {cost_usd} must be finite and >= 0"
+            )));
+        }
+        if !(self.total_cost_usd + cost_usd).is_finite() {
+            return Err(CoreError::NonFinite(format!(
+                "cost_usd = {cost_usd} would overflow the running total of spend \
+                 ({} so far); rejected before any state changed",
+                self.total_cost_usd
+            )));
+        }
+        if self.n_costs == u64::MAX {
+            return Err(CoreError::NonFinite("the cost counter is exhausted".into()));
+        }
+        Ok(())
+    }
+
+    /// Charges one request's cost. Call `check_cost` first: this never fails.
     pub fn observe_cost(&mut self, cost_usd: f64) {
-        self.n_costs += 1;
+        self.n_costs = self.n_costs.saturating_add(1);
         self.total_cost_usd += cost_usd;
         if let Some(t) = self.target_per_request() {
-            self.debt =
-                (self.debt + (cost_usd - t) / t).clamp(-self.carryover, LAMBDA_MAX / self.step);
+            let over = relative_overspend(cost_usd, t);
+            // debt is finite and `over` is never NaN, so the sum is never NaN either
+            self.debt = (self.debt + over).clamp(-self.carryover, LAMBDA_MAX / self.step);
             self.lambda = (self.step * self.debt).clamp(0.0, LAMBDA_MAX);
         }
     }
@@ -181,9 +225,25 @@ impl Pacer {
         let mut p = Pacer::new(budget, step, 0.0).map_err(|e| CoreError::State(e.to_string()))?;
         p.lambda = lambda.clamp(0.0, LAMBDA_MAX);
         p.gap_s = r.finite_f64("gap")?;
+        if !(0.0..=MAX_GAP_S).contains(&p.gap_s) {
+            return Err(CoreError::State(format!(
+                "request gap estimate must be in [0, {MAX_GAP_S:e}], got {}",
+                p.gap_s
+            )));
+        }
+        // NaN means "no request seen yet"; infinity is never written
         p.last_request_s = r.f64()?;
+        if p.last_request_s.is_infinite() {
+            return Err(CoreError::State("last request time is infinite".into()));
+        }
         p.n_costs = r.u64()?;
         p.total_cost_usd = r.finite_f64("total cost")?;
+        if p.total_cost_usd < 0.0 {
+            return Err(CoreError::State(format!(
+                "total cost must be >= 0, got {}",
+                p.total_cost_usd
+            )));
+        }
         if r.version >= 2 {
             let debt = r.finite_f64("pacing debt")?;
             let carryover = r.finite_f64("pacing carry-over")?;

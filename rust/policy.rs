@@ -168,6 +168,11 @@ pub struct UpdateResult {
 }
 
 /// Bounded store of decisions awaiting feedback.
+///
+/// `map` holds the live decisions; `order` is their arrival order for expiry. Completing a
+/// decision removes it from `map` only, leaving a stale id in `order`; expiry pops stale ids
+/// from the front, and `compact` drops the rest once they outnumber the live ones, so `order`
+/// stays within `2 * len + COMPACT_SLACK` however long an old decision stays pending.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PendingStore {
     map: HashMap<u64, Pending>,
@@ -198,6 +203,21 @@ impl PendingStore {
         self.map.is_empty()
     }
 
+    /// Entries of the internal bookkeeping (live, stale arrival-order and answered ids): what
+    /// the store's memory is proportional to. For tests of its bound.
+    pub fn bookkeeping_len(&self) -> usize {
+        self.map.len() + self.order.len() + self.done.len() + self.done_order.len()
+    }
+
+    /// Drops stale ids from `order` once they outnumber the live ones (amortised O(1) per
+    /// decision: each pass removes at least half of what it scans).
+    fn compact(&mut self) {
+        if self.order.len() > 2 * self.map.len() + COMPACT_SLACK {
+            let map = &self.map;
+            self.order.retain(|id| map.contains_key(id));
+        }
+    }
+
     fn expire(&mut self, now_s: f64) {
         while let Some(&id) = self.order.front() {
             match self.map.get(&id) {
@@ -217,25 +237,27 @@ impl PendingStore {
         self.map.insert(id, p);
         self.order.push_back(id);
         self.expire(now_s);
+        self.compact();
     }
 
-    /// Checks that `id` can take feedback now, without removing it.
-    fn check(&mut self, id: u64, next_id: u64, now_s: f64) -> CoreResult<()> {
+    /// The decision `id` if it can take feedback at `now_s`. Changes nothing: a failed update
+    /// must leave the store as it was (expiry is applied when an update succeeds).
+    fn get_live(&self, id: u64, next_id: u64, now_s: f64) -> CoreResult<&Pending> {
         if id >= next_id {
             return Err(CoreError::UnknownDecision(id));
         }
         if self.done.contains(&id) {
             return Err(CoreError::DuplicateUpdate(id));
         }
-        self.expire(now_s);
-        if self.map.contains_key(&id) {
-            Ok(())
-        } else {
-            Err(CoreError::ExpiredDecision(id))
+        match self.map.get(&id) {
+            Some(p) if now_s - p.created_s <= self.ttl_s => Ok(p),
+            _ => Err(CoreError::ExpiredDecision(id)),
         }
     }
 
-    fn complete(&mut self, id: u64) -> Option<Pending> {
+    /// Marks `id` answered (remembered for duplicate detection up to `capacity` ids) and
+    /// applies expiry at `now_s`.
+    fn complete(&mut self, id: u64, now_s: f64) -> Option<Pending> {
         let p = self.map.remove(&id)?;
         self.done.insert(id);
         self.done_order.push_back(id);
@@ -244,9 +266,14 @@ impl PendingStore {
                 self.done.remove(&old);
             }
         }
+        self.expire(now_s);
+        self.compact();
         Some(p)
     }
 }
+
+/// Stale ids `PendingStore::order` may hold beyond twice the live ones before a compaction.
+const COMPACT_SLACK: usize = 64;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
@@ -336,6 +363,18 @@ impl Policy {
         if !(cfg.latency_scale.is_finite() && cfg.latency_scale > 0.0) {
             cfg.latency_scale = if max_lat > 0.0 { max_lat } else { 1.0 };
         }
+        // Prices and priors near the top of the doubles make the defaults overflow.
+        for (what, v) in [
+            ("cost_scale", cfg.cost_scale),
+            ("latency_scale", cfg.latency_scale),
+        ] {
+            if !v.is_finite() {
+                return Err(CoreError::Config(format!(
+                    "the default {what} (one answer of the priciest / slowest model to a \
+                     500-token prompt) overflows with these model parameters; pass {what}"
+                )));
+            }
+        }
         Ok(Policy {
             space,
             learner,
@@ -366,6 +405,11 @@ impl Policy {
         now_s: f64,
     ) -> CoreResult<Decision> {
         let k = self.n_actions();
+        // Decision ids are u64 and never reused: refuse rather than wrap.
+        let next_id = self
+            .next_id
+            .checked_add(1)
+            .ok_or_else(|| CoreError::State("decision ids are exhausted (2**64 issued)".into()))?;
         let learner = self.learner.as_learner();
         learner.check_x(x)?;
         check_finite_scalar("input_tokens", input_tokens)?;
@@ -429,6 +473,30 @@ impl Policy {
                 - (w.cost + lambda) * preds[i].cost_usd / cs
                 - w.latency * preds[i].latency_s / ls
         };
+
+        // Finite inputs can still overflow (input_tokens = 1e308 on a fan-out action, features
+        // in the 1e300s): refuse the request before anything changes rather than store an
+        // infinite prediction or rank NaN scores.
+        for i in 0..k {
+            if allowed.is_some_and(|m| !m[i]) {
+                continue;
+            }
+            let p = &preds[i];
+            let parts = [
+                ("predicted output tokens", p.output_tokens_per_sample),
+                ("predicted cost", p.cost_usd),
+                ("predicted latency", p.latency_s),
+                ("quality mean", qmean[i]),
+                ("quality bonus", qbonus[i]),
+                ("score", mean_of(i) + w.quality * qbonus[i]),
+            ];
+            if let Some((what, v)) = parts.iter().find(|(_, v)| !v.is_finite()) {
+                return Err(CoreError::NonFinite(format!(
+                    "the {what} of action {i} is {v} for this request (input_tokens = \
+                     {input_tokens}); rejected before any state changed"
+                )));
+            }
+        }
 
         let fallback = feasible.is_empty();
         let (candidates, probabilities, chosen, explored) = if fallback {
@@ -521,7 +589,7 @@ impl Policy {
 
         let a = self.space.actions[chosen];
         let id = self.next_id;
-        self.next_id += 1;
+        self.next_id = next_id;
         self.pacer.observe_request(now_s);
         let psi = match &self.learner {
             QualityLearner::Shared(_) => self.space.psi(&a),
@@ -573,20 +641,43 @@ impl Policy {
             - self.weights.latency * latency_s / self.cfg.latency_scale
     }
 
+    /// Realised reward under the current weights, rejected when it overflows (a finite
+    /// quality, cost or latency in the 1e300s can still give an infinite reward).
+    fn checked_reward(&self, quality: f64, cost_usd: f64, latency_s: f64) -> CoreResult<f64> {
+        let r = self.reward(quality, cost_usd, latency_s);
+        if r.is_finite() {
+            Ok(r)
+        } else {
+            Err(CoreError::NonFinite(format!(
+                "the reward of quality {quality}, cost_usd {cost_usd} and latency_s {latency_s} \
+                 overflows; rejected before any state changed"
+            )))
+        }
+    }
+
     /// Feedback for a decision. Validated completely before anything changes; an unknown,
-    /// expired or already-updated id is rejected.
+    /// expired or already-updated id is rejected. A refused update changes nothing, with one
+    /// exception: when the id itself has expired, the expired decisions are dropped from the
+    /// pending store (none of them can take feedback any more).
     pub fn update(&mut self, id: u64, fb: Feedback, now_s: f64) -> CoreResult<UpdateResult> {
         check_feedback(&fb)?;
         check_finite_scalar("now_s", now_s)?;
-        self.pending.check(id, self.next_id, now_s)?;
-        let p = match self.pending.map.get(&id) {
-            Some(p) => p,
-            None => return Err(CoreError::ExpiredDecision(id)),
-        };
-        let samples = samples_used(&p.action, &fb)?;
-        // Learner first: it is the only step that can fail (numerical overflow), and the
-        // pending record is only consumed once it succeeded.
+        if let Err(e) = self.pending.get_live(id, self.next_id, now_s).map(|_| ()) {
+            if matches!(e, CoreError::ExpiredDecision(_)) {
+                self.pending.expire(now_s);
+                self.pending.compact();
+            }
+            return Err(e);
+        }
+        let p = self.pending.get_live(id, self.next_id, now_s)?;
         let a = p.action;
+        let samples = samples_used(&a, &fb)?;
+        let (cost_usd, latency_s) =
+            self.realised_usage(&a, p.input_tokens, &p.prediction, &fb, samples)?;
+        let reward = self.checked_reward(fb.quality, cost_usd, latency_s)?;
+        self.pacer.check_cost(cost_usd)?;
+        // The learner is the last step that can fail (numerical overflow) and fails without
+        // changing anything; everything after it cannot fail.
         let learner_updated = match &mut self.learner {
             QualityLearner::Shared(l) => {
                 l.update_features(&p.psi, &p.x, fb.quality)?;
@@ -602,40 +693,36 @@ impl Policy {
                 }
             }
         };
-        let p = self
-            .pending
-            .complete(id)
-            .ok_or(CoreError::ExpiredDecision(id))?;
-        let (cost_usd, latency_s) =
-            self.learn_usage(&a, p.input_tokens, &p.prediction, &fb, samples);
+        let input_tokens = p.input_tokens;
+        self.pending.complete(id, now_s);
+        self.cost.observe(
+            &self.space,
+            &a,
+            input_tokens,
+            fb.output_tokens,
+            samples,
+            fb.latency_s,
+        );
         self.pacer.observe_cost(cost_usd);
         Ok(UpdateResult {
-            reward: self.reward(fb.quality, cost_usd, latency_s),
+            reward,
             cost_usd,
             latency_s,
             learner_updated,
         })
     }
 
-    /// Teaches the cost model what action `a` used on a request, and returns the realised
-    /// (cost, latency): the measured values where given, else what the token counts (or the
-    /// prediction made for the request) imply.
-    fn learn_usage(
-        &mut self,
+    /// The realised (cost, latency) of action `a` on a request: the measured values where
+    /// given, else what the token counts (or the prediction made for the request) imply.
+    /// Rejected when a derived value overflows.
+    fn realised_usage(
+        &self,
         a: &ActionDef,
         input_tokens: f64,
         prediction: &Prediction,
         fb: &Feedback,
         samples: f64,
-    ) -> (f64, f64) {
-        self.cost.observe(
-            &self.space,
-            a,
-            input_tokens,
-            fb.output_tokens,
-            samples,
-            fb.latency_s,
-        );
+    ) -> CoreResult<(f64, f64)> {
         let model = &self.space.models[a.model];
         let cost_usd = fb.cost_usd.unwrap_or_else(|| {
             let out = fb
@@ -643,7 +730,17 @@ impl Policy {
                 .unwrap_or(prediction.output_tokens_per_sample * samples);
             CostModel::realised_cost(model, input_tokens, out, samples)
         });
-        (cost_usd, fb.latency_s.unwrap_or(prediction.latency_s))
+        let latency_s = fb.latency_s.unwrap_or(prediction.latency_s);
+        for (what, v) in [("cost_usd", cost_usd), ("latency_s", latency_s)] {
+            if !v.is_finite() {
+                return Err(CoreError::NonFinite(format!(
+                    "the realised {what} of this outcome overflows (input_tokens \
+                     {input_tokens}, output_tokens {:?}); rejected before any state changed",
+                    fb.output_tokens
+                )));
+            }
+        }
+        Ok((cost_usd, latency_s))
     }
 
     /// Learns from an outcome that no decision of this policy asked for: a sub-action observed
@@ -678,6 +775,10 @@ impl Policy {
         let a = self.space.actions[i];
         let samples = samples_used(&a, &fb)?;
         let prediction = self.cost.predict(&self.space, &a, input_tokens);
+        let (cost_usd, latency_s) =
+            self.realised_usage(&a, input_tokens, &prediction, &fb, samples)?;
+        let reward = self.checked_reward(fb.quality, cost_usd, latency_s)?;
+        // the last step that can fail, and it fails without changing anything
         match &mut self.learner {
             QualityLearner::Shared(l) => {
                 let psi = self.space.psi(&a);
@@ -685,9 +786,16 @@ impl Policy {
             }
             QualityLearner::Disjoint(l) => l.update(index, x, fb.quality)?,
         }
-        let (cost_usd, latency_s) = self.learn_usage(&a, input_tokens, &prediction, &fb, samples);
+        self.cost.observe(
+            &self.space,
+            &a,
+            input_tokens,
+            fb.output_tokens,
+            samples,
+            fb.latency_s,
+        );
         Ok(UpdateResult {
-            reward: self.reward(fb.quality, cost_usd, latency_s),
+            reward,
             cost_usd,
             latency_s,
             learner_updated: true,
@@ -1009,7 +1117,7 @@ impl Policy {
                 latency_s: r.finite_f64("pred")?,
             };
             let created_s = r.finite_f64("created_s")?;
-            pending.map.insert(
+            let previous = pending.map.insert(
                 id,
                 Pending {
                     x,
@@ -1025,17 +1133,26 @@ impl Policy {
                     created_s,
                 },
             );
+            if previous.is_some() {
+                return Err(CoreError::State(format!(
+                    "pending decision {id} is listed twice"
+                )));
+            }
             pending.order.push_back(id);
         }
         let n_done = r.dim("n_done", 1 << 32)?;
         for _ in 0..n_done {
             let id = r.u64()?;
-            pending.done.insert(id);
+            if !pending.done.insert(id) {
+                return Err(CoreError::State(format!(
+                    "answered decision {id} is listed twice"
+                )));
+            }
             pending.done_order.push_back(id);
         }
         r.finish()?;
         check_finite("cost scales", &[cost_scale, latency_scale])?;
-        Ok(Policy {
+        let me = Policy {
             space,
             learner,
             cost,
@@ -1046,8 +1163,225 @@ impl Policy {
             pending,
             next_id,
             dim,
-        })
+        };
+        me.check_invariants()
+            .map_err(|e| CoreError::State(format!("inconsistent policy state: {e}")))?;
+        Ok(me)
     }
+
+    /// Every cross-field invariant the methods rely on (indexing, binary searches, id
+    /// arithmetic). A checksum only proves the bytes are the ones written; this proves they
+    /// describe a policy the code can run, so a crafted or buggy blob is a `StateError` at load
+    /// instead of a panic later (for example a shared learner narrower than the action space
+    /// indexing out of bounds after `add_model`). Returns the first violation as a message.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let space = &self.space;
+        if space.models.len() > space.model_slots {
+            return Err("more models than model slots".into());
+        }
+        for (i, m) in space.models.iter().enumerate() {
+            m.validate().map_err(|e| e.to_string())?;
+            if m.slot != i {
+                return Err(format!("model {:?} is not in its own slot", m.name));
+            }
+            if space.models[..i].iter().any(|o| o.name == m.name) {
+                return Err(format!("model name {:?} is registered twice", m.name));
+            }
+        }
+        let valid_action = |a: &ActionDef| -> Result<(), String> {
+            if a.model >= space.models.len() {
+                return Err(format!("an action refers to unknown model {}", a.model));
+            }
+            if a.n == 0 || a.n > 4096 || (a.strategy == Strategy::Single && a.n != 1) {
+                return Err(format!(
+                    "an action has an invalid ({}, n = {})",
+                    a.strategy.name(),
+                    a.n
+                ));
+            }
+            if a.uid >= space.next_uid {
+                return Err(format!(
+                    "action uid {} is not below the uid counter {}",
+                    a.uid, space.next_uid
+                ));
+            }
+            Ok(())
+        };
+        let mut uids = HashSet::with_capacity(space.actions.len());
+        let mut triples = HashSet::with_capacity(space.actions.len());
+        for a in &space.actions {
+            valid_action(a)?;
+            if space.models[a.model].retired {
+                return Err(format!("action uid {} belongs to a retired model", a.uid));
+            }
+            if !uids.insert(a.uid) || !triples.insert((a.model, a.strategy, a.n)) {
+                return Err(format!("action uid {} is a duplicate", a.uid));
+            }
+        }
+        if space.actions.is_empty() {
+            return Err("the action space is empty".into());
+        }
+        let learner = self.learner.as_learner();
+        if learner.n_actions() != space.actions.len() || learner.dim() != self.dim {
+            return Err(format!(
+                "the learner has {} actions of dimension {}, the policy {} of dimension {}",
+                learner.n_actions(),
+                learner.dim(),
+                space.actions.len(),
+                self.dim
+            ));
+        }
+        if let QualityLearner::Shared(l) = &self.learner {
+            if l.p != space.p() {
+                return Err(format!(
+                    "the shared learner has {} action features, the action space {}",
+                    l.p,
+                    space.p()
+                ));
+            }
+            if !close(&l.psi, &space.psi_matrix()) {
+                return Err(
+                    "the shared learner's action features are not the action space's".into(),
+                );
+            }
+        }
+        if self.cost.latency.len() != space.models.len()
+            || self.cost.out_tokens.len() != 4 * space.models.len()
+        {
+            return Err("the cost model does not cover every model".into());
+        }
+        if self
+            .cost
+            .adaptive_samples
+            .iter()
+            .any(|e| e.0 >= space.next_uid)
+        {
+            return Err("the cost model refers to an action uid never issued".into());
+        }
+        for (what, v) in [
+            ("cost_scale", self.cfg.cost_scale),
+            ("latency_scale", self.cfg.latency_scale),
+            ("ttl_s", self.cfg.ttl_s),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(format!("{what} must be finite and > 0, got {v}"));
+            }
+        }
+        let store = &self.pending;
+        if self.cfg.capacity == 0
+            || store.capacity != self.cfg.capacity
+            || store.ttl_s != self.cfg.ttl_s
+        {
+            return Err("pending-store capacity or TTL disagrees with the configuration".into());
+        }
+        if store.map.len() > store.capacity || store.done_order.len() > store.capacity {
+            return Err(format!(
+                "{} pending and {} answered decisions exceed the capacity {}",
+                store.map.len(),
+                store.done_order.len(),
+                store.capacity
+            ));
+        }
+        if store.done.len() != store.done_order.len() {
+            return Err("answered decision ids are inconsistent".into());
+        }
+        let p_len = match &self.learner {
+            QualityLearner::Shared(_) => space.p(),
+            QualityLearner::Disjoint(_) => 0,
+        };
+        let queued: HashSet<u64> = store.order.iter().copied().collect();
+        let by_uid: HashMap<u64, &ActionDef> = space.actions.iter().map(|a| (a.uid, a)).collect();
+        for (&id, p) in &store.map {
+            if id >= self.next_id {
+                return Err(format!(
+                    "pending decision {id} is not below the id counter {}",
+                    self.next_id
+                ));
+            }
+            if store.done.contains(&id) {
+                return Err(format!("decision {id} is both pending and answered"));
+            }
+            if !queued.contains(&id) {
+                return Err(format!(
+                    "pending decision {id} is missing from the expiry queue"
+                ));
+            }
+            valid_action(&p.action)?;
+            match by_uid.get(&p.action.uid) {
+                Some(a) if **a != p.action => {
+                    return Err(format!(
+                        "pending decision {id} disagrees with action uid {}",
+                        a.uid
+                    ))
+                }
+                Some(_) => {}
+                // an action leaves the space only when its model is retired
+                None if !space.models[p.action.model].retired => {
+                    return Err(format!(
+                        "pending decision {id} refers to action uid {} of an active model, \
+                         which is not in the action space",
+                        p.action.uid
+                    ))
+                }
+                None => {}
+            }
+            if p.x.len() != self.dim || p.x.iter().any(|v| !v.is_finite()) {
+                return Err(format!(
+                    "pending decision {id} has invalid request features"
+                ));
+            }
+            if p.psi.len() != p_len || (p_len > 0 && !close(&p.psi, &space.psi(&p.action))) {
+                return Err(format!("pending decision {id} has invalid action features"));
+            }
+            let pr = &p.prediction;
+            if [
+                p.input_tokens,
+                pr.output_tokens_per_sample,
+                pr.samples,
+                pr.rounds,
+                pr.cost_usd,
+                pr.latency_s,
+            ]
+            .iter()
+            .any(|v| !(v.is_finite() && *v >= 0.0))
+                || !p.created_s.is_finite()
+            {
+                return Err(format!("pending decision {id} has an invalid prediction"));
+            }
+        }
+        if let Some(id) = store.done_order.iter().find(|id| **id >= self.next_id) {
+            return Err(format!(
+                "answered decision {id} is not below the id counter {}",
+                self.next_id
+            ));
+        }
+        let pacer = &self.pacer;
+        for (what, v) in [
+            ("lambda", pacer.lambda),
+            ("step", pacer.step),
+            ("gap", pacer.gap_s),
+            ("total cost", pacer.total_cost_usd),
+            ("debt", pacer.debt),
+            ("carry-over", pacer.carryover),
+        ] {
+            if !v.is_finite() {
+                return Err(format!("pacer {what} is not finite"));
+            }
+        }
+        if pacer.last_request_s.is_infinite() {
+            return Err("pacer last request time is infinite".into());
+        }
+        Ok(())
+    }
+}
+
+/// Equal up to rounding (psi is recomputed from prices with `ln`, which may differ in the last
+/// bit between platforms).
+fn close(a: &[f64], b: &[f64]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| (x - y).abs() <= 1e-9 * y.abs().max(1.0))
 }
 
 /// Samples an outcome of action `a` used: `fb.samples_used` (default `n`), within 1..=n.
@@ -1079,4 +1413,210 @@ fn check_feedback(fb: &Feedback) -> CoreResult<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(name: &str, price: f64) -> ModelInfo {
+        ModelInfo {
+            name: name.into(),
+            price_in_per_mtok: price,
+            price_out_per_mtok: 2.0 * price,
+            parallelism: 4,
+            bills_prompt_once: false,
+            latency_in_s_per_token: 1e-4,
+            latency_out_s_per_token: 1e-2,
+            prior_output_tokens: 200.0,
+            slot: 0,
+            retired: false,
+        }
+    }
+
+    fn policy(shared: bool, budget: Budget) -> Policy {
+        Policy::new(
+            vec![
+                (
+                    model("a", 1.0),
+                    vec![(Strategy::Single, 1), (Strategy::SelfConsistency, 4)],
+                ),
+                (
+                    model("b", 5.0),
+                    vec![(Strategy::Single, 1), (Strategy::BestOfN, 8)],
+                ),
+            ],
+            3,
+            2,
+            shared,
+            Config {
+                alpha: 1.0,
+                ridge: 1.0,
+                discount: 1.0,
+                prior_mean: 0.0,
+            },
+            Weights {
+                quality: 1.0,
+                cost: 0.4,
+                latency: 0.1,
+            },
+            PolicyConfig {
+                cost_scale: f64::NAN,
+                latency_scale: f64::NAN,
+                exploration: Exploration::Greedy,
+                ttl_s: 1e9,
+                capacity: 1000,
+                feature_version: String::new(),
+            },
+            budget,
+            0.05,
+            100.0,
+            7,
+        )
+        .unwrap()
+    }
+
+    /// Equal state (compared by bytes: `last_request_s` is NaN before the first request and
+    /// NaN != NaN) and equal bookkeeping.
+    fn assert_same(a: &Policy, b: &Policy) {
+        assert!(a.to_bytes() == b.to_bytes(), "the state changed");
+        assert_eq!(a.pending.bookkeeping_len(), b.pending.bookkeeping_len());
+    }
+
+    fn fb(quality: f64) -> Feedback {
+        Feedback {
+            quality,
+            ..Feedback::default()
+        }
+    }
+
+    /// D16: one old decision left pending while millions of others are answered must not make
+    /// the store's bookkeeping grow with the number of decisions.
+    #[test]
+    fn pending_bookkeeping_stays_bounded_behind_an_old_decision() {
+        let mut p = policy(false, Budget::None);
+        p.select(&[0.1, 0.2], 100.0, None, None, None, 0.0).unwrap(); // never answered
+        let mut peak = 0;
+        for t in 1..50_000 {
+            let d = p
+                .select(&[0.3, -0.1], 100.0, None, None, None, t as f64)
+                .unwrap();
+            p.update(d.id, fb(0.5), t as f64).unwrap();
+            peak = peak.max(p.pending.bookkeeping_len());
+        }
+        assert_eq!(p.pending.len(), 1);
+        // live (1) + stale order (< 2 + slack) + remembered answers (capacity, twice)
+        assert!(peak <= 1 + 2 + COMPACT_SLACK + 1 + 2 * 1000, "peak {peak}");
+    }
+
+    /// D15: an update refused for any reason leaves everything as it was, including the other
+    /// pending decisions an expiry pass would have dropped.
+    #[test]
+    fn refused_update_changes_nothing() {
+        for shared in [false, true] {
+            let mut p = policy(shared, Budget::PerRequest(1e-4));
+            p.cfg.ttl_s = 10.0;
+            p.pending.ttl_s = 10.0;
+            let old = p.select(&[0.1, 0.2], 100.0, None, None, None, 0.0).unwrap();
+            let d = p.select(&[0.1, 0.2], 100.0, None, None, None, 5.0).unwrap();
+            let before = p.clone();
+            // at t = 12 the first decision has expired; samples_used = 0 is invalid
+            let bad = Feedback {
+                samples_used: Some(0.0),
+                ..fb(0.5)
+            };
+            assert!(matches!(
+                p.update(d.id, bad, 12.0),
+                Err(CoreError::Config(_))
+            ));
+            assert_same(&p, &before);
+            let huge = Feedback {
+                cost_usd: Some(f64::MAX),
+                ..fb(0.5)
+            };
+            assert!(matches!(
+                p.update(d.id, huge, 12.0),
+                Err(CoreError::NonFinite(_))
+            ));
+            assert_same(&p, &before);
+            assert_eq!(p.pending.len(), 2);
+            p.update(d.id, fb(0.5), 12.0).unwrap();
+            assert_eq!(
+                p.pending.len(),
+                0,
+                "the expired decision went with the update"
+            );
+            // an update of the expired id itself is refused and drops it (and only it)
+            let mut q = before.clone();
+            assert!(matches!(
+                q.update(old.id, fb(0.5), 12.0),
+                Err(CoreError::ExpiredDecision(_))
+            ));
+            assert_eq!(q.pending.len(), 1);
+            q.update(d.id, fb(0.5), 12.0).unwrap();
+        }
+    }
+
+    /// D2: two updates of 1e308 dollars overflow the running total: the second is refused.
+    #[test]
+    fn spend_total_never_overflows() {
+        let mut p = policy(true, Budget::PerRequest(1e-3));
+        let a = p.select(&[0.1, 0.2], 100.0, None, None, None, 0.0).unwrap();
+        let b = p.select(&[0.1, 0.2], 100.0, None, None, None, 0.0).unwrap();
+        let big = Feedback {
+            cost_usd: Some(1e308),
+            ..fb(0.5)
+        };
+        // the reward -0.4 * 1e308 / cost_scale overflows already
+        assert!(matches!(
+            p.update(a.id, big, 1.0),
+            Err(CoreError::NonFinite(_))
+        ));
+        p.weights.cost = 0.0;
+        p.update(a.id, big, 1.0).unwrap();
+        let before = p.clone();
+        assert!(matches!(
+            p.update(b.id, big, 1.0),
+            Err(CoreError::NonFinite(_))
+        ));
+        assert_same(&p, &before);
+        assert!(p.pacer.lambda.is_finite() && p.pacer.debt.is_finite());
+        Policy::from_bytes(&p.to_bytes()).unwrap();
+    }
+
+    #[test]
+    fn exhausted_decision_ids_are_an_error_not_a_wrap() {
+        let mut p = policy(false, Budget::None);
+        p.next_id = u64::MAX;
+        let before = p.clone();
+        assert!(matches!(
+            p.select(&[0.1, 0.2], 100.0, None, None, None, 0.0),
+            Err(CoreError::State(_))
+        ));
+        assert_same(&p, &before);
+    }
+
+    /// D3: invariants a checksum cannot see are checked at load.
+    #[test]
+    fn invariants_hold_for_valid_policies_and_catch_a_narrow_learner() {
+        let mut p = policy(true, Budget::None);
+        p.select(&[0.1, 0.2], 100.0, None, None, None, 0.0).unwrap();
+        p.check_invariants().unwrap();
+        p.add_model(model("c", 2.0), &[(Strategy::Adaptive, 4)])
+            .unwrap();
+        p.retire_model("a").unwrap();
+        p.check_invariants().unwrap();
+        let mut bad = p.clone();
+        if let QualityLearner::Shared(l) = &mut bad.learner {
+            // a learner built for one model slot fewer: p - 1 features per action
+            let k = l.k;
+            let narrow = l.p - 1;
+            *l = SharedLinUcb::new(vec![0.0; k * narrow], k, narrow, 2, l.cfg).unwrap();
+        }
+        let err = Policy::from_bytes(&bad.to_bytes()).unwrap_err();
+        assert!(
+            matches!(&err, CoreError::State(m) if m.contains("action features")),
+            "{err}"
+        );
+    }
 }

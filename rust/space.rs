@@ -61,6 +61,11 @@ impl Strategy {
     }
 }
 
+/// Largest price, per-token latency or output-token prior a model may declare: finite values
+/// beyond it overflow what the cost model derives from them (per-thousand-token latency
+/// coefficients, the regressions' priors), which then cannot be saved.
+pub const MAX_MODEL_VALUE: f64 = 1e300;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelInfo {
     pub name: String,
@@ -90,9 +95,9 @@ impl ModelInfo {
         ] {
             check_finite_scalar(what, v)
                 .map_err(|e| CoreError::Config(format!("model {:?}: {e}", self.name)))?;
-            if v < 0.0 {
+            if !(0.0..=MAX_MODEL_VALUE).contains(&v) {
                 return Err(CoreError::Config(format!(
-                    "model {:?}: {what} must be >= 0, got {v}",
+                    "model {:?}: {what} must be in [0, {MAX_MODEL_VALUE:e}], got {v}",
                     self.name
                 )));
             }
@@ -188,6 +193,10 @@ impl Space {
                 "strategy 'single' requires n == 1".into(),
             ));
         }
+        let next_uid = self
+            .next_uid
+            .checked_add(1)
+            .ok_or_else(|| CoreError::Config("action uids are exhausted".into()))?;
         if self
             .actions
             .iter()
@@ -205,7 +214,7 @@ impl Space {
             n,
             uid: self.next_uid,
         });
-        self.next_uid += 1;
+        self.next_uid = next_uid;
         Ok(self.actions.len() - 1)
     }
 

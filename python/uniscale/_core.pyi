@@ -181,14 +181,20 @@ class LinUCB:
         mapping (old K,): ``mapping[old]`` is the new index, or -1 if removed. Raises
         ``ConfigError`` rather than remove every action."""
     def to_bytes(self) -> bytes:
-        """The complete state in the versioned, checksummed binary format."""
+        """The complete state in the versioned, checksummed binary format, verified to load
+        back (``StateError`` otherwise) before it is returned."""
     @staticmethod
     def from_bytes(data: _Bytes) -> LinUCB:
         """Rebuilds a learner from ``to_bytes`` output; ``StateError`` if the blob is
         truncated, corrupt, of another kind or of another format version."""
     def save(self, path: _Path) -> None:
         """Writes ``to_bytes()`` to ``path`` atomically (temporary file, fsync, rename): a
-        crash leaves the old file or the new one. ``OSError`` on I/O failure."""
+        crash leaves the old file or the new one, and the next save removes the temporary file
+        a killed writer left. The bytes are first loaded back with every validation of
+        ``load``: if they do not load, ``StateError`` is raised and the old file stays. If
+        ``path`` is a symbolic link, the file it points to is replaced (the link stays); an
+        existing file keeps its permission bits (its owner becomes the saving user).
+        ``OSError`` on I/O failure."""
     @staticmethod
     def load(path: _Path) -> LinUCB:
         """Reads a file written by ``save``; ``OSError`` if it cannot be read, ``StateError``
@@ -273,12 +279,14 @@ class SharedLinUCB:
         """Removes the actions at ``indices``; returns the mapping (old K,) to new indices,
         -1 for removed ones. Raises ``ConfigError`` rather than remove every action."""
     def to_bytes(self) -> bytes:
-        """The complete state in the versioned, checksummed binary format."""
+        """The complete state in the versioned, checksummed binary format, verified to load
+        back (``StateError`` otherwise) before it is returned."""
     @staticmethod
     def from_bytes(data: _Bytes) -> SharedLinUCB:
         """Rebuilds a learner from ``to_bytes`` output; ``StateError`` if invalid."""
     def save(self, path: _Path) -> None:
-        """Writes ``to_bytes()`` to ``path`` atomically; ``OSError`` on I/O failure."""
+        """Writes ``to_bytes()`` to ``path`` atomically, exactly as ``LinUCB.save`` (verified
+        to load back first, symlinks written through, the file mode kept)."""
     @staticmethod
     def load(path: _Path) -> SharedLinUCB:
         """Reads a file written by ``save``; ``OSError`` or ``StateError`` on failure."""
@@ -556,10 +564,12 @@ class PolicyCore:
         self, model: _ModelTuple, actions: list[tuple[str, int]]
     ) -> NDArray[np.int64]: ...
     def retire_model(self, name: str) -> NDArray[np.int64]: ...
-    def to_bytes(self) -> bytes: ...
+    def to_bytes(self) -> bytes:
+        """The state blob, verified to load back (``StateError`` otherwise)."""
     @staticmethod
     def from_bytes(data: _Bytes) -> PolicyCore: ...
-    def save(self, path: _Path) -> None: ...
+    def save(self, path: _Path) -> None:
+        """Atomic, verified save, as ``LinUCB.save``."""
     @staticmethod
     def load(path: _Path) -> PolicyCore: ...
     def __reduce__(self) -> tuple[object, tuple[bytes]]: ...

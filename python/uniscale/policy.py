@@ -356,7 +356,14 @@ class Policy:
         return cls._wrap(PolicyCore.from_bytes(data), models)
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Atomic save (temp file, fsync, rename): a crash never leaves a half-written file."""
+        """Atomic save (temp file, fsync, rename): a crash never leaves a half-written file.
+
+        The bytes are loaded back (every validation of `load`) before the old file is
+        replaced; if they do not load, `StateError` is raised and the old file stays. A
+        temporary file left by a writer killed mid-save is removed by the next save. If
+        ``path`` is a symbolic link, its target is replaced and the link kept; an existing
+        file keeps its permission bits (a 0600 file stays 0600).
+        """
         self._core.save(Path(path))
 
     @classmethod

@@ -184,16 +184,36 @@ fn matrix<'py>(
     v.into_pyarray(py).reshape([rows, cols])
 }
 
-/// Serialises (under the caller's lock) and writes atomically, with the GIL released.
-pub(super) fn save_with(
+/// Serialises (under the caller's lock), checks with `load` (the loader `from_bytes` uses,
+/// every validation included) that the bytes read back, and only then writes them atomically
+/// (`state::atomic_write`), with the GIL released. The lock is not held while verifying.
+pub(super) fn save_with<T>(
     py: Python<'_>,
     path: &std::path::Path,
     to_bytes: impl FnOnce() -> Vec<u8> + Send,
+    load: impl FnOnce(&[u8]) -> Result<T, CoreError> + Send,
 ) -> PyResult<()> {
-    Ok(py.detach(|| state::atomic_write(path, &to_bytes()))?)
+    Ok(py.detach(|| {
+        let bytes = to_bytes();
+        state::save_verified(path, &bytes, |b| state::verify_loads(b, load))
+    })?)
 }
 
-/// Pickle support shared by every stateful pyclass: `(type(self).from_bytes, (bytes,))`.
+/// Serialises (under the caller's lock) and returns the bytes once `load` accepted them: what
+/// `to_bytes` and pickle hand out always loads. The GIL is released.
+pub(super) fn verified_bytes<T>(
+    py: Python<'_>,
+    to_bytes: impl FnOnce() -> Vec<u8> + Send,
+    load: impl FnOnce(&[u8]) -> Result<T, CoreError> + Send,
+) -> PyResult<Vec<u8>> {
+    Ok(py.detach(|| {
+        let bytes = to_bytes();
+        state::verify_loads(&bytes, load).map(|()| bytes)
+    })?)
+}
+
+/// Pickle support shared by every stateful pyclass: `(type(self).from_bytes, (bytes,))`, with
+/// `bytes` from `verified_bytes`.
 pub(super) fn reduce<'py, T: pyo3::PyClass>(
     slf: &Bound<'py, T>,
     bytes: Vec<u8>,
@@ -356,9 +376,10 @@ impl PyLinUcb {
         Ok(mapping.into_pyarray(py))
     }
 
-    fn to_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        let bytes = py.detach(|| self.inner.read().to_bytes());
-        PyBytes::new(py, &bytes)
+    /// The state blob; verified to load back before it is returned.
+    fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let bytes = verified_bytes(py, || self.inner.read().to_bytes(), LinUcb::from_bytes)?;
+        Ok(PyBytes::new(py, &bytes))
     }
 
     #[staticmethod]
@@ -370,7 +391,12 @@ impl PyLinUcb {
     }
 
     fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
-        save_with(py, &path, || self.inner.read().to_bytes())
+        save_with(
+            py,
+            &path,
+            || self.inner.read().to_bytes(),
+            LinUcb::from_bytes,
+        )
     }
 
     #[staticmethod]
@@ -382,7 +408,8 @@ impl PyLinUcb {
     }
 
     fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyTuple>> {
-        let bytes = slf.get().inner.read().to_bytes();
+        let me = slf.get();
+        let bytes = verified_bytes(slf.py(), || me.inner.read().to_bytes(), LinUcb::from_bytes)?;
         reduce(slf, bytes)
     }
 
@@ -570,9 +597,14 @@ impl PySharedLinUcb {
         Ok(mapping.into_pyarray(py))
     }
 
-    fn to_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        let bytes = py.detach(|| self.inner.read().to_bytes());
-        PyBytes::new(py, &bytes)
+    /// The state blob; verified to load back before it is returned.
+    fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let bytes = verified_bytes(
+            py,
+            || self.inner.read().to_bytes(),
+            SharedLinUcb::from_bytes,
+        )?;
+        Ok(PyBytes::new(py, &bytes))
     }
 
     #[staticmethod]
@@ -584,7 +616,12 @@ impl PySharedLinUcb {
     }
 
     fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
-        save_with(py, &path, || self.inner.read().to_bytes())
+        save_with(
+            py,
+            &path,
+            || self.inner.read().to_bytes(),
+            SharedLinUcb::from_bytes,
+        )
     }
 
     #[staticmethod]
@@ -596,7 +633,12 @@ impl PySharedLinUcb {
     }
 
     fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyTuple>> {
-        let bytes = slf.get().inner.read().to_bytes();
+        let me = slf.get();
+        let bytes = verified_bytes(
+            slf.py(),
+            || me.inner.read().to_bytes(),
+            SharedLinUcb::from_bytes,
+        )?;
         reduce(slf, bytes)
     }
 

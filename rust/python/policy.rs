@@ -6,10 +6,10 @@ use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods};
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyDict, PyTuple};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyTuple};
 
 use super::convert::{action_index, bool_nd, f64_1d};
-use super::learners::{reduce, save_with, ArrayPair};
+use super::learners::{reduce, save_with, verified_bytes, ArrayPair};
 use super::{ShapeError, UnknownDecisionError};
 use crate::cost::Prediction;
 use crate::error::CoreError;
@@ -433,8 +433,14 @@ impl PyPolicyCore {
         samples_used: Option<f64>,
         now: Option<f64>,
     ) -> PyResult<(f64, f64, f64, bool)> {
-        // Ids are u64 in the core; anything else (negative, huge, not an int) was never issued.
-        let id: u64 = decision_id.extract().map_err(|_| {
+        // Ids are u64 in the core; anything else (negative, huge, not an int, a bool) was never
+        // issued.
+        let extracted: PyResult<u64> = if decision_id.is_instance_of::<PyBool>() {
+            Err(UnknownDecisionError::new_err("bool"))
+        } else {
+            decision_id.extract()
+        };
+        let id: u64 = extracted.map_err(|_| {
             let shown = decision_id
                 .repr()
                 .map(|r| r.to_string())
@@ -690,9 +696,10 @@ impl PyPolicyCore {
         Ok(m.into_pyarray(py))
     }
 
-    fn to_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        let b = py.detach(|| self.inner.lock().to_bytes());
-        PyBytes::new(py, &b)
+    /// The state blob; verified to load back before it is returned.
+    fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let b = verified_bytes(py, || self.inner.lock().to_bytes(), Policy::from_bytes)?;
+        Ok(PyBytes::new(py, &b))
     }
 
     #[staticmethod]
@@ -704,7 +711,12 @@ impl PyPolicyCore {
     }
 
     fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
-        save_with(py, &path, || self.inner.lock().to_bytes())
+        save_with(
+            py,
+            &path,
+            || self.inner.lock().to_bytes(),
+            Policy::from_bytes,
+        )
     }
 
     #[staticmethod]
@@ -716,7 +728,8 @@ impl PyPolicyCore {
     }
 
     fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyTuple>> {
-        let bytes = slf.get().inner.lock().to_bytes();
+        let me = slf.get();
+        let bytes = verified_bytes(slf.py(), || me.inner.lock().to_bytes(), Policy::from_bytes)?;
         reduce(slf, bytes)
     }
 }
