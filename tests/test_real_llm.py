@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from uniscale import datasets
+from uniscale import collect, datasets
 from uniscale.execute import Executor, Outcome
 from uniscale.extract import get_extractor
 from uniscale.llm_servers import (
@@ -377,6 +377,40 @@ def test_self_consistency_vote_matches_the_samples(
         tied = [a for a in counts if counts[a] == counts[out.answer]]
         assert first == min(answers.index(a) for a in tied)
         assert out.text == out.samples[first].text
+
+
+def test_constrained_letter_answers_from_a_real_server(
+    llama_servers: dict[str, RunningServer],
+) -> None:
+    """The multiple-choice path of the collector's prompts: a GBNF grammar limits every sampled
+    answer to one letter, which the ``choice`` extractor reads back exactly (real_v2 asks MMLU
+    this way; v1's free-form letters were cut off by max_tokens two times in three)."""
+    items = collect.load_items(ITEMS)
+    item = next(i for i in items if i.kind == "mmlu")
+    prompt = collect.prompt_for(item)
+    grammar = prompt.grammar or "root ::= [ABCD]"
+    model = spec("qwen05", f"{llama_servers['qwen05'].base_url}/v1", max_concurrency=8)
+
+    async def go() -> Any:
+        async with Executor([model], timeout_s=180.0, retries=0) as ex:
+            return await ex.sample(
+                "qwen05",
+                collect.build_messages(item),
+                4,
+                temperature=TEMPERATURE,
+                max_tokens=max(prompt.max_tokens, 2),
+                seed=SEED,
+                extractor="choice",
+                grammar=grammar,
+            )
+
+    batch = run(go())
+    assert not batch.failures and len(batch.samples) == 4
+    for s in batch.samples:
+        assert s.text.strip() in ("A", "B", "C", "D"), s.text
+        assert s.answer == s.text.strip()
+        assert s.finish_reason == "stop"
+        assert s.output_tokens >= 1
 
 
 def test_the_two_models_differ_and_both_ran(runs: dict[tuple[str, str, int], Run]) -> None:
