@@ -197,6 +197,15 @@ def derive(snapshot: Path) -> tuple[bytes, dict[str, Any]]:
         }
         for m in MODELS
     }
+    mean_cost = {
+        m: sum(
+            i * PRICES[m][0] + o * PRICES[m][1]
+            for i, o in zip(table["input_tokens"], out_tokens[m], strict=True)
+        )
+        / n
+        / 1e6
+        for m in MODELS
+    }
     meta: dict[str, Any] = {
         "name": NAME,
         "file": f"{NAME}.json.gz",
@@ -262,6 +271,10 @@ def derive(snapshot: Path) -> tuple[bytes, dict[str, Any]]:
             for m in MODELS
         },
         "accuracy_per_category": per_category,
+        # what one answer costs on average at the prices above (prompt + output tokens), cheap
+        # to dear: the order replay's cost side sees
+        "models_by_mean_cost_usd": sorted(MODELS, key=lambda m: (mean_cost[m], m)),
+        "mean_cost_usd_per_answer": {m: round(mean_cost[m], 10) for m in MODELS},
         "mean_input_tokens": round(sum(table["input_tokens"]) / n, 2),
     }
     return blob, meta
