@@ -78,6 +78,15 @@ def _source(args: argparse.Namespace, models: str | None = None) -> Source:
 
     if args.table == "sim":
         return datasets.sim_source(args.requests or 3000)
+    if args.table == "mmlu-pro":
+        try:
+            return datasets.mmlu_pro_source(
+                prices=_parse_prices(args.price),
+                models=models.split(",") if models else None,
+                n_requests=args.requests,
+            )
+        except datasets.DataError as exc:
+            raise SystemExit(f"error: --table {args.table}: {exc}") from None
     path = datasets.REAL_TABLE if args.table == "real" else Path(args.table)
     try:
         src = datasets.collected_source(
@@ -399,7 +408,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--sim", action="store_true", help="stream the built-in simulator instead of real data"
     )
-    d.add_argument("--table", default=None, help="a collected table instead of the packaged one")
+    d.add_argument(
+        "--table",
+        default=None,
+        help="a collected table instead of the packaged one, or 'mmlu-pro' for the packaged "
+        "MMLU-Pro routing table",
+    )
     d.add_argument(
         "--out", default="uniscale-demo", help="output directory (default ./uniscale-demo)"
     )
@@ -426,8 +440,10 @@ def _add_table_args(p: argparse.ArgumentParser) -> None:
         "--table",
         default="real",
         help="'real' (default: the packaged table recorded from real LLMs), 'sim' (the "
-        "built-in simulator, a fresh stream per seed) or the path of a collected table (.jsonl "
-        "or exported .jsonl.gz); order and samples are shuffled per seed",
+        "built-in simulator, a fresh stream per seed), 'mmlu-pro' (the packaged routing table "
+        "from MMLU-Pro's published outputs: 8 models, one answer each, 14 categories) or the "
+        "path of a collected table (.jsonl or exported .jsonl.gz); order and samples are "
+        "shuffled per seed",
     )
     p.add_argument(
         "--items", default=None, help="item file of a collected table (default: packaged items)"
@@ -438,7 +454,8 @@ def _add_table_args(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="NAME=IN,OUT",
         help="USD per million input/output tokens of a collected model (repeatable; default "
-        "uniscale.datasets.DEFAULT_PRICES for the packaged models, else 0)",
+        "uniscale.datasets.DEFAULT_PRICES for the packaged models, the list prices in "
+        "mmlu_pro_v1.meta.json for mmlu-pro, else 0)",
     )
     p.add_argument(
         "--parallelism",

@@ -8,9 +8,15 @@
   sampled answers and one greedy answer per (item, model), recorded by ``uniscale collect``. The
   sidecar names the exact models, quantisations, server build, prompts, sampling settings, and
   whether the table is partial.
+* `MMLU_PRO_TABLE` (``uniscale/data/mmlu_pro_v1.json.gz`` + ``mmlu_pro_v1.meta.json``): a
+  routing table derived from TIGER-AI-Lab/MMLU-Pro's published per-model outputs (Apache-2.0):
+  one answer per (question, model) for 8 models from Llama-2-7B to Gemini-1.5-Pro on 11,954
+  questions in 14 categories, with token estimates and list prices (the sidecar documents the
+  source commit, the derivation and a source for every price; ``scripts/make_mmlu_pro_table.py``
+  rebuilds it byte for byte). `load_routing_table` reads it, `mmlu_pro_source` streams it.
 * `DEFAULT_PRICES`: the prices replay charges for the recorded models (see below).
-* `collected_source` / `sim_source`: a table as a stream per seed, what ``uniscale replay`` and
-  ``uniscale demo`` consume.
+* `collected_source` / `sim_source` / `mmlu_pro_source`: a table as a stream per seed, what
+  ``uniscale replay`` and ``uniscale demo`` consume.
 
 Default prices. The recorded models run locally, so they have no list price; replay needs one
 to trade quality against dollars. `DEFAULT_PRICES` charges in proportion to parameter count,
@@ -28,13 +34,19 @@ stream generating that many tokens, fitted to the greedy requests) and replay us
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import json
 import logging
+import math
+import zlib
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import NDArray
 
 from uniscale.outcomes import OutcomeTable
 from uniscale.space import ModelSpec
@@ -44,6 +56,9 @@ logger = logging.getLogger(__name__)
 DATA_DIR = Path(__file__).resolve().parent / "data"
 ITEMS = DATA_DIR / "items.jsonl"
 REAL_TABLE = DATA_DIR / "real_v1.jsonl.gz"
+MMLU_PRO_TABLE = DATA_DIR / "mmlu_pro_v1.json.gz"
+#: the ``--table`` names of the built-in tables (anything else is a path)
+BUILTIN_TABLES = ("real", "sim", "mmlu-pro")
 
 #: USD per million (input, output) tokens for the models in `REAL_TABLE`.
 DEFAULT_PRICES: dict[str, tuple[float, float]] = {
@@ -178,4 +193,209 @@ def collected_source(
         return outcomes.build_table([requests[i] for i in order], actions, specs, seed=seed)
 
     name = f"{p.name} ({count} real items x {len(chosen)} models: {', '.join(chosen)})"
+    return Source(name, specs, table, count, excluded)
+
+
+# --------------------------------------------------------------------------------------------
+# routing tables: one recorded answer per (item, model)
+
+ROUTING_FORMAT = "uniscale-routing-table-v1"
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingTable:
+    """One recorded answer per (item, model), as stored in ``mmlu_pro_v1.json.gz``: ``T`` items,
+    ``M`` models. Prices (USD per million input, output tokens) come from the sidecar."""
+
+    ids: list[str]
+    categories: tuple[str, ...]
+    category: NDArray[np.int64]  # (T,) index into `categories`
+    input_tokens: NDArray[np.float64]  # (T,)
+    models: tuple[str, ...]
+    correct: NDArray[np.bool_]  # (T, M)
+    output_tokens: NDArray[np.float64]  # (T, M)
+    prices: dict[str, tuple[float, float]]
+    meta: dict[str, object]
+
+    @property
+    def n_items(self) -> int:
+        return len(self.ids)
+
+    def accuracy(self) -> dict[str, float]:
+        return {m: float(self.correct[:, j].mean()) for j, m in enumerate(self.models)}
+
+    def kinds(self) -> list[str]:
+        """Each item's category name: its task type for the per-type baselines."""
+        return [self.categories[int(c)] for c in self.category]
+
+    def features(self) -> NDArray[np.float64]:
+        """``(T, 2 + C)``: a bias, the log prompt length (``log1p(tokens) / log1p(4096)``) and a
+        one-hot of the category. The table ships no question text, so this is what a learner
+        can tell requests apart by: their task type, made explicit, and their length."""
+        x = np.zeros((self.n_items, 2 + len(self.categories)))
+        x[:, 0] = 1.0
+        x[:, 1] = np.log1p(self.input_tokens) / math.log1p(4096)
+        x[np.arange(self.n_items), 2 + self.category] = 1.0
+        return x
+
+
+def _meta_path(path: Path) -> Path:
+    name = path.name.removesuffix(".gz").removesuffix(".json")
+    return path.with_name(f"{name}.meta.json")
+
+
+def load_routing_table(path: str | Path = MMLU_PRO_TABLE) -> RoutingTable:
+    """Reads a routing table and its ``<name>.meta.json`` sidecar (prices, checksum). A missing,
+    truncated, corrupt, altered or inconsistent file raises `DataError` naming the file and
+    what is wrong with it."""
+    p = Path(path).expanduser()
+    mp = _meta_path(p)
+    for f in (p, mp):
+        if not f.exists():
+            raise DataError(f"routing table {str(f)!r}: no such file")
+    try:
+        meta = json.loads(mp.read_text(encoding="utf-8"))
+        prices_raw = {
+            m: (float(v["price_in_per_mtok"]), float(v["price_out_per_mtok"]))
+            for m, v in meta["models"].items()
+        }
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DataError(f"{mp}: not a routing-table meta file ({exc!r})") from None
+    blob = p.read_bytes()
+    want = meta.get("sha256")
+    if want is not None and hashlib.sha256(blob).hexdigest() != want:
+        raise DataError(
+            f"{p}: sha256 does not match {mp.name} (corrupt or replaced; rebuild it with "
+            "scripts/make_mmlu_pro_table.py)"
+        )
+    try:
+        d = json.loads(gzip.decompress(blob))
+    except (OSError, EOFError, zlib.error, ValueError) as exc:
+        raise DataError(f"{p}: not a gzipped JSON routing table ({exc})") from None
+    try:
+        if not isinstance(d, dict) or d.get("format") != ROUTING_FORMAT:
+            raise ValueError(f"format is not {ROUTING_FORMAT!r}")
+        models = tuple(str(m) for m in d["models"])
+        categories = tuple(str(c) for c in d["categories"])
+        ids = [str(i) for i in d["ids"]]
+        t = len(ids)
+        gold = str(d["gold"])
+        category = np.asarray(d["category"], dtype=np.int64)
+        input_tokens = np.asarray(d["input_tokens"], dtype=np.float64)
+        answers = [str(d["answers"][m]) for m in models]
+        out = np.asarray([d["output_tokens"][m] for m in models], dtype=np.float64).T
+        if not models or t < 2:
+            raise ValueError(f"{len(models)} models, {t} items")
+        if len(set(ids)) != t or len(set(models)) != len(models):
+            raise ValueError("duplicate item ids or model names")
+        if len(gold) != t or any(len(a) != t for a in answers):
+            raise ValueError("gold/answers lengths differ from the number of items")
+        if category.shape != (t,) or input_tokens.shape != (t,) or out.shape != (t, len(models)):
+            raise ValueError("column lengths differ from the number of items")
+        if t and (category.min() < 0 or category.max() >= len(categories)):
+            raise ValueError("category index out of range")
+        if not (np.isfinite(input_tokens).all() and np.isfinite(out).all()):
+            raise ValueError("non-finite token counts")
+        if input_tokens.min() < 0 or out.min() < 0:
+            raise ValueError("negative token counts")
+        missing = [m for m in models if m not in prices_raw]
+        if missing:
+            raise ValueError(f"no price in {mp.name} for {missing}")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{p}: malformed routing table: {exc}") from None
+    g = np.frombuffer(gold.encode(), dtype=np.uint8)
+    correct = (
+        np.stack([np.frombuffer(a.encode(), dtype=np.uint8) == g for a in answers], axis=1)
+        & (g != ord("-"))[:, None]
+    )
+    return RoutingTable(
+        ids=ids,
+        categories=categories,
+        category=category,
+        input_tokens=input_tokens,
+        models=models,
+        correct=correct,
+        output_tokens=out,
+        prices={m: prices_raw[m] for m in models},
+        meta=meta,
+    )
+
+
+def routing_outcomes(
+    rt: RoutingTable, specs: Mapping[str, ModelSpec], models: Sequence[str]
+) -> OutcomeTable:
+    """The whole routing table as an `OutcomeTable` over ``Action(model, "single", 1)`` per
+    model in ``models``, billed by `uniscale.outcomes.run_usage` (the one billing formula).
+    Latency is 0: the source did not record it."""
+    from uniscale.outcomes import Sample, run_usage
+    from uniscale.space import Action
+
+    cols = [rt.models.index(m) for m in models]
+    t, k = rt.n_items, len(cols)
+    cost = np.zeros((t, k))
+    out = rt.output_tokens[:, cols]
+    tokens_in = rt.input_tokens.astype(np.int64).tolist()
+    for j, m in enumerate(models):
+        spec = specs[m]
+        for i, n_out in enumerate(out[:, j].astype(np.int64).tolist()):
+            cost[i, j] = run_usage(spec, tokens_in[i], [Sample(None, False, n_out, 0.0, 0.0)])[0]
+    return OutcomeTable(
+        ids=list(rt.ids),
+        kinds=rt.kinds(),
+        X=rt.features(),
+        input_tokens=rt.input_tokens.copy(),
+        actions=[Action(m, "single", 1) for m in models],
+        quality=rt.correct[:, cols].astype(np.float64),
+        cost_usd=cost,
+        latency_s=np.zeros((t, k)),
+        output_tokens=out.copy(),
+        samples_used=np.ones((t, k)),
+    )
+
+
+def mmlu_pro_source(
+    path: str | Path = MMLU_PRO_TABLE,
+    *,
+    prices: Mapping[str, tuple[float, float]] | None = None,
+    models: Sequence[str] | None = None,
+    n_requests: int | None = None,
+) -> Source:
+    """The packaged MMLU-Pro routing table as a replay source: each seed streams the questions
+    in its own order (the first ``n_requests`` of it); actions are ``(model, "single", 1)`` per
+    model (one answer each was recorded). ``models`` defaults to all; ``prices`` override the
+    sidecar's list prices per model (a name the table lacks is an error)."""
+    rt = load_routing_table(path)
+    stray = sorted(set(prices or {}) - set(rt.models))
+    if stray:
+        raise DataError(f"--price for models not in the table: {stray}; it has {list(rt.models)}")
+    if models is None:
+        chosen = list(rt.models)
+    else:
+        unknown = sorted(set(models) - set(rt.models))
+        if unknown:
+            raise DataError(f"unknown models {unknown}; {Path(path).name} has {list(rt.models)}")
+        chosen = [m for m in rt.models if m in set(models)]
+    price_table = {**rt.prices, **(prices or {})}
+    specs = {
+        m: ModelSpec(
+            m,
+            price_in_per_mtok=price_table[m][0],
+            price_out_per_mtok=price_table[m][1],
+            # no latency was recorded: priors of 0 keep untried models from looking slow
+            latency_in_s_per_token=0.0,
+            latency_out_s_per_token=0.0,
+        )
+        for m in chosen
+    }
+    full = routing_outcomes(rt, specs, chosen)
+    count = rt.n_items if n_requests is None else max(2, min(n_requests, rt.n_items))
+
+    def table(seed: int) -> OutcomeTable:
+        return full.subset(np.random.default_rng(seed).permutation(rt.n_items)[:count])
+
+    excluded = {m: "not asked for" for m in rt.models if m not in chosen}
+    name = (
+        f"{Path(path).name} (MMLU-Pro, {count} of {rt.n_items} questions x {len(chosen)} "
+        f"models, one answer each: {', '.join(chosen)})"
+    )
     return Source(name, specs, table, count, excluded)

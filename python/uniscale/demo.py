@@ -7,7 +7,8 @@ prints the comparison with its seed-to-seed spread and the targets (reward again
 baseline, accuracy at equal cost, cost against the largest model answering once), and writes a
 JSON result file and SVG charts. ``--sim`` streams the built-in simulator instead
 (`uniscale.sim`: four task types, three models, every outcome pre-drawn), which is larger and
-faster to learn from, but made up.
+faster to learn from, but made up. ``table="mmlu-pro"`` streams the packaged MMLU-Pro routing
+table (`uniscale.datasets.mmlu_pro_source`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ def run_demo(
         raise ValueError(f"seeds must be >= 1, got {seeds}")
     if sim:
         src = datasets.sim_source(n_requests or 6000)
+    elif table == "mmlu-pro":
+        src = datasets.mmlu_pro_source(n_requests=n_requests)
     else:
         src = datasets.collected_source(table or datasets.REAL_TABLE, n_requests=n_requests)
     tables = [src.table(s) for s in range(seed, seed + seeds)]
