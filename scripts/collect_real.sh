@@ -7,15 +7,19 @@
 #   scripts/collect_real.sh status           # supervisor, servers, table counts, last log lines
 #   scripts/collect_real.sh stop             # stop supervisor + collector (servers keep running)
 #   scripts/collect_real.sh stop --servers   # ... and the llama-servers started by serve.sh
-#   scripts/collect_real.sh export           # python/uniscale/data/real_v1.jsonl.gz + real_v1.meta.json
+#   scripts/collect_real.sh export           # python/uniscale/data/$TABLE.jsonl.gz + $TABLE.meta.json
+#   scripts/collect_real.sh snapshot         # the raw table so far -> data/collect/$TABLE.raw.jsonl.gz
+#                                            # (committed, so a collection spanning several
+#                                            # sessions or machines never loses a pair; `start`
+#                                            # restores it when $OUT does not exist)
 #   scripts/collect_real.sh supervise        # the loop itself, in the foreground
 #
 # Environment (defaults):
-#   MODELS="smollm2 qwen05"    models to serve and collect; add qwen15 later:
-#                              MODELS="smollm2 qwen05 qwen15" scripts/collect_real.sh start
+#   TABLE=real_v2              the table's name (real_v1 was collected with prompt v2)
+#   MODELS="smollm2 qwen05 qwen15"   models to serve and collect
 #                              (ports 8101 8102 8103, -t 1 each; 3 servers on 2 cores are slow)
 #   SAMPLES=8  ITEMS=python/uniscale/data/items.jsonl  THREADS=1
-#   OUT=${UNISCALE_CACHE:-~/.cache/uniscale}/collect/real_v1.jsonl   (outside the repo)
+#   OUT=${UNISCALE_CACHE:-~/.cache/uniscale}/collect/$TABLE.jsonl   (outside the repo)
 #   MAX_ROUNDS=50              supervisor rounds (each: ensure servers, run collector)
 #   EXTRA_ARGS=""              passed to `python -m uniscale.collect run`
 #
@@ -29,11 +33,14 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
 cache="${UNISCALE_CACHE:-$HOME/.cache/uniscale}"
-MODELS="${MODELS:-smollm2 qwen05}"
+TABLE="${TABLE:-real_v2}"
+MODELS="${MODELS:-smollm2 qwen05 qwen15}"
 SAMPLES="${SAMPLES:-8}"
 ITEMS="${ITEMS:-$repo/python/uniscale/data/items.jsonl}"
 THREADS="${THREADS:-1}"
-OUT="${OUT:-$cache/collect/real_v1.jsonl}"
+OUT="${OUT:-$cache/collect/$TABLE.jsonl}"
+SNAPSHOT="$repo/data/collect/$TABLE.raw.jsonl.gz"
+SNAPSHOT_META="$repo/data/collect/$TABLE.raw.meta.json"
 MAX_ROUNDS="${MAX_ROUNDS:-50}"
 EXTRA_ARGS="${EXTRA_ARGS:-}"
 PY="${PYTHON:-python3}"
@@ -142,7 +149,13 @@ case "$cmd" in
       exit 0
     fi
     cd "$repo"
-    MODELS="$MODELS" SAMPLES="$SAMPLES" ITEMS="$ITEMS" OUT="$OUT" THREADS="$THREADS" \
+    if [[ ! -e "$OUT" && -f "$SNAPSHOT" ]]; then
+      gzip -dc "$SNAPSHOT" >"$OUT.restore" && mv "$OUT.restore" "$OUT"
+      meta_out="${OUT%.jsonl}.meta.json"
+      if [[ -f "$SNAPSHOT_META" ]]; then cp "$SNAPSHOT_META" "$meta_out"; fi
+      echo "restored $(wc -l <"$OUT") lines of $TABLE from $SNAPSHOT"
+    fi
+    TABLE="$TABLE" MODELS="$MODELS" SAMPLES="$SAMPLES" ITEMS="$ITEMS" OUT="$OUT" THREADS="$THREADS" \
       MAX_ROUNDS="$MAX_ROUNDS" EXTRA_ARGS="$EXTRA_ARGS" \
       setsid nohup nice -n 5 "$0" supervise >>"$log" 2>&1 </dev/null &
     for _ in 1 2 3 4 5 6 7 8 9 10; do
@@ -176,16 +189,37 @@ case "$cmd" in
       echo "supervisor: not running"
     fi
     "$repo/scripts/llm/serve.sh" status || true
-    "$PY" -m uniscale.collect status "$OUT" --items "$ITEMS" 2>/dev/null || echo "no table yet"
+    if [[ -f "$OUT" ]]; then
+      "$PY" -m uniscale.collect status "$OUT" --items "$ITEMS"
+    else
+      echo "no table yet ($OUT)"
+    fi
     echo "--- $log (tail)"
     tail -n 5 "$log" 2>/dev/null || true
     ;;
   export)
     cd "$repo"
-    "$PY" -m uniscale.collect export "$OUT" "$repo/python/uniscale/data/real_v1.jsonl.gz" --items "$ITEMS"
+    "$PY" -m uniscale.collect export "$OUT" "$repo/python/uniscale/data/$TABLE.jsonl.gz" --items "$ITEMS"
+    ;;
+  snapshot)
+    mkdir -p "$(dirname "$SNAPSHOT")"
+    # Only whole lines: a line being written right now is left for the next snapshot.
+    python3 - "$OUT" "$SNAPSHOT" <<'PYEOF'
+import gzip, os, sys
+src, dst = sys.argv[1], sys.argv[2]
+data = open(src, "rb").read()
+data = data[: data.rfind(b"\n") + 1]
+tmp = dst + ".tmp"
+with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+    gz.write(data)
+os.replace(tmp, dst)
+print(f"snapshot: {data.count(chr(10).encode())} lines -> {dst} ({os.path.getsize(dst)} bytes)")
+PYEOF
+    meta_out="${OUT%.jsonl}.meta.json"
+    if [[ -f "$meta_out" ]]; then cp "$meta_out" "$SNAPSHOT_META"; fi
     ;;
   *)
-    echo "usage: $0 start|stop [--servers]|status|export|supervise" >&2
+    echo "usage: $0 start|stop [--servers]|status|export|snapshot|supervise" >&2
     exit 2
     ;;
 esac

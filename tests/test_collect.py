@@ -16,6 +16,10 @@ import pytest
 from fake_openai import FakeConfig, FakeOpenAI
 
 from uniscale.collect import (
+    ARITHMETIC_MAX_TOKENS,
+    GSM8K_MAX_TOKENS,
+    LETTER_GRAMMAR,
+    MMLU_SYSTEM,
     CollectConfig,
     CollectError,
     CollectModel,
@@ -117,7 +121,8 @@ def test_small_run_writes_expected_records(
     assert set(by) == {(i["id"], m) for i in ITEMS for m in ("a", "b")}
 
     a1 = by[("a1", "a")]
-    assert a1["gold"] == "4" and a1["extractor"] == "answer_number" and a1["max_tokens"] == 192
+    assert a1["gold"] == "4" and a1["extractor"] == "answer_number"
+    assert a1["max_tokens"] == ARITHMETIC_MAX_TOKENS
     assert len(a1["samples"]) == 4 and a1["input_tokens"] == fa.config.prompt_tokens
     for s in [*a1["samples"], a1["greedy"]]:
         assert s["answer"] == "4" and s["correct"] is True
@@ -137,10 +142,16 @@ def test_small_run_writes_expected_records(
     assert {b["temperature"] for b in sampled} == {0.7} and {b["temperature"] for b in greedy} == {
         0.0
     }
-    assert sorted(b["max_tokens"] for b in sampled) == [64, 192, 400]
+    assert sorted(b["max_tokens"] for b in sampled) == sorted(
+        [2, ARITHMETIC_MAX_TOKENS, GSM8K_MAX_TOKENS]
+    )
     assert all(b["logprobs"] is True and "seed" in b for b in sampled)
-    mmlu_prompt = next(b for b in sampled if b["max_tokens"] == 64)["messages"][0]["content"]
+    mmlu = next(b for b in sampled if b["max_tokens"] == 2)
+    assert mmlu["messages"][0] == {"role": "system", "content": MMLU_SYSTEM}
+    mmlu_prompt = mmlu["messages"][1]["content"]
     assert "B. x" in mmlu_prompt and "letter of the correct option" in mmlu_prompt
+    assert mmlu["grammar"] == LETTER_GRAMMAR
+    assert all("grammar" not in b for b in sampled if b is not mmlu)
 
     assert by[("q1", "a")]["samples"][0]["answer"] is None  # "The answer is 4." is no letter
     assert by[("q1", "b")]["gold"] == "B"
@@ -150,7 +161,7 @@ def test_small_run_writes_expected_records(
 
     meta = json.loads(meta_path(out).read_text())
     assert meta_path(out).name == "table.meta.json"
-    assert meta["settings"]["m"] == 4 and meta["settings"]["prompt_version"] == "v2"
+    assert meta["settings"]["m"] == 4 and meta["settings"]["prompt_version"] == "v3"
     assert set(meta["models"]) == {"a", "b"} and meta["models"]["a"]["base_url"] == fa.base_url
     assert len(meta["items"]["sha256"]) == 64 and meta["items"]["count"] == 3
     assert meta["counts"]["ok_pairs_per_model"] == {"a": 3, "b": 3}
@@ -388,7 +399,7 @@ def test_cli_run_status_export(
     argv = ["run", "--items", str(items_path), "--out", str(out), "--model", f"a={fa.base_url}"]
     argv += ["-m", "2", "--no-progress", "--timeout-s", "5", "--max-tokens", "gsm8k=50"]
     assert collect_main(argv) == 0
-    assert {r["max_tokens"] for r in lines(out)} == {192, 64, 50}
+    assert {r["max_tokens"] for r in lines(out)} == {ARITHMETIC_MAX_TOKENS, 2, 50}
     assert collect_main(["status", str(out), "--items", str(items_path)]) == 0
     assert json.loads(capsys.readouterr().out)["ok_pairs_per_model"] == {"a": 3}
     dst = tmp_path / "e.jsonl.gz"
