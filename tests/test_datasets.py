@@ -228,6 +228,43 @@ def test_demo_replays_the_packaged_real_table(tmp_path: Path) -> None:
         assert (tmp_path / svg).read_text().startswith("<svg")
 
 
+def test_cli_demo_shows_both_real_tables_with_plain_headlines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc = cli_main(["demo", "--seeds", "2", "--requests", "120", "--out", str(tmp_path)])
+    text = capsys.readouterr().out
+    assert rc == 0
+    heads = [line for line in text.splitlines() if line.startswith("HEADLINE")]
+    # one per table at the top of its section, and both again at the end
+    assert len(heads) == 4 and heads[:2] == heads[2:]
+    assert any("real_v1.jsonl.gz" in h for h in heads) and any(
+        "mmlu-pro" in h.lower() for h in heads
+    )
+    assert all(("BEATS" in h) != ("NOT beat" in h or "not on every seed" in h) for h in heads)
+    for out in (tmp_path, tmp_path / "mmlu-pro"):
+        js = json.loads((out / "demo_results.json").read_text())
+        assert js["headline"] in heads and js["summary"][0]["requests"][0] == 120
+
+
+@pytest.mark.parametrize(
+    ("diffs", "wins", "verdict"),
+    [
+        ([0.01, 0.02], 2, "BEATS"),
+        ([-0.01, 0.005], 1, "does NOT beat"),
+        ([0.03, -0.01], 1, "ahead on average but not on every seed"),
+        ([0.0, 0.0], 0, "does NOT beat"),
+    ],
+)
+def test_headline_says_plainly_whether_uniscale_beats_the_best_fixed_action(
+    diffs: list[float], wins: int, verdict: str
+) -> None:
+    from uniscale.report import headline
+
+    h = headline({"reward_vs_best_fixed": {"diff_per_request": diffs, "wins": wins}}, "t", "r")
+    assert verdict in h and f"ahead on {wins}/{len(diffs)} seeds" in h
+    assert "no best-fixed baseline" in headline({}, "t", "r")
+
+
 def test_cli_replay_and_ope_check_on_the_packaged_table(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -27,6 +27,9 @@ if TYPE_CHECKING:  # the heavy modules load inside the subcommands: `--help` sta
 
 SCENARIOS = ("stationary", "model_removed", "model_added", "preset_switched")
 PRESET_NAMES = ("cost_sensitive", "quality_priority", "balanced")
+#: Requests of the MMLU-Pro table the default demo streams (a prefix keeps it to seconds).
+MMLU_PRO_DEMO_REQUESTS = 3000
+
 #: Cost weights of the quality-cost sweep (reward = (1, w_c, 0.1 w_c)).
 COST_WEIGHTS = (0.0, 0.1, 0.3, 1.0, 3.0, 10.0)
 
@@ -35,18 +38,32 @@ def _demo(args: argparse.Namespace) -> int:
     from uniscale.datasets import DataError
     from uniscale.demo import run_demo
 
-    try:
-        run_demo(
-            args.requests,
-            seed=args.seed,
-            seeds=args.seeds,
-            out_dir=args.out,
-            reward=args.reward,
-            sim=args.sim,
-            table=args.table,
+    # By default both built-in real tables: the CPU table (models x test-time scaling) and a
+    # prefix of the MMLU-Pro routing table (8 models, one answer each), in ./out/mmlu-pro.
+    runs: list[tuple[str | None, int | None, Path]] = [(args.table, args.requests, Path(args.out))]
+    if args.table is None and not args.sim:
+        runs.append(
+            ("mmlu-pro", args.requests or MMLU_PRO_DEMO_REQUESTS, Path(args.out) / "mmlu-pro")
         )
+    headlines = []
+    try:
+        for i, (table, n, out) in enumerate(runs):
+            if i:
+                print()
+            res = run_demo(
+                n,
+                seed=args.seed,
+                seeds=args.seeds,
+                out_dir=out,
+                reward=args.reward,
+                sim=args.sim,
+                table=table,
+            )
+            headlines.append(res["headline"])
     except (DataError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from None
+    if len(headlines) > 1:
+        print("\n" + "\n".join(headlines))
     return 0
 
 
@@ -393,15 +410,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="replay the packaged real-LLM outcome table through UniScale and the baselines "
         "(no network)",
         description="Streams the outcome table recorded from real small LLMs that ships with "
-        "UniScale through UniScale, routing-only, TTS-only, best-fixed, random and oracle "
-        "policies for a few seeds; prints the comparison and the targets and writes JSON and "
-        "SVG charts. Needs no network, server or API key.",
+        "UniScale, then the packaged MMLU-Pro routing table, through UniScale, routing-only, "
+        "TTS-only, best-fixed, random and oracle policies for a few seeds; prints each "
+        "comparison, the targets and a one-line headline (does UniScale beat the best fixed "
+        "action?) and writes JSON and SVG charts (MMLU-Pro's under OUT/mmlu-pro). Needs no "
+        "network, server or API key.",
     )
     d.add_argument(
         "--requests",
         type=int,
         default=None,
-        help="stream length (default: every recorded item; --sim: 6000)",
+        help="stream length (default: every recorded item; --sim: 6000; the MMLU-Pro part of "
+        f"the default demo: its first {MMLU_PRO_DEMO_REQUESTS} questions in each seed's order)",
     )
     d.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     d.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")

@@ -79,6 +79,8 @@ def run_demo(
     )
     target_lines, target_payload = report.targets(per_seed, tables, report.model_prices(src.models))
     lines += [*target_lines]
+    head = report.headline(target_payload, src.name.split(" ")[0], reward)
+    lines.insert(1, head)
     out = Path(out_dir)
     charts = report.write_charts(per_seed[0], out)
     js = report.write_json(
@@ -92,6 +94,7 @@ def run_demo(
             "per_seed": [[r.summary() for r in res] for res in per_seed],
             "regret_by_quarter": curve,
             "targets": target_payload,
+            "headline": head,
         },
     )
     lines.append(f"wrote {js} and {', '.join(str(c) for c in charts)} (charts: seed {seed})")
@@ -99,4 +102,10 @@ def run_demo(
     text = "\n".join(lines)
     if not quiet:
         print(text)
-    return {"summary": rows, "text": text, "regret_by_quarter": curve, "targets": target_payload}
+    return {
+        "summary": rows,
+        "text": text,
+        "regret_by_quarter": curve,
+        "targets": target_payload,
+        "headline": head,
+    }

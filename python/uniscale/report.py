@@ -87,6 +87,29 @@ def _spread(v: Sequence[float] | np.ndarray, fmt: str) -> str:
     return f"{fmt.format(a.mean())} ± {fmt.format(a.std())}" if len(a) > 1 else fmt.format(a[0])
 
 
+def headline(payload: Mapping[str, Any], source: str, reward: str) -> str:
+    """One plain sentence: does UniScale beat the best fixed action on this table?
+
+    From the paired per-request reward differences of `targets` (``reward_vs_best_fixed``):
+    "beats" only when it is ahead on every seed, "does not beat" when the mean difference is not
+    positive, and otherwise "is ahead on average but not on every seed"."""
+    rec = payload.get("reward_vs_best_fixed")
+    if not rec or not rec["diff_per_request"]:
+        return f"HEADLINE ({source}, {reward}): no best-fixed baseline to compare with"
+    diffs = np.asarray(rec["diff_per_request"], dtype=np.float64)
+    wins, n = int(rec["wins"]), len(diffs)
+    if wins == n and diffs.mean() > 0:
+        verdict = "BEATS"
+    elif diffs.mean() <= 0:
+        verdict = "does NOT beat"
+    else:
+        verdict = "is ahead on average but not on every seed against"
+    return (
+        f"HEADLINE ({source}, {reward}): UniScale {verdict} the best fixed action: "
+        f"{_spread(diffs, '{:+.4f}')} reward per request (paired), ahead on {wins}/{n} seeds"
+    )
+
+
 def model_prices(models: Mapping[str, ModelSpec]) -> dict[str, float]:
     """Input plus output price per model: what `targets` ranks models by to find the largest."""
     return {m: s.price_in_per_mtok + s.price_out_per_mtok for m, s in models.items()}
