@@ -237,9 +237,7 @@ def test_cli_demo_shows_both_real_tables_with_plain_headlines(
     heads = [line for line in text.splitlines() if line.startswith("HEADLINE")]
     # one per table at the top of its section, and both again at the end
     assert len(heads) == 4 and heads[:2] == heads[2:]
-    assert any("real_v1.jsonl.gz" in h for h in heads) and any(
-        "mmlu-pro" in h.lower() for h in heads
-    )
+    assert any("real_v1.jsonl.gz" in h for h in heads) and any("mmlu_pro_v1" in h for h in heads)
     assert all(("BEATS" in h) != ("NOT beat" in h or "not on every seed" in h) for h in heads)
     for out in (tmp_path, tmp_path / "mmlu-pro"):
         js = json.loads((out / "demo_results.json").read_text())
