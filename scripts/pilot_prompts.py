@@ -243,13 +243,14 @@ def pick_items(all_items: Sequence[collect.Item], kind: str, k: int) -> list[col
 
 def render_markdown(cells: Sequence[dict[str, Any]]) -> str:
     head = (
-        "| model | kind | format | max_tokens | truncated | no answer | acc greedy | acc sampled "
-        "| finished tokens p50/p95/p99 | s/answer |\n|---|---|---|---|---|---|---|---|---|---|\n"
+        "| model | kind | format | max_tokens | items | truncated | no answer | acc greedy "
+        "| acc sampled | finished tokens p50/p95/p99 | s/answer |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     rows = []
     for c in cells:
         rows.append(
-            f"| {c['model']} | {c['kind']} | {c['format']} | {c['max_tokens']} "
+            f"| {c['model']} | {c['kind']} | {c['format']} | {c['max_tokens']} | {c['items']} "
             f"| {c['truncated']:.0%} | {c['no_answer']:.0%} | {c['acc_greedy']:.2f} "
             f"| {c['acc_sampled']:.2f} | {c['tokens_finished_p50']}/{c['tokens_finished_p95']}"
             f"/{c['tokens_finished_p99']} | {c['seconds_per_answer']:.2f} |"
@@ -269,10 +270,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--items", default=None, help="items JSONL (default: the packaged items)")
     p.add_argument("--out", required=True, help="JSON output (a .md table is written beside it)")
     p.add_argument("--resume", action="store_true", help="skip cells already in --out")
+    p.add_argument(
+        "--render", action="store_true", help="only rewrite the .md table from --out's JSON"
+    )
     args = p.parse_args(argv)
     items_path = args.items or str(Path(collect.__file__).parent / "data" / "items.jsonl")
     all_items = collect.load_items(items_path)
     out = Path(args.out)
+    if args.render:
+        cells_done = json.loads(out.read_text())["cells"]
+        out.with_suffix(".md").write_text(render_markdown(cells_done))
+        return 0
     cells: list[dict[str, Any]] = []
     if args.resume and out.exists():
         cells = json.loads(out.read_text())["cells"]
