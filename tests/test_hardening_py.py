@@ -18,7 +18,7 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
@@ -225,6 +225,23 @@ def _fragments(secret: str, k: int = 8) -> list[str]:
     return [secret[i : i + k] for i in range(len(secret) - k + 1)]
 
 
+def _keyed_failure(handler: Callable[[httpx.Request], httpx.Response]) -> Failure:
+    """The one failure of a single-sample run against ``handler`` by a model whose API key is
+    ``$UNISCALE_HARDENING_KEY``."""
+
+    async def go() -> None:
+        async with executor(
+            [mspec("m", "http://m.test/v1", api_key_env="UNISCALE_HARDENING_KEY")],
+            transport=httpx.MockTransport(handler),
+        ) as ex:
+            await ex.run(Action("m", "single", 1), Q)
+
+    with pytest.raises(AllSamplesFailed) as ei:
+        run(go())
+    (failure,) = ei.value.failures
+    return failure
+
+
 def _assert_no_fragment(secret: str, text: str) -> None:
     leaked = [f for f in _fragments(secret) if f in text]
     assert not leaked, f"{leaked[:3]} of the secret leaked into {text!r}"
@@ -269,16 +286,7 @@ def test_upstream_error_message_is_redacted_then_truncated(
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(401, text=body)
 
-    async def go() -> None:
-        async with executor(
-            [mspec("m", "http://m.test/v1", api_key_env="UNISCALE_HARDENING_KEY")],
-            transport=httpx.MockTransport(handler),
-        ) as ex:
-            await ex.run(Action("m", "single", 1), Q)
-
-    with pytest.raises(AllSamplesFailed) as ei:
-        run(go())
-    msg = ei.value.failures[0].message
+    msg = _keyed_failure(handler).message
     assert "z" * 190 + REDACTED[:10] in msg
     _assert_no_fragment(KEY, msg)
 
@@ -289,16 +297,7 @@ def test_network_error_text_is_redacted(monkeypatch: pytest.MonkeyPatch) -> None
     def handler(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError(f"proxy refused Authorization: Bearer {KEY}", request=request)
 
-    async def go() -> None:
-        async with executor(
-            [mspec("m", "http://m.test/v1", api_key_env="UNISCALE_HARDENING_KEY")],
-            transport=httpx.MockTransport(handler),
-        ) as ex:
-            await ex.run(Action("m", "single", 1), Q)
-
-    with pytest.raises(AllSamplesFailed) as ei:
-        run(go())
-    (failure,) = ei.value.failures
+    failure = _keyed_failure(handler)
     assert failure.error == "NetworkError" and "ConnectError" in failure.message
     _assert_no_fragment(KEY, failure.message)
 
@@ -679,16 +678,7 @@ def test_malformed_body_echoing_the_key_is_redacted(monkeypatch: pytest.MonkeyPa
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, content=body_with(prompt_tokens=tail))
 
-    async def go() -> None:
-        async with executor(
-            [mspec("m", "http://m.test/v1", api_key_env="UNISCALE_HARDENING_KEY")],
-            transport=httpx.MockTransport(handler),
-        ) as ex:
-            await ex.run(Action("m", "single", 1), Q)
-
-    with pytest.raises(AllSamplesFailed) as ei:
-        run(go())
-    (failure,) = ei.value.failures
+    failure = _keyed_failure(handler)
     assert failure.error == "MalformedResponseError"
     assert "usage.prompt_tokens is not a token count" in failure.message
     assert REDACTED in failure.message
