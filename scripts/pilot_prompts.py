@@ -50,6 +50,18 @@ class Format:
     extractor: str
     grammar: str | None = None  # llama-server GBNF constraint on the answer
 
+    @property
+    def spec(self) -> collect.PromptSpec:
+        """The format as the collector's prompt spec (so both build the same messages)."""
+        return collect.PromptSpec(
+            self.kind,
+            self.template,
+            self.max_tokens,
+            self.extractor,
+            system=self.system,
+            grammar=self.grammar,
+        )
+
 
 NUMERIC_LIMIT = 640  # far above what a finished answer needs, so the pilot sees full lengths
 
@@ -121,13 +133,6 @@ FORMATS: tuple[Format, ...] = (
 )
 
 
-def messages(fmt: Format, item: collect.Item) -> list[dict[str, str]]:
-    options = "\n".join(f"{chr(65 + i)}. {c}" for i, c in enumerate(item.choices))
-    user = fmt.template.format(question=item.question, options=options)
-    out = [{"role": "system", "content": fmt.system}] if fmt.system else []
-    return [*out, {"role": "user", "content": user}]
-
-
 def quantile(values: Sequence[int], q: float) -> int | None:
     if not values:
         return None
@@ -147,7 +152,7 @@ async def ask(
 ) -> tuple[list[dict[str, Any]], float]:
     body: dict[str, Any] = {
         "model": model,
-        "messages": messages(fmt, item),
+        "messages": collect.build_messages(item, fmt.spec),
         "max_tokens": fmt.max_tokens,
         "temperature": temperature,
         "n": n,

@@ -300,9 +300,10 @@ def extractor_name(item: Item) -> str:
     return _EXTRACTOR_ALIASES.get(name, name)
 
 
-def build_messages(item: Item) -> list[dict[str, str]]:
-    """The chat messages sent for ``item``: the kind's system turn, if any, and the question."""
-    spec = prompt_for(item)
+def build_messages(item: Item, spec: PromptSpec | None = None) -> list[dict[str, str]]:
+    """The chat messages sent for ``item``: the system turn of ``spec`` (default: the kind's,
+    `prompt_for`), if any, and the question."""
+    spec = spec or prompt_for(item)
     options = "\n".join(f"{chr(ord('A') + i)}. {c}" for i, c in enumerate(item.choices))
     user = {
         "role": "user",
