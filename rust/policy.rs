@@ -662,14 +662,16 @@ impl Policy {
     pub fn update(&mut self, id: u64, fb: Feedback, now_s: f64) -> CoreResult<UpdateResult> {
         check_feedback(&fb)?;
         check_finite_scalar("now_s", now_s)?;
-        if let Err(e) = self.pending.get_live(id, self.next_id, now_s).map(|_| ()) {
-            if matches!(e, CoreError::ExpiredDecision(_)) {
-                self.pending.expire(now_s);
-                self.pending.compact();
+        let p = match self.pending.get_live(id, self.next_id, now_s) {
+            Ok(p) => p,
+            Err(e) => {
+                if matches!(e, CoreError::ExpiredDecision(_)) {
+                    self.pending.expire(now_s);
+                    self.pending.compact();
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
-        let p = self.pending.get_live(id, self.next_id, now_s)?;
+        };
         let a = p.action;
         let samples = samples_used(&a, &fb)?;
         let (cost_usd, latency_s) =
