@@ -208,7 +208,7 @@ class PromptSpec:
 #: multiple choice is one letter forced by a grammar, because free-form letters were cut off or
 #: unreadable for up to 72% of the answers of the Qwen models.
 ARITHMETIC_MAX_TOKENS = 576
-GSM8K_MAX_TOKENS = 480
+GSM8K_MAX_TOKENS = 640
 MMLU_SYSTEM = "You answer multiple-choice questions with a single letter."
 LETTER_GRAMMAR = "root ::= [ABCD]"
 
