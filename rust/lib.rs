@@ -3,6 +3,7 @@
 //! Everything here is pure Rust with no Python dependency; the PyO3 bindings live in
 //! `python/` behind the `python` cargo feature, so `cargo test` exercises the math directly.
 
+pub mod conservative;
 pub mod cost;
 pub mod error;
 pub mod featurize;

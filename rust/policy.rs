@@ -18,6 +18,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
+use crate::conservative::{reward_var, Conservative, Open};
 use crate::cost::{CostModel, Prediction};
 use crate::error::{check_finite, check_finite_scalar, CoreError, CoreResult};
 use crate::learner::{Config, Learner};
@@ -98,6 +99,28 @@ impl QualityLearner {
             QualityLearner::Shared(l) => l,
         }
     }
+
+    fn cfg_mut(&mut self) -> &mut Config {
+        match self {
+            QualityLearner::Disjoint(l) => &mut l.cfg,
+            QualityLearner::Shared(l) => &mut l.cfg,
+        }
+    }
+
+    /// Posterior means and alpha-free confidence widths `sqrt(phi' A^-1 phi)` (the bonus is
+    /// `alpha * width`): scored once with alpha = 1, then alpha is put back.
+    fn means_and_widths(
+        &mut self,
+        x: &[f64],
+        mean: &mut [f64],
+        width: &mut [f64],
+    ) -> CoreResult<()> {
+        let alpha = self.as_learner().config().alpha;
+        self.cfg_mut().alpha = 1.0;
+        let r = self.as_learner().finite_scores_into(x, mean, width);
+        self.cfg_mut().alpha = alpha;
+        r
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -132,6 +155,8 @@ pub struct Decision {
     pub propensity: f64,
     pub explored: bool,
     pub fallback: bool,
+    /// Conservative mode replaced the learner's choice by the baseline action.
+    pub conservative: bool,
     pub lambda: f64,
     /// Candidate action indices after pruning, with the probability each had of being chosen.
     pub candidates: Vec<usize>,
@@ -287,6 +312,8 @@ pub struct Policy {
     pub pending: PendingStore,
     pub next_id: u64,
     pub dim: usize,
+    /// Conservative exploration anchored on a baseline action (`None`: off).
+    pub conservative: Option<Conservative>,
 }
 
 /// A model to add, with the (strategy, n) pairs to create for it.
@@ -386,6 +413,7 @@ impl Policy {
             rng: SplitMix64::new(seed),
             next_id: 0,
             dim,
+            conservative: None,
         })
     }
 
@@ -438,7 +466,18 @@ impl Policy {
 
         let mut qmean = vec![0.0; k];
         let mut qbonus = vec![0.0; k];
-        learner.finite_scores_into(x, &mut qmean, &mut qbonus)?;
+        // Conservative mode needs the alpha-free widths for its confidence bounds.
+        let mut qwidth: Vec<f64> = Vec::new();
+        if self.conservative.is_some() {
+            qwidth = vec![0.0; k];
+            self.learner.means_and_widths(x, &mut qmean, &mut qwidth)?;
+            let alpha = self.learner.as_learner().config().alpha;
+            for (b, wd) in qbonus.iter_mut().zip(&qwidth) {
+                *b = alpha * wd;
+            }
+        } else {
+            learner.finite_scores_into(x, &mut qmean, &mut qbonus)?;
+        }
         let preds: Vec<Prediction> = self
             .space
             .actions
@@ -583,6 +622,84 @@ impl Policy {
             let chosen = cand[pick];
             (cand, probs, chosen, pick != best)
         };
+        let (mut candidates, mut probabilities, mut chosen) = (candidates, probabilities, chosen);
+
+        // 3. conservative mode: a candidate is allowed only if playing it keeps the pessimistic
+        // cumulative reward above (1 - delta) x the baseline's optimistic one; the probability
+        // of every other candidate moves to the baseline.
+        let mut overridden = false;
+        let mut cons_open: Option<Open> = None;
+        if let Some(c) = &self.conservative {
+            let base = self
+                .space
+                .actions
+                .iter()
+                .position(|a| a.uid == c.baseline_uid);
+            if let Some(bi) = base {
+                let cost_term = |i: usize| {
+                    w.cost * preds[i].cost_usd / cs + w.latency * preds[i].latency_s / ls
+                };
+                let bound = |i: usize, sign: f64| -> f64 {
+                    w.quality * c.quality_bound(qmean[i], qwidth[i], sign) - cost_term(i)
+                };
+                let var = |i: usize| reward_var(w.quality, c.quality_sd, cost_term(i));
+                let base_hi = bound(bi, 1.0);
+                let base_lo = bound(bi, -1.0);
+                let open_for = |i: usize| -> Open {
+                    if i == bi {
+                        Open {
+                            lo: base_lo,
+                            hi: base_lo,
+                            var_policy: 0.0,
+                            var_baseline: 0.0,
+                            baseline: true,
+                        }
+                    } else {
+                        Open {
+                            lo: bound(i, -1.0),
+                            hi: base_hi,
+                            var_policy: var(i),
+                            var_baseline: var(bi),
+                            baseline: false,
+                        }
+                    }
+                };
+                let baseline_usable = !fallback && feasible.contains(&bi);
+                if baseline_usable {
+                    let opens: Vec<Open> = candidates.iter().map(|&i| open_for(i)).collect();
+                    let ok = c.allowed(&opens);
+                    if ok.iter().any(|b| !b) {
+                        let mut base_mass = 0.0;
+                        let mut nc = Vec::with_capacity(candidates.len());
+                        let mut np = Vec::with_capacity(candidates.len());
+                        for (j, &i) in candidates.iter().enumerate() {
+                            if ok[j] {
+                                nc.push(i);
+                                np.push(probabilities[j]);
+                            } else {
+                                base_mass += probabilities[j];
+                            }
+                        }
+                        match nc.iter().position(|&i| i == bi) {
+                            Some(j) => np[j] += base_mass,
+                            None => {
+                                // the baseline had been pruned as dominated: it is back
+                                pruned.retain(|(i, _)| *i != bi);
+                                nc.push(bi);
+                                np.push(base_mass);
+                            }
+                        }
+                        if !nc.contains(&chosen) {
+                            chosen = bi;
+                            overridden = true;
+                        }
+                        candidates = nc;
+                        probabilities = np;
+                    }
+                }
+                cons_open = Some(open_for(chosen));
+            }
+        }
         pruned.sort_by_key(|e| e.0);
         let pos = candidates.iter().position(|&c| c == chosen).unwrap_or(0);
         let propensity = probabilities.get(pos).copied().unwrap_or(1.0);
@@ -590,6 +707,17 @@ impl Policy {
         let a = self.space.actions[chosen];
         let id = self.next_id;
         self.next_id = next_id;
+        if let (Some(c), Some(o)) = (self.conservative.as_mut(), cons_open) {
+            if overridden {
+                c.overrides += 1;
+            }
+            c.record(id, o);
+            // Decisions that expired without feedback keep their bounds for good.
+            if c.open.len() > 2 * self.pending.len() + 64 {
+                let live = &self.pending.map;
+                c.settle(|i| live.contains_key(&i));
+            }
+        }
         self.pacer.observe_request(now_s);
         let psi = match &self.learner {
             QualityLearner::Shared(_) => self.space.psi(&a),
@@ -624,8 +752,9 @@ impl Policy {
             prediction: preds[chosen],
             input_tokens,
             propensity,
-            explored,
+            explored: explored && !overridden,
             fallback,
+            conservative: overridden,
             lambda,
             candidates,
             probabilities,
@@ -706,6 +835,9 @@ impl Policy {
             fb.latency_s,
         );
         self.pacer.observe_cost(cost_usd);
+        if let Some(c) = self.conservative.as_mut() {
+            c.complete(id, reward);
+        }
         Ok(UpdateResult {
             reward,
             cost_usd,
@@ -867,8 +999,58 @@ impl Policy {
         Ok(mapping)
     }
 
+    /// Turns conservative mode on around the action at `index` (or off with `None`). Turning
+    /// it on (again) starts a fresh account: the promise is about the stream from now on.
+    pub fn set_conservative(
+        &mut self,
+        index: Option<i64>,
+        delta: f64,
+        confidence: f64,
+        quality_sd: f64,
+        quality_range: (f64, f64),
+    ) -> CoreResult<()> {
+        let Some(index) = index else {
+            self.conservative = None;
+            return Ok(());
+        };
+        let k = self.n_actions();
+        let i = usize::try_from(index)
+            .ok()
+            .filter(|i| *i < k)
+            .ok_or(CoreError::UnknownAction {
+                action: index,
+                n_actions: k,
+            })?;
+        let c = Conservative::new(
+            self.space.actions[i].uid,
+            delta,
+            confidence,
+            quality_sd,
+            quality_range,
+        )?;
+        self.conservative = Some(c);
+        Ok(())
+    }
+
+    /// The baseline's current index (None when conservative mode is off or its action was
+    /// retired, which suspends the mode).
+    pub fn conservative_baseline(&self) -> Option<usize> {
+        let c = self.conservative.as_ref()?;
+        self.space
+            .actions
+            .iter()
+            .position(|a| a.uid == c.baseline_uid)
+    }
+
+    /// New reward weights. Conservative mode's account restarts (its sums are rewards under
+    /// the old weights).
     pub fn set_weights(&mut self, w: Weights) -> CoreResult<()> {
         w.validate()?;
+        if w != self.weights {
+            if let Some(c) = self.conservative.as_mut() {
+                c.reset();
+            }
+        }
         self.weights = w;
         Ok(())
     }
@@ -997,6 +1179,14 @@ impl Policy {
         w.usize(done.len());
         for id in done {
             w.u64(id);
+        }
+        // format 3: conservative mode
+        match &self.conservative {
+            None => w.bool(false),
+            Some(c) => {
+                w.bool(true);
+                c.write(&mut w);
+            }
         }
         w.finish(Kind::Policy)
     }
@@ -1152,6 +1342,11 @@ impl Policy {
             }
             pending.done_order.push_back(id);
         }
+        let conservative = if r.version >= 3 && r.bool()? {
+            Some(Conservative::read(&mut r, 1 << 32)?)
+        } else {
+            None
+        };
         r.finish()?;
         check_finite("cost scales", &[cost_scale, latency_scale])?;
         let me = Policy {
@@ -1165,6 +1360,7 @@ impl Policy {
             pending,
             next_id,
             dim,
+            conservative,
         };
         me.check_invariants()
             .map_err(|e| CoreError::State(format!("inconsistent policy state: {e}")))?;

@@ -20,9 +20,10 @@ use std::path::{Path, PathBuf};
 use crate::error::{CoreError, CoreResult};
 
 pub const MAGIC: &[u8; 8] = b"UNISCALE";
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// Oldest format version this build reads. Version 2 added the pacer's carry-over state to
-/// the Policy payload; the learners' payloads are the same in both.
+/// the Policy payload, version 3 the conservative-mode account at its end; the learners'
+/// payloads are the same in all three.
 pub const MIN_FORMAT_VERSION: u32 = 1;
 const HEADER_LEN: usize = 8 + 4 + 1 + 8;
 

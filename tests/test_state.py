@@ -223,8 +223,23 @@ def test_policy_of_format_version_1_loads_and_behaves_as_before() -> None:
     assert d.index == 0
     assert d.score == pytest.approx(0.1162394280432279, rel=1e-9)
     again = policy.to_bytes()
-    assert struct.unpack_from("<I", again, 8)[0] == uniscale._core.STATE_FORMAT_VERSION == 2
+    assert struct.unpack_from("<I", again, 8)[0] == uniscale._core.STATE_FORMAT_VERSION == 3
     assert uniscale.Policy.from_bytes(again).to_bytes() == again
+
+
+def test_policy_of_format_version_2_loads_without_conservative_mode() -> None:
+    """Format 3 appended conservative mode's account to the policy payload (one flag byte when
+    the mode is off); a format-2 blob is the same bytes without it."""
+    policy = uniscale.Policy.from_bytes(POLICY_V1.read_bytes())
+    v3 = policy.to_bytes()
+    assert v3[-5] == 0  # the "conservative mode off" flag, before the CRC
+    payload_len = struct.unpack_from("<Q", v3, 13)[0]
+    v2 = bytearray(v3[:-5] + v3[-4:])
+    v2[8:12] = struct.pack("<I", 2)
+    v2[13:21] = struct.pack("<Q", payload_len - 1)
+    old = uniscale.Policy.from_bytes(reseal(v2))
+    assert old.conservative_status() is None
+    assert old.to_bytes() == v3
 
 
 def test_wrong_kind(rng: np.random.Generator) -> None:

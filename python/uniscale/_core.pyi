@@ -437,6 +437,9 @@ class Decision:
     def fallback(self) -> bool:
         """True when no allowed action met the limits and the cheapest was taken."""
     @property
+    def conservative(self) -> bool:
+        """True when conservative mode replaced the learner's choice by the baseline."""
+    @property
     def pacing_lambda(self) -> float:
         """Budget multiplier in force for this decision."""
     @property
@@ -519,6 +522,15 @@ class PolicyCore:
     def set_weights(self, quality: float, cost: float, latency: float) -> None: ...
     @property
     def weights(self) -> tuple[float, float, float]: ...
+    def set_conservative(
+        self,
+        index: int | None,
+        delta: float = 0.05,
+        confidence: float = 0.95,
+        quality_sd: float = 0.5,
+        quality_range: tuple[float, float] = ...,  # (0.0, 1.0)
+    ) -> None: ...
+    def conservative_status(self) -> dict[str, Any] | None: ...
     def set_exploration(
         self, kind: str, epsilon: float = 0.05, temperature: float = 0.1
     ) -> None: ...

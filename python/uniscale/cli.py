@@ -190,6 +190,16 @@ def _replay(args: argparse.Namespace) -> int:
 
     first = table_for(0)
     events, initial, described = _scenario(args.scenario, first, args.reward)
+    baseline = None
+    if args.baseline is not None:
+        if not (np.isfinite(args.conservative_delta) and 0 <= args.conservative_delta < 1):
+            raise SystemExit("error: --conservative-delta must be in [0, 1)")
+        try:
+            baseline = replay.parse_action(args.baseline, first.actions)
+        except ValueError as e:
+            raise SystemExit(f"error: --baseline: {e}") from None
+        kw["baseline"] = baseline
+        kw["conservative_delta"] = args.conservative_delta
     total = args.seeds * first.n_requests * (3 + len(weights))
     with Progress(total, "replay", enabled=not args.quiet) as bar:
         for seed in range(args.seeds):
@@ -533,6 +543,23 @@ def _add_replay(sub: Any) -> None:
         "constant), so they learn which actions are good, not for which requests",
     )
     r.add_argument("--reward", default="cost_sensitive", choices=PRESET_NAMES, help="reward preset")
+    r.add_argument(
+        "--baseline",
+        default=None,
+        metavar="MODEL[/STRATEGY/N]",
+        help="the action a team serves today: also replay it alone and UniScale in "
+        "conservative mode around it (Policy.set_baseline), and report whether the promise "
+        "'never more than DELTA x the baseline's cumulative reward below it' held at every "
+        "request",
+    )
+    r.add_argument(
+        "--conservative-delta",
+        type=float,
+        default=0.05,
+        metavar="DELTA",
+        help="with --baseline: the share of the baseline's cumulative reward conservative mode "
+        "may give up while exploring (default 0.05)",
+    )
     r.add_argument(
         "--scenario",
         default="stationary",

@@ -115,6 +115,9 @@ class Policy:
         seed: int = 0,
         model_slots: int | None = None,
         feature_version: str = "",
+        baseline: Action | int | None = None,
+        conservative_delta: float = 0.05,
+        conservative_confidence: float = 0.95,
     ) -> None:
         if not isinstance(space, ActionSpace):
             raise ConfigError(f"space must be an ActionSpace, got {type(space).__name__}")
@@ -144,6 +147,10 @@ class Policy:
             model_slots=model_slots,
             feature_version=feature_version,
         )
+        if baseline is not None:
+            self.set_baseline(
+                baseline, delta=conservative_delta, confidence=conservative_confidence
+            )
 
     # ---- the per-request loop ----
 
@@ -250,6 +257,44 @@ class Policy:
     @property
     def reward_weights(self) -> RewardWeights:
         return RewardWeights(*self._core.weights)
+
+    def set_baseline(
+        self,
+        action: Action | int | None,
+        *,
+        delta: float = 0.05,
+        confidence: float = 0.95,
+        quality_sd: float = 0.5,
+        quality_range: tuple[float, float] = (0.0, 1.0),
+    ) -> None:
+        """Conservative mode: ``action`` is what the team serves today, and exploration is
+        constrained so that, with probability about ``confidence``, the cumulative reward never
+        falls below the baseline's by more than ``delta`` times the baseline's cumulative reward
+        (in absolute value), at any point of the stream (Kazerouni et al. 2017).
+
+        Each request, the learner's choice is played only if a pessimistic bound on the
+        policy's cumulative reward including it (realised rewards so far, lower confidence
+        bounds for decisions still waiting for feedback) stays above ``(1 - delta)`` times an
+        optimistic bound on the baseline's on the same requests (its realised rewards where it
+        was played, upper confidence bounds where it was not, plus a noise allowance);
+        otherwise the baseline is played and ``decision.conservative`` is set. The baseline's
+        own rewards build the budget, so the policy starts by playing it. ``quality_sd`` is the
+        noise scale of one quality (0.5 suits qualities in [0, 1]) and the quality bounds are
+        clipped to ``quality_range``. The bound is as good as the
+        linear model's confidence sets; ``tests/test_conservative.py`` measures it on the real
+        tables over many seeds. Changing the reward weights restarts the account, as does
+        calling this again; ``None`` turns the mode off. If the baseline's model is retired the
+        mode is suspended (``conservative_status()["baseline"]`` is ``None``).
+        """
+        index = None if action is None else self._action_index(action)
+        self._core.set_conservative(index, delta, confidence, quality_sd, quality_range)
+
+    def conservative_status(self) -> dict[str, Any] | None:
+        """Conservative mode's account (``None`` when off): ``baseline`` (its index),
+        ``decisions``, ``overrides`` (how often the baseline replaced the learner's choice),
+        ``non_baseline``, ``policy_lower``, ``baseline_upper`` and ``slack`` (what exploration
+        may still spend, in reward units), with the settings."""
+        return self._core.conservative_status()
 
     def set_exploration(
         self,

@@ -354,9 +354,12 @@ def run_learner(
                 )
         if progress is not None:
             progress(1)
-    return _result(
-        spec.name, table, chosen, r, oracle, fallbacks=fallbacks, pacing_lambda=pol.pacing_lambda
-    )
+    extra: dict[str, Any] = {"fallbacks": fallbacks, "pacing_lambda": pol.pacing_lambda}
+    status = pol.conservative_status()
+    if status is not None:
+        extra["overrides"] = int(status["overrides"])
+        extra["non_baseline"] = int(status["non_baseline"])
+    return _result(spec.name, table, chosen, r, oracle, **extra)
 
 
 def _model_order(acts: Sequence[Action]) -> Callable[[str], int]:
@@ -389,6 +392,34 @@ def standard_learners(
     ]
 
 
+def conservative_margin(reward: F64, baseline_reward: F64, delta: float) -> F64:
+    """Conservative mode's promise along a stream: after each request ``t``, the policy's
+    cumulative reward minus ``(B_t - delta * |B_t|)``, where ``B_t`` is the baseline's
+    cumulative reward on the same requests. The promise holds at ``t`` when this is >= 0."""
+    cum = np.cumsum(reward)
+    base = np.cumsum(baseline_reward)
+    return np.asarray(cum - (base - delta * np.abs(base)), dtype=np.float64)
+
+
+def parse_action(spec: str, actions: Sequence[Action]) -> Action:
+    """``MODEL`` (one sample) or ``MODEL/STRATEGY/N``, checked against ``actions``."""
+    parts = spec.split("/")
+    if len(parts) == 1:
+        a = Action(parts[0], "single", 1)
+    elif len(parts) == 3:
+        try:
+            n = int(parts[2])
+        except ValueError:
+            raise ValueError(f"action {spec!r}: N must be an integer") from None
+        a = Action(parts[0], parts[1], n)  # type: ignore[arg-type]
+    else:
+        raise ValueError(f"action {spec!r} must be MODEL or MODEL/STRATEGY/N")
+    if a not in actions:
+        known = ", ".join(sorted({f"{b.model}/{b.strategy}/{b.n}" for b in actions}))
+        raise ValueError(f"action {spec!r} is not in this table; known: {known}")
+    return a
+
+
 def compare(
     table: OutcomeTable,
     models: Mapping[str, ModelSpec],
@@ -401,9 +432,16 @@ def compare(
     scales: Scales | None = None,
     progress: Callable[[int], None] | None = None,
     side_observations: bool = False,
+    baseline: Action | None = None,
+    conservative_delta: float = 0.05,
     **policy_kwargs: Any,
 ) -> list[RunResult]:
-    """Every baseline and learner on the same stream (``table`` rows in the given order)."""
+    """Every baseline and learner on the same stream (``table`` rows in the given order).
+
+    With ``baseline`` (the action a team serves today) also that action alone (``baseline``)
+    and UniScale in conservative mode around it (``uniscale_conservative``, `Policy.set_baseline`
+    with ``conservative_delta``); the latter's result carries its margin to the promise
+    (`conservative_margin`) in ``extra``."""
     scales = scales or Scales.from_table(table)
     avail, weights = schedule(table, events, reward, initial_models)
     r = reward_matrix(table, weights, scales)
@@ -429,9 +467,21 @@ def compare(
                     name="best_per_kind_xfit_n1",
                 )
             )
-    specs = (
+    specs = list(
         learners if learners is not None else standard_learners(table, r, avail, **policy_kwargs)
     )
+    base_col = -1
+    if baseline is not None:
+        base_col = table.actions.index(baseline)
+        chosen = np.full(table.n_requests, base_col, dtype=np.int64)
+        results.append(_result("baseline", table, chosen, r, orc.reward, action=str(baseline)))
+        specs.append(
+            LearnerSpec(
+                "uniscale_conservative",
+                table.actions,
+                {**policy_kwargs, "baseline": baseline, "conservative_delta": conservative_delta},
+            )
+        )
     for spec in specs:
         results.append(
             run_learner(
@@ -448,6 +498,15 @@ def compare(
                 side_observations=side_observations,
             )
         )
+        if spec.name == "uniscale_conservative":
+            run = results[-1]
+            margin = conservative_margin(run.reward, r[:, base_col], conservative_delta)
+            run.extra.update(
+                delta=conservative_delta,
+                baseline=str(baseline),
+                promise_min_margin=float(margin.min()),
+                promise_held=bool((margin >= 0).all()),
+            )
     return results
 
 

@@ -151,6 +151,28 @@ def targets(
             f"reward vs {base:<12} {_spread(diffs, '{:+.4f}')} per request; "
             f"UniScale ahead on {wins}/{len(diffs)} seeds"
         )
+    cons = [next((r for r in res if r.name == "uniscale_conservative"), None) for res in per_seed]
+    if cons and all(c is not None for c in cons):
+        runs = [c for c in cons if c is not None]
+        bases = [next(r for r in res if r.name == "baseline") for res in per_seed]
+        diffs = [float(c.reward.mean() - b.reward.mean()) for c, b in zip(runs, bases, strict=True)]
+        held = sum(bool(c.extra["promise_held"]) for c in runs)
+        explored = [int(c.extra.get("non_baseline", 0)) for c in runs]
+        delta, base_name = runs[0].extra["delta"], runs[0].extra["baseline"]
+        payload["conservative"] = {
+            "baseline": base_name,
+            "delta": delta,
+            "diff_per_request_vs_baseline": diffs,
+            "promise_held": held,
+            "min_margin": [float(c.extra["promise_min_margin"]) for c in runs],
+            "non_baseline_requests": explored,
+        }
+        lines.append(
+            f"conservative mode around {base_name} (delta {delta:g}): reward vs the baseline "
+            f"{_spread(diffs, '{:+.4f}')} per request; promise held at every request on "
+            f"{held}/{n} seeds; {np.mean(explored):.0f} of {len(runs[0].reward)} requests not "
+            "served by the baseline (mean)"
+        )
     for a_name, b_name, key, text in (
         (
             "best_per_kind_xfit",

@@ -200,6 +200,11 @@ impl PyDecision {
     fn fallback(&self) -> bool {
         self.d.fallback
     }
+    /// Conservative mode replaced the learner's choice by the baseline action.
+    #[getter]
+    fn conservative(&self) -> bool {
+        self.d.conservative
+    }
     #[getter]
     fn pacing_lambda(&self) -> f64 {
         self.d.lambda
@@ -250,6 +255,7 @@ impl PyDecision {
         d.set_item("propensity", x.propensity)?;
         d.set_item("explored", x.explored)?;
         d.set_item("fallback", x.fallback)?;
+        d.set_item("conservative", x.conservative)?;
         d.set_item("pacing_lambda", x.lambda)?;
         d.set_item("candidates", x.candidates.clone())?;
         d.set_item("probabilities", x.probabilities.clone())?;
@@ -272,7 +278,7 @@ impl PyDecision {
             self.d.prediction.cost_usd,
             self.d.prediction.latency_s,
             self.d.propensity,
-            if self.d.fallback { ", fallback" } else { "" }
+            if self.d.fallback { ", fallback" } else if self.d.conservative { ", conservative" } else { "" }
         )
     }
 }
@@ -502,6 +508,53 @@ impl PyPolicyCore {
     fn weights(&self) -> (f64, f64, f64) {
         let w = self.inner.lock().weights;
         (w.quality, w.cost, w.latency)
+    }
+
+    /// Conservative mode around the action at `index`, or off with `None`.
+    #[pyo3(signature = (
+        index, delta=0.05, confidence=0.95, quality_sd=0.5, quality_range=(0.0, 1.0)
+    ))]
+    fn set_conservative(
+        &self,
+        index: Option<&Bound<'_, PyAny>>,
+        delta: f64,
+        confidence: f64,
+        quality_sd: f64,
+        quality_range: (f64, f64),
+    ) -> PyResult<()> {
+        let i = match index {
+            Some(v) if !v.is_none() => Some(action_index(v)?),
+            _ => None,
+        };
+        Ok(self
+            .inner
+            .lock()
+            .set_conservative(i, delta, confidence, quality_sd, quality_range)?)
+    }
+
+    /// Conservative mode's account as a dict, or `None` when it is off.
+    fn conservative_status<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let p = self.inner.lock();
+        let Some(c) = &p.conservative else {
+            return Ok(None);
+        };
+        let b = c.budget();
+        let d = PyDict::new(py);
+        d.set_item("baseline", p.conservative_baseline())?;
+        d.set_item("delta", c.delta)?;
+        d.set_item("confidence", c.confidence())?;
+        d.set_item("z", c.z)?;
+        d.set_item("quality_sd", c.quality_sd)?;
+        d.set_item("quality_range", (c.quality_min, c.quality_max))?;
+        d.set_item("decisions", c.decisions)?;
+        d.set_item("overrides", c.overrides)?;
+        d.set_item("non_baseline", c.n_other)?;
+        d.set_item("open", c.open.len())?;
+        d.set_item("realised_reward", c.realised)?;
+        d.set_item("policy_lower", b.policy_lo)?;
+        d.set_item("baseline_upper", b.baseline_hi)?;
+        d.set_item("slack", b.slack)?;
+        Ok(Some(d))
     }
 
     #[pyo3(signature = (kind, epsilon=0.05, temperature=0.1))]

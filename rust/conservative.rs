@@ -1,0 +1,536 @@
+//! Conservative exploration: never fall (with high probability) below a fraction of what the
+//! team's current action would have earned.
+//!
+//! The idea is that of conservative linear bandits (Kazerouni et al., NeurIPS 2017): the
+//! policy plays the learner's choice only when a pessimistic estimate of its cumulative reward,
+//! *including this request*, stays above `(1 - delta)` times an optimistic estimate of what the
+//! baseline action would have earned on the same requests; otherwise it plays the baseline.
+//! Every non-baseline decision spends some of a budget that the baseline's own rewards
+//! replenish (`delta` times each of them), so exploration is paid for by the margin the team
+//! agreed to give up and never by more.
+//!
+//! What is known and what is bounded, after `t` decisions:
+//! * the policy's own reward of every decision with feedback is **realised** (known exactly);
+//!   a decision still waiting for feedback counts with the lower confidence bound it had when
+//!   it was made;
+//! * the baseline's reward on a request where the baseline was played is realised too; on a
+//!   request where another action was played it is the **counterfactual** and counts with the
+//!   baseline's upper confidence bound on that request, which stays in the sum for good;
+//! * a realised reward differs from its expectation by noise: the check adds
+//!   `z * reward_sd * sqrt(m)` to the baseline's bound (m counterfactual requests) and subtracts
+//!   `z * reward_sd * sqrt(open)` from the policy's (open = decisions without feedback).
+//!
+//! With `L` the policy's lower bound and `H` the baseline's upper bound, action `a` is allowed
+//! when `L - (H - delta * |H|) >= 0` after adding `a`'s lower bound to `L` and the baseline's
+//! upper bound for this request to `H`; the absolute value keeps the promise meaningful for
+//! rewards that are negative (cost-heavy presets): "at most `delta * |baseline's total|` below
+//! the baseline". The check runs on every decision, so it holds at every checkpoint, which is
+//! stronger than (and includes) checking it only at checkpoints as Garcelon et al. (AAAI 2020)
+//! allow.
+//!
+//! Quality bounds are `mean +- z * quality_sd * width`, clipped to the quality range ([0, 1] by
+//! default), where `width = sqrt(phi' A^-1 phi)` is the learner's (alpha-free) confidence width
+//! and `quality_sd` the sub-Gaussian scale of a quality in [0, 1] (0.5); cost and latency come from the cost model's prediction for the
+//! request being decided and from realised values afterwards. The guarantee is therefore as
+//! good as the linear model's confidence sets (exact for a well-specified model, approximate
+//! otherwise); the tests measure it on real tables over many seeds.
+
+use std::collections::BTreeMap;
+
+use crate::error::{CoreError, CoreResult};
+use crate::state::{Reader, Writer};
+
+/// An open (not yet updated) decision's contribution to the bounds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Open {
+    /// Lower bound on the policy's reward for this decision.
+    pub lo: f64,
+    /// Upper bound on the baseline's reward for this request (the baseline's lower bound when
+    /// the baseline itself was played: then both sides are the same random reward).
+    pub hi: f64,
+    /// Noise variance of the policy's realised reward around `lo`'s mean (0 for the baseline).
+    pub var_policy: f64,
+    /// Noise variance of the baseline's (counterfactual) realised reward (0 for the baseline).
+    pub var_baseline: f64,
+    pub baseline: bool,
+}
+
+/// Coefficient of variation assumed for one request's realised cost and latency around the
+/// cost model's prediction (output lengths vary by request far more than the cost model,
+/// which does not see the request, can tell): the noise allowance uses
+/// `(w_q * quality_sd)^2 + (COST_CV * (w_c * cost / cost_scale + w_l * latency / latency_scale))^2`
+/// per request.
+pub const COST_CV: f64 = 1.0;
+
+/// Per-request reward noise variance for an action with this predicted cost/latency term
+/// (`w_c * cost / cost_scale + w_l * latency / latency_scale`).
+pub fn reward_var(quality_weight: f64, quality_sd: f64, cost_term: f64) -> f64 {
+    (quality_weight * quality_sd).powi(2) + (COST_CV * cost_term).powi(2)
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conservative {
+    /// The baseline action's stable uid.
+    pub baseline_uid: u64,
+    /// Largest fraction of the baseline's cumulative reward the policy may give up.
+    pub delta: f64,
+    /// Normal quantile of the confidence bounds (e.g. 1.645 for one-sided 95%).
+    pub z: f64,
+    /// Sub-Gaussian scale of one quality observation (0.5 for qualities in [0, 1]).
+    pub quality_sd: f64,
+    /// The range qualities live in; confidence bounds are clipped to it.
+    pub quality_min: f64,
+    pub quality_max: f64,
+    /// Sum of realised rewards of every decision with feedback.
+    pub realised: f64,
+    /// Sum of realised rewards of the baseline's own decisions with feedback.
+    pub baseline_realised: f64,
+    /// Sum of the baseline's upper bounds on requests where another action was played and
+    /// feedback arrived (the counterfactual is never observed, so the bound stays).
+    pub counterfactual_hi: f64,
+    /// Requests on which another action than the baseline was played (open or not).
+    pub n_other: u64,
+    /// Sum of the counterfactual noise variances of those with feedback (and of expired ones).
+    pub counterfactual_var: f64,
+    /// Bounds of decisions that expired without feedback: kept for good.
+    pub settled_lo: f64,
+    pub settled_hi: f64,
+    /// Decisions where the constraint replaced the learner's choice by the baseline.
+    pub overrides: u64,
+    /// Decisions taken while the mode was on.
+    pub decisions: u64,
+    /// Open decisions by id (ordered, so sums come out the same after a reload).
+    pub open: BTreeMap<u64, Open>,
+}
+
+/// The bounds entering the check, for reporting.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Budget {
+    /// Pessimistic cumulative reward of the policy so far.
+    pub policy_lo: f64,
+    /// Optimistic cumulative reward of the baseline on the same requests.
+    pub baseline_hi: f64,
+    /// `policy_lo - (baseline_hi - delta * |baseline_hi|)`: what exploration may still spend.
+    pub slack: f64,
+}
+
+fn check_range((lo, hi): (f64, f64)) -> CoreResult<()> {
+    if lo.is_nan() || hi.is_nan() || lo >= hi || lo == f64::INFINITY || hi == f64::NEG_INFINITY {
+        return Err(CoreError::Config(format!(
+            "quality_range must be (low, high) with low < high, got ({lo}, {hi})"
+        )));
+    }
+    Ok(())
+}
+
+fn check_unit(what: &str, v: f64, lo_open: bool) -> CoreResult<()> {
+    let ok = v.is_finite() && v < 1.0 && if lo_open { v > 0.0 } else { v >= 0.0 };
+    if ok {
+        Ok(())
+    } else {
+        Err(CoreError::Config(format!(
+            "{what} must be in {}0, 1), got {v}",
+            if lo_open { "(" } else { "[" }
+        )))
+    }
+}
+
+/// Inverse of the standard normal CDF at `p` in (0.5, 1) (Acklam's rational approximation,
+/// relative error below 1.2e-9).
+pub fn normal_quantile(p: f64) -> f64 {
+    const A: [f64; 6] = [
+        -3.969_683_028_665_376e1,
+        2.209_460_984_245_205e2,
+        -2.759_285_104_469_687e2,
+        1.383_577_518_672_69e2,
+        -3.066_479_806_614_716e1,
+        2.506_628_277_459_239,
+    ];
+    const B: [f64; 5] = [
+        -5.447_609_879_822_406e1,
+        1.615_858_368_580_409e2,
+        -1.556_989_798_598_866e2,
+        6.680_131_188_771_972e1,
+        -1.328_068_155_288_572e1,
+    ];
+    const C: [f64; 6] = [
+        -7.784_894_002_430_293e-3,
+        -3.223_964_580_411_365e-1,
+        -2.400_758_277_161_838,
+        -2.549_732_539_343_734,
+        4.374_664_141_464_968,
+        2.938_163_982_698_783,
+    ];
+    const D: [f64; 4] = [
+        7.784_695_709_041_462e-3,
+        3.224_671_290_700_398e-1,
+        2.445_134_137_142_996,
+        3.754_408_661_907_416,
+    ];
+    let p_low = 0.02425;
+    if p < p_low {
+        let q = (-2.0 * p.ln()).sqrt();
+        (((((C[0] * q + C[1]) * q + C[2]) * q + C[3]) * q + C[4]) * q + C[5])
+            / ((((D[0] * q + D[1]) * q + D[2]) * q + D[3]) * q + 1.0)
+    } else if p <= 1.0 - p_low {
+        let q = p - 0.5;
+        let r = q * q;
+        (((((A[0] * r + A[1]) * r + A[2]) * r + A[3]) * r + A[4]) * r + A[5]) * q
+            / (((((B[0] * r + B[1]) * r + B[2]) * r + B[3]) * r + B[4]) * r + 1.0)
+    } else {
+        let q = (-2.0 * (1.0 - p).ln()).sqrt();
+        -(((((C[0] * q + C[1]) * q + C[2]) * q + C[3]) * q + C[4]) * q + C[5])
+            / ((((D[0] * q + D[1]) * q + D[2]) * q + D[3]) * q + 1.0)
+    }
+}
+
+impl Conservative {
+    pub fn new(
+        baseline_uid: u64,
+        delta: f64,
+        confidence: f64,
+        quality_sd: f64,
+        quality_range: (f64, f64),
+    ) -> CoreResult<Self> {
+        check_unit("delta", delta, false)?;
+        if !(confidence.is_finite() && confidence > 0.5 && confidence < 1.0) {
+            return Err(CoreError::Config(format!(
+                "confidence must be in (0.5, 1), got {confidence}"
+            )));
+        }
+        if !(quality_sd.is_finite() && (0.0..=1e6).contains(&quality_sd)) {
+            return Err(CoreError::Config(format!(
+                "quality_sd must be in [0, 1e6], got {quality_sd}"
+            )));
+        }
+        check_range(quality_range)?;
+        Ok(Conservative::empty(
+            baseline_uid,
+            delta,
+            normal_quantile(confidence),
+            quality_sd,
+            quality_range,
+        ))
+    }
+
+    /// Starts a fresh account with the same settings (after the reward weights change, old
+    /// sums are in other units).
+    pub fn reset(&mut self) {
+        *self = Conservative::empty(
+            self.baseline_uid,
+            self.delta,
+            self.z,
+            self.quality_sd,
+            (self.quality_min, self.quality_max),
+        );
+    }
+
+    fn empty(baseline_uid: u64, delta: f64, z: f64, quality_sd: f64, range: (f64, f64)) -> Self {
+        Conservative {
+            baseline_uid,
+            delta,
+            z,
+            quality_sd,
+            quality_min: range.0,
+            quality_max: range.1,
+            realised: 0.0,
+            baseline_realised: 0.0,
+            counterfactual_hi: 0.0,
+            n_other: 0,
+            counterfactual_var: 0.0,
+            settled_lo: 0.0,
+            settled_hi: 0.0,
+            overrides: 0,
+            decisions: 0,
+            open: BTreeMap::new(),
+        }
+    }
+
+    /// A confidence bound on quality: `mean + sign * z * quality_sd * width`, clipped to the
+    /// quality range.
+    pub fn quality_bound(&self, mean: f64, width: f64, sign: f64) -> f64 {
+        (mean + sign * self.z * self.quality_sd * width).clamp(self.quality_min, self.quality_max)
+    }
+
+    /// The confidence level `z` stands for.
+    pub fn confidence(&self) -> f64 {
+        0.5 * (1.0 + erf(self.z / std::f64::consts::SQRT_2))
+    }
+
+    /// (policy's lower bound, its noise variance, baseline's upper bound, its noise variance).
+    fn sums(&self) -> (f64, f64, f64, f64) {
+        let mut lo = self.realised + self.settled_lo;
+        let mut hi = self.baseline_realised + self.counterfactual_hi + self.settled_hi;
+        let mut var_p = 0.0;
+        let mut var_b = self.counterfactual_var;
+        for o in self.open.values() {
+            lo += o.lo;
+            hi += o.hi;
+            var_p += o.var_policy;
+            var_b += o.var_baseline;
+        }
+        (lo, var_p, hi, var_b)
+    }
+
+    fn slack_of(&self, lo: f64, var_p: f64, hi: f64, var_b: f64) -> Budget {
+        let policy_lo = lo - self.z * var_p.sqrt();
+        let baseline_hi = hi + self.z * var_b.sqrt();
+        Budget {
+            policy_lo,
+            baseline_hi,
+            slack: policy_lo - (baseline_hi - self.delta * baseline_hi.abs()),
+        }
+    }
+
+    /// The budget as it stands (no new decision).
+    pub fn budget(&self) -> Budget {
+        let (lo, var_p, hi, var_b) = self.sums();
+        self.slack_of(lo, var_p, hi, var_b)
+    }
+
+    /// For each candidate `open` (its bounds if it were played now), whether playing it keeps
+    /// the constraint. The baseline is always allowed.
+    pub fn allowed(&self, candidates: &[Open]) -> Vec<bool> {
+        let (lo, var_p, hi, var_b) = self.sums();
+        candidates
+            .iter()
+            .map(|o| {
+                o.baseline
+                    || self
+                        .slack_of(
+                            lo + o.lo,
+                            var_p + o.var_policy,
+                            hi + o.hi,
+                            var_b + o.var_baseline,
+                        )
+                        .slack
+                        >= 0.0
+            })
+            .collect()
+    }
+
+    /// Records a decision.
+    pub fn record(&mut self, id: u64, o: Open) {
+        if !o.baseline {
+            self.n_other += 1;
+        }
+        self.decisions += 1;
+        self.open.insert(id, o);
+    }
+
+    /// Replaces a decision's bounds by its realised reward.
+    pub fn complete(&mut self, id: u64, reward: f64) {
+        if let Some(o) = self.open.remove(&id) {
+            self.realised += reward;
+            if o.baseline {
+                self.baseline_realised += reward;
+            } else {
+                self.counterfactual_hi += o.hi;
+                self.counterfactual_var += o.var_baseline;
+            }
+        }
+    }
+
+    /// Decisions that can no longer take feedback keep their bounds for good.
+    pub fn settle(&mut self, live: impl Fn(u64) -> bool) {
+        let gone: Vec<u64> = self.open.keys().copied().filter(|id| !live(*id)).collect();
+        for id in gone {
+            if let Some(o) = self.open.remove(&id) {
+                self.settled_lo += o.lo;
+                self.settled_hi += o.hi;
+                // the policy's reward stays a bound too, so its noise joins the other side
+                self.counterfactual_var += o.var_baseline + o.var_policy;
+            }
+        }
+    }
+
+    pub fn write(&self, w: &mut Writer) {
+        w.u64(self.baseline_uid);
+        for v in [
+            self.delta,
+            self.z,
+            self.quality_sd,
+            self.quality_min,
+            self.quality_max,
+            self.realised,
+            self.baseline_realised,
+            self.counterfactual_hi,
+            self.counterfactual_var,
+            self.settled_lo,
+            self.settled_hi,
+        ] {
+            w.f64(v);
+        }
+        w.u64(self.n_other);
+        w.u64(self.overrides);
+        w.u64(self.decisions);
+        w.usize(self.open.len());
+        for (&id, o) in &self.open {
+            w.u64(id);
+            w.f64(o.lo);
+            w.f64(o.hi);
+            w.f64(o.var_policy);
+            w.f64(o.var_baseline);
+            w.bool(o.baseline);
+        }
+    }
+
+    pub fn read(r: &mut Reader, max_open: usize) -> CoreResult<Conservative> {
+        let baseline_uid = r.u64()?;
+        let mut f = [0.0; 11];
+        for v in f.iter_mut() {
+            *v = r.f64()?;
+        }
+        let [delta, z, quality_sd, quality_min, quality_max, realised, baseline_realised, counterfactual_hi, counterfactual_var, settled_lo, settled_hi] =
+            f;
+        let st = |m: String| CoreError::State(format!("conservative mode: {m}"));
+        check_unit("delta", delta, false).map_err(|e| st(e.to_string()))?;
+        if !(z.is_finite() && z > 0.0 && z < 40.0) {
+            return Err(st(format!("z must be in (0, 40), got {z}")));
+        }
+        if !(quality_sd.is_finite() && (0.0..=1e6).contains(&quality_sd)) {
+            return Err(st(format!(
+                "quality_sd must be in [0, 1e6], got {quality_sd}"
+            )));
+        }
+        for (what, v) in [
+            ("realised", realised),
+            ("baseline_realised", baseline_realised),
+            ("counterfactual_hi", counterfactual_hi),
+            ("counterfactual_var", counterfactual_var),
+            ("settled_lo", settled_lo),
+            ("settled_hi", settled_hi),
+        ] {
+            if !v.is_finite() {
+                return Err(st(format!("{what} is {v}")));
+            }
+        }
+        let n_other = r.u64()?;
+        let overrides = r.u64()?;
+        let decisions = r.u64()?;
+        let n_open = r.dim("conservative open decisions", max_open)?;
+        let mut open = BTreeMap::new();
+        for _ in 0..n_open {
+            let id = r.u64()?;
+            let (lo, hi) = (r.f64()?, r.f64()?);
+            let (var_policy, var_baseline, baseline) = (r.f64()?, r.f64()?, r.bool()?);
+            if ![lo, hi, var_policy, var_baseline]
+                .iter()
+                .all(|v| v.is_finite())
+                || var_policy < 0.0
+                || var_baseline < 0.0
+            {
+                return Err(st(format!("open decision {id} has invalid bounds")));
+            }
+            let o = Open {
+                lo,
+                hi,
+                var_policy,
+                var_baseline,
+                baseline,
+            };
+            if open.insert(id, o).is_some() {
+                return Err(st(format!("open decision {id} is listed twice")));
+            }
+        }
+        Ok(Conservative {
+            baseline_uid,
+            delta,
+            z,
+            quality_sd,
+            quality_min,
+            quality_max,
+            realised,
+            baseline_realised,
+            counterfactual_hi,
+            n_other,
+            counterfactual_var,
+            settled_lo,
+            settled_hi,
+            overrides,
+            decisions,
+            open,
+        })
+    }
+}
+
+/// Error function (Abramowitz-Stegun 7.1.26, absolute error below 1.5e-7); used only to report
+/// the confidence level back.
+fn erf(x: f64) -> f64 {
+    let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
+    let y = 1.0
+        - (((((1.061_405_429 * t - 1.453_152_027) * t) + 1.421_413_741) * t - 0.284_496_736) * t
+            + 0.254_829_592)
+            * t
+            * (-x * x).exp();
+    if x >= 0.0 {
+        y
+    } else {
+        -y
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(lo: f64, hi: f64, var: f64, baseline: bool) -> Open {
+        Open {
+            lo,
+            hi,
+            var_policy: var,
+            var_baseline: var,
+            baseline,
+        }
+    }
+
+    #[test]
+    fn quantile_matches_known_values() {
+        for (p, z) in [
+            (0.95, 1.644_853_626_951),
+            (0.975, 1.959_963_984_540),
+            (0.99, 2.326_347_874_041),
+            (0.999, 3.090_232_306_168),
+        ] {
+            assert!(
+                (normal_quantile(p) - z).abs() < 1e-8,
+                "{p}: {}",
+                normal_quantile(p)
+            );
+        }
+    }
+
+    #[test]
+    fn baseline_is_always_allowed_and_others_need_slack() {
+        let c = Conservative::new(7, 0.1, 0.95, 0.5, (0.0, 1.0)).unwrap();
+        let ok = c.allowed(&[open(0.5, 0.5, 0.0, true), open(0.5, 0.6, 0.25, false)]);
+        assert_eq!(ok, vec![true, false]);
+    }
+
+    #[test]
+    fn baseline_rewards_build_the_budget() {
+        let mut c = Conservative::new(7, 0.1, 0.95, 0.5, (0.0, 1.0)).unwrap();
+        for id in 0..200 {
+            c.record(id, open(0.5, 0.5, 0.0, true));
+            c.complete(id, 0.6);
+        }
+        // 200 * 0.6 * 0.1 = 12 of slack; one exploratory request at lo 0 vs hi 0.7 with noise
+        // 1.645 * 0.5 * (1 + 0.9) costs about 2.3
+        assert_eq!(c.allowed(&[open(0.0, 0.7, 0.25, false)]), vec![true]);
+        let b = c.budget();
+        assert!((b.slack - 12.0).abs() < 1e-9, "{b:?}");
+    }
+
+    #[test]
+    fn state_round_trips() {
+        let mut c = Conservative::new(3, 0.05, 0.9, 0.5, (0.0, 1.0)).unwrap();
+        c.record(1, open(0.1, 0.9, 0.3, false));
+        c.record(2, open(0.3, 0.3, 0.0, true));
+        c.complete(2, 1.0);
+        let mut w = Writer::new();
+        c.write(&mut w);
+        let bytes = w.finish(crate::state::Kind::Policy);
+        let mut r = Reader::open(&bytes, crate::state::Kind::Policy).unwrap();
+        assert_eq!(Conservative::read(&mut r, 10).unwrap(), c);
+    }
+}

@@ -1,0 +1,295 @@
+"""Conservative mode (`Policy.set_baseline`): the promise over many seeds on both real tables,
+the accounting, the decision it changes, persistence and bad input."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from uniscale import ConfigError, Policy, UnknownActionError, datasets, replay
+from uniscale.datasets import Source
+from uniscale.space import Action, ActionSpace, ModelSpec
+
+CHEAP = ModelSpec("cheap", price_in_per_mtok=0.1, price_out_per_mtok=0.2, prior_output_tokens=20)
+BIG = ModelSpec("big", price_in_per_mtok=1.0, price_out_per_mtok=3.0, prior_output_tokens=20)
+
+
+def space() -> ActionSpace:
+    return ActionSpace.grid([CHEAP, BIG], n_values=(1, 2))
+
+
+def stream(policy: Policy, n: int, seed: int = 0, q: dict[str, float] | None = None) -> list[bool]:
+    """Serves ``n`` requests with Bernoulli quality per model; returns decision.conservative."""
+    q = q or {"cheap": 0.7, "big": 0.8}
+    rng = np.random.default_rng(seed)
+    flags = []
+    for t in range(n):
+        d = policy.select(rng.normal(size=3), 200.0, now=float(t))
+        flags.append(d.conservative)
+        policy.update(d.id, quality=float(rng.random() < q[d.model]), now=float(t))
+    return flags
+
+
+# ---- the promise on real data ---------------------------------------------------------------
+
+
+@functools.cache
+def _source(name: str, n: int | None) -> Source:
+    if name == "real":
+        return datasets.collected_source(n_requests=n)
+    return datasets.mmlu_pro_source(n_requests=n)
+
+
+@pytest.mark.parametrize(
+    ("table", "requests", "baseline", "preset"),
+    [
+        # the baseline is expensive for this preset: the policy has a lot to gain and explores
+        ("real", None, "qwen15", "cost_sensitive"),
+        # the baseline is the best fixed action: there is almost nothing to gain
+        ("real", None, "qwen15", "quality_priority"),
+        ("mmlu-pro", 1500, "llama-3.1-70b-instruct", "quality_priority"),
+        ("mmlu-pro", 1500, "gemini-1.5-pro-002", "balanced"),
+    ],
+)
+def test_promise_holds_at_every_request_on_95_percent_of_50_seeds(
+    table: str, requests: int | None, baseline: str, preset: str
+) -> None:
+    src = _source(table, requests)
+    delta = 0.05
+    held, diffs, explored = 0, [], []
+    for seed in range(50):
+        t = src.table(seed)
+        b = replay.parse_action(baseline, t.actions)
+        res = replay.compare(
+            t,
+            src.models,
+            reward=preset,
+            seed=seed,
+            learners=[],
+            baseline=b,
+            conservative_delta=delta,
+        )
+        cons = next(r for r in res if r.name == "uniscale_conservative")
+        base = next(r for r in res if r.name == "baseline")
+        margin = replay.conservative_margin(cons.reward, base.reward, delta)
+        assert cons.extra["promise_held"] == bool((margin >= 0).all())
+        held += cons.extra["promise_held"]
+        diffs.append(cons.reward.mean() - base.reward.mean())
+        explored.append(cons.extra["non_baseline"])
+    assert held >= 48, f"promise held on {held}/50 seeds"
+    # not vacuous: it does leave the baseline, and is not worse than it on average
+    assert np.mean(explored) >= 1
+    assert np.mean(diffs) > -0.002, np.mean(diffs)
+
+
+def test_conservative_gains_where_the_baseline_is_poor() -> None:
+    src = _source("real", None)
+    diffs = []
+    for seed in range(5):
+        t = src.table(seed)
+        b = replay.parse_action("qwen15", t.actions)
+        res = replay.compare(
+            t, src.models, reward="cost_sensitive", seed=seed, learners=[], baseline=b
+        )
+        cons = next(r for r in res if r.name == "uniscale_conservative")
+        base = next(r for r in res if r.name == "baseline")
+        diffs.append(cons.reward.mean() - base.reward.mean())
+        assert cons.extra["non_baseline"] > 100
+    assert min(diffs) > 0.1
+
+
+def test_margin_definition() -> None:
+    r = np.array([1.0, 0.0, 1.0])
+    b = np.array([1.0, 1.0, 1.0])
+    m = replay.conservative_margin(r, b, 0.5)
+    np.testing.assert_allclose(m, [0.5, 0.0, 0.5])
+    # negative baseline totals: the allowance is delta * |B|, so the bar is below B
+    m2 = replay.conservative_margin(np.array([-1.1]), np.array([-1.0]), 0.2)
+    np.testing.assert_allclose(m2, [0.1])
+
+
+# ---- what a decision looks like -------------------------------------------------------------
+
+
+def test_starts_on_the_baseline_and_flags_overrides() -> None:
+    p = Policy(space(), dim=3, baseline=Action("big", "single", 1))
+    rng = np.random.default_rng(0)
+    d = p.select(rng.normal(size=3), 200.0, now=0.0)
+    # no budget yet: the learner prefers the cheaper untried model, the baseline is served
+    assert d.action == Action("big", "single", 1)
+    assert d.conservative and not d.explored
+    assert d.to_dict()["conservative"] is True
+    assert "conservative" in repr(d)
+    assert np.isclose(d.probabilities.sum(), 1.0)
+    assert p.actions.index(Action("big", "single", 1)) in list(d.candidates)
+    st_ = p.conservative_status()
+    assert st_ is not None and st_["decisions"] == 1 and st_["overrides"] == 1
+
+
+def test_leaves_the_baseline_once_its_rewards_pay_for_it() -> None:
+    p = Policy(space(), dim=3, reward="quality_priority", baseline=Action("cheap", "single", 1))
+    flags = stream(p, 600)
+    st_ = p.conservative_status()
+    assert st_ is not None
+    assert flags[0] and not all(flags)  # starts on the baseline, later explores
+    assert st_["non_baseline"] > 0
+    assert st_["slack"] >= 0
+
+
+def test_epsilon_mass_of_blocked_actions_moves_to_the_baseline() -> None:
+    p = Policy(space(), dim=3, exploration="epsilon", epsilon=0.5, baseline=0)
+    d = p.select(np.zeros(3), 200.0, now=0.0)
+    assert list(d.candidates) == [0]
+    assert list(d.probabilities) == [1.0]
+    assert d.propensity == 1.0
+
+
+def test_off_by_default_and_switchable() -> None:
+    p = Policy(space(), dim=3)
+    assert p.conservative_status() is None
+    d = p.select(np.zeros(3), 200.0, now=0.0)
+    assert not d.conservative
+    p.set_baseline(Action("big", "single", 1), delta=0.1, confidence=0.9)
+    st_ = p.conservative_status()
+    assert st_ is not None
+    assert st_["baseline"] == p.actions.index(Action("big", "single", 1))
+    assert st_["delta"] == 0.1 and st_["confidence"] == pytest.approx(0.9, abs=1e-6)
+    p.set_baseline(None)
+    assert p.conservative_status() is None
+
+
+def test_accounting_matches_the_rewards() -> None:
+    p = Policy(space(), dim=3, reward="balanced", baseline=Action("cheap", "single", 1))
+    rng = np.random.default_rng(3)
+    total = 0.0
+    for t in range(200):
+        d = p.select(rng.normal(size=3), 200.0, now=float(t))
+        total += p.update(d.id, quality=float(rng.random() < 0.7), now=float(t)).reward
+    st_ = p.conservative_status()
+    assert st_ is not None
+    assert st_["realised_reward"] == pytest.approx(total, rel=1e-12)
+    assert st_["open"] == 0
+    assert st_["decisions"] == 200
+    hi = st_["baseline_upper"]
+    assert st_["slack"] == pytest.approx(st_["policy_lower"] - (hi - 0.05 * abs(hi)))
+
+
+def test_changing_the_reward_restarts_the_account() -> None:
+    p = Policy(space(), dim=3, baseline=0)
+    stream(p, 50)
+    p.set_reward("balanced")
+    st_ = p.conservative_status()
+    assert st_ is not None and st_["decisions"] == 0 and st_["realised_reward"] == 0.0
+    p.set_reward("balanced")  # the same weights: nothing restarts
+    stream(p, 5)
+    st2 = p.conservative_status()
+    assert st2 is not None and st2["decisions"] == 5
+
+
+def test_retired_baseline_suspends_the_mode() -> None:
+    p = Policy(space(), dim=3, baseline=Action("big", "single", 1))
+    stream(p, 10)
+    p.retire_model("big")
+    st_ = p.conservative_status()
+    assert st_ is not None and st_["baseline"] is None
+    d = p.select(np.zeros(3), 200.0, now=11.0)
+    assert not d.conservative and d.model == "cheap"
+
+
+def test_pending_decisions_count_until_feedback_and_survive_a_restart() -> None:
+    p = Policy(space(), dim=3, reward="quality_priority", baseline=0)
+    stream(p, 400)
+    ids = [p.select(np.full(3, 0.1 * i), 200.0, now=500.0 + i).id for i in range(5)]
+    st_ = p.conservative_status()
+    assert st_ is not None and st_["open"] == 5
+    q = Policy.from_bytes(p.to_bytes())
+    assert q.conservative_status() == st_
+    for i in ids:
+        p.update(i, quality=1.0, now=600.0)
+        q.update(i, quality=1.0, now=600.0)
+    assert q.conservative_status() == p.conservative_status()
+    # the same state decides the same way
+    x = np.array([0.3, -0.2, 0.1])
+    assert p.select(x, 200.0, now=700.0).index == q.select(x, 200.0, now=700.0).index
+
+
+def test_expired_decisions_keep_their_bounds() -> None:
+    p = Policy(space(), dim=3, baseline=0, ttl_s=1.0)
+    for t in range(200):  # never updated: all expire
+        p.select(np.zeros(3), 200.0, now=float(t) * 10)
+    st_ = p.conservative_status()
+    assert st_ is not None
+    assert st_["open"] < 200  # settled as the pending store expired them
+    assert st_["decisions"] == 200
+    assert Policy.from_bytes(p.to_bytes()).conservative_status() == st_
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"delta": 1.0}, "delta"),
+        ({"delta": -0.1}, "delta"),
+        ({"delta": float("nan")}, "delta"),
+        ({"confidence": 0.5}, "confidence"),
+        ({"confidence": 1.0}, "confidence"),
+        ({"quality_sd": -1.0}, "quality_sd"),
+        ({"quality_range": (1.0, 0.0)}, "quality_range"),
+        ({"quality_range": (float("nan"), 1.0)}, "quality_range"),
+    ],
+)
+def test_bad_settings_are_config_errors(kwargs: dict[str, object], match: str) -> None:
+    p = Policy(space(), dim=3)
+    with pytest.raises(ConfigError, match=match):
+        p.set_baseline(0, **kwargs)  # type: ignore[arg-type]
+    assert p.conservative_status() is None
+
+
+@pytest.mark.parametrize("action", [99, -1, Action("nope", "single", 1), True])
+def test_unknown_baseline(action: object) -> None:
+    with pytest.raises(UnknownActionError):
+        Policy(space(), dim=3, baseline=action)  # type: ignore[arg-type]
+
+
+def test_parse_action() -> None:
+    acts = space().actions
+    assert replay.parse_action("big", acts) == Action("big", "single", 1)
+    assert replay.parse_action("cheap/self_consistency/2", acts) == Action(
+        "cheap", "self_consistency", 2
+    )
+    for bad, match in [("big/x", "MODEL or"), ("big/single/one", "integer"), ("zzz", "known")]:
+        with pytest.raises(ValueError, match=match):
+            replay.parse_action(bad, acts)
+
+
+# ---- invariants -----------------------------------------------------------------------------
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    n=st.integers(1, 120),
+    delta=st.floats(0.0, 0.5),
+    feedback_every=st.integers(1, 4),
+)
+def test_state_round_trips_and_slack_identity(
+    seed: int, n: int, delta: float, feedback_every: int
+) -> None:
+    p = Policy(space(), dim=3, seed=seed, baseline=1, conservative_delta=delta)
+    rng = np.random.default_rng(seed)
+    waiting: list[int] = []
+    for t in range(n):
+        d = p.select(rng.normal(size=3), float(rng.integers(0, 500)), now=float(t))
+        waiting.append(d.id)
+        if t % feedback_every == 0:
+            for i in waiting:
+                p.update(i, quality=float(rng.random()), now=float(t))
+            waiting.clear()
+    st_ = p.conservative_status()
+    assert st_ is not None and st_["open"] == len(waiting)
+    hi = st_["baseline_upper"]
+    assert st_["slack"] == pytest.approx(st_["policy_lower"] - (hi - delta * abs(hi)), abs=1e-9)
+    assert Policy.from_bytes(p.to_bytes()).conservative_status() == st_
