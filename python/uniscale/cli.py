@@ -6,6 +6,7 @@
                         collected file) through UniScale and the baselines over several seeds;
                         quality-cost curve, AIQ, budget check.
 ``uniscale collect``    record a full-information outcome table from real endpoints.
+``uniscale calibrate``  run K items through every action once, for a warm start.
 ``uniscale ope``        off-policy estimates of a target policy's mean reward from a decision log.
 ``uniscale ope-check``  the same estimators checked against replay ground truth on a table.
 """
@@ -170,6 +171,10 @@ def _replay(args: argparse.Namespace) -> int:
     if not (np.isfinite(args.pacing_carryover) and args.pacing_carryover >= 0):
         raise SystemExit("error: --pacing-carryover must be finite and >= 0")
     src = _source(args, args.models)
+    if args.warm_start is not None:
+        from uniscale.calibrate import replay_warm_start
+
+        return replay_warm_start(args, src)
     out = Path(args.out)
     if not (np.isfinite(args.alpha) and args.alpha >= 0):
         raise SystemExit("error: --alpha must be finite and >= 0")
@@ -459,6 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
     from uniscale.collect import register as register_collect
 
     register_collect(sub)
+    from uniscale.calibrate import register as register_calibrate
+
+    register_calibrate(sub)
     _add_replay(sub)
     _add_ope(sub)
     return p
@@ -588,6 +596,9 @@ def _add_replay(sub: Any) -> None:
         action="store_false",
         help=f"skip the quality-cost sweep (w_c in {list(COST_WEIGHTS)}; run without --budget)",
     )
+    from uniscale.calibrate import add_replay_args
+
+    add_replay_args(r)
     r.add_argument("--out", default="uniscale-replay", help="output directory")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=_replay)

@@ -273,11 +273,13 @@ def best_per_kind_xfit_run(
 
 @dataclass(frozen=True, slots=True)
 class LearnerSpec:
-    """How to build one learning policy for a replay."""
+    """How to build one learning policy for a replay. ``prepare``, when set, is called on the
+    fresh policy before the first request (e.g. `uniscale.calibrate.warm_start`)."""
 
     name: str
     actions: Sequence[Action]
     kwargs: Mapping[str, Any] = field(default_factory=dict)
+    prepare: Callable[[Policy], object] | None = None
 
 
 def run_learner(
@@ -314,6 +316,8 @@ def run_learner(
         latency_scale=scales.latency_scale,
         **dict(spec.kwargs),
     )
+    if spec.prepare is not None:
+        spec.prepare(pol)
 
     def mapping() -> I64:
         return np.array([col_of[a] for a in pol.actions], dtype=np.int64)
