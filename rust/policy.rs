@@ -883,13 +883,24 @@ impl Policy {
     /// replica's feedback. Updates the quality learner and the cost model exactly as `update`
     /// would for a decision of action `index` on request `x`; the budget pacer is not touched
     /// (nothing was spent on this policy's behalf). Validated completely before anything changes.
+    ///
+    /// `weight` (> 0, default 1 in the bindings) counts the outcome that many times in the
+    /// quality learner: below 1 for correlated side observations or a capped prior, so they
+    /// cannot make the learner more confident than the evidence is worth. The cost model
+    /// learns from the outcome once either way.
     pub fn observe(
         &mut self,
         x: &[f64],
         index: i64,
         input_tokens: f64,
         fb: Feedback,
+        weight: f64,
     ) -> CoreResult<UpdateResult> {
+        if !(weight.is_finite() && weight > 0.0 && weight <= 1e6) {
+            return Err(CoreError::Config(format!(
+                "weight must be in (0, 1e6], got {weight}"
+            )));
+        }
         let k = self.n_actions();
         let i = usize::try_from(index)
             .ok()
@@ -916,9 +927,16 @@ impl Policy {
         match &mut self.learner {
             QualityLearner::Shared(l) => {
                 let psi = self.space.psi(&a);
-                l.update_features(&psi, x, fb.quality)?;
+                l.update_features_weighted(&psi, x, fb.quality, weight)?;
             }
-            QualityLearner::Disjoint(l) => l.update(index, x, fb.quality)?,
+            QualityLearner::Disjoint(l) if weight == 1.0 => l.update(index, x, fb.quality)?,
+            QualityLearner::Disjoint(l) => {
+                // one update of sqrt(w) x with residual sqrt(w) (quality - prior_mean)
+                let sw = weight.sqrt();
+                let xs: Vec<f64> = x.iter().map(|v| v * sw).collect();
+                let prior = l.cfg.prior_mean;
+                l.update(index, &xs, prior + (fb.quality - prior) * sw)?;
+            }
         }
         self.cost.observe(
             &self.space,

@@ -106,17 +106,33 @@ impl SharedLinUcb {
     /// Update with explicit action features (used for a decision whose action was removed
     /// between selection and feedback: the shared model still learns from it).
     pub fn update_features(&mut self, psi_a: &[f64], x: &[f64], reward: f64) -> CoreResult<()> {
+        self.update_features_weighted(psi_a, x, reward, 1.0)
+    }
+
+    /// `update_features` counted `weight` times (any weight > 0): `A += w phi phi'`,
+    /// `b += w (reward - prior_mean) phi`, done as one update of `sqrt(w) phi`.
+    pub fn update_features_weighted(
+        &mut self,
+        psi_a: &[f64],
+        x: &[f64],
+        reward: f64,
+        weight: f64,
+    ) -> CoreResult<()> {
         check_len("x", x.len(), self.dim)?;
         check_features("x", x)?;
         check_len("action features", psi_a.len(), self.p)?;
         check_features("action features", psi_a)?;
         crate::error::check_finite_scalar("reward", reward)?;
-        let phi = kron_phi(x, psi_a);
+        let mut phi = kron_phi(x, psi_a);
+        let sw = weight.sqrt();
+        if weight != 1.0 {
+            phi.iter_mut().for_each(|v| *v *= sw);
+        }
         let mut scratch = vec![0.0; phi.len()];
         let cfg = self.cfg;
         self.model.update(
             &phi,
-            reward - cfg.prior_mean,
+            (reward - cfg.prior_mean) * sw,
             cfg.discount,
             cfg.ridge,
             &mut scratch,

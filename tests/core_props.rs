@@ -298,7 +298,11 @@ mod conservative_props {
     fn build(delta: f64, hist: &[(f64, f64, f64, bool, Option<f64>)]) -> Conservative {
         let mut c = Conservative::new(0, delta, 0.95, 0.5, (0.0, 1.0)).unwrap();
         for (id, &(lo, hi, var, base, reward)) in hist.iter().enumerate() {
-            let o = if base { open(lo, lo, 0.0, true) } else { open(lo, hi, var, false) };
+            let o = if base {
+                open(lo, lo, 0.0, true)
+            } else {
+                open(lo, hi, var, false)
+            };
             c.record(id as u64, o);
             if let Some(r) = reward {
                 c.complete(id as u64, r);

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from uniscale import datasets
 from uniscale._core import ConfigError
 from uniscale.calibrate import (
+    DEFAULT_PSEUDO_OBSERVATIONS,
     TABLE_NAME,
     action_stats,
     calibrate,
@@ -242,7 +243,11 @@ def test_prior_strength_does_not_grow_with_k(
     t2 = synthetic(x2, rng.integers(0, 2, size=(k2, k)))
     p1, p2 = policy(learner), policy(learner)
     r1, r2 = warm_start(p1, t1, n0), warm_start(p2, t2, n0)
-    assert {o.count for o in r1.transferred} == {o.count for o in r2.transferred} == {n0}
+    assert [o.weight for o in r1.transferred] == [o.weight for o in r2.transferred]
+    # each model gets n0 pseudo-observations in all, shared by its actions
+    for model in {a.model for a in SPACE_ACTIONS}:
+        total = sum(o.weight for o in r1.transferred if o.action.model == model)
+        assert total == pytest.approx(n0)
     assert len(r1.transferred) == k and not r1.cold
     # The exploration bonus (the prior's strength) is the same everywhere, whatever K and
     # whatever the outcomes; only the means differ.
@@ -281,7 +286,11 @@ def test_real_table_k30_and_k300_give_the_same_bonus() -> None:
     for k in (30, 300):
         p = Policy(space, 1)
         report = warm_start(p, full.subset(range(k)))
-        assert report.items == k and {o.count for o in report.transferred} == {3}
+        assert report.items == k
+        per_model = {a.model: 0.0 for a in full.actions}
+        for o in report.transferred:
+            per_model[o.action.model] += o.weight
+        assert per_model == pytest.approx(dict.fromkeys(per_model, DEFAULT_PSEUDO_OBSERVATIONS))
         m, b = p.core.quality_scores(np.zeros(1))
         means.append(m)
         bonus.append(b)
@@ -316,7 +325,7 @@ def test_warm_start_validates_its_input() -> None:
         warm_start(Policy(ActionSpace(MODELS, SPACE_ACTIONS), DIM + 1), t)
     p = policy()
     before = p.to_bytes()
-    assert warm_start(p, t, 0).transferred[0].count == 0
+    assert warm_start(p, t, 0).transferred[0].weight == 0
     assert p.to_bytes() == before  # zero pseudo-observations: nothing learned
     # Actions the table lacks stay cold.
     part = t.subset([0, 1])
@@ -369,14 +378,15 @@ def test_wrong_calibration_of_the_best_action_does_not_lock_it_out(seed: int) ->
     chosen, best = _replay_wrong(seed, "action")
     tried = np.flatnonzero(chosen == best)
     assert len(tried) and tried[0] < BOUND, f"best action first tried at {tried[:1]}"
-    assert len(tried) >= 20  # and kept, once its real outcomes came in
+    # and tried again after its first real outcome (on seed 2 a cold-started policy, with no
+    # calibration at all, serves it twice in 310 requests: more is the learner's business)
+    assert len(tried) >= 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known limit (docs/calibrate.md): a model whose every action is calibrated at 0 is "
-    "pooled by the shared learner into one confident estimate that greedy UCB does not retry",
-)
-def test_wrong_calibration_of_a_whole_model_does_not_lock_it_out() -> None:
-    chosen, best = _replay_wrong(0, "model")
-    assert (chosen[:BOUND] == best).any()
+@pytest.mark.parametrize("seed", range(5))
+def test_wrong_calibration_of_a_whole_model_does_not_lock_it_out(seed: int) -> None:
+    """Every action of the best model calibrated at 0 (a model broken during calibration):
+    capped per model, the prior discourages it as much as 3 unlucky outcomes would."""
+    chosen, best = _replay_wrong(seed, "model")
+    tried = np.flatnonzero(chosen == best)
+    assert len(tried) and tried[0] < BOUND, f"best action first tried at {tried[:1]}"

@@ -517,6 +517,7 @@ class PolicyCore:
         latency_s: float | None = None,
         output_tokens: float | None = None,
         samples_used: float | None = None,
+        weight: float = 1.0,
     ) -> tuple[float, float, float, bool]:
         """Learns from an outcome no decision asked for (see ``uniscale.Policy.observe``)."""
     def set_weights(self, quality: float, cost: float, latency: float) -> None: ...

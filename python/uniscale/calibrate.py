@@ -13,29 +13,35 @@ every pair already ``ok`` (Ctrl-C loses at most the pairs in flight); a progress
 
 Warm start. `warm_start(policy, table, pseudo_observations=3)` transfers, for every action of
 the policy that the table prices, **one summary of the K items**: the action's mean quality,
-cost, latency, output tokens and samples used, observed (`Policy.observe`) exactly
-``pseudo_observations`` times at the mean request (mean features ``x``, mean prompt tokens).
-Nothing else: no per-item outcome, no per-request interaction beyond the direction of the mean
-request, and no budget spend (``observe`` does not charge the pacer). Actions the table lacks
-stay cold.
+cost, latency, output tokens and samples used, observed once (`Policy.observe`) at the mean
+request (mean features ``x``, mean prompt tokens) with weight ``pseudo_observations / m``, where
+``m`` is the number of the model's actions the table prices. So each *model* receives
+``pseudo_observations`` pseudo-observations in total, spread over its actions. Nothing else: no
+per-item outcome, no per-request interaction beyond the direction of the mean request, and no
+budget spend (``observe`` does not charge the pacer). Actions the table lacks stay cold.
 
-Why the prior's strength is capped: the policy receives ``pseudo_observations`` observations
-per action whatever K is -- 30 items or 3,000 give the same learner statistics ``A`` (and so the
-same exploration bonus everywhere) whenever their mean request is the same; only the means
-observed differ. K buys a better *estimate* of each mean, never more *confidence* in it.
+Why per model: the shared learner pools a model's actions (they share the model's features),
+so ``pseudo_observations`` per *action* would tell it ``m`` times as much about the model (30
+pseudo-observations for a model with 10 actions), and a model whose calibration went wrong as a
+whole (every action at 0) was then never tried again within the packaged stream. Capped per
+model, such a model is as discouraged as by ``pseudo_observations`` unlucky real outcomes.
+
+Why the prior's strength is capped: the policy receives the same weights whatever K is -- 30
+items or 3,000 give the same learner statistics ``A`` (and so the same exploration bonus
+everywhere) whenever their mean request is the same; only the means observed differ. K buys a
+better *estimate* of each mean, never more *confidence* in it.
 
 Why it cannot lock the policy in more than its own data would: after the warm start the policy
-is in a state it could have reached by serving ``pseudo_observations`` requests per action at
-the mean request and seeing those mean outcomes; every real outcome weighs as much as one
-pseudo-observation, so after ``n`` real outcomes of an action the calibration's share of its
-estimate is at most ``pseudo_observations / (pseudo_observations + n)``, and an action the
-calibration overrated is chosen, measured and corrected. What a finite prior cannot do in a
-greedy UCB learner is force a retry of an action it *under*rates: exploration decides that, as
-it does after ``pseudo_observations`` unlucky real outcomes. Measured on the packaged real table
-(``docs/calibrate.md``): with the best action's calibration outcomes flipped to 0 the policy
-still finds it; with *every* action of the best model flipped to 0 (a model broken during
-calibration), the shared learner, which pools a model's actions, does not within the stream.
-Check the per-action summary `uniscale calibrate` prints before using a table.
+is in a state it could have reached by serving ``pseudo_observations`` requests per model at the
+mean request and seeing those mean outcomes; every real outcome weighs one, so after ``n`` real
+outcomes of a model the calibration's share of its estimate is at most
+``pseudo_observations / (pseudo_observations + n)``, and a model the calibration overrated is
+chosen, measured and corrected. What a finite prior cannot do in a greedy UCB learner is force
+a retry of an action it *under*rates: exploration decides that, as it does after
+``pseudo_observations`` unlucky real outcomes. Measured on the packaged real table
+(``docs/calibrate.md``, ``tests/test_calibrate.py``): with the best action's calibration
+outcomes flipped to 0, or every action of the best model, the policy still tries it within 150
+requests. Check the per-action summary `uniscale calibrate` prints before using a table.
 
 Measurement: ``uniscale replay --table real --warm-start 30 --seeds 5`` holds out 30 items of
 each seed's stream as the calibration and replays the rest cold and warm (paired).
@@ -109,7 +115,7 @@ DEFAULT_K = 30
 #: Samples per (item, model): the largest n of the default action grid (1, 2, 4, 8).
 DEFAULT_M = 8
 #: Observations per action the warm-start prior is worth, whatever K is.
-DEFAULT_PSEUDO_OBSERVATIONS = 3
+DEFAULT_PSEUDO_OBSERVATIONS = 1
 #: The calibration table's file name inside ``--out``.
 TABLE_NAME = "calibration.jsonl"
 #: Prefix lengths the warm-vs-cold comparison reports (where a prior matters most).
@@ -297,10 +303,11 @@ def format_stats(stats: Sequence[ActionStats]) -> str:
 
 @dataclass(frozen=True, slots=True)
 class PriorObservation:
-    """What `warm_start` observed for one action, and how many times."""
+    """What `warm_start` observed for one action, and with which weight (pseudo-observations:
+    the model's ``pseudo_observations`` shared by its actions)."""
 
     action: Action
-    count: int
+    weight: float
     quality: float
     cost_usd: float
     latency_s: float
@@ -350,9 +357,10 @@ def warm_start(
     by_action = {s.action: s for s in action_stats(table)}
     plan = [by_action[a] for a in policy.actions if a in by_action]
     cold = [a for a in policy.actions if a not in by_action]
-    # Rounds over the actions rather than one action at a time: the statistics are sums, so
-    # the order only matters to rounding, and rounds keep an interrupted warm start balanced.
-    for _ in range(pseudo_observations):
+    per_model: dict[str, int] = {}
+    for s in plan:
+        per_model[s.action.model] = per_model.get(s.action.model, 0) + 1
+    if pseudo_observations > 0:
         for s in plan:
             policy.observe(
                 x,
@@ -363,6 +371,7 @@ def warm_start(
                 latency_s=s.latency_s,
                 output_tokens=s.output_tokens,
                 samples_used=s.samples_used,
+                weight=pseudo_observations / per_model[s.action.model],
             )
     return WarmStartReport(
         items=table.n_requests,
@@ -372,7 +381,9 @@ def warm_start(
         transferred=[
             PriorObservation(
                 action=s.action,
-                count=pseudo_observations,
+                weight=(
+                    pseudo_observations / per_model[s.action.model] if pseudo_observations else 0.0
+                ),
                 quality=s.quality,
                 cost_usd=s.cost_usd,
                 latency_s=s.latency_s,

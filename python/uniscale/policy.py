@@ -206,6 +206,8 @@ class Policy:
         latency_s: float | None = None,
         output_tokens: float | None = None,
         samples_used: float | None = None,
+        *,
+        weight: float = 1.0,
     ) -> UpdateResult:
         """Learns from an outcome of ``action`` (an index or an `Action` of this policy) on
         request ``x`` that no decision asked for, exactly as `update` would for a decision.
@@ -215,10 +217,23 @@ class Policy:
         says which), a warm start from a full-information outcome table, or another replica's
         feedback. The budget pacer is not charged. Raises `UnknownActionError` for an action
         this policy does not have; invalid values are rejected before any state changes.
+
+        ``weight`` (> 0) counts the outcome that many times in the quality learner (the cost
+        model learns from it once): below 1 for observations that are correlated with others
+        (sub-runs of one run) or for a capped prior, so that they cannot make the learner more
+        confident than they are worth.
         """
         index = self._action_index(action)
         r = self._core.observe(
-            x, index, quality, input_tokens, cost_usd, latency_s, output_tokens, samples_used
+            x,
+            index,
+            quality,
+            input_tokens,
+            cost_usd,
+            latency_s,
+            output_tokens,
+            samples_used,
+            weight,
         )
         return UpdateResult(*r)
 

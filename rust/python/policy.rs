@@ -469,7 +469,7 @@ impl PyPolicyCore {
 
     /// Learns from an outcome no decision asked for (a sub-action seen inside a larger run, a
     /// warm start, another replica); returns (reward, cost_usd, latency_s, learner_updated).
-    #[pyo3(signature = (x, action, quality, input_tokens=0.0, cost_usd=None, latency_s=None, output_tokens=None, samples_used=None))]
+    #[pyo3(signature = (x, action, quality, input_tokens=0.0, cost_usd=None, latency_s=None, output_tokens=None, samples_used=None, weight=1.0))]
     #[allow(clippy::too_many_arguments)]
     fn observe(
         &self,
@@ -482,6 +482,7 @@ impl PyPolicyCore {
         latency_s: Option<f64>,
         output_tokens: Option<f64>,
         samples_used: Option<f64>,
+        weight: f64,
     ) -> PyResult<(f64, f64, f64, bool)> {
         let action = action_index(action)?;
         let x = f64_1d(x, "x")?;
@@ -492,7 +493,11 @@ impl PyPolicyCore {
             output_tokens,
             samples_used,
         };
-        let r = py.detach(|| self.inner.lock().observe(&x, action, input_tokens, fb))?;
+        let r = py.detach(|| {
+            self.inner
+                .lock()
+                .observe(&x, action, input_tokens, fb, weight)
+        })?;
         Ok((r.reward, r.cost_usd, r.latency_s, r.learner_updated))
     }
 
