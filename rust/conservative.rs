@@ -68,10 +68,24 @@ pub fn reward_var(quality_weight: f64, quality_sd: f64, cost_term: f64) -> f64 {
     (quality_weight * quality_sd).powi(2) + (COST_CV * cost_term).powi(2)
 }
 
+/// What the promise is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    /// Reward under the current weights: "at most delta x |baseline's cumulative reward| below
+    /// it" (conservative mode).
+    Reward,
+    /// Quality alone: "cumulative quality at most tolerance x requests below the reference's"
+    /// (quality-floor mode); cost is what the learner's reward then minimises.
+    Quality,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Conservative {
     /// The baseline action's stable uid.
     pub baseline_uid: u64,
+    pub metric: Metric,
+    /// Additive allowance per request, in the metric's units (quality floor's tolerance).
+    pub tolerance: f64,
     /// Largest fraction of the baseline's cumulative reward the policy may give up.
     pub delta: f64,
     /// Normal quantile of the confidence bounds (e.g. 1.645 for one-sided 95%).
@@ -216,18 +230,44 @@ impl Conservative {
     /// Starts a fresh account with the same settings (after the reward weights change, old
     /// sums are in other units).
     pub fn reset(&mut self) {
-        *self = Conservative::empty(
-            self.baseline_uid,
-            self.delta,
-            self.z,
-            self.quality_sd,
-            (self.quality_min, self.quality_max),
-        );
+        *self = Conservative {
+            metric: self.metric,
+            tolerance: self.tolerance,
+            ..Conservative::empty(
+                self.baseline_uid,
+                self.delta,
+                self.z,
+                self.quality_sd,
+                (self.quality_min, self.quality_max),
+            )
+        };
+    }
+
+    /// Quality-floor mode around the reference action: cumulative quality never (with high
+    /// probability) more than `tolerance` per request below the reference's.
+    pub fn quality_floor(
+        reference_uid: u64,
+        tolerance: f64,
+        confidence: f64,
+        quality_sd: f64,
+        quality_range: (f64, f64),
+    ) -> CoreResult<Self> {
+        if !(tolerance.is_finite() && (0.0..=1e6).contains(&tolerance)) {
+            return Err(CoreError::Config(format!(
+                "tolerance must be in [0, 1e6], got {tolerance}"
+            )));
+        }
+        let mut c = Conservative::new(reference_uid, 0.0, confidence, quality_sd, quality_range)?;
+        c.metric = Metric::Quality;
+        c.tolerance = tolerance;
+        Ok(c)
     }
 
     fn empty(baseline_uid: u64, delta: f64, z: f64, quality_sd: f64, range: (f64, f64)) -> Self {
         Conservative {
             baseline_uid,
+            metric: Metric::Reward,
+            tolerance: 0.0,
             delta,
             z,
             quality_sd,
@@ -272,26 +312,28 @@ impl Conservative {
         (lo, var_p, hi, var_b)
     }
 
-    fn slack_of(&self, lo: f64, var_p: f64, hi: f64, var_b: f64) -> Budget {
+    fn slack_of(&self, lo: f64, var_p: f64, hi: f64, var_b: f64, requests: u64) -> Budget {
         let policy_lo = lo - self.z * var_p.sqrt();
         let baseline_hi = hi + self.z * var_b.sqrt();
+        let allowance = self.delta * baseline_hi.abs() + self.tolerance * requests as f64;
         Budget {
             policy_lo,
             baseline_hi,
-            slack: policy_lo - (baseline_hi - self.delta * baseline_hi.abs()),
+            slack: policy_lo - (baseline_hi - allowance),
         }
     }
 
     /// The budget as it stands (no new decision).
     pub fn budget(&self) -> Budget {
         let (lo, var_p, hi, var_b) = self.sums();
-        self.slack_of(lo, var_p, hi, var_b)
+        self.slack_of(lo, var_p, hi, var_b, self.decisions)
     }
 
     /// For each candidate `open` (its bounds if it were played now), whether playing it keeps
     /// the constraint. The baseline is always allowed.
     pub fn allowed(&self, candidates: &[Open]) -> Vec<bool> {
         let (lo, var_p, hi, var_b) = self.sums();
+        let n = self.decisions + 1;
         candidates
             .iter()
             .map(|o| {
@@ -302,6 +344,7 @@ impl Conservative {
                             var_p + o.var_policy,
                             hi + o.hi,
                             var_b + o.var_baseline,
+                            n,
                         )
                         .slack
                         >= 0.0
@@ -373,9 +416,17 @@ impl Conservative {
             w.f64(o.var_baseline);
             w.bool(o.baseline);
         }
+        // layout 2 (see `read`)
+        w.u8(match self.metric {
+            Metric::Reward => 0,
+            Metric::Quality => 1,
+        });
+        w.f64(self.tolerance);
     }
 
-    pub fn read(r: &mut Reader, max_open: usize) -> CoreResult<Conservative> {
+    /// `layout` 1 is the first format-3 layout (reward metric only); layout 2 appends the
+    /// metric and the tolerance.
+    pub fn read(r: &mut Reader, max_open: usize, layout: u8) -> CoreResult<Conservative> {
         let baseline_uid = r.u64()?;
         let mut f = [0.0; 11];
         for v in f.iter_mut() {
@@ -433,8 +484,24 @@ impl Conservative {
                 return Err(st(format!("open decision {id} is listed twice")));
             }
         }
+        let (metric, tolerance) = if layout >= 2 {
+            let m = match r.u8()? {
+                0 => Metric::Reward,
+                1 => Metric::Quality,
+                k => return Err(st(format!("unknown metric {k}"))),
+            };
+            let t = r.f64()?;
+            if !(t.is_finite() && (0.0..=1e6).contains(&t)) {
+                return Err(st(format!("tolerance must be in [0, 1e6], got {t}")));
+            }
+            (m, t)
+        } else {
+            (Metric::Reward, 0.0)
+        };
         Ok(Conservative {
             baseline_uid,
+            metric,
+            tolerance,
             delta,
             z,
             quality_sd,
@@ -531,6 +598,6 @@ mod tests {
         c.write(&mut w);
         let bytes = w.finish(crate::state::Kind::Policy);
         let mut r = Reader::open(&bytes, crate::state::Kind::Policy).unwrap();
-        assert_eq!(Conservative::read(&mut r, 10).unwrap(), c);
+        assert_eq!(Conservative::read(&mut r, 10, 2).unwrap(), c);
     }
 }

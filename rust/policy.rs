@@ -18,7 +18,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use crate::conservative::{reward_var, Conservative, Open};
+use crate::conservative::{reward_var, Conservative, Metric, Open};
 use crate::cost::{CostModel, Prediction};
 use crate::error::{check_finite, check_finite_scalar, CoreError, CoreResult};
 use crate::learner::{Config, Learner};
@@ -636,13 +636,19 @@ impl Policy {
                 .iter()
                 .position(|a| a.uid == c.baseline_uid);
             if let Some(bi) = base {
+                // the promise's metric: reward under the weights, or quality alone
+                let (wq, with_cost) = match c.metric {
+                    Metric::Reward => (w.quality, 1.0),
+                    Metric::Quality => (1.0, 0.0),
+                };
                 let cost_term = |i: usize| {
-                    w.cost * preds[i].cost_usd / cs + w.latency * preds[i].latency_s / ls
+                    with_cost
+                        * (w.cost * preds[i].cost_usd / cs + w.latency * preds[i].latency_s / ls)
                 };
                 let bound = |i: usize, sign: f64| -> f64 {
-                    w.quality * c.quality_bound(qmean[i], qwidth[i], sign) - cost_term(i)
+                    wq * c.quality_bound(qmean[i], qwidth[i], sign) - cost_term(i)
                 };
-                let var = |i: usize| reward_var(w.quality, c.quality_sd, cost_term(i));
+                let var = |i: usize| reward_var(wq, c.quality_sd, cost_term(i));
                 let base_hi = bound(bi, 1.0);
                 let base_lo = bound(bi, -1.0);
                 let open_for = |i: usize| -> Open {
@@ -836,7 +842,13 @@ impl Policy {
         );
         self.pacer.observe_cost(cost_usd);
         if let Some(c) = self.conservative.as_mut() {
-            c.complete(id, reward);
+            c.complete(
+                id,
+                match c.metric {
+                    Metric::Reward => reward,
+                    Metric::Quality => fb.quality,
+                },
+            );
         }
         Ok(UpdateResult {
             reward,
@@ -1017,8 +1029,10 @@ impl Policy {
         Ok(mapping)
     }
 
-    /// Turns conservative mode on around the action at `index` (or off with `None`). Turning
-    /// it on (again) starts a fresh account: the promise is about the stream from now on.
+    /// Turns conservative mode on around the action at `index` (or off with `None`); with
+    /// `floor = Some(tolerance)` quality-floor mode instead (the promise is about quality, with
+    /// an additive tolerance per request; `delta` is ignored). Turning it on (again) starts a
+    /// fresh account: the promise is about the stream from now on.
     pub fn set_conservative(
         &mut self,
         index: Option<i64>,
@@ -1026,6 +1040,7 @@ impl Policy {
         confidence: f64,
         quality_sd: f64,
         quality_range: (f64, f64),
+        floor: Option<f64>,
     ) -> CoreResult<()> {
         let Some(index) = index else {
             self.conservative = None;
@@ -1039,13 +1054,13 @@ impl Policy {
                 action: index,
                 n_actions: k,
             })?;
-        let c = Conservative::new(
-            self.space.actions[i].uid,
-            delta,
-            confidence,
-            quality_sd,
-            quality_range,
-        )?;
+        let uid = self.space.actions[i].uid;
+        let c = match floor {
+            None => Conservative::new(uid, delta, confidence, quality_sd, quality_range)?,
+            Some(tolerance) => {
+                Conservative::quality_floor(uid, tolerance, confidence, quality_sd, quality_range)?
+            }
+        };
         self.conservative = Some(c);
         Ok(())
     }
@@ -1066,7 +1081,9 @@ impl Policy {
         w.validate()?;
         if w != self.weights {
             if let Some(c) = self.conservative.as_mut() {
-                c.reset();
+                if c.metric == Metric::Reward {
+                    c.reset();
+                }
             }
         }
         self.weights = w;
@@ -1202,7 +1219,7 @@ impl Policy {
         match &self.conservative {
             None => w.bool(false),
             Some(c) => {
-                w.bool(true);
+                w.u8(2); // layout 2: with the metric and tolerance
                 c.write(&mut w);
             }
         }
@@ -1360,8 +1377,16 @@ impl Policy {
             }
             pending.done_order.push_back(id);
         }
-        let conservative = if r.version >= 3 && r.bool()? {
-            Some(Conservative::read(&mut r, 1 << 32)?)
+        let conservative = if r.version >= 3 {
+            match r.u8()? {
+                0 => None,
+                layout @ (1 | 2) => Some(Conservative::read(&mut r, 1 << 32, layout)?),
+                k => {
+                    return Err(CoreError::State(format!(
+                        "unknown conservative-mode layout {k}"
+                    )))
+                }
+            }
         } else {
             None
         };

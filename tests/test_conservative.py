@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from uniscale import ConfigError, Policy, UnknownActionError, datasets, replay
+from uniscale import ConfigError, Policy, QualityFloor, UnknownActionError, datasets, replay
 from uniscale.datasets import Source
 from uniscale.space import Action, ActionSpace, ModelSpec
 
@@ -293,3 +293,77 @@ def test_state_round_trips_and_slack_identity(
     hi = st_["baseline_upper"]
     assert st_["slack"] == pytest.approx(st_["policy_lower"] - (hi - delta * abs(hi)), abs=1e-9)
     assert Policy.from_bytes(p.to_bytes()).conservative_status() == st_
+
+
+# ---- quality-floor mode ---------------------------------------------------------------------
+
+
+def test_quality_floor_holds_on_both_real_tables_over_50_seeds() -> None:
+    for table, n in (("real", None), ("mmlu-pro", 1500)):
+        src = _source(table, n)
+        held, saved = 0, []
+        for seed in range(50):
+            t = src.table(seed)
+            ref = replay.default_reference(t.actions, src.models)
+            res = replay.compare(
+                t, src.models, seed=seed, learners=[], quality_floor=QualityFloor(ref, 0.01)
+            )
+            by = {r.name: r for r in res}
+            f, b = by["uniscale_floor"], by["reference"]
+            margin = replay.floor_margin(f.quality, b.quality, 0.01)
+            assert f.extra["floor_held"] == bool((margin >= 0).all())
+            held += f.extra["floor_held"]
+            saved.append(1 - f.cost_usd.mean() / b.cost_usd.mean())
+        assert held >= 48, f"{table}: floor held on {held}/50 seeds"
+        assert np.mean(saved) > 0, f"{table}: no cost saved ({np.mean(saved):+.4f})"
+
+
+def test_quality_floor_serves_a_cheaper_action_that_is_as_good() -> None:
+    space_ = space()
+    ref = Action("big", "single", 1)
+    p = Policy(space_, dim=3, quality_floor=QualityFloor(ref, tolerance=0.02))
+    rng = np.random.default_rng(0)
+    off = np.zeros(3000, dtype=bool)
+    for t in range(3000):
+        d = p.select(rng.normal(size=3), 200.0, now=float(t))
+        off[t] = d.action != ref
+        assert t > 0 or d.conservative  # the reference first, until the floor allows more
+        p.update(d.id, quality=float(rng.random() < 0.8), now=float(t))
+    st_ = p.conservative_status()
+    assert st_ is not None and st_["metric"] == "quality" and st_["tolerance"] == 0.02
+    # Certifying "within 0.02 of the reference" at 95% takes on the order of (1.645 * 0.5 /
+    # 0.02)**2 ~ 1,700 observations, so the cheap model is served more and more, not at once.
+    assert st_["non_baseline"] == off.sum() > 300, st_
+    assert off[1500:].mean() > off[:1500].mean()
+
+
+def test_quality_floor_keeps_the_reference_when_the_rest_is_worse() -> None:
+    p = Policy(space(), dim=3, quality_floor=QualityFloor(Action("big", "single", 1), 0.01))
+    stream(p, 2000, q={"cheap": 0.3, "big": 0.8})
+    st_ = p.conservative_status()
+    # (with "cheap" as good as "big", the test above serves it several hundred times)
+    assert st_ is not None and st_["slack"] >= 0
+    assert st_["non_baseline"] < 100
+
+
+def test_quality_floor_survives_a_preset_switch_and_a_restart() -> None:
+    p = Policy(space(), dim=3, quality_floor=QualityFloor(Action("big", "single", 1)))
+    stream(p, 100)
+    before = p.conservative_status()
+    p.set_reward("quality_priority")  # qualities do not depend on the weights: kept
+    assert p.conservative_status() == before
+    q = Policy.from_bytes(p.to_bytes())
+    assert q.conservative_status() == before
+
+
+def test_baseline_and_quality_floor_are_exclusive() -> None:
+    with pytest.raises(ConfigError, match="at most one"):
+        Policy(space(), dim=3, baseline=0, quality_floor=QualityFloor(1))
+    with pytest.raises(ConfigError, match="tolerance"):
+        Policy(space(), dim=3).set_quality_floor(0, tolerance=-0.1)
+
+
+def test_default_reference_is_the_priciest_model_once() -> None:
+    assert replay.default_reference(space().actions, {"cheap": CHEAP, "big": BIG}) == Action(
+        "big", "single", 1
+    )

@@ -387,3 +387,25 @@ def test_checksummed_blob_with_huge_dimensions_is_rejected_before_allocating(kin
     blob[-4:] = struct.pack("<I", zlib.crc32(body))
     with pytest.raises(StateError, match=r"remain|exceeds|invalid"):
         cls.from_bytes(bytes(blob))
+
+
+def test_conservative_account_of_the_first_format_3_layout_loads() -> None:
+    """The first format-3 layout (flag byte 1) had no metric and tolerance after the account;
+    it loads as conservative mode on reward."""
+    space = uniscale.ActionSpace.grid([uniscale.ModelSpec("a", 0.1, 0.2)], n_values=(1, 2))
+    policy = uniscale.Policy(space, dim=2, baseline=0)
+    blob = policy.to_bytes()
+    # fresh account: uid, 11 floats, 3 counters, 0 open decisions, then metric (1) + tol (8)
+    section = 8 + 11 * 8 + 3 * 8 + 8 + 1 + 8
+    flag_at = len(blob) - 4 - section - 1
+    assert blob[flag_at] == 2
+    payload_len = struct.unpack_from("<Q", blob, 13)[0]
+    old = bytearray(blob[: len(blob) - 4 - 9] + blob[-4:])
+    old[flag_at] = 1
+    old[13:21] = struct.pack("<Q", payload_len - 9)
+    loaded = uniscale.Policy.from_bytes(reseal(old))
+    assert loaded.conservative_status() == policy.conservative_status()
+    bad = bytearray(blob)
+    bad[flag_at] = 7
+    with pytest.raises(StateError, match="unknown conservative-mode layout 7"):
+        uniscale.Policy.from_bytes(reseal(bad))

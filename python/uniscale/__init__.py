@@ -61,7 +61,7 @@ from uniscale.ope import (
     ope_check,
     records_from_log,
 )
-from uniscale.policy import PRESETS, Policy, RewardWeights, UpdateResult
+from uniscale.policy import PRESETS, Policy, QualityFloor, RewardWeights, UpdateResult
 from uniscale.router import (
     ConfidenceFeedback,
     DecisionLog,
@@ -121,6 +121,7 @@ __all__ = [
     "Policy",
     "PolicyCore",
     "PolicyTarget",
+    "QualityFloor",
     "RewardWeights",
     "RidgeRewardModel",
     "Router",

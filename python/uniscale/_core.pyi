@@ -530,6 +530,7 @@ class PolicyCore:
         confidence: float = 0.95,
         quality_sd: float = 0.5,
         quality_range: tuple[float, float] = ...,  # (0.0, 1.0)
+        floor: float | None = None,
     ) -> None: ...
     def conservative_status(self) -> dict[str, Any] | None: ...
     def set_exploration(

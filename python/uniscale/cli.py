@@ -159,8 +159,9 @@ def _aiq_between(points: Sequence[tuple[float, float]], lo: float, hi: float) ->
 def _replay(args: argparse.Namespace) -> int:
     from uniscale import replay, report
     from uniscale.plot import chart
+    from uniscale.policy import QualityFloor
     from uniscale.progress import Progress
-    from uniscale.replay import LearnerSpec, Scales
+    from uniscale.replay import LearnerSpec, Scales, default_reference
 
     if args.requests is not None and args.requests < 2:
         raise SystemExit("error: --requests must be >= 2")
@@ -205,6 +206,18 @@ def _replay(args: argparse.Namespace) -> int:
             raise SystemExit(f"error: --baseline: {e}") from None
         kw["baseline"] = baseline
         kw["conservative_delta"] = args.conservative_delta
+    if args.objective == "quality-floor":
+        if not (np.isfinite(args.tolerance) and args.tolerance >= 0):
+            raise SystemExit("error: --tolerance must be finite and >= 0")
+        try:
+            ref = (
+                replay.parse_action(args.reference, first.actions)
+                if args.reference is not None
+                else default_reference(first.actions, src.models)
+            )
+        except ValueError as e:
+            raise SystemExit(f"error: --reference: {e}") from None
+        kw["quality_floor"] = QualityFloor(ref, args.tolerance)
     total = args.seeds * first.n_requests * (3 + len(weights))
     with Progress(total, "replay", enabled=not args.quiet) as bar:
         for seed in range(args.seeds):
@@ -539,9 +552,11 @@ def _add_replay(sub: Any) -> None:
     )
     r.add_argument(
         "--side-observations",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="every learner also learns the sub-actions a sampled run contains (the first 2 "
-        "of 8 samples are a self-consistency-2 run; Policy.observe)",
+        "of 8 samples are a self-consistency-2 run; Policy.observe with weight 0.5, "
+        "uniscale.outcomes.SIDE_OBSERVATION_WEIGHT); on by default",
     )
     r.add_argument(
         "--no-request-features",
@@ -567,6 +582,29 @@ def _add_replay(sub: Any) -> None:
         metavar="DELTA",
         help="with --baseline: the share of the baseline's cumulative reward conservative mode "
         "may give up while exploring (default 0.05)",
+    )
+    r.add_argument(
+        "--objective",
+        choices=["reward", "quality-floor"],
+        default="reward",
+        help="'quality-floor' also replays UniScale in quality-floor mode (as good as "
+        "--reference, for as little as possible; Policy.set_quality_floor) and the reference "
+        "alone, and reports accuracy vs the reference, cost saved, the share served by the "
+        "reference and whether the floor held",
+    )
+    r.add_argument(
+        "--reference",
+        default=None,
+        metavar="MODEL[/STRATEGY/N]",
+        help="with --objective quality-floor: the action whose quality to keep (default: the "
+        "priciest model answering once)",
+    )
+    r.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.01,
+        help="with --objective quality-floor: quality per request the floor may give up "
+        "(default 0.01)",
     )
     r.add_argument(
         "--scenario",

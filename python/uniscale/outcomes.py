@@ -178,6 +178,17 @@ def run_usage(
     return cost, latency, out
 
 
+#: Weight of one side observation (a sub-run observed inside a larger run) in the quality
+#: learner. Sub-runs of one run share its question and its first samples, so they are strongly
+#: correlated with the run itself; counted fully they make the learner over-confident. Measured
+#: on the packaged real table, 30 seeds, paired against no side observations (per-request reward,
+#: mean +- standard error; ``python scripts/side_observations.py --seeds 30``, written to
+#: ``docs/side_observations.md``): weight 0.5 gained +0.0036 +- 0.0024 (cost_sensitive),
+#: +0.0054 +- 0.0028 (balanced), +0.0053 +- 0.0084 (quality_priority); weight 1 gained +0.0016,
+#: +0.0077, +0.0001; weight 0.25 -0.0001, +0.0028, -0.0088. 0.5 is ahead on every preset.
+SIDE_OBSERVATION_WEIGHT = 0.5
+
+
 def sub_actions(executed: Action, samples_used: float, actions: Sequence[Action]) -> list[int]:
     """Indices into ``actions`` of the runs contained in ``executed``: the same model, a sampled
     strategy (not ``single``, which is one greedy answer) and ``n`` no larger than the samples

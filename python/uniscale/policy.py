@@ -62,6 +62,16 @@ def resolve_reward(reward: str | RewardWeights | tuple[float, float, float]) -> 
 
 
 @dataclass(frozen=True, slots=True)
+class QualityFloor:
+    """Quality-floor objective: "as good as ``reference`` (the action a team trusts today), for
+    as little as possible". See `Policy.set_quality_floor`."""
+
+    reference: Action | int
+    tolerance: float = 0.01
+    confidence: float = 0.95
+
+
+@dataclass(frozen=True, slots=True)
 class UpdateResult:
     """What `Policy.update` learned from: the realised reward under the current weights."""
 
@@ -118,6 +128,7 @@ class Policy:
         baseline: Action | int | None = None,
         conservative_delta: float = 0.05,
         conservative_confidence: float = 0.95,
+        quality_floor: QualityFloor | None = None,
     ) -> None:
         if not isinstance(space, ActionSpace):
             raise ConfigError(f"space must be an ActionSpace, got {type(space).__name__}")
@@ -147,9 +158,17 @@ class Policy:
             model_slots=model_slots,
             feature_version=feature_version,
         )
+        if baseline is not None and quality_floor is not None:
+            raise ConfigError("give at most one of baseline and quality_floor")
         if baseline is not None:
             self.set_baseline(
                 baseline, delta=conservative_delta, confidence=conservative_confidence
+            )
+        if quality_floor is not None:
+            self.set_quality_floor(
+                quality_floor.reference,
+                tolerance=quality_floor.tolerance,
+                confidence=quality_floor.confidence,
             )
 
     # ---- the per-request loop ----
@@ -304,8 +323,44 @@ class Policy:
         index = None if action is None else self._action_index(action)
         self._core.set_conservative(index, delta, confidence, quality_sd, quality_range)
 
+    def set_quality_floor(
+        self,
+        reference: Action | int | None,
+        *,
+        tolerance: float = 0.01,
+        confidence: float = 0.95,
+        quality_sd: float = 0.5,
+        quality_range: tuple[float, float] = (0.0, 1.0),
+    ) -> None:
+        """Quality-floor mode: keep the quality of ``reference`` (the action a team serves
+        today) and spend as little as possible. The promise is about the stream: with
+        probability about ``confidence``, cumulative quality never falls more than
+        ``tolerance`` per request below what the reference would have scored on the same
+        requests, at any point (a window would forget a shortfall; a per-request rule would
+        forbid every action that is worse on *some* requests, which is every cheaper one).
+
+        Mechanism: conservative mode (`set_baseline`) with quality as the metric and an
+        additive allowance of ``tolerance`` per request. Each request, the learner's choice
+        (ranked by the reward weights; keep a cost-heavy preset such as the default
+        ``cost_sensitive`` so that cheaper actions are preferred) is served only if the lower
+        confidence bound of the cumulative quality, including it, stays above the reference's
+        upper bound minus the allowance; otherwise the reference is served and
+        ``decision.conservative`` is set. An action whose quality's lower bound clears the
+        reference's upper bound minus ``tolerance`` costs nothing against the allowance, so a
+        cheaper action proven as good is served freely; one that is worse is served only while
+        the shortfall budget (`conservative_status()["slack"]`) lasts. The reference's quality
+        is learned from the requests served by it; no labels beyond the usual feedback.
+        Unlike `set_baseline`, a change of reward weights keeps the account (qualities do not
+        depend on them). ``None`` turns the mode off.
+        """
+        index = None if reference is None else self._action_index(reference)
+        self._core.set_conservative(
+            index, 0.0, confidence, quality_sd, quality_range, float(tolerance)
+        )
+
     def conservative_status(self) -> dict[str, Any] | None:
-        """Conservative mode's account (``None`` when off): ``baseline`` (its index),
+        """Conservative (or quality-floor) mode's account (``None`` when off): ``metric``
+        ("reward", or "quality" for a quality floor), ``tolerance``, ``baseline`` (its index),
         ``decisions``, ``overrides`` (how often the baseline replaced the learner's choice),
         ``non_baseline``, ``policy_lower``, ``baseline_upper`` and ``slack`` (what exploration
         may still spend, in reward units), with the settings."""

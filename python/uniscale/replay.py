@@ -13,8 +13,9 @@ to the previous one is what test-time scaling adds out of sample), ``oracle`` (t
 per request). Learners: ``uniscale`` (full model x strategy x n space), ``routing_only`` (each
 model with one sample), ``tts_only`` (the best single model in hindsight, any strategy/n).
 Scenarios insert events mid-stream: a model retired, a model added, the reward preset
-switched. With ``side_observations`` every learner also learns the sub-actions each sampled
-run contains (`uniscale.outcomes.sub_actions`).
+switched. With ``side_observations`` (the default) every learner also learns the sub-actions
+each sampled run contains (`uniscale.outcomes.sub_actions`), each with weight
+`uniscale.outcomes.SIDE_OBSERVATION_WEIGHT`.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from uniscale.outcomes import OutcomeTable, sub_actions
-from uniscale.policy import Policy, RewardWeights, resolve_reward
+from uniscale.outcomes import SIDE_OBSERVATION_WEIGHT, OutcomeTable, sub_actions
+from uniscale.policy import Policy, QualityFloor, RewardWeights, resolve_reward
 from uniscale.space import Action, ActionSpace, ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -294,14 +295,16 @@ def run_learner(
     *,
     initial_models: Iterable[str] | None = None,
     progress: Callable[[int], None] | None = None,
-    side_observations: bool = False,
+    side_observations: bool = True,
+    side_weight: float = SIDE_OBSERVATION_WEIGHT,
 ) -> RunResult:
     """Streams the table through a fresh `Policy` over ``spec.actions``.
 
-    With ``side_observations``, after each update the policy also learns (`Policy.observe`) the
-    outcomes of the sub-actions the chosen run contained (`uniscale.outcomes.sub_actions`): the
-    table builds every sampled action of a model from prefixes of one sample order, so those
-    are the outcomes the executed run's own samples imply."""
+    With ``side_observations`` (the default), after each update the policy also learns
+    (`Policy.observe`, weight `uniscale.outcomes.SIDE_OBSERVATION_WEIGHT`) the outcomes of the
+    sub-actions the chosen run contained (`uniscale.outcomes.sub_actions`): the table builds
+    every sampled action of a model from prefixes of one sample order, so those are the
+    outcomes the executed run's own samples imply."""
     col_of = {a: i for i, a in enumerate(table.actions)}
     active = set(initial_models) if initial_models is not None else {a.model for a in spec.actions}
     acts = [a for a in spec.actions if a.model in active]
@@ -355,6 +358,7 @@ def run_learner(
                     sub,
                     input_tokens=float(table.input_tokens[t]),
                     **table.feedback(t, int(cols[sub])),
+                    weight=side_weight,
                 )
         if progress is not None:
             progress(1)
@@ -405,6 +409,26 @@ def conservative_margin(reward: F64, baseline_reward: F64, delta: float) -> F64:
     return np.asarray(cum - (base - delta * np.abs(base)), dtype=np.float64)
 
 
+def floor_margin(quality: F64, reference_quality: F64, tolerance: float) -> F64:
+    """Quality-floor mode's promise along a stream: after each request ``t``, the policy's
+    cumulative quality minus the reference's plus ``tolerance * t``; >= 0 means it held."""
+    t = np.arange(1, len(quality) + 1, dtype=np.float64)
+    return np.asarray(
+        np.cumsum(quality) - np.cumsum(reference_quality) + tolerance * t, dtype=np.float64
+    )
+
+
+def default_reference(actions: Sequence[Action], models: Mapping[str, ModelSpec]) -> Action:
+    """What teams run today: the priciest model (input + output list price) answering once
+    (its cheapest action when it has no one-sample action)."""
+    present = [m for m in dict.fromkeys(a.model for a in actions) if m in models]
+    if not present:
+        raise ValueError("no action's model has a ModelSpec")
+    top = max(present, key=lambda m: models[m].price_in_per_mtok + models[m].price_out_per_mtok)
+    own = [a for a in actions if a.model == top]
+    return next((a for a in own if a.n == 1), min(own, key=lambda a: a.n))
+
+
 def parse_action(spec: str, actions: Sequence[Action]) -> Action:
     """``MODEL`` (one sample) or ``MODEL/STRATEGY/N``, checked against ``actions``."""
     parts = spec.split("/")
@@ -435,9 +459,11 @@ def compare(
     seed: int = 0,
     scales: Scales | None = None,
     progress: Callable[[int], None] | None = None,
-    side_observations: bool = False,
+    side_observations: bool = True,
+    side_weight: float = SIDE_OBSERVATION_WEIGHT,
     baseline: Action | None = None,
     conservative_delta: float = 0.05,
+    quality_floor: QualityFloor | None = None,
     **policy_kwargs: Any,
 ) -> list[RunResult]:
     """Every baseline and learner on the same stream (``table`` rows in the given order).
@@ -445,7 +471,9 @@ def compare(
     With ``baseline`` (the action a team serves today) also that action alone (``baseline``)
     and UniScale in conservative mode around it (``uniscale_conservative``, `Policy.set_baseline`
     with ``conservative_delta``); the latter's result carries its margin to the promise
-    (`conservative_margin`) in ``extra``."""
+    (`conservative_margin`) in ``extra``. With ``quality_floor`` also its reference alone
+    (``reference``) and UniScale in quality-floor mode (``uniscale_floor``), whose ``extra``
+    carries `floor_margin`'s minimum and whether the floor held at every request."""
     scales = scales or Scales.from_table(table)
     avail, weights = schedule(table, events, reward, initial_models)
     r = reward_matrix(table, weights, scales)
@@ -486,6 +514,17 @@ def compare(
                 {**policy_kwargs, "baseline": baseline, "conservative_delta": conservative_delta},
             )
         )
+    ref_col = -1
+    if quality_floor is not None:
+        ref = quality_floor.reference
+        ref_action = ref if isinstance(ref, Action) else table.actions[int(ref)]
+        ref_col = table.actions.index(ref_action)
+        chosen = np.full(table.n_requests, ref_col, dtype=np.int64)
+        results.append(_result("reference", table, chosen, r, orc.reward, action=str(ref_action)))
+        floor = QualityFloor(ref_action, quality_floor.tolerance, quality_floor.confidence)
+        specs.append(
+            LearnerSpec("uniscale_floor", table.actions, {**policy_kwargs, "quality_floor": floor})
+        )
     for spec in specs:
         results.append(
             run_learner(
@@ -500,6 +539,7 @@ def compare(
                 initial_models=initial_models,
                 progress=progress,
                 side_observations=side_observations,
+                side_weight=side_weight,
             )
         )
         if spec.name == "uniscale_conservative":
@@ -510,6 +550,16 @@ def compare(
                 baseline=str(baseline),
                 promise_min_margin=float(margin.min()),
                 promise_held=bool((margin >= 0).all()),
+            )
+        if spec.name == "uniscale_floor" and quality_floor is not None:
+            run = results[-1]
+            margin = floor_margin(run.quality, table.quality[:, ref_col], quality_floor.tolerance)
+            run.extra.update(
+                tolerance=quality_floor.tolerance,
+                reference=str(table.actions[ref_col]),
+                floor_min_margin=float(margin.min()),
+                floor_held=bool((margin >= 0).all()),
+                served_by_reference=float((run.chosen == ref_col).mean()),
             )
     return results
 

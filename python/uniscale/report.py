@@ -173,6 +173,9 @@ def targets(
             f"{held}/{n} seeds; {np.mean(explored):.0f} of {len(runs[0].reward)} requests not "
             "served by the baseline (mean)"
         )
+    floors = [next((r for r in res if r.name == "uniscale_floor"), None) for res in per_seed]
+    if floors and all(f is not None for f in floors):
+        lines.extend(_floor_lines(per_seed, [f for f in floors if f is not None], payload))
     for a_name, b_name, key, text in (
         (
             "best_per_kind_xfit",
@@ -253,6 +256,37 @@ def targets(
                 f"${a[:, 3].mean():.2e}/request (as accurate and cheaper on {held}/{n} seeds)"
             )
     return lines, payload
+
+
+def _floor_lines(
+    per_seed: Sequence[Sequence[RunResult]], runs: Sequence[RunResult], payload: dict[str, Any]
+) -> list[str]:
+    """Quality-floor mode against its reference: accuracy, cost saved, share served by the
+    reference and on how many seeds the floor held at every request."""
+    refs = [next(r for r in res if r.name == "reference") for res in per_seed]
+    acc = [float(f.quality.mean() - b.quality.mean()) for f, b in zip(runs, refs, strict=True)]
+    saved = [
+        float(1.0 - f.cost_usd.mean() / b.cost_usd.mean()) if b.cost_usd.mean() > 0 else 0.0
+        for f, b in zip(runs, refs, strict=True)
+    ]
+    share = [float(f.extra["served_by_reference"]) for f in runs]
+    held = sum(bool(f.extra["floor_held"]) for f in runs)
+    ref_name, tol = runs[0].extra["reference"], runs[0].extra["tolerance"]
+    payload["quality_floor"] = {
+        "reference": ref_name,
+        "tolerance": tol,
+        "accuracy_vs_reference": acc,
+        "cost_saved": saved,
+        "served_by_reference": share,
+        "floor_held": held,
+        "min_margin": [float(f.extra["floor_min_margin"]) for f in runs],
+    }
+    return [
+        f"quality floor (reference {ref_name}, tolerance {tol:g}): accuracy vs the reference "
+        f"{_spread(acc, '{:+.4f}')}; cost saved {_spread([100 * v for v in saved], '{:.1f}')}%; "
+        f"served by the reference {_spread([100 * v for v in share], '{:.0f}')}%; floor held "
+        f"at every request on {held}/{len(runs)} seeds"
+    ]
 
 
 def write_charts(results: Sequence[RunResult], out_dir: str | Path, prefix: str = "") -> list[Path]:

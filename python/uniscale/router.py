@@ -99,7 +99,7 @@ from uniscale.execute import (
 )
 from uniscale.extract import Extractor, normalize_answer
 from uniscale.featurize import Featurizer, features_digest
-from uniscale.outcomes import run_usage, sub_actions
+from uniscale.outcomes import SIDE_OBSERVATION_WEIGHT, run_usage, sub_actions
 from uniscale.policy import Policy, UpdateResult
 from uniscale.space import Action, ModelSpec
 from uniscale.vote import majority_vote
@@ -552,9 +552,11 @@ class Router:
     closes it in `aclose`). ``max_deferred`` bounds the realised values kept for deferred
     feedback (the oldest are dropped; their decisions expire in the policy too).
 
-    ``side_observations``: when a voting run (self-consistency or adaptive consistency) is scored
-    against a ground truth, the policy also learns (`Policy.observe`) the smaller voting runs of
-    the same model that its samples contain, in draw order: the first 2 of 8 samples are a
+    ``side_observations`` (on by default): when a voting run (self-consistency or adaptive
+    consistency) is scored against a ground truth, the policy also learns (`Policy.observe`,
+    with weight `uniscale.outcomes.SIDE_OBSERVATION_WEIGHT`, because a sub-run is correlated
+    with the run it is part of) the smaller voting runs of the same model that its samples
+    contain, in draw order: the first 2 of 8 samples are a
     self-consistency n = 2 run, whose correctness, tokens, cost and latency follow from them.
     Best-of-n sub-runs are left out (they would need the scorer's verdict on every prefix), and so
     is every other feedback source (its quality would not mean the same for a sub-run). The
@@ -571,7 +573,7 @@ class Router:
         log: DecisionLog | str | os.PathLike[str] | None = None,
         fallback: Action | None = None,
         max_deferred: int = 65536,
-        side_observations: bool = False,
+        side_observations: bool = True,
     ) -> None:
         if not isinstance(policy, Policy):
             raise ConfigError(f"policy must be a uniscale.Policy, got {type(policy).__name__}")
@@ -855,6 +857,7 @@ class Router:
                 latency_s=latency,
                 output_tokens=out_tokens,
                 samples_used=float(used),
+                weight=SIDE_OBSERVATION_WEIGHT,
             )
             done.append({"action": str(a), "quality": quality, "samples_used": used})
         return done

@@ -517,8 +517,10 @@ impl PyPolicyCore {
 
     /// Conservative mode around the action at `index`, or off with `None`.
     #[pyo3(signature = (
-        index, delta=0.05, confidence=0.95, quality_sd=0.5, quality_range=(0.0, 1.0)
+        index, delta=0.05, confidence=0.95, quality_sd=0.5, quality_range=(0.0, 1.0),
+        floor=None
     ))]
+    #[allow(clippy::too_many_arguments)]
     fn set_conservative(
         &self,
         index: Option<&Bound<'_, PyAny>>,
@@ -526,15 +528,20 @@ impl PyPolicyCore {
         confidence: f64,
         quality_sd: f64,
         quality_range: (f64, f64),
+        floor: Option<f64>,
     ) -> PyResult<()> {
         let i = match index {
             Some(v) if !v.is_none() => Some(action_index(v)?),
             _ => None,
         };
-        Ok(self
-            .inner
-            .lock()
-            .set_conservative(i, delta, confidence, quality_sd, quality_range)?)
+        Ok(self.inner.lock().set_conservative(
+            i,
+            delta,
+            confidence,
+            quality_sd,
+            quality_range,
+            floor,
+        )?)
     }
 
     /// Conservative mode's account as a dict, or `None` when it is off.
@@ -546,6 +553,14 @@ impl PyPolicyCore {
         let b = c.budget();
         let d = PyDict::new(py);
         d.set_item("baseline", p.conservative_baseline())?;
+        d.set_item(
+            "metric",
+            match c.metric {
+                crate::conservative::Metric::Reward => "reward",
+                crate::conservative::Metric::Quality => "quality",
+            },
+        )?;
+        d.set_item("tolerance", c.tolerance)?;
         d.set_item("delta", c.delta)?;
         d.set_item("confidence", c.confidence())?;
         d.set_item("z", c.z)?;
