@@ -8,7 +8,9 @@ baseline, accuracy at equal cost, cost against the largest model answering once)
 JSON result file and SVG charts. ``--sim`` streams the built-in simulator instead
 (`uniscale.sim`: four task types, three models, every outcome pre-drawn), which is larger and
 faster to learn from, but made up. ``table="mmlu-pro"`` streams the packaged MMLU-Pro routing
-table (`uniscale.datasets.mmlu_pro_source`).
+table (`uniscale.datasets.mmlu_pro_source`). Every run also replays quality-floor mode against
+the priciest model answering once (`Policy.set_quality_floor`, tolerance `FLOOR_TOLERANCE`)
+and prints one line of it: accuracy vs that model, cost saved, whether the floor held.
 """
 
 from __future__ import annotations
@@ -21,7 +23,11 @@ from typing import Any
 import numpy as np
 
 from uniscale import datasets, replay, report
+from uniscale.policy import QualityFloor
 from uniscale.progress import Progress
+
+#: The demo's quality-floor line: keep the priciest model's accuracy within this per request.
+FLOOR_TOLERANCE = 0.01
 
 
 def run_demo(
@@ -48,10 +54,16 @@ def run_demo(
         src = datasets.collected_source(table or datasets.REAL_TABLE, n_requests=n_requests)
     tables = [src.table(s) for s in range(seed, seed + seeds)]
     per_seed: list[list[replay.RunResult]] = []
-    total = sum(t.n_requests for t in tables) * 3
+    # UniScale, routing-only, TTS-only, and quality-floor mode against the priciest model
+    total = sum(t.n_requests for t in tables) * 4
     with Progress(total, "demo: streaming requests", enabled=not quiet) as bar:
         for s, t in zip(range(seed, seed + seeds), tables, strict=True):
-            per_seed.append(replay.compare(t, src.models, reward=reward, seed=s, progress=bar))
+            floor = QualityFloor(replay.default_reference(t.actions, src.models), FLOOR_TOLERANCE)
+            per_seed.append(
+                replay.compare(
+                    t, src.models, reward=reward, seed=s, progress=bar, quality_floor=floor
+                )
+            )
     sys.stderr.flush()
     rows = report.aggregate(per_seed)
     lines = [
