@@ -131,6 +131,12 @@ pub struct PolicyConfig {
     pub ttl_s: f64,
     pub capacity: usize,
     pub feature_version: String,
+    /// Multiplies the request features before the quality learner sees them, in [0, 1]: with
+    /// the shared learner's `kron([1, x], [1, psi])` and one ridge for all coefficients, a
+    /// scale `s` is a ridge `1 / s^2` times stronger on the request x action interactions than
+    /// on the action main effects (and shrinks their exploration bonus by `s`): interactions
+    /// are learned only as far as the data support them. 0 is a context-free learner.
+    pub interaction_scale: f64,
 }
 
 /// Everything a decision exposes (for logs, explanation headers and off-policy evaluation).
@@ -345,6 +351,7 @@ impl Policy {
         if cfg.capacity == 0 {
             return Err(CoreError::Config("pending capacity must be >= 1".into()));
         }
+        check_interaction_scale(cfg.interaction_scale)?;
         let mut space = Space::new(model_slots.max(models.len()))?;
         let mut cost = CostModel::new();
         for (info, acts) in models {
@@ -440,6 +447,13 @@ impl Policy {
             .ok_or_else(|| CoreError::State("decision ids are exhausted (2**64 issued)".into()))?;
         let learner = self.learner.as_learner();
         learner.check_x(x)?;
+        let scaled: Vec<f64>;
+        let x: &[f64] = if self.cfg.interaction_scale == 1.0 {
+            x
+        } else {
+            scaled = x.iter().map(|v| v * self.cfg.interaction_scale).collect();
+            &scaled
+        };
         check_finite_scalar("input_tokens", input_tokens)?;
         if input_tokens < 0.0 {
             return Err(CoreError::Config(format!(
@@ -922,6 +936,13 @@ impl Policy {
                 n_actions: k,
             })?;
         self.learner.as_learner().check_x(x)?;
+        let scaled: Vec<f64>;
+        let x: &[f64] = if self.cfg.interaction_scale == 1.0 {
+            x
+        } else {
+            scaled = x.iter().map(|v| v * self.cfg.interaction_scale).collect();
+            &scaled
+        };
         check_finite_scalar("input_tokens", input_tokens)?;
         if input_tokens < 0.0 {
             return Err(CoreError::Config(format!(
@@ -1112,8 +1133,14 @@ impl Policy {
             .collect())
     }
 
+    /// Quality means and bonuses for request features `x` (scaled by `interaction_scale` as
+    /// `select` does).
     pub fn quality_scores(&self, x: &[f64]) -> CoreResult<(Vec<f64>, Vec<f64>)> {
-        self.learner.as_learner().scores(x)
+        if self.cfg.interaction_scale == 1.0 {
+            return self.learner.as_learner().scores(x);
+        }
+        let xs: Vec<f64> = x.iter().map(|v| v * self.cfg.interaction_scale).collect();
+        self.learner.as_learner().scores(&xs)
     }
 
     // ---- state ----
@@ -1223,6 +1250,8 @@ impl Policy {
                 c.write(&mut w);
             }
         }
+        // format 4
+        w.f64(self.cfg.interaction_scale);
         w.finish(Kind::Policy)
     }
 
@@ -1310,13 +1339,14 @@ impl Policy {
         let feature_version = r.str()?;
         let rng = SplitMix64::new(r.u64()?);
         let next_id = r.u64()?;
-        let cfg = PolicyConfig {
+        let mut cfg = PolicyConfig {
             cost_scale,
             latency_scale,
             exploration,
             ttl_s,
             capacity,
             feature_version,
+            interaction_scale: 1.0, // format 4 stores it at the end (read below)
         };
         let mut pending = PendingStore::new(capacity.max(1), ttl_s);
         let n_pending = r.dim("n_pending", 1 << 32)?;
@@ -1390,6 +1420,9 @@ impl Policy {
         } else {
             None
         };
+        let interaction_scale = if r.version >= 4 { r.f64()? } else { 1.0 };
+        check_interaction_scale(interaction_scale).map_err(st)?;
+        cfg.interaction_scale = interaction_scale;
         r.finish()?;
         check_finite("cost scales", &[cost_scale, latency_scale])?;
         let me = Policy {
@@ -1638,6 +1671,16 @@ fn samples_used(a: &ActionDef, fb: &Feedback) -> CoreResult<f64> {
 }
 
 /// Feedback values: quality finite, the optional measurements finite and >= 0.
+fn check_interaction_scale(s: f64) -> CoreResult<()> {
+    if s.is_finite() && (0.0..=1.0).contains(&s) {
+        Ok(())
+    } else {
+        Err(CoreError::Config(format!(
+            "interaction_scale must be in [0, 1], got {s}"
+        )))
+    }
+}
+
 fn check_feedback(fb: &Feedback) -> CoreResult<()> {
     check_finite_scalar("quality", fb.quality)?;
     for (what, v) in [
@@ -1708,6 +1751,7 @@ mod tests {
                 ttl_s: 1e9,
                 capacity: 1000,
                 feature_version: String::new(),
+                interaction_scale: 1.0,
             },
             budget,
             0.05,

@@ -219,7 +219,7 @@ def pending_blob() -> tuple[bytes, int]:
     policy.select(np.ones(DIM), 100.0, now=3.0)
     blob = policy.to_bytes()
     entry = 8 + (8 + 8 * DIM) + 8 + 8 + 1 + 4 + 8 + 8 + 5 * 8 + 8
-    done = 8 + 3 * 8 + 1  # answered ids, then the conservative-mode flag (off)
+    done = 8 + 3 * 8 + 1 + 8  # answered ids, the conservative-mode flag, the interaction scale
     return blob, len(blob) - 4 - done - entry
 
 
@@ -250,7 +250,7 @@ def test_pending_decision_inconsistent_with_the_space_is_refused(
 
 def test_answered_ids_must_be_issued_and_distinct() -> None:
     blob, _ = pending_blob()
-    first_done = len(blob) - 4 - 1 - 3 * 8
+    first_done = len(blob) - 4 - 8 - 1 - 3 * 8
     for value, match in [(2, r"answered decision 2 is listed twice"), (99, r"not below")]:
         b = bytearray(blob[:-4])
         struct.pack_into("<Q", b, first_done, value)
@@ -261,8 +261,8 @@ def test_answered_ids_must_be_issued_and_distinct() -> None:
 def test_decision_id_counter_at_2_64_does_not_wrap() -> None:
     blob = make().to_bytes()
     # fresh policy: the payload ends with rng, next_id, n_pending = 0, n_done = 0, then the
-    # conservative-mode flag (one byte)
-    at = len(blob) - 4 - 25
+    # conservative-mode flag (one byte) and the interaction scale (8 bytes)
+    at = len(blob) - 4 - 33
     assert blob[at : at + 8] == bytes(8)
     policy = Policy.from_bytes(reseal(blob[:at] + struct.pack("<Q", 2**64 - 1) + blob[at + 8 : -4]))
     state = policy.to_bytes()

@@ -223,23 +223,34 @@ def test_policy_of_format_version_1_loads_and_behaves_as_before() -> None:
     assert d.index == 0
     assert d.score == pytest.approx(0.1162394280432279, rel=1e-9)
     again = policy.to_bytes()
-    assert struct.unpack_from("<I", again, 8)[0] == uniscale._core.STATE_FORMAT_VERSION == 3
+    assert struct.unpack_from("<I", again, 8)[0] == uniscale._core.STATE_FORMAT_VERSION == 4
     assert uniscale.Policy.from_bytes(again).to_bytes() == again
 
 
 def test_policy_of_format_version_2_loads_without_conservative_mode() -> None:
     """Format 3 appended conservative mode's account to the policy payload (one flag byte when
-    the mode is off); a format-2 blob is the same bytes without it."""
+    the mode is off) and format 4 the interaction scale (8 bytes) after it; a format-2 blob is
+    the same bytes without both."""
     policy = uniscale.Policy.from_bytes(POLICY_V1.read_bytes())
-    v3 = policy.to_bytes()
-    assert v3[-5] == 0  # the "conservative mode off" flag, before the CRC
-    payload_len = struct.unpack_from("<Q", v3, 13)[0]
-    v2 = bytearray(v3[:-5] + v3[-4:])
+    v4 = policy.to_bytes()
+    assert v4[-13] == 0  # the "conservative mode off" flag, then the scale, then the CRC
+    assert struct.unpack_from("<d", v4, len(v4) - 12)[0] == 1.0
+    payload_len = struct.unpack_from("<Q", v4, 13)[0]
+    v2 = bytearray(v4[:-13] + v4[-4:])
     v2[8:12] = struct.pack("<I", 2)
-    v2[13:21] = struct.pack("<Q", payload_len - 1)
+    v2[13:21] = struct.pack("<Q", payload_len - 9)
     old = uniscale.Policy.from_bytes(reseal(v2))
-    assert old.conservative_status() is None
-    assert old.to_bytes() == v3
+    assert old.conservative_status() is None and old.interaction_scale == 1.0
+    assert old.to_bytes() == v4
+
+
+def test_interaction_scale_is_saved_and_checked_on_load() -> None:
+    space = uniscale.ActionSpace.grid([uniscale.ModelSpec("a", 0.1, 0.2)], n_values=(1, 2))
+    blob = bytearray(uniscale.Policy(space, dim=2, interaction_scale=0.25).to_bytes())
+    assert uniscale.Policy.from_bytes(bytes(blob)).interaction_scale == 0.25
+    struct.pack_into("<d", blob, len(blob) - 12, 1.5)
+    with pytest.raises(StateError, match="interaction_scale must be in"):
+        uniscale.Policy.from_bytes(reseal(blob))
 
 
 def test_wrong_kind(rng: np.random.Generator) -> None:
@@ -395,12 +406,13 @@ def test_conservative_account_of_the_first_format_3_layout_loads() -> None:
     space = uniscale.ActionSpace.grid([uniscale.ModelSpec("a", 0.1, 0.2)], n_values=(1, 2))
     policy = uniscale.Policy(space, dim=2, baseline=0)
     blob = policy.to_bytes()
-    # fresh account: uid, 11 floats, 3 counters, 0 open decisions, then metric (1) + tol (8)
+    # fresh account: uid, 11 floats, 3 counters, 0 open decisions, then metric (1) + tol (8);
+    # then format 4's interaction scale (8)
     section = 8 + 11 * 8 + 3 * 8 + 8 + 1 + 8
-    flag_at = len(blob) - 4 - section - 1
+    flag_at = len(blob) - 4 - 8 - section - 1
     assert blob[flag_at] == 2
     payload_len = struct.unpack_from("<Q", blob, 13)[0]
-    old = bytearray(blob[: len(blob) - 4 - 9] + blob[-4:])
+    old = bytearray(blob[: len(blob) - 4 - 8 - 9] + blob[-12:])
     old[flag_at] = 1
     old[13:21] = struct.pack("<Q", payload_len - 9)
     loaded = uniscale.Policy.from_bytes(reseal(old))

@@ -485,6 +485,7 @@ class PolicyCore:
         seed: SupportsIndex = 0,
         model_slots: SupportsIndex | None = None,
         feature_version: str = ...,
+        interaction_scale: float = 1.0,
     ) -> Self: ...
     def select(
         self,
@@ -560,6 +561,8 @@ class PolicyCore:
     def cost_scale(self) -> float: ...
     @property
     def latency_scale(self) -> float: ...
+    @property
+    def interaction_scale(self) -> float: ...
     @property
     def feature_version(self) -> str: ...
     @property

@@ -92,6 +92,11 @@ class Policy:
     ``pacing_carryover = 100`` requests' worth of unspent budget is spent later rather than
     forgotten (see `set_budget`).
 
+    ``interaction_scale`` (in [0, 1], default 1) multiplies the request features inside the
+    quality learner: with the shared learner that is a ridge ``1 / s**2`` times stronger on the
+    request x action interactions than on the action main effects, and an exploration bonus
+    ``s`` times smaller on them; 0 makes the learner context-free.
+
     ``select`` returns a `Decision` (id, action, predicted cost and latency, propensity,
     candidates, pruning reasons); ``update(decision.id, quality=..., ...)`` may come later, out of
     order, or never (pending decisions expire after ``ttl_s`` or when more than ``capacity`` are
@@ -129,6 +134,7 @@ class Policy:
         conservative_delta: float = 0.05,
         conservative_confidence: float = 0.95,
         quality_floor: QualityFloor | None = None,
+        interaction_scale: float = 1.0,
     ) -> None:
         if not isinstance(space, ActionSpace):
             raise ConfigError(f"space must be an ActionSpace, got {type(space).__name__}")
@@ -157,6 +163,7 @@ class Policy:
             seed=seed,
             model_slots=model_slots,
             feature_version=feature_version,
+            interaction_scale=interaction_scale,
         )
         if baseline is not None and quality_floor is not None:
             raise ConfigError("give at most one of baseline and quality_floor")
@@ -447,6 +454,11 @@ class Policy:
     @property
     def pacing_lambda(self) -> float:
         return self._core.pacing_lambda
+
+    @property
+    def interaction_scale(self) -> float:
+        """Scale of the request features inside the quality learner (see the constructor)."""
+        return self._core.interaction_scale
 
     @property
     def pacing_credit(self) -> float:

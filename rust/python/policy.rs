@@ -297,7 +297,7 @@ impl PyPolicyCore {
         weights=(1.0, 1.0, 0.2), cost_scale=None, latency_scale=None, exploration="greedy",
         epsilon=0.05, temperature=0.1, budget_per_request_usd=None, budget_per_hour_usd=None,
         pacing_step=0.05, pacing_carryover=100.0, ttl_s=3600.0, capacity=65536,
-        seed=0, model_slots=None, feature_version=String::new()
+        seed=0, model_slots=None, feature_version=String::new(), interaction_scale=1.0
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -323,6 +323,7 @@ impl PyPolicyCore {
         seed: u64,
         model_slots: Option<i64>,
         feature_version: String,
+        interaction_scale: f64,
     ) -> PyResult<Self> {
         let shared = match learner {
             "shared" => true,
@@ -369,6 +370,7 @@ impl PyPolicyCore {
             ttl_s,
             capacity,
             feature_version,
+            interaction_scale,
         };
         let p = Policy::new(
             new_models,
@@ -635,6 +637,10 @@ impl PyPolicyCore {
     #[getter]
     fn latency_scale(&self) -> f64 {
         self.inner.lock().cfg.latency_scale
+    }
+    #[getter]
+    fn interaction_scale(&self) -> f64 {
+        self.inner.lock().cfg.interaction_scale
     }
     #[getter]
     fn feature_version(&self) -> String {
