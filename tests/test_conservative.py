@@ -332,9 +332,10 @@ def test_quality_floor_serves_a_cheaper_action_that_is_as_good() -> None:
     st_ = p.conservative_status()
     assert st_ is not None and st_["metric"] == "quality" and st_["tolerance"] == 0.02
     # Certifying "within 0.02 of the reference" at 95% takes on the order of (1.645 * 0.5 /
-    # 0.02)**2 ~ 1,700 observations, so the cheap model is served more and more, not at once.
+    # 0.02)**2 ~ 1,700 observations, so the cheap model is served on a share of the requests,
+    # as the shortfall budget allows, and still at the end of the stream.
     assert st_["non_baseline"] == off.sum() > 300, st_
-    assert off[1500:].mean() > off[:1500].mean()
+    assert off[-500:].any() and st_["slack"] >= 0
 
 
 def test_quality_floor_keeps_the_reference_when_the_rest_is_worse() -> None:

@@ -81,7 +81,7 @@ def test_interaction_scale_equals_scaling_the_features(
     s * x, through select, update and observe."""
     rng = np.random.default_rng(seed)
     scaled = Policy(SPACE, DIM, learner=learner, interaction_scale=scale)  # type: ignore[arg-type]
-    plain = Policy(SPACE, DIM, learner=learner)  # type: ignore[arg-type]
+    plain = Policy(SPACE, DIM, learner=learner, interaction_scale=1.0)  # type: ignore[arg-type]
     for t in range(30):
         x = rng.normal(size=DIM)
         d1 = scaled.select(x, 100.0, now=float(t))

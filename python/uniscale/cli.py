@@ -553,10 +553,11 @@ def _add_replay(sub: Any) -> None:
     r.add_argument(
         "--side-observations",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=False,
         help="every learner also learns the sub-actions a sampled run contains (the first 2 "
         "of 8 samples are a self-consistency-2 run; Policy.observe with weight 0.5, "
-        "uniscale.outcomes.SIDE_OBSERVATION_WEIGHT); on by default",
+        "uniscale.outcomes.SIDE_OBSERVATION_WEIGHT); off by default: it helps on the real "
+        "table but makes the simulator benchmark worse (docs/side_observations.md)",
     )
     r.add_argument(
         "--no-request-features",

@@ -186,6 +186,8 @@ def run_usage(
 #: ``docs/side_observations.md``): weight 0.5 gained +0.0036 +- 0.0024 (cost_sensitive),
 #: +0.0054 +- 0.0028 (balanced), +0.0053 +- 0.0084 (quality_priority); weight 1 gained +0.0016,
 #: +0.0077, +0.0001; weight 0.25 -0.0001, +0.0028, -0.0088. 0.5 is ahead on every preset.
+#: Side observations are opt-in (replay ``--side-observations``, ``Router(side_observations=
+#: True)``): on the simulator benchmark they lift TTS-only more than UniScale.
 SIDE_OBSERVATION_WEIGHT = 0.5
 
 

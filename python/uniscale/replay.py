@@ -13,8 +13,8 @@ to the previous one is what test-time scaling adds out of sample), ``oracle`` (t
 per request). Learners: ``uniscale`` (full model x strategy x n space), ``routing_only`` (each
 model with one sample), ``tts_only`` (the best single model in hindsight, any strategy/n).
 Scenarios insert events mid-stream: a model retired, a model added, the reward preset
-switched. With ``side_observations`` (the default) every learner also learns the sub-actions
-each sampled run contains (`uniscale.outcomes.sub_actions`), each with weight
+switched. With ``side_observations`` every learner also learns the sub-actions each sampled
+run contains (`uniscale.outcomes.sub_actions`), each with weight
 `uniscale.outcomes.SIDE_OBSERVATION_WEIGHT`.
 """
 
@@ -295,12 +295,12 @@ def run_learner(
     *,
     initial_models: Iterable[str] | None = None,
     progress: Callable[[int], None] | None = None,
-    side_observations: bool = True,
+    side_observations: bool = False,
     side_weight: float = SIDE_OBSERVATION_WEIGHT,
 ) -> RunResult:
     """Streams the table through a fresh `Policy` over ``spec.actions``.
 
-    With ``side_observations`` (the default), after each update the policy also learns
+    With ``side_observations``, after each update the policy also learns
     (`Policy.observe`, weight `uniscale.outcomes.SIDE_OBSERVATION_WEIGHT`) the outcomes of the
     sub-actions the chosen run contained (`uniscale.outcomes.sub_actions`): the table builds
     every sampled action of a model from prefixes of one sample order, so those are the
@@ -459,7 +459,7 @@ def compare(
     seed: int = 0,
     scales: Scales | None = None,
     progress: Callable[[int], None] | None = None,
-    side_observations: bool = True,
+    side_observations: bool = False,
     side_weight: float = SIDE_OBSERVATION_WEIGHT,
     baseline: Action | None = None,
     conservative_delta: float = 0.05,

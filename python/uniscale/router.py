@@ -552,7 +552,7 @@ class Router:
     closes it in `aclose`). ``max_deferred`` bounds the realised values kept for deferred
     feedback (the oldest are dropped; their decisions expire in the policy too).
 
-    ``side_observations`` (on by default): when a voting run (self-consistency or adaptive
+    ``side_observations``: when a voting run (self-consistency or adaptive
     consistency) is scored against a ground truth, the policy also learns (`Policy.observe`,
     with weight `uniscale.outcomes.SIDE_OBSERVATION_WEIGHT`, because a sub-run is correlated
     with the run it is part of) the smaller voting runs of the same model that its samples
@@ -573,7 +573,7 @@ class Router:
         log: DecisionLog | str | os.PathLike[str] | None = None,
         fallback: Action | None = None,
         max_deferred: int = 65536,
-        side_observations: bool = True,
+        side_observations: bool = False,
     ) -> None:
         if not isinstance(policy, Policy):
             raise ConfigError(f"policy must be a uniscale.Policy, got {type(policy).__name__}")
