@@ -428,6 +428,18 @@ impl Policy {
         self.space.actions.len()
     }
 
+    /// `index` as a position in the action list, or `UnknownAction`.
+    fn action_at(&self, index: i64) -> CoreResult<usize> {
+        let k = self.n_actions();
+        usize::try_from(index)
+            .ok()
+            .filter(|i| *i < k)
+            .ok_or(CoreError::UnknownAction {
+                action: index,
+                n_actions: k,
+            })
+    }
+
     /// Chooses an action. Never fails for unsatisfiable limits: it falls back to the cheapest
     /// allowed action and flags the decision. Fails only on invalid input.
     pub fn select(
@@ -927,14 +939,7 @@ impl Policy {
                 "weight must be in (0, 1e6], got {weight}"
             )));
         }
-        let k = self.n_actions();
-        let i = usize::try_from(index)
-            .ok()
-            .filter(|i| *i < k)
-            .ok_or(CoreError::UnknownAction {
-                action: index,
-                n_actions: k,
-            })?;
+        let i = self.action_at(index)?;
         self.learner.as_learner().check_x(x)?;
         let scaled: Vec<f64>;
         let x: &[f64] = if self.cfg.interaction_scale == 1.0 {
@@ -1067,14 +1072,7 @@ impl Policy {
             self.conservative = None;
             return Ok(());
         };
-        let k = self.n_actions();
-        let i = usize::try_from(index)
-            .ok()
-            .filter(|i| *i < k)
-            .ok_or(CoreError::UnknownAction {
-                action: index,
-                n_actions: k,
-            })?;
+        let i = self.action_at(index)?;
         let uid = self.space.actions[i].uid;
         let c = match floor {
             None => Conservative::new(uid, delta, confidence, quality_sd, quality_range)?,
