@@ -52,8 +52,7 @@ def main() -> int:
                         )
                     bar(1)
                 cells = [
-                    f"{np.mean(v):+.4f} ± {np.std(v) / np.sqrt(len(v)):.4f}"
-                    for v in diffs.values()
+                    f"{np.mean(v):+.4f} ± {np.std(v) / np.sqrt(len(v)):.4f}" for v in diffs.values()
                 ]
                 rows.append(f"| {name} | {preset} | " + " | ".join(cells) + " |")
     text = "\n".join(
