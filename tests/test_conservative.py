@@ -4,6 +4,8 @@ the accounting, the decision it changes, persistence and bad input."""
 from __future__ import annotations
 
 import functools
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from uniscale import ConfigError, Policy, QualityFloor, UnknownActionError, datasets, replay
+from uniscale.cli import main as cli_main
 from uniscale.datasets import Source
 from uniscale.space import Action, ActionSpace, ModelSpec
 
@@ -368,3 +371,33 @@ def test_default_reference_is_the_priciest_model_once() -> None:
     assert replay.default_reference(space().actions, {"cheap": CHEAP, "big": BIG}) == Action(
         "big", "single", 1
     )
+
+
+# ---- the replay command line ----------------------------------------------------------------
+
+
+def test_cli_replay_baseline_and_quality_floor(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["replay", "--table", "mmlu-pro", "--requests", "300", "--seeds", "2", "--no-curve"]
+    out = tmp_path / "a"
+    assert cli_main([*base, "-q", "--baseline", "gemini-1.5-pro-002", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "conservative mode around gemini-1.5-pro-002/single/n=1 (delta 0.05)" in text
+    payload = json.loads((out / "replay_results.json").read_text())
+    assert payload["targets"]["conservative"]["promise_held"] in (0, 1, 2)
+    out = tmp_path / "b"
+    args = [*base, "-q", "--objective", "quality-floor", "--tolerance", "0.02", "--out", str(out)]
+    assert cli_main(args) == 0
+    text = capsys.readouterr().out
+    assert "quality floor (reference gemini-1.5-pro-002/single/n=1, tolerance 0.02)" in text
+    floor = json.loads((out / "replay_results.json").read_text())["targets"]["quality_floor"]
+    assert len(floor["cost_saved"]) == 2 and floor["tolerance"] == 0.02
+    for bad, match in [
+        (["--baseline", "nope"], "--baseline"),
+        (["--objective", "quality-floor", "--reference", "a/b"], "--reference"),
+        (["--objective", "quality-floor", "--tolerance", "-1"], "--tolerance"),
+        (["--baseline", "llama-2-7b", "--conservative-delta", "1.5"], "--conservative-delta"),
+    ]:
+        with pytest.raises(SystemExit, match=match):
+            cli_main([*base, "-q", *bad, "--out", str(tmp_path / "c")])
