@@ -96,11 +96,11 @@ class Policy:
     quality learner: with the shared learner that is a ridge ``1 / s**2`` times stronger on the
     request x action interactions than on the action main effects, and an exploration bonus
     ``s`` times smaller on them; 0 makes the learner context-free. Measured by
-    ``scripts/interaction_scale.py`` (``docs/interaction_scale.md``): 0.3 beats 1 in 6 of 9
-    (table, preset) cells over 3,000 requests, but on the simulator benchmark's 10,000-request
-    streams it loses more to TTS-only, so the default stays 1 until the scale is chosen from
-    the data (empirical Bayes). With the disjoint learner, whose per-action models have no
-    separate main effect, it shrinks everything.
+    ``scripts/interaction_scale.py`` (``docs/interaction_scale.md``): 0.3 beats 1 in all six
+    (table, preset) cells of the real and MMLU-Pro tables and loses in all three of the
+    simulator, whose task types really matter; the default stays 1 until the scale is
+    estimated from the data (empirical Bayes). With the disjoint learner, whose per-action
+    models have no separate main effect, it shrinks everything.
 
     ``select`` returns a `Decision` (id, action, predicted cost and latency, propensity,
     candidates, pruning reasons); ``update(decision.id, quality=..., ...)`` may come later, out of
