@@ -196,15 +196,13 @@ def _replay(args: argparse.Namespace) -> int:
 
     first = table_for(0)
     events, initial, described = _scenario(args.scenario, first, args.reward)
-    baseline = None
     if args.baseline is not None:
         if not (np.isfinite(args.conservative_delta) and 0 <= args.conservative_delta < 1):
             raise SystemExit("error: --conservative-delta must be in [0, 1)")
         try:
-            baseline = replay.parse_action(args.baseline, first.actions)
+            kw["baseline"] = replay.parse_action(args.baseline, first.actions)
         except ValueError as e:
             raise SystemExit(f"error: --baseline: {e}") from None
-        kw["baseline"] = baseline
         kw["conservative_delta"] = args.conservative_delta
     if args.objective == "quality-floor":
         if not (np.isfinite(args.tolerance) and args.tolerance >= 0):

@@ -200,8 +200,13 @@ def best_fixed_run(
     cols = _always_available(avail, columns)
     totals = r[:, cols].sum(axis=0)
     best = int(cols[int(np.argmax(totals))])
-    chosen = np.full(table.n_requests, best, dtype=np.int64)
-    return _result(name, table, chosen, r, oracle, action=str(table.actions[best]))
+    return _fixed_run(name, table, best, r, oracle)
+
+
+def _fixed_run(name: str, table: OutcomeTable, col: int, r: F64, oracle: F64) -> RunResult:
+    """Action ``col`` on every request."""
+    chosen = np.full(table.n_requests, col, dtype=np.int64)
+    return _result(name, table, chosen, r, oracle, action=str(table.actions[col]))
 
 
 def best_per_kind_run(
@@ -505,8 +510,7 @@ def compare(
     base_col = -1
     if baseline is not None:
         base_col = table.actions.index(baseline)
-        chosen = np.full(table.n_requests, base_col, dtype=np.int64)
-        results.append(_result("baseline", table, chosen, r, orc.reward, action=str(baseline)))
+        results.append(_fixed_run("baseline", table, base_col, r, orc.reward))
         specs.append(
             LearnerSpec(
                 "uniscale_conservative",
@@ -519,8 +523,7 @@ def compare(
         ref = quality_floor.reference
         ref_action = ref if isinstance(ref, Action) else table.actions[int(ref)]
         ref_col = table.actions.index(ref_action)
-        chosen = np.full(table.n_requests, ref_col, dtype=np.int64)
-        results.append(_result("reference", table, chosen, r, orc.reward, action=str(ref_action)))
+        results.append(_fixed_run("reference", table, ref_col, r, orc.reward))
         floor = QualityFloor(ref_action, quality_floor.tolerance, quality_floor.confidence)
         specs.append(
             LearnerSpec("uniscale_floor", table.actions, {**policy_kwargs, "quality_floor": floor})

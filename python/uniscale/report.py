@@ -153,26 +153,7 @@ def targets(
         )
     cons = [next((r for r in res if r.name == "uniscale_conservative"), None) for res in per_seed]
     if cons and all(c is not None for c in cons):
-        runs = [c for c in cons if c is not None]
-        bases = [next(r for r in res if r.name == "baseline") for res in per_seed]
-        diffs = [float(c.reward.mean() - b.reward.mean()) for c, b in zip(runs, bases, strict=True)]
-        held = sum(bool(c.extra["promise_held"]) for c in runs)
-        explored = [int(c.extra.get("non_baseline", 0)) for c in runs]
-        delta, base_name = runs[0].extra["delta"], runs[0].extra["baseline"]
-        payload["conservative"] = {
-            "baseline": base_name,
-            "delta": delta,
-            "diff_per_request_vs_baseline": diffs,
-            "promise_held": held,
-            "min_margin": [float(c.extra["promise_min_margin"]) for c in runs],
-            "non_baseline_requests": explored,
-        }
-        lines.append(
-            f"conservative mode around {base_name} (delta {delta:g}): reward vs the baseline "
-            f"{_spread(diffs, '{:+.4f}')} per request; promise held at every request on "
-            f"{held}/{n} seeds; {np.mean(explored):.0f} of {len(runs[0].reward)} requests not "
-            "served by the baseline (mean)"
-        )
+        lines.extend(_conservative_lines(per_seed, [c for c in cons if c is not None], payload))
     floors = [next((r for r in res if r.name == "uniscale_floor"), None) for res in per_seed]
     if floors and all(f is not None for f in floors):
         lines.extend(_floor_lines(per_seed, [f for f in floors if f is not None], payload))
@@ -256,6 +237,32 @@ def targets(
                 f"${a[:, 3].mean():.2e}/request (as accurate and cheaper on {held}/{n} seeds)"
             )
     return lines, payload
+
+
+def _conservative_lines(
+    per_seed: Sequence[Sequence[RunResult]], runs: Sequence[RunResult], payload: dict[str, Any]
+) -> list[str]:
+    """Conservative mode against its baseline: paired reward difference, on how many seeds the
+    promise held at every request, and how many requests left the baseline."""
+    bases = [next(r for r in res if r.name == "baseline") for res in per_seed]
+    diffs = [float(c.reward.mean() - b.reward.mean()) for c, b in zip(runs, bases, strict=True)]
+    held = sum(bool(c.extra["promise_held"]) for c in runs)
+    explored = [int(c.extra.get("non_baseline", 0)) for c in runs]
+    delta, base_name = runs[0].extra["delta"], runs[0].extra["baseline"]
+    payload["conservative"] = {
+        "baseline": base_name,
+        "delta": delta,
+        "diff_per_request_vs_baseline": diffs,
+        "promise_held": held,
+        "min_margin": [float(c.extra["promise_min_margin"]) for c in runs],
+        "non_baseline_requests": explored,
+    }
+    return [
+        f"conservative mode around {base_name} (delta {delta:g}): reward vs the baseline "
+        f"{_spread(diffs, '{:+.4f}')} per request; promise held at every request on "
+        f"{held}/{len(runs)} seeds; {np.mean(explored):.0f} of {len(runs[0].reward)} requests "
+        "not served by the baseline (mean)"
+    ]
 
 
 def _floor_lines(
