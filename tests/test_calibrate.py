@@ -5,6 +5,7 @@ with K), and a deliberately wrong calibration replayed on the packaged real tabl
 from __future__ import annotations
 
 import io
+import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -390,3 +391,12 @@ def test_wrong_calibration_of_a_whole_model_does_not_lock_it_out(seed: int) -> N
     chosen, best = _replay_wrong(seed, "model")
     tried = np.flatnonzero(chosen == best)
     assert len(tried) and tried[0] < BOUND, f"best action first tried at {tried[:1]}"
+
+
+def test_t95_never_narrows_the_interval_between_tabulated_degrees_of_freedom() -> None:
+    from uniscale.calibrate import _t95
+
+    values = [_t95(n) for n in range(2, 200)]
+    assert all(a >= b for a, b in itertools.pairwise(values))  # non-increasing
+    assert _t95(11) == 2.228 and _t95(12) == 2.228  # df 10 and 11: 10's quantile (true 2.201)
+    assert min(values) == 2.042 > 1.96  # beyond df 30, 30's quantile, never the normal's

@@ -440,8 +440,10 @@ def _t95(n: int) -> float:
     """Two-sided 95% Student-t quantile for ``n`` paired differences (n - 1 degrees of freedom)."""
     table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306}
     table |= {9: 2.262, 10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}
-    df = n - 1
-    return table.get(df) or next((v for k, v in sorted(table.items()) if k >= df), 1.96)
+    # between tabulated degrees of freedom take the next smaller one (a wider interval, never a
+    # narrower one); beyond 30, 30's quantile (2.042, above the normal's 1.96)
+    df = max(n - 1, 1)
+    return table[max(k for k in table if k <= df)]
 
 
 def _collection_cost(table: OutcomeTable) -> float:
