@@ -137,14 +137,12 @@ fn check_range((lo, hi): (f64, f64)) -> CoreResult<()> {
     Ok(())
 }
 
-fn check_unit(what: &str, v: f64, lo_open: bool) -> CoreResult<()> {
-    let ok = v.is_finite() && v < 1.0 && if lo_open { v > 0.0 } else { v >= 0.0 };
-    if ok {
+fn check_delta(delta: f64) -> CoreResult<()> {
+    if delta.is_finite() && (0.0..1.0).contains(&delta) {
         Ok(())
     } else {
         Err(CoreError::Config(format!(
-            "{what} must be in {}0, 1), got {v}",
-            if lo_open { "(" } else { "[" }
+            "delta must be in [0, 1), got {delta}"
         )))
     }
 }
@@ -206,7 +204,7 @@ impl Conservative {
         quality_sd: f64,
         quality_range: (f64, f64),
     ) -> CoreResult<Self> {
-        check_unit("delta", delta, false)?;
+        check_delta(delta)?;
         if !(confidence.is_finite() && confidence > 0.5 && confidence < 1.0) {
             return Err(CoreError::Config(format!(
                 "confidence must be in (0.5, 1), got {confidence}"
@@ -435,7 +433,7 @@ impl Conservative {
         let [delta, z, quality_sd, quality_min, quality_max, realised, baseline_realised, counterfactual_hi, counterfactual_var, settled_lo, settled_hi] =
             f;
         let st = |m: String| CoreError::State(format!("conservative mode: {m}"));
-        check_unit("delta", delta, false).map_err(|e| st(e.to_string()))?;
+        check_delta(delta).map_err(|e| st(e.to_string()))?;
         if !(z.is_finite() && z > 0.0 && z < 40.0) {
             return Err(st(format!("z must be in (0, 40), got {z}")));
         }
