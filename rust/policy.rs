@@ -21,7 +21,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use crate::conservative::{reward_var, Conservative, Metric, Open};
 use crate::cost::{CostModel, Prediction};
 use crate::error::{check_finite, check_finite_scalar, CoreError, CoreResult};
-use crate::evidence::{best_mult, check_mult, interaction_coords, set_mult, InteractionPrior};
+use crate::evidence::{best_mult, check_mult, interaction_coords, InteractionPrior};
 use crate::learner::{Config, Learner};
 use crate::linucb::LinUcb;
 use crate::pacing::{Budget, Pacer};
@@ -387,8 +387,7 @@ impl Policy {
         let k = space.actions.len();
         let learner = if shared {
             let mut l = SharedLinUcb::new(space.psi_matrix(), k, space.p(), dim, learner_cfg)?;
-            let coords = interaction_coords(dim, l.p);
-            set_mult(&mut l.model, &coords, learner_cfg.ridge, 1.0, ip.mult)?;
+            l.set_mean_mult(ip.mult)?;
             QualityLearner::Shared(l)
         } else {
             QualityLearner::Disjoint(LinUcb::new(k, dim, learner_cfg)?)
@@ -1024,13 +1023,12 @@ impl Policy {
             return;
         };
         let ip = &mut self.cfg.interaction_prior;
-        if !ip.due(l.model.n_updates) {
+        if !ip.due() {
             return;
         }
         let coords = interaction_coords(l.dim, l.p);
-        let ridge = l.cfg.ridge;
-        let best = best_mult(&l.model, &coords, ridge, ip.mult, ip.yy, ip.n);
-        if best != ip.mult && set_mult(&mut l.model, &coords, ridge, ip.mult, best).is_ok() {
+        let best = best_mult(&l.model, &coords, l.cfg.ridge, 1.0, ip.yy, ip.n);
+        if best != ip.mult && l.set_mean_mult(best).is_ok() {
             ip.mult = best;
         }
     }
@@ -1472,6 +1470,14 @@ impl Policy {
         } else {
             InteractionPrior::off()
         };
+        let mut learner = learner;
+        if let QualityLearner::Shared(l) = &mut learner {
+            l.set_mean_mult(cfg.interaction_prior.mult)
+                .map_err(|e| match e {
+                    CoreError::Memory(_) => e,
+                    e => CoreError::State(e.to_string()),
+                })?;
+        }
         r.finish()?;
         check_finite("cost scales", &[cost_scale, latency_scale])?;
         let me = Policy {
@@ -1567,16 +1573,13 @@ impl Policy {
                     "the shared learner's action features are not the action space's".into(),
                 );
             }
-            // A's interaction diagonal holds at least the prior ridge * multiplier.
-            let floor = l.cfg.ridge * self.cfg.interaction_prior.mult * (1.0 - 1e-9);
-            let n = l.model.n;
-            if let Some(c) = interaction_coords(l.dim, l.p)
-                .into_iter()
-                .find(|&c| l.model.a[c * n + c] < floor)
+            if l.mean_mult != self.cfg.interaction_prior.mult
+                || l.mean_model.is_some() != (l.mean_mult != 1.0)
             {
                 return Err(format!(
-                    "the shared learner's A[{c}, {c}] = {} is below its interaction prior {floor}",
-                    l.model.a[c * n + c]
+                    "the shared learner's means use interaction ridge multiplier {}, the policy's \
+                     prior is {}",
+                    l.mean_mult, self.cfg.interaction_prior.mult
                 ));
             }
         } else if self.cfg.interaction_prior.mult != 1.0 || self.cfg.interaction_prior.auto {

@@ -49,6 +49,15 @@ pub struct SharedLinUcb {
     /// Action features psi, (K, p) row-major.
     pub psi: Vec<f64>,
     pub model: Ridge,
+    /// Ridge multiplier on the interaction coefficients of the model the *means* come from
+    /// (`crate::evidence`); 1: the means come from `model` itself.
+    pub mean_mult: f64,
+    /// With `mean_mult > 1`: the same statistics as `model` with that stronger ridge on the
+    /// interactions, kept in step with it. Scores take their means from it and their
+    /// exploration bonus from `model`: the estimate shrinks what the data do not support, the
+    /// confidence width stays that of the weaker prior, so shrinkage chosen from little data
+    /// cannot stop the learner from exploring the interactions that would overturn it.
+    pub mean_model: Option<Box<Ridge>>,
 }
 
 impl SharedLinUcb {
@@ -91,7 +100,25 @@ impl SharedLinUcb {
             k: n_actions,
             psi,
             model: Ridge::new(joint, cfg.ridge)?,
+            mean_mult: 1.0,
+            mean_model: None,
         })
+    }
+
+    /// Takes the means from a model with ridge `cfg.ridge * m` on the interaction coefficients
+    /// (`m >= 1`; 1 drops the second model). Transactional.
+    pub fn set_mean_mult(&mut self, m: f64) -> CoreResult<()> {
+        crate::evidence::check_mult(m)?;
+        if m == 1.0 {
+            self.mean_model = None;
+        } else {
+            let coords = crate::evidence::interaction_coords(self.dim, self.p);
+            let mut mm = self.model.try_clone()?;
+            crate::evidence::set_mult(&mut mm, &coords, self.cfg.ridge, 1.0, m)?;
+            self.mean_model = Some(Box::new(mm));
+        }
+        self.mean_mult = m;
+        Ok(())
     }
 
     pub fn joint_dim(&self) -> usize {
@@ -128,15 +155,27 @@ impl SharedLinUcb {
         if weight != 1.0 {
             phi.iter_mut().for_each(|v| *v *= sw);
         }
+        self.update_phi(&phi, (reward - self.cfg.prior_mean) * sw)
+    }
+
+    /// One update of both models with joint features `phi` and centred reward `y`; if the
+    /// second fails, the first is rolled back, so a refused update changes nothing.
+    fn update_phi(&mut self, phi: &[f64], y: f64) -> CoreResult<()> {
         let mut scratch = vec![0.0; phi.len()];
         let cfg = self.cfg;
-        self.model.update(
-            &phi,
-            (reward - cfg.prior_mean) * sw,
-            cfg.discount,
-            cfg.ridge,
-            &mut scratch,
-        )
+        let Some(mm) = self.mean_model.as_mut() else {
+            return self
+                .model
+                .update(phi, y, cfg.discount, cfg.ridge, &mut scratch);
+        };
+        let backup = self.model.try_clone()?;
+        self.model
+            .update(phi, y, cfg.discount, cfg.ridge, &mut scratch)?;
+        if let Err(e) = mm.update(phi, y, cfg.discount, cfg.ridge, &mut scratch) {
+            self.model = backup;
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Appends actions with features `psi_new` ((count, p) row-major); returns the first new index.
@@ -202,7 +241,11 @@ impl SharedLinUcb {
         }
         let mut merged = self.model.clone();
         merged.absorb(&other.model, self.cfg.ridge)?;
-        self.model = merged;
+        let old = std::mem::replace(&mut self.model, merged);
+        if let Err(e) = self.set_mean_mult(self.mean_mult) {
+            self.model = old;
+            return Err(e);
+        }
         Ok(())
     }
 
@@ -297,15 +340,7 @@ impl Learner for SharedLinUcb {
             });
         }
         let phi = self.phi(x, action);
-        let mut scratch = vec![0.0; phi.len()];
-        let cfg = self.cfg;
-        self.model.update(
-            &phi,
-            reward - cfg.prior_mean,
-            cfg.discount,
-            cfg.ridge,
-            &mut scratch,
-        )
+        self.update_phi(&phi, reward - self.cfg.prior_mean)
     }
 }
 
@@ -363,7 +398,7 @@ impl SharedLinUcb {
         let pp = self.p + 1;
         let du = self.dim + 1;
         let jd = du * pp;
-        let theta = &self.model.theta;
+        let theta = &self.mean_model.as_deref().unwrap_or(&self.model).theta;
         let m = &self.model.ainv;
         let mut u = Vec::with_capacity(du);
         u.push(1.0);

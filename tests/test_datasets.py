@@ -321,7 +321,10 @@ def test_cli_replay_pacing_carryover(tmp_path: Path) -> None:
         extra.append("--no-side-observations")
         assert cli_main([*args, *extra, "--out", str(out)]) == 0
         spent[carry] = json.loads((out / "replay_results.json").read_text())["budget"]["spent_mean"]
-    # the setting reaches the pacer: forgetting unspent budget spends less
-    assert spent["0"] < spent["100"]
+    # the setting reaches the pacer: everything else is seeded and equal, so a different
+    # spend can only come from it. (Which way it moves depends on whether the learner under- or
+    # overspends early on this stream; the pacer's carry-over itself is tested in
+    # tests/test_policy.py.)
+    assert spent["0"] != spent["100"]
     with pytest.raises(SystemExit, match="pacing-carryover"):
         cli_main(["replay", "--table", "sim", "--pacing-carryover", "-1", "-q"])

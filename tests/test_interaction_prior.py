@@ -1,6 +1,7 @@
 """The shared learner's interaction prior (`Policy(interaction_prior=m | "auto")`,
-``rust/evidence.rs``), against a NumPy oracle: a ridge regression with a stronger ridge on the
-request x action coefficients, and the marginal likelihood that chooses it."""
+``rust/evidence.rs``), against a NumPy oracle: means from a ridge regression with a stronger
+ridge on the request x action coefficients, the exploration bonus from the one-ridge posterior,
+and the marginal likelihood that chooses the multiplier."""
 
 from __future__ import annotations
 
@@ -80,6 +81,11 @@ def test_fixed_prior_is_ridge_with_a_stronger_penalty_on_interactions(m: float) 
     )
     np.testing.assert_allclose(means(policy, probe), want, rtol=1e-9, atol=1e-12)
     assert policy.interaction_prior == (m, False)
+    # the exploration bonus keeps the one-ridge posterior's width whatever m is
+    cov = np.linalg.inv(phi.T @ phi + np.eye(phi.shape[1]))
+    rows = [np.kron(np.r_[1.0, probe], np.r_[1.0, row]) for row in psi]
+    bonus = 0.3 * np.sqrt([r @ cov @ r for r in rows])  # alpha = 0.3, the default
+    np.testing.assert_allclose(policy._core.quality_scores(probe)[1], bonus, rtol=1e-9)
 
 
 @settings(max_examples=15, deadline=None)

@@ -98,17 +98,21 @@ class Policy:
     ``s`` times smaller on them; 0 makes the learner context-free. Measured by
     ``scripts/interaction_scale.py`` (``docs/interaction_scale.md``): 0.3 beats 1 in all six
     (table, preset) cells of the real and MMLU-Pro tables and loses in all three of the
-    simulator, whose task types really matter; the default stays 1 until the scale is
-    estimated from the data (empirical Bayes). With the disjoint learner, whose per-action
-    models have no separate main effect, it shrinks everything.
+    simulator, whose task types really matter; the default stays 1, and the data-driven
+    ``interaction_prior`` below does this job better. With the disjoint learner, whose
+    per-action models have no separate main effect, it shrinks everything.
 
-    ``interaction_prior`` (shared learner only) puts a ridge ``m`` times stronger on the request
-    x action interactions than on everything else (prior standard deviation ``1 / sqrt(m)``);
-    ``"auto"`` starts at 1 and re-chooses ``m`` from {1, 4, 16, 64, 256, 1024} by empirical
-    Bayes (the marginal likelihood of the feedback so far) after 32, 128, 512, 2048 updates and
-    then every 4096, so interactions count only as far as the data support them
-    (``rust/evidence.rs``). Needs ``discount = 1``. Unlike ``interaction_scale`` it leaves the
-    request main effects and the exploration bonus's form alone.
+    ``interaction_prior`` (shared learner only) estimates the quality means with a ridge ``m``
+    times stronger on the request x action interactions than on everything else (prior standard
+    deviation ``1 / sqrt(m)``); the exploration bonus keeps the width of the one-ridge
+    posterior, so shrinkage chosen from little data cannot stop the exploration that would
+    overturn it. ``"auto"`` (the default for the shared learner without discounting; 1
+    otherwise) starts at 1 and re-chooses ``m`` from {1, 4, 16, 64, 256, 1024} by
+    empirical Bayes (the marginal likelihood of the feedback so far) after 32, 128, 512, 2048
+    updates and then every 4096, so interactions count only as far as the data support them
+    (``rust/evidence.rs``). Needs ``discount = 1``. With ``m > 1`` the learner keeps a second
+    copy of its statistics (twice the memory and update time). Measured by
+    ``scripts/policy_ablation.py`` (``docs/interaction_prior.md``).
 
     ``select`` returns a `Decision` (id, action, predicted cost and latency, propensity,
     candidates, pruning reasons); ``update(decision.id, quality=..., ...)`` may come later, out of
@@ -148,11 +152,14 @@ class Policy:
         conservative_confidence: float = 0.95,
         quality_floor: QualityFloor | None = None,
         interaction_scale: float = 1.0,
-        interaction_prior: float | Literal["auto"] = 1.0,
+        interaction_prior: float | Literal["auto"] | None = None,
     ) -> None:
         if not isinstance(space, ActionSpace):
             raise ConfigError(f"space must be an ActionSpace, got {type(space).__name__}")
         w = resolve_reward(reward)
+        if interaction_prior is None:
+            # the default: empirical Bayes where it applies (docs/interaction_prior.md)
+            interaction_prior = "auto" if learner == "shared" and discount == 1.0 else 1.0
         auto = interaction_prior == "auto"
         if isinstance(interaction_prior, str) and not auto:
             raise ConfigError(
