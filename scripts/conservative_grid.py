@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from uniscale import datasets, replay
-from uniscale.progress import Progress
+from uniscale.lab import datasets, replay
+from uniscale.lab.progress import Progress
 
 CELLS = {
     "real": (None, ["qwen15", "qwen05", "qwen15/self_consistency/4"]),

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from uniscale import datasets, replay
-from uniscale.progress import Progress
-from uniscale.replay import LearnerSpec
+from uniscale.lab import datasets, replay
+from uniscale.lab.progress import Progress
+from uniscale.lab.replay import LearnerSpec
 
 PRESETS = ("cost_sensitive", "balanced", "quality_priority")
 CONFIGS: dict[str, tuple[bool, float]] = {

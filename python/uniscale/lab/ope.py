@@ -63,9 +63,9 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from uniscale._core import UniScaleError
+from uniscale.lab.replay import Scales, best_fixed_run, reward_matrix, schedule
 from uniscale.outcomes import OutcomeTable
 from uniscale.policy import Policy, RewardWeights, resolve_reward
-from uniscale.replay import Scales, best_fixed_run, reward_matrix, schedule
 from uniscale.router import LOG_SCHEMA, DecisionLog, read_decision_log
 from uniscale.space import ActionSpace, ModelSpec
 

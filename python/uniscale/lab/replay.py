@@ -280,7 +280,7 @@ def best_per_kind_xfit_run(
 @dataclass(frozen=True, slots=True)
 class LearnerSpec:
     """How to build one learning policy for a replay. ``prepare``, when set, is called on the
-    fresh policy before the first request (e.g. `uniscale.calibrate.warm_start`)."""
+    fresh policy before the first request (e.g. `uniscale.lab.calibrate.warm_start`)."""
 
     name: str
     actions: Sequence[Action]

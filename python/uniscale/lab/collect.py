@@ -9,10 +9,10 @@ n <= m)`` action on every item without calling a model again.
 
 Usage (the lead wires the same subcommands into ``uniscale collect``)::
 
-    python -m uniscale.collect run --items python/uniscale/data/items.jsonl --out OUT.jsonl \\
+    python -m uniscale.lab.collect run --items python/uniscale/data/items.jsonl --out OUT.jsonl \\
         --model smollm2=http://127.0.0.1:8101/v1 --model qwen05=http://127.0.0.1:8102/v1
-    python -m uniscale.collect status OUT.jsonl
-    python -m uniscale.collect export OUT.jsonl python/uniscale/data/real_v1.jsonl.gz
+    python -m uniscale.lab.collect status OUT.jsonl
+    python -m uniscale.lab.collect export OUT.jsonl python/uniscale/data/real_v1.jsonl.gz
 
 ``--model NAME=URL[,endpoint=chat|completions][,honours_n=false][,api_model=X][,gguf=PATH]``
 (repeatable) or ``--config FILE`` (JSON or TOML: ``[[models]]`` tables with the same keys plus
@@ -122,8 +122,6 @@ import httpx
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from uniscale import llm_servers
-from uniscale.datasets import ITEMS
 from uniscale.execute import (
     EmptyContentError,
     Executor,
@@ -174,6 +172,11 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: The packaged data (``uniscale/data``): benchmark items, outcome tables and their sidecars.
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+#: The 340 packaged benchmark items, the default ``--items``.
+ITEMS = DATA_DIR / "items.jsonl"
 
 FORMAT_VERSION = 1
 PROMPT_VERSION = "v3"
@@ -1099,10 +1102,30 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def llama_server_version() -> str | None:
-    """``llama-server --version`` of the cached binary, or None when it is not there."""
-    exe = llm_servers.llama_server_binary()
-    if not exe.is_file():
+def _cache_dir() -> Path:
+    """Where ``scripts/llm/setup.sh`` and ``serve.sh`` keep binaries, GGUFs and pid files
+    (``$UNISCALE_CACHE``, default ``~/.cache/uniscale``; the layout is tests/llm_servers.py's)."""
+    env = os.environ.get("UNISCALE_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "uniscale"
+
+
+def _llama_server_binary(argvs: Iterable[Sequence[str]] = ()) -> Path | None:
+    """``$UNISCALE_LLAMA_SERVER``, else the binary of a live server that ``serve.sh`` started
+    (``argvs``: their command lines), else the cache's only llama.cpp build, else None."""
+    env = os.environ.get("UNISCALE_LLAMA_SERVER")
+    if env:
+        return Path(env)
+    for argv in argvs:
+        return Path(argv[0])
+    builds = sorted(_cache_dir().glob("llama-*/bin/llama-server"))
+    return builds[0] if len(builds) == 1 else None
+
+
+def llama_server_version(exe: Path | None = None) -> str | None:
+    """``llama-server --version`` of ``exe`` (default `_llama_server_binary`), or None when
+    there is no such binary."""
+    exe = exe if exe is not None else _llama_server_binary()
+    if exe is None or not exe.is_file():
         return None
     try:
         res = subprocess.run(
@@ -1171,7 +1194,7 @@ def _gguf_info(path: Path) -> dict[str, Any]:
 
 def _server_cmdline(name: str) -> list[str] | None:
     """argv of the llama-server that ``scripts/llm/serve.sh`` started for ``name``, if alive."""
-    pidfile = llm_servers.run_dir() / f"{name}.pid"
+    pidfile = _cache_dir() / "run" / f"{name}.pid"
     try:
         pid = int(pidfile.read_text().split()[0])
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -1210,8 +1233,8 @@ def _model_meta(model: CollectModel) -> dict[str, Any]:
         gguf = Path(model.gguf).expanduser()
     elif props is not None and isinstance(props.get("model_path"), str):
         gguf = Path(props["model_path"])
-    elif model.name in llm_servers.MODEL_FILES:
-        gguf = llm_servers.model_path(model.name)
+    elif (_cache_dir() / "models" / f"{model.name}.gguf").is_file():
+        gguf = _cache_dir() / "models" / f"{model.name}.gguf"  # setup.sh's smollm2, qwen05, ...
     if gguf is not None:
         meta.update(_gguf_info(gguf))
     alias = props.get("model_alias") if props is not None else None
@@ -1273,10 +1296,14 @@ def _prepare_meta(
         "items": items_meta,
         "settings": settings,
         "models": model_meta,
-        "llama_server_version": llama_server_version(),
+        "llama_server_version": llama_server_version(
+            _llama_server_binary(
+                m["server_argv"] for m in model_meta.values() if "server_argv" in m
+            )
+        ),
         "host": _host_meta(),
         "collector": {
-            "module": "uniscale.collect",
+            "module": "uniscale.lab.collect",
             "timeout_s": cfg.timeout_s,
             "retries": cfg.retries,
             "topups": cfg.topups,
@@ -1845,10 +1872,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def collect_main(argv: Sequence[str] | None = None) -> int:
-    """``python -m uniscale.collect {run,status,export} ...``"""
+    """``python -m uniscale.lab.collect {run,status,export} ...``"""
     p = _build_parser(
         argparse.ArgumentParser(
-            prog="python -m uniscale.collect",
+            prog="python -m uniscale.lab.collect",
             description="Collect a full-information outcome table from real endpoints.",
         )
     )

@@ -1,0 +1,75 @@
+"""The package layout: ``import uniscale`` loads the runtime only, the lab imports the runtime
+and never the reverse, and names that moved to `uniscale.lab` still resolve from `uniscale`."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import uniscale
+import uniscale.lab
+
+PKG = Path(uniscale.__file__).resolve().parent
+
+#: Exactly what ``import uniscale`` may load: what a gateway or proxy needs per request.
+RUNTIME_MODULES = [
+    "uniscale",
+    "uniscale._core",
+    "uniscale.execute",
+    "uniscale.extract",
+    "uniscale.featurize",
+    "uniscale.outcomes",
+    "uniscale.policy",
+    "uniscale.router",
+    "uniscale.space",
+    "uniscale.vote",
+]
+
+
+def test_import_uniscale_loads_only_the_runtime() -> None:
+    code = (
+        "import json, sys, uniscale\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('uniscale'))))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert json.loads(out.stdout) == RUNTIME_MODULES
+
+
+def test_runtime_never_imports_the_lab() -> None:
+    # Lazy imports inside functions count too: the runtime must work without the lab extra.
+    # cli.py is the one exception, an entry point whose subcommands load lab modules lazily.
+    offenders = []
+    for path in sorted(PKG.glob("*.py")):
+        if path.name in ("cli.py", "__init__.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("uniscale.lab"):
+                offenders.append(f"{path.name}:{node.lineno}")
+            if isinstance(node, ast.Import) and any(
+                a.name.startswith("uniscale.lab") for a in node.names
+            ):
+                offenders.append(f"{path.name}:{node.lineno}")
+    assert offenders == []
+
+
+def test_old_names_still_resolve_lazily() -> None:
+    assert uniscale.evaluate is uniscale.lab.evaluate
+    assert uniscale.records_from_log is uniscale.lab.records_from_log
+    assert uniscale.OPEError is uniscale.lab.OPEError
+    from uniscale import datasets  # a module that moved: still importable by its old name
+
+    assert datasets is sys.modules["uniscale.lab.datasets"]
+    with pytest.raises(AttributeError, match="no_such_name"):
+        uniscale.no_such_name  # noqa: B018
+
+
+def test_llm_servers_is_not_in_the_package() -> None:
+    assert not (PKG / "llm_servers.py").exists()
+    assert not (PKG / "lab" / "llm_servers.py").exists()
