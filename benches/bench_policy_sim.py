@@ -42,7 +42,7 @@ from _common import release_build_or_exit_code
 import uniscale
 from uniscale import outcomes
 from uniscale.lab import replay, report, sim
-from uniscale.lab.progress import Progress
+from uniscale.lab.progress import progress_bar
 from uniscale.space import ActionSpace
 
 SCENARIOS: dict[str, Any] = {
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     out: dict[str, Any] = {"requests": t_n, "seeds": seeds, "scenarios": {}}
     verdicts = []
-    with Progress(len(names) * seeds * 3 * t_n, "bench", log_every_s=30) as bar:
+    with progress_bar(len(names) * seeds * 3 * t_n, "bench", log_every_s=30) as bar:
         for name in names:
             per_seed = []
             for seed, table in enumerate(tables):
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                         events=events,
                         initial_models=initial,
                         seed=seed,
-                        progress=bar,
+                        progress=bar.update,
                     )
                 )
             rows = report.aggregate(per_seed)

@@ -159,7 +159,7 @@ def _aiq_between(points: Sequence[tuple[float, float]], lo: float, hi: float) ->
 def _replay(args: argparse.Namespace) -> int:
     from uniscale.lab import replay, report
     from uniscale.lab.plot import chart
-    from uniscale.lab.progress import Progress
+    from uniscale.lab.progress import progress_bar
     from uniscale.lab.replay import LearnerSpec, Scales, default_reference
     from uniscale.policy import QualityFloor
 
@@ -217,7 +217,7 @@ def _replay(args: argparse.Namespace) -> int:
             raise SystemExit(f"error: --reference: {e}") from None
         kw["quality_floor"] = QualityFloor(ref, args.tolerance)
     total = args.seeds * first.n_requests * (3 + len(weights))
-    with Progress(total, "replay", enabled=not args.quiet) as bar:
+    with progress_bar(total, "replay", enabled=not args.quiet) as bar:
         for seed in range(args.seeds):
             table = first if seed == 0 else table_for(seed)
             events, initial, _ = _scenario(args.scenario, table, args.reward)
@@ -228,7 +228,7 @@ def _replay(args: argparse.Namespace) -> int:
                 events=events,
                 initial_models=initial,
                 seed=seed,
-                progress=bar,
+                progress=bar.update,
                 side_observations=args.side_observations,
                 **kw,
             )
@@ -256,7 +256,7 @@ def _replay(args: argparse.Namespace) -> int:
                     (),
                     scales,
                     rw,
-                    progress=bar,
+                    progress=bar.update,
                     side_observations=args.side_observations,
                 )
                 curve[w].append((float(run.cost_usd.mean()), float(run.quality.mean())))

@@ -81,7 +81,7 @@ from uniscale.lab.collect import (
     read_records,
 )
 from uniscale.lab.datasets import DEFAULT_PRICES, ITEMS, Source
-from uniscale.lab.progress import Progress
+from uniscale.lab.progress import progress_bar
 from uniscale.outcomes import OutcomeTable, build_table
 from uniscale.policy import Policy
 from uniscale.space import Action, ActionSpace, ModelSpec
@@ -177,11 +177,11 @@ def calibrate(
     done = sum(1 for i, m in latest_ok(read_records(table)) if i in ids and m in names)
     todo = len(chosen) * len(models) - done
     label = f"calibrate ({done} done before)" if done else "calibrate"
-    with Progress(todo, label, stream=stream, enabled=progress) as bar:
+    with progress_bar(todo, label, stream=stream, enabled=progress) as bar:
 
         def record(rec: Record) -> None:
             if rec.get("status") == "ok":
-                bar(1)
+                bar.update(1)
             if on_record is not None:
                 on_record(rec)
 
@@ -468,7 +468,7 @@ def compare_warm_start(
     reward: str = "cost_sensitive",
     pseudo_observations: int = DEFAULT_PSEUDO_OBSERVATIONS,
     request_features: bool = True,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
     **policy_kwargs: Any,
 ) -> tuple[WarmStartComparison, list[list[Any]]]:
     """Cold vs warm-started UniScale on the same streams of ``source``. With ``calibration`` =
@@ -715,7 +715,7 @@ def replay_warm_start(args: argparse.Namespace, source: Source) -> int:
         kw["budget_per_request_usd"] = args.budget
         kw["pacing_carryover"] = args.pacing_carryover
     total = args.seeds * source.n_requests * 2
-    with Progress(total, "replay", enabled=not args.quiet) as bar:
+    with progress_bar(total, "replay", enabled=not args.quiet) as bar:
         try:
             comp, per_seed = compare_warm_start(
                 source,
@@ -725,7 +725,7 @@ def replay_warm_start(args: argparse.Namespace, source: Source) -> int:
                 reward=args.reward,
                 pseudo_observations=args.pseudo_observations,
                 request_features=args.request_features,
-                progress=bar,
+                progress=bar.update,
                 **kw,
             )
         except ConfigError as exc:

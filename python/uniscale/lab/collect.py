@@ -132,6 +132,7 @@ from uniscale.execute import (
 )
 from uniscale.execute import Sample as ExecSample
 from uniscale.extract import get_extractor, normalize_answer
+from uniscale.lab.progress import progress_bar
 from uniscale.outcomes import Request
 from uniscale.outcomes import Sample as OutcomeSample
 from uniscale.space import ModelSpec
@@ -824,7 +825,8 @@ def _server_up(status: int | None) -> bool:
 
 
 class _Progress:
-    """A one-line stderr progress bar (redrawn on a tty, periodic lines otherwise)."""
+    """collect's status line: a tqdm bar over all pairs (rate, elapsed, ETA) with per-model
+    counts, rates and failures as its postfix; redrawn on a tty, timestamped lines otherwise."""
 
     def __init__(
         self, todo: Mapping[str, int], enabled: bool, stream: IO[str], every_s: float = 60.0
@@ -832,28 +834,31 @@ class _Progress:
         self.todo = dict(todo)
         self.done: Counter[str] = Counter()
         self.failed: Counter[str] = Counter()
-        self.enabled = enabled
-        self.stream = stream
-        self.tty = stream.isatty()
-        self.every_s = every_s if not self.tty else 0.5
         self.t0 = time.monotonic()
-        self._last = -math.inf
-        self._last_line = ""
+        self.bar = progress_bar(
+            sum(self.todo.values()),
+            "collect",
+            enabled=enabled,
+            stream=stream,
+            log_every_s=every_s,
+            timestamps=True,
+        )
 
     def update(self, model: str, ok: bool, force: bool = False) -> None:
         if ok:
             self.done[model] += 1
         else:
             self.failed[model] += 1
-        self.render(force)
+        self.bar.set_postfix_str(self.postfix(), refresh=False)
+        if ok:
+            self.bar.update(1)
+        if force:
+            self.bar.refresh()
 
-    def line(self) -> str:
-        total = sum(self.todo.values())
-        done = sum(self.done.values())
+    def postfix(self) -> str:
+        """``a 3/10 (1.20/min) | b 5/10 (2.00/min) | 1 failed``, and with several models the
+        ETA of the slowest (tqdm's own ETA assumes the overall rate holds to the end)."""
         elapsed = time.monotonic() - self.t0
-        frac = done / total if total else 1.0
-        width = 24
-        bar = "#" * int(frac * width) + "." * (width - int(frac * width))
         eta = 0.0
         parts = []
         for m, n in self.todo.items():
@@ -863,36 +868,14 @@ class _Progress:
             if left > 0:
                 eta = max(eta, left / rate * 60 if rate > 0 else math.inf)
             parts.append(f"{m} {d}/{n} ({rate:.2f}/min)")
-        fails = sum(self.failed.values())
-        eta_s = "?" if not math.isfinite(eta) else _fmt_s(eta)
-        return (
-            f"collect [{bar}] {done}/{total} {frac:4.0%} | {' | '.join(parts)} | "
-            f"{fails} failed | {_fmt_s(elapsed)} elapsed, ETA {eta_s}"
-        )
-
-    def render(self, force: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if not force and now - self._last < self.every_s:
-            return
-        self._last = now
-        line = self.line()
-        if line == self._last_line:
-            return
-        self._last_line = line
-        if self.tty:
-            self.stream.write("\r\x1b[K" + line)
-        else:
-            self.stream.write(time.strftime("%Y-%m-%d %H:%M:%S ") + line + "\n")
-        self.stream.flush()
+        parts.append(f"{sum(self.failed.values())} failed")
+        if len(self.todo) > 1:
+            parts.append(f"slowest model ETA {_fmt_s(eta) if math.isfinite(eta) else '?'}")
+        return " | ".join(parts)
 
     def close(self) -> None:
-        if self.enabled:
-            self.render(force=True)
-            if self.tty:
-                self.stream.write("\n")
-                self.stream.flush()
+        self.bar.set_postfix_str(self.postfix(), refresh=False)
+        self.bar.close()
 
 
 def _fmt_s(s: float) -> str:

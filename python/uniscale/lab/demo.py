@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from uniscale.lab import datasets, replay, report
-from uniscale.lab.progress import Progress
+from uniscale.lab.progress import progress_bar
 from uniscale.policy import QualityFloor
 
 #: The demo's quality-floor line: keep the priciest model's accuracy within this per request.
@@ -56,12 +56,12 @@ def run_demo(
     per_seed: list[list[replay.RunResult]] = []
     # UniScale, routing-only, TTS-only, and quality-floor mode against the priciest model
     total = sum(t.n_requests for t in tables) * 4
-    with Progress(total, "demo: streaming requests", enabled=not quiet) as bar:
+    with progress_bar(total, "demo: streaming requests", enabled=not quiet) as bar:
         for s, t in zip(range(seed, seed + seeds), tables, strict=True):
             floor = QualityFloor(replay.default_reference(t.actions, src.models), FLOOR_TOLERANCE)
             per_seed.append(
                 replay.compare(
-                    t, src.models, reward=reward, seed=s, progress=bar, quality_floor=floor
+                    t, src.models, reward=reward, seed=s, progress=bar.update, quality_floor=floor
                 )
             )
     sys.stderr.flush()

@@ -299,7 +299,7 @@ def run_learner(
     reward: str | RewardWeights | tuple[float, float, float],
     *,
     initial_models: Iterable[str] | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
     side_observations: bool = False,
     side_weight: float = SIDE_OBSERVATION_WEIGHT,
 ) -> RunResult:
@@ -463,7 +463,7 @@ def compare(
     learners: Sequence[LearnerSpec] | None = None,
     seed: int = 0,
     scales: Scales | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
     side_observations: bool = False,
     side_weight: float = SIDE_OBSERVATION_WEIGHT,
     baseline: Action | None = None,
