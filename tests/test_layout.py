@@ -4,6 +4,8 @@ and never the reverse, and names that moved to `uniscale.lab` still resolve from
 from __future__ import annotations
 
 import ast
+import asyncio
+import importlib
 import json
 import subprocess
 import sys
@@ -13,6 +15,7 @@ import pytest
 
 import uniscale
 import uniscale.lab
+from uniscale.lab import collect, datasets
 
 PKG = Path(uniscale.__file__).resolve().parent
 
@@ -73,3 +76,45 @@ def test_old_names_still_resolve_lazily() -> None:
 def test_llm_servers_is_not_in_the_package() -> None:
     assert not (PKG / "llm_servers.py").exists()
     assert not (PKG / "lab" / "llm_servers.py").exists()
+
+
+def _public_exceptions() -> dict[str, type[BaseException]]:
+    """Every exception class defined in the package (runtime and lab modules), by name."""
+    found: dict[str, type[BaseException]] = {}
+    names = ["uniscale", "uniscale.lab"]
+    names += [f"uniscale.{p.stem}" for p in PKG.glob("*.py") if not p.stem.startswith("_")]
+    names += [f"uniscale.lab.{p.stem}" for p in (PKG / "lab").glob("*.py")]
+    for name in names:
+        mod = importlib.import_module(name)
+        for attr, obj in vars(mod).items():
+            if (
+                not attr.startswith("_")
+                and isinstance(obj, type)
+                and issubclass(obj, BaseException)
+                and obj.__module__.startswith("uniscale")
+            ):
+                found[f"{obj.__module__}.{obj.__qualname__}"] = obj
+    return found
+
+
+def test_one_exception_tree() -> None:
+    found = _public_exceptions()
+    # the known roots of each area are among them: a rename would make this check vacuous
+    for name in (
+        "uniscale._core.ConfigError",
+        "uniscale.execute.ExecutionError",
+        "uniscale.execute.AllSamplesFailed",
+        "uniscale.lab.collect.CollectError",
+        "uniscale.lab.datasets.DataError",
+        "uniscale.lab.ope.OPEError",
+    ):
+        assert name in found
+    outside = sorted(n for n, cls in found.items() if not issubclass(cls, uniscale.UniScaleError))
+    assert outside == []
+    # The builtin base they had stays: `except ValueError` code keeps working.
+    assert issubclass(collect.CollectError, ValueError)
+    assert issubclass(datasets.DataError, ValueError)
+    with pytest.raises(uniscale.UniScaleError, match="no models"):
+        asyncio.run(collect.collect([], [], PKG / "never-written.jsonl"))
+    with pytest.raises(uniscale.UniScaleError, match="no such file"):
+        datasets.collected_source(PKG / "no-such-table.jsonl.gz")

@@ -78,6 +78,7 @@ from typing import Any, Literal, Protocol, TypeGuard
 
 import httpx
 
+from uniscale._core import UniScaleError
 from uniscale.extract import Extractor, get_extractor
 from uniscale.space import Action, ModelSpec
 from uniscale.vote import AdaptiveResult, StopRule, majority_vote, replay_adaptive, should_stop
@@ -120,8 +121,11 @@ _RESERVED_PARAMS = frozenset({"model", "messages", "prompt", "n"})
 # Errors
 
 
-class ExecutionError(Exception):
-    """Root of the executor's errors. ``model`` names the model involved, if any."""
+class ExecutionError(UniScaleError):
+    """Root of the executor's errors. ``model`` names the model involved, if any.
+
+    A `uniscale.UniScaleError` like every error of the package (and so, through it, a
+    ``ValueError``): ``except UniScaleError`` catches whatever UniScale raises on purpose."""
 
     def __init__(self, message: str, *, model: str | None = None) -> None:
         super().__init__(message)

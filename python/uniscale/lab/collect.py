@@ -122,6 +122,7 @@ import httpx
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from uniscale._core import UniScaleError
 from uniscale.execute import (
     EmptyContentError,
     Executor,
@@ -185,8 +186,9 @@ F64 = NDArray[np.float64]
 Record = dict[str, Any]
 
 
-class CollectError(ValueError):
-    """Bad configuration, items or table (the message names the offending key or line)."""
+class CollectError(UniScaleError):
+    """Bad configuration, items or table (the message names the offending key or line); a
+    `uniscale.UniScaleError`, so also a ``ValueError`` as before."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -49,6 +49,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from uniscale import outcomes
+from uniscale._core import UniScaleError
 from uniscale.lab import sim
 from uniscale.lab.collect import DATA_DIR as DATA_DIR  # re-exported: the packaged data
 from uniscale.lab.collect import ITEMS as ITEMS
@@ -74,8 +75,9 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
 MIN_COVERAGE = 0.9
 
 
-class DataError(ValueError):
-    """A table or item file cannot be used as asked (missing, empty, unknown model)."""
+class DataError(UniScaleError):
+    """A table or item file cannot be used as asked (missing, empty, unknown model); a
+    `uniscale.UniScaleError`, so also a ``ValueError`` as before."""
 
 
 @dataclass(frozen=True, slots=True)
