@@ -7,6 +7,7 @@ import ast
 import asyncio
 import importlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -118,3 +119,22 @@ def test_one_exception_tree() -> None:
         asyncio.run(collect.collect([], [], PKG / "never-written.jsonl"))
     with pytest.raises(uniscale.UniScaleError, match="no such file"):
         datasets.collected_source(PKG / "no-such-table.jsonl.gz")
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_readme_is_short_and_keeps_the_two_commands() -> None:
+    text = (REPO / "README.md").read_text()
+    assert len(text.encode()) <= 6 * 1024
+    assert "```\nmake demo\n```" in text and "```\nmake test\n```" in text
+    assert "make test" in (REPO / ".ci" / "run").read_text()
+
+
+def test_doc_links_resolve() -> None:
+    broken = []
+    for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" not in target and not (page.parent / target).exists():
+                broken.append(f"{page.name}: {target}")
+    assert broken == []

@@ -1,96 +1,21 @@
 """``uniscale collect``: a full-information outcome table from real OpenAI-compatible endpoints.
 
-For every (item, model) pair the collector records ``m`` independent samples (default 8,
-temperature 0.7, asked for in *one* request with ``n = m`` through `Executor.sample`, which fans
-out when an endpoint ignores ``n``) and one greedy sample (temperature 0), each with its text,
-extracted answer, correctness, token counts, mean token log-probability, latency and finish
-reason. Offline replay (`uniscale.outcomes.build_table`) then prices every ``(model, strategy,
-n <= m)`` action on every item without calling a model again.
-
-Usage (the lead wires the same subcommands into ``uniscale collect``)::
+For every (item, model) pair the collector records ``m`` independent samples (one ``n = m``
+request through `Executor.sample`) and one greedy sample, each with its text, extracted answer,
+correctness, token counts, mean token log-probability, latency and finish reason, so offline
+replay (`uniscale.outcomes.build_table`) can price every ``(model, strategy, n <= m)`` action
+without calling a model again::
 
     python -m uniscale.lab.collect run --items python/uniscale/data/items.jsonl --out OUT.jsonl \\
         --model smollm2=http://127.0.0.1:8101/v1 --model qwen05=http://127.0.0.1:8102/v1
     python -m uniscale.lab.collect status OUT.jsonl
     python -m uniscale.lab.collect export OUT.jsonl python/uniscale/data/real_v1.jsonl.gz
 
-``--model NAME=URL[,endpoint=chat|completions][,honours_n=false][,api_model=X][,gguf=PATH]``
-(repeatable) or ``--config FILE`` (JSON or TOML: ``[[models]]`` tables with the same keys plus
-``name`` and ``base_url``). ``scripts/collect_real.sh`` starts llama-servers and a resumable
-collection in the background.
-
-Prompts (`PROMPTS`, version `PROMPT_VERSION` = ``v3``, the real_v2 table's):
-
-* ``arithmetic``: question + "Solve it briefly, then end with 'The answer is' followed by the
-  final number.", `ARITHMETIC_MAX_TOKENS` new tokens, extractor ``answer_number`` (the number
-  after "answer is", else the last number);
-* ``gsm8k``: question + "Solve step by step, then end with 'The answer is' followed by the final
-  number.", `GSM8K_MAX_TOKENS` new tokens, ``answer_number``;
-* ``mmlu``: a system turn `MMLU_SYSTEM`, then question, options as ``A. ...`` lines, "Answer
-  with the letter of the correct option (A, B, C or D).", with the GBNF grammar
-  `LETTER_GRAMMAR` (``root ::= [ABCD]``, llama-server's ``grammar`` field) and 2 new tokens,
-  extractor ``choice``: every answer is exactly one letter;
-* any other kind: the question alone, 256 tokens, the item's own ``extractor`` field.
-
-Why (docs/real_v2.md has the numbers): the v1 table (prompt ``v2``: 192, 400 and 64 tokens, free
-letters) measured the limits more than the models; up to 72% of Qwen-1.5B's MMLU answers were
-cut off. ``scripts/pilot_prompts.py`` compared formats per (model, kind) on real servers: the
-grammar-forced letter has no truncation and no unreadable answers at up to 5x the accuracy of
-free letters; a shorter "brief" system prompt for the numeric kinds lost accuracy or left more
-answers unfinished than v2's wording, so v2's wording stays with the limit raised to the
-pilot's 99th percentile of finished answer lengths. A server that ignores ``grammar`` still
-works (the extractor reads a letter from free text), but its table is no longer v3's.
-
-The items' ``extractor`` field (``last_number`` / ``choice_letter``) is overridden for the three
-known kinds because the prompts above ask for an answer marker that ``answer_number`` reads
-(it falls back to the last number, so it never does worse than ``last_number``). Gold answers are
-normalised the same way: `uniscale.extract.normalize_answer` for numbers, upper-case letters
-for choices; ``correct`` is ``extracted == gold``.
-
-The table (``--out``) is append-only JSON lines, one line per (item, model) attempt, flushed and
-fsynced per line. A line has ``status`` ``"ok"`` (``m`` samples and a greedy sample) or
-``"failed"`` (the failures are listed); on restart every pair with an ``ok`` line is skipped and
-every other pair is tried again, so a failed pair is retried on the next resume. A text UTF-8
-cannot encode (a lone surrogate from a server) is written as a ``\\udxxx`` escape; a record
-that cannot be written at all becomes a ``failed`` line for its pair and the run goes on.
-Failure messages are redacted (bearer tokens, keys) before they are cut. A truncated last
-line (a crash mid-write) is cut off before appending. Only one collector may write a table at a
-time (``fcntl`` lock on ``OUT.lock``). Record fields::
-
-    v, item_id, model, kind, status, gold, extractor, prompt_version, max_tokens, m,
-    temperature, seed, input_tokens, t_start (unix s), wall_s,
-    samples: [{text, answer, correct, output_tokens, tokens_by, mean_logprob, finish_reason,
-               latency_s, request}],      # request = index into requests
-    greedy: {same fields} | null,
-    requests: [{role: "samples"|"topup"|"greedy", n, received, empty, requests (HTTP calls),
-                latency_s, wall_s, seed}],
-    failures: [{role, error, message, status}]
-
-Latency: a sample's ``latency_s`` is the wall time of the HTTP request that produced it, so the
-``m`` samples of one ``n = m`` request all carry that request's latency (``requests[i].latency_s``
-holds it once more; ``wall_s`` there also covers token counting and any retries). A choice with
-empty content is kept as a sample with ``text = ""``, ``answer = None``, ``correct = False``,
-``output_tokens = 0`` and ``finish_reason = "empty"`` (it is a real, wrong outcome); missing
-samples (endpoint errors) are re-requested up to ``--topups`` times.
-
-Server failures never stop the run: a failed pair is logged and written as ``failed``; the
-model's ``/health`` is then probed, and if its server is down the collector waits up to
-``--server-wait-s`` for it to come back before abandoning that model for this run (the other
-models carry on; the abandoned pairs are retried on the next resume). After every model's queue
-is done, the pairs that failed are tried once more.
-
-The sidecar ``OUT.meta.json`` (``real_v1.jsonl`` -> ``real_v1.meta.json``) records the item file's
-sha256, the prompts, sampling settings, and per model the endpoint, the GGUF file with its sha256
-and size (from the cache's ``.verified`` files), quantisation and build (from llama-server's
-``/props``), the server's command line (when ``scripts/llm/serve.sh`` started it), ``llama-server
---version`` and the host's CPU. Resuming with different prompts or sampling settings is refused;
-adding models to an existing table is fine. Output tokens are counted per choice (the number of
-logprob entries; llama-server's ``usage`` covers one choice only); ``input_tokens`` is the
-prompt's ``usage.prompt_tokens``.
-
-Replay: `load_requests` turns a table (raw or exported) into `uniscale.outcomes.Request` records.
-`export_table` writes a compact gzip copy (latest ok line per pair, texts cut to head and tail)
-for committing, with a meta file that counts what it holds.
+The table is append-only JSON lines (fsynced per line, resumable: pairs already ``ok`` are
+skipped, failed ones retried; one writer at a time via ``OUT.lock``) with a sidecar
+``OUT.meta.json`` (items, prompts, sampling settings, models, server build, host). The prompts
+(`PROMPTS`, version `PROMPT_VERSION`), the record fields, latency, failure handling and the
+sidecar are described in docs/collect.md.
 """
 
 from __future__ import annotations
