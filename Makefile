@@ -21,9 +21,10 @@ $(BIN)/python:
 
 venv: $(BIN)/python
 
-# Editable install; maturin builds the extension in release mode (pyproject: profile = "release").
+# Editable install with the lab extra (replay, demo, collection) and the test tools; maturin
+# builds the extension in release mode (pyproject: profile = "release").
 install: venv
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[lab,test]"
 
 build: install
 

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from uniscale import datasets, outcomes
-from uniscale.collect import load_requests
+from uniscale import outcomes
+from uniscale.lab import datasets
+from uniscale.lab.collect import load_requests
 from uniscale.space import Action, ModelSpec
 
 

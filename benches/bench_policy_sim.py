@@ -1,6 +1,6 @@
 """Simulated benchmark of the UniScale policy, in the style of the paper's evaluation.
 
-A seeded stream of requests (``uniscale.sim``: four task types; three models of different
+A seeded stream of requests (``uniscale.lab.sim``: four task types; three models of different
 price, skill and speed; per-sample correctness, token usage and latency depending on the
 request and the model; diminishing returns in n; capability ceilings) is pre-drawn for every
 (model, strategy, n) action, then streamed through:
@@ -40,8 +40,9 @@ import numpy as np
 from _common import release_build_or_exit_code
 
 import uniscale
-from uniscale import outcomes, replay, report, sim
-from uniscale.progress import Progress
+from uniscale import outcomes
+from uniscale.lab import replay, report, sim
+from uniscale.lab.progress import progress_bar
 from uniscale.space import ActionSpace
 
 SCENARIOS: dict[str, Any] = {
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     out: dict[str, Any] = {"requests": t_n, "seeds": seeds, "scenarios": {}}
     verdicts = []
-    with Progress(len(names) * seeds * 3 * t_n, "bench", log_every_s=30) as bar:
+    with progress_bar(len(names) * seeds * 3 * t_n, "bench", log_every_s=30) as bar:
         for name in names:
             per_seed = []
             for seed, table in enumerate(tables):
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                         events=events,
                         initial_models=initial,
                         seed=seed,
-                        progress=bar,
+                        progress=bar.update,
                         **policy_kwargs,
                     )
                 )

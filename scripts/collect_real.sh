@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Real outcome-table collection: llama-servers on 127.0.0.1 + a resumable `uniscale.collect run`,
+# Real outcome-table collection: llama-servers on 127.0.0.1 + a resumable `uniscale.lab.collect run`,
 # supervised in the background. Idempotent: `start` while it runs does nothing; after a crash, a
 # reboot or `stop`, `start` again resumes (pairs already "ok" in the table are skipped).
 #
@@ -24,7 +24,7 @@
 #   SAMPLES=8  ITEMS=python/uniscale/data/items.jsonl  THREADS=2 (sequential) / 1
 #   OUT=${UNISCALE_CACHE:-~/.cache/uniscale}/collect/$TABLE.jsonl   (outside the repo)
 #   MAX_ROUNDS=50              supervisor rounds (each: ensure servers, run collector)
-#   EXTRA_ARGS=""              passed to `python -m uniscale.collect run`
+#   EXTRA_ARGS=""              passed to `python -m uniscale.lab.collect run`
 #
 # The supervisor runs in its own session (setsid); its pid is in $OUT.dir/supervisor.pid and its
 # log in $OUT.dir/collect.log. Each round it (re)starts any server whose /health is not 200, then
@@ -139,7 +139,7 @@ supervise_models() {
     for m in $MODELS; do margs+=(--model "$m=http://127.0.0.1:$(port_of "$m")/v1"); done
     rc=0
     # shellcheck disable=SC2086
-    "$PY" -m uniscale.collect run --items "$ITEMS" --out "$OUT" -m "$SAMPLES" \
+    "$PY" -m uniscale.lab.collect run --items "$ITEMS" --out "$OUT" -m "$SAMPLES" \
       "${margs[@]}" $EXTRA_ARGS &
     cpid=$!
     while kill -0 "$cpid" 2>/dev/null; do
@@ -212,7 +212,7 @@ case "$cmd" in
     fi
     "$repo/scripts/llm/serve.sh" status || true
     if [[ -f "$OUT" ]]; then
-      "$PY" -m uniscale.collect status "$OUT" --items "$ITEMS"
+      "$PY" -m uniscale.lab.collect status "$OUT" --items "$ITEMS"
     else
       echo "no table yet ($OUT)"
     fi
@@ -221,7 +221,7 @@ case "$cmd" in
     ;;
   export)
     cd "$repo"
-    "$PY" -m uniscale.collect export "$OUT" "$repo/python/uniscale/data/$TABLE.jsonl.gz" --items "$ITEMS"
+    "$PY" -m uniscale.lab.collect export "$OUT" "$repo/python/uniscale/data/$TABLE.jsonl.gz" --items "$ITEMS"
     ;;
   snapshot)
     mkdir -p "$(dirname "$SNAPSHOT")"

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from uniscale import datasets, replay
-from uniscale.progress import Progress
+from uniscale.lab import datasets, replay
+from uniscale.lab.progress import progress_bar
 
 CELLS = {
     "real": (None, ["qwen15", "qwen05", "qwen15/self_consistency/4"]),
@@ -35,7 +35,7 @@ def main() -> int:
     rows = []
     n_cells = sum(len(b) for _, b in CELLS.values()) * len(PRESETS)
     t0 = time.time()
-    with Progress(n_cells * args.seeds, "conservative grid") as bar:
+    with progress_bar(n_cells * args.seeds, "conservative grid") as bar:
         for table, (n, baselines) in CELLS.items():
             src = (
                 datasets.collected_source(n_requests=n)
@@ -64,7 +64,7 @@ def main() -> int:
                         d_best.append(c.reward.mean() - by["best_fixed"].reward.mean())
                         left.append(c.extra["non_baseline"])
                         length = t.n_requests
-                        bar(1)
+                        bar.update(1)
                     rows.append(
                         f"| {table} ({length}) | {base} | {preset} | {held}/{args.seeds} | "
                         f"{np.mean(d_base):+.4f} ± {np.std(d_base):.4f} | "

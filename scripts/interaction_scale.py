@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from uniscale import datasets, replay
-from uniscale.progress import Progress
-from uniscale.replay import LearnerSpec
+from uniscale.lab import datasets, replay
+from uniscale.lab.progress import progress_bar
+from uniscale.lab.replay import LearnerSpec
 
 PRESETS = ("cost_sensitive", "balanced", "quality_priority")
 SCALES = (1.0, 0.3, 0.1, 0.0)
@@ -35,7 +35,7 @@ def main() -> int:
     t0 = time.time()
     rows = []
     total = len(sources) * len(PRESETS) * args.seeds
-    with Progress(total, "interaction scale") as bar:
+    with progress_bar(total, "interaction scale") as bar:
         for name, src in sources.items():
             for preset in PRESETS:
                 diffs: dict[float, list[float]] = {s: [] for s in SCALES}
@@ -50,7 +50,7 @@ def main() -> int:
                         diffs[s].append(
                             float(by[f"s={s}"].reward.mean() - by["best_fixed"].reward.mean())
                         )
-                    bar(1)
+                    bar.update(1)
                 cells = [
                     f"{np.mean(v):+.4f} ± {np.std(v) / np.sqrt(len(v)):.4f}" for v in diffs.values()
                 ]

@@ -27,7 +27,7 @@ What is kept per question (only what replay needs; no question text is shipped):
 
 Only questions every chosen model answered are kept (the intersection; the Gemini files lack a
 few). Prices are in `PRICES` with a source note each; they go into the meta file, which is
-where `uniscale.datasets` reads them.
+where `uniscale.lab.datasets` reads them.
 """
 
 from __future__ import annotations

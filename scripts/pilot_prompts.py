@@ -31,8 +31,12 @@ from typing import Any
 
 import httpx
 
-from uniscale import collect, llm_servers
 from uniscale.extract import get_extractor
+from uniscale.lab import collect
+
+# The llama-server launcher is a test fixture (tests/llm_servers.py), not part of the package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import llm_servers
 
 TEMPERATURE = 0.7
 SEED = 20261202

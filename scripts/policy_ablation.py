@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from uniscale import datasets, replay
-from uniscale.progress import Progress
-from uniscale.replay import LearnerSpec
+from uniscale.lab import datasets, replay
+from uniscale.lab.progress import progress_bar
+from uniscale.lab.replay import LearnerSpec
 
 PRESETS = ("cost_sensitive", "balanced", "quality_priority")
 
@@ -60,7 +60,7 @@ def main() -> int:
     presets = args.presets.split(",")
     t0 = time.time()
     rows = []
-    with Progress(len(sources) * len(presets) * args.seeds, "ablation") as bar:
+    with progress_bar(len(sources) * len(presets) * args.seeds, "ablation") as bar:
         for name, src in sources.items():
             for preset in presets:
                 diffs: dict[str, list[float]] = {v: [] for v in variants}
@@ -71,7 +71,7 @@ def main() -> int:
                     by = {r.name: r for r in res}
                     for v in variants:
                         diffs[v].append(float(by[v].reward.mean() - by["best_fixed"].reward.mean()))
-                    bar(1)
+                    bar.update(1)
                 cells = [
                     f"{np.mean(d):+.4f} ± {np.std(d) / np.sqrt(len(d)):.4f}" for d in diffs.values()
                 ]

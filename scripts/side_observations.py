@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from uniscale import datasets, replay
-from uniscale.progress import Progress
-from uniscale.replay import LearnerSpec
+from uniscale.lab import datasets, replay
+from uniscale.lab.progress import progress_bar
+from uniscale.lab.replay import LearnerSpec
 
 PRESETS = ("cost_sensitive", "balanced", "quality_priority")
 CONFIGS: dict[str, tuple[bool, float]] = {
@@ -34,7 +34,7 @@ def main() -> int:
     src = datasets.collected_source()
     t0 = time.time()
     rows = []
-    with Progress(len(PRESETS) * len(CONFIGS) * args.seeds, "side observations") as bar:
+    with progress_bar(len(PRESETS) * len(CONFIGS) * args.seeds, "side observations") as bar:
         for preset in PRESETS:
             vs_best: dict[str, list[float]] = {k: [] for k in CONFIGS}
             for name, (side, w) in CONFIGS.items():
@@ -53,7 +53,7 @@ def main() -> int:
                     vs_best[name].append(
                         float(by["uniscale"].reward.mean() - by["best_fixed"].reward.mean())
                     )
-                    bar(1)
+                    bar.update(1)
             none = np.array(vs_best["none"])
             for name, v in vs_best.items():
                 a = np.array(v)

@@ -1,4 +1,4 @@
-"""`uniscale.calibrate`: collection against the fake OpenAI server on 127.0.0.1 (resume after an
+"""`uniscale.lab.calibrate`: collection against the fake OpenAI server on 127.0.0.1 (resume after an
 interrupt, the CLI), the capped prior of `warm_start` (hypothesis: its strength does not grow
 with K), and a deliberately wrong calibration replayed on the packaged real table."""
 
@@ -17,9 +17,10 @@ from fake_openai import FakeConfig, FakeOpenAI
 from hypothesis import given
 from hypothesis import strategies as st
 
-from uniscale import datasets
 from uniscale._core import ConfigError
-from uniscale.calibrate import (
+from uniscale.cli import main
+from uniscale.lab import datasets
+from uniscale.lab.calibrate import (
     DEFAULT_PSEUDO_OBSERVATIONS,
     TABLE_NAME,
     action_stats,
@@ -28,11 +29,10 @@ from uniscale.calibrate import (
     calibration_table,
     warm_start,
 )
-from uniscale.cli import main
-from uniscale.collect import CollectConfig, CollectModel, load_items
+from uniscale.lab.collect import CollectConfig, CollectModel, load_items
+from uniscale.lab.replay import LearnerSpec, Scales, reward_matrix, run_learner, schedule
 from uniscale.outcomes import OutcomeTable
 from uniscale.policy import Policy
-from uniscale.replay import LearnerSpec, Scales, reward_matrix, run_learner, schedule
 from uniscale.space import Action, ActionSpace, ModelSpec
 
 ITEMS: list[dict[str, Any]] = [
@@ -396,7 +396,7 @@ def test_wrong_calibration_of_a_whole_model_does_not_lock_it_out(seed: int) -> N
 
 
 def test_t95_never_narrows_the_interval_between_tabulated_degrees_of_freedom() -> None:
-    from uniscale.calibrate import _t95
+    from uniscale.lab.calibrate import _t95
 
     values = [_t95(n) for n in range(2, 200)]
     assert all(a >= b for a, b in itertools.pairwise(values))  # non-increasing

@@ -1,4 +1,4 @@
-"""`uniscale.collect` against the fake OpenAI server on 127.0.0.1: records, resume, repair of a
+"""`uniscale.lab.collect` against the fake OpenAI server on 127.0.0.1: records, resume, repair of a
 truncated line, a server dying mid-run, replay (`load_requests` -> `build_table`) and export."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from fake_openai import FakeConfig, FakeOpenAI
 
-from uniscale.collect import (
+from uniscale.lab.collect import (
     ARITHMETIC_MAX_TOKENS,
     GSM8K_MAX_TOKENS,
     LETTER_GRAMMAR,
@@ -414,7 +414,7 @@ def test_register_hook_for_the_uniscale_cli(
 ) -> None:
     import argparse
 
-    from uniscale.collect import register
+    from uniscale.lab.collect import register
 
     parser = argparse.ArgumentParser(prog="uniscale")
     register(parser.add_subparsers(dest="cmd", required=True))
@@ -457,7 +457,7 @@ def test_lone_surrogate_answer_is_recorded_and_resume_gets_past_it(
 def test_unwritable_record_fails_only_its_pair(
     tmp_path: Path, items_path: Path, fa: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import uniscale.collect as collect_mod
+    import uniscale.lab.collect as collect_mod
 
     real = collect_mod.collect_pair
 
@@ -513,7 +513,7 @@ def test_upstream_401_echoing_a_key_never_reaches_the_table(
 def test_unexpected_pair_error_is_redacted_before_truncation(
     tmp_path: Path, items_path: Path, fa: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import uniscale.collect as collect_mod
+    import uniscale.lab.collect as collect_mod
 
     async def boom(ex: Any, item: Item, model: str, c: CollectConfig) -> dict[str, Any]:
         raise RuntimeError("y" * 260 + f" Authorization: Bearer {KEY}")
@@ -586,7 +586,7 @@ def test_status_and_export_report_the_rates_and_warn(
 def test_system_turn_and_grammar_reach_the_server(
     tmp_path: Path, items_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from uniscale import collect as collect_mod
+    from uniscale.lab import collect as collect_mod
 
     spec = PromptSpec(
         "mmlu",

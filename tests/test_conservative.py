@@ -12,9 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from uniscale import ConfigError, Policy, QualityFloor, UnknownActionError, datasets, replay
+from uniscale import ConfigError, Policy, QualityFloor, UnknownActionError
 from uniscale.cli import main as cli_main
-from uniscale.datasets import Source
+from uniscale.lab import datasets, replay
+from uniscale.lab.datasets import Source
 from uniscale.space import Action, ActionSpace, ModelSpec
 
 CHEAP = ModelSpec("cheap", price_in_per_mtok=0.1, price_out_per_mtok=0.2, prior_output_tokens=20)

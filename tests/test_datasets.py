@@ -12,12 +12,18 @@ from typing import Any
 import numpy as np
 import pytest
 
-from uniscale import datasets, report
 from uniscale.cli import main as cli_main
-from uniscale.collect import latest_ok, load_items, load_requests, read_records, solo_latency_fit
-from uniscale.demo import run_demo
+from uniscale.lab import datasets, report
+from uniscale.lab.collect import (
+    latest_ok,
+    load_items,
+    load_requests,
+    read_records,
+    solo_latency_fit,
+)
+from uniscale.lab.demo import run_demo
+from uniscale.lab.replay import RunResult
 from uniscale.outcomes import OutcomeTable
-from uniscale.replay import RunResult
 from uniscale.space import Action
 
 # ---- the packaged files ------------------------------------------------------------------------
@@ -256,7 +262,7 @@ def test_cli_demo_shows_both_real_tables_with_plain_headlines(
 def test_headline_says_plainly_whether_uniscale_beats_the_best_fixed_action(
     diffs: list[float], wins: int, verdict: str
 ) -> None:
-    from uniscale.report import headline
+    from uniscale.lab.report import headline
 
     h = headline({"reward_vs_best_fixed": {"diff_per_request": diffs, "wins": wins}}, "t", "r")
     assert verdict in h and f"ahead on {wins}/{len(diffs)} seeds" in h

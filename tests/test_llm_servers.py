@@ -11,10 +11,9 @@ import os
 import stat
 from pathlib import Path
 
+import llm_servers
 import pytest
-
-from uniscale import llm_servers
-from uniscale.llm_servers import ServerConfig, ServerError, cpu_level, describe_exit
+from llm_servers import ServerConfig, ServerError, cpu_level, describe_exit
 
 V3 = "flags\t\t: fpu sse sse2 ssse3 sse4_1 sse4_2 avx avx2 fma f16c bmi1 bmi2 avx512f amx_tile\n"
 

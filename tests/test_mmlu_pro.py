@@ -18,9 +18,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from uniscale import datasets, replay
 from uniscale.cli import main as cli_main
-from uniscale.demo import run_demo
+from uniscale.lab import datasets, replay
+from uniscale.lab.demo import run_demo
 from uniscale.outcomes import Sample, run_usage
 from uniscale.space import Action
 

@@ -15,9 +15,10 @@ import pytest
 from fake_openai import FakeConfig, FakeOpenAI
 
 import uniscale
-from uniscale import ope, outcomes, sim
+from uniscale import outcomes
 from uniscale.cli import main as cli_main
-from uniscale.ope import LoggedDecision, OPEError
+from uniscale.lab import ope, sim
+from uniscale.lab.ope import LoggedDecision, OPEError
 from uniscale.space import ActionSpace
 
 F64 = np.ndarray[Any, np.dtype[np.float64]]

@@ -34,11 +34,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-
-from uniscale import collect, datasets
-from uniscale.execute import Executor, Outcome
-from uniscale.extract import get_extractor
-from uniscale.llm_servers import (
+from llm_servers import (
     Engine,
     RunningServer,
     ServerError,
@@ -46,6 +42,10 @@ from uniscale.llm_servers import (
     servers_available,
     start_servers,
 )
+
+from uniscale.execute import Executor, Outcome
+from uniscale.extract import get_extractor
+from uniscale.lab import collect, datasets
 from uniscale.space import Action, ModelSpec
 
 pytestmark = pytest.mark.real_llm

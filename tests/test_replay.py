@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from uniscale import outcomes, replay, report, sim
+from uniscale import outcomes
 from uniscale.cli import main as cli_main
-from uniscale.demo import run_demo
+from uniscale.lab import replay, report, sim
+from uniscale.lab.demo import run_demo
 from uniscale.outcomes import Request, Sample
 from uniscale.space import Action, ActionSpace, ModelSpec
 
@@ -327,7 +328,7 @@ def test_seeded_build_table_does_not_depend_on_string_hashing(tmp_path: object) 
 
     code = (
         "import hashlib, numpy as np\n"
-        "from uniscale import datasets\n"
+        "from uniscale.lab import datasets\n"
         "t = datasets.collected_source(models=['qwen05', 'smollm2']).table(3)\n"
         "print(hashlib.sha256(np.ascontiguousarray(t.quality).tobytes()"
         " + np.ascontiguousarray(t.latency_s).tobytes()).hexdigest())\n"

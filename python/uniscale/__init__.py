@@ -1,8 +1,16 @@
 """UniScale: learn, per LLM request, which model to call and how much test-time compute to spend.
 
 The learners and all numeric policy work live in the compiled extension ``uniscale._core``;
-this package re-exports them with the Python-side configuration, execution and tooling.
+this package re-exports them with the runtime a gateway needs (action space, policy,
+featurizer, executor, router, decision log). ``import uniscale`` loads nothing else: the
+research tools (collection, datasets, simulator, replay, off-policy evaluation, reports, demo,
+calibration) are in `uniscale.lab`, installed with the ``[lab]`` extra. See docs/architecture.md.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from uniscale._core import (
     BUILD_PROFILE,
@@ -48,19 +56,6 @@ from uniscale.featurize import (
     SentenceEmbeddingFeaturizer,
     estimate_tokens,
 )
-from uniscale.ope import (
-    CheckResult,
-    Estimate,
-    LoggedDecision,
-    OPEError,
-    OPEResult,
-    PolicyTarget,
-    RidgeRewardModel,
-    evaluate,
-    fixed_action_target,
-    ope_check,
-    records_from_log,
-)
 from uniscale.policy import PRESETS, Policy, QualityFloor, RewardWeights, UpdateResult
 from uniscale.router import (
     ConfidenceFeedback,
@@ -87,7 +82,6 @@ __all__ = [
     "AllMaskedError",
     "AllSamplesFailed",
     "CallableFeaturizer",
-    "CheckResult",
     "ConfidenceFeedback",
     "ConfigError",
     "DTypeError",
@@ -96,7 +90,6 @@ __all__ = [
     "DecisionLog",
     "DeferredFeedback",
     "DuplicateUpdateError",
-    "Estimate",
     "ExecutionError",
     "Executor",
     "ExpiredDecisionError",
@@ -110,20 +103,15 @@ __all__ = [
     "JudgeFeedback",
     "JudgeScorer",
     "LinUCB",
-    "LoggedDecision",
     "MeanLogprobScorer",
     "ModelSpec",
     "NonFiniteError",
     "NumericalError",
-    "OPEError",
-    "OPEResult",
     "Outcome",
     "Policy",
     "PolicyCore",
-    "PolicyTarget",
     "QualityFloor",
     "RewardWeights",
-    "RidgeRewardModel",
     "Router",
     "RouterResult",
     "Sample",
@@ -140,14 +128,50 @@ __all__ = [
     "VoteResult",
     "__version__",
     "estimate_tokens",
-    "evaluate",
-    "fixed_action_target",
     "get_extractor",
     "majority_vote",
     "normalize_answer",
-    "ope_check",
     "operating_point",
     "pareto_front",
     "read_decision_log",
-    "records_from_log",
 ]
+
+#: Names that moved to `uniscale.lab`; ``uniscale.<name>`` still works and imports lazily, so
+#: code written before the split keeps running while ``import uniscale`` stays lean.
+_LAB_NAMES = frozenset(
+    {
+        "CheckResult",
+        "Estimate",
+        "LoggedDecision",
+        "OPEError",
+        "OPEResult",
+        "PolicyTarget",
+        "RidgeRewardModel",
+        "evaluate",
+        "fixed_action_target",
+        "ope_check",
+        "records_from_log",
+    }
+)
+_LAB_MODULES = frozenset(
+    {
+        "calibrate",
+        "collect",
+        "datasets",
+        "demo",
+        "ope",
+        "plot",
+        "progress",
+        "replay",
+        "report",
+        "sim",
+    }
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAB_NAMES:
+        return getattr(importlib.import_module("uniscale.lab"), name)
+    if name in _LAB_MODULES:
+        return importlib.import_module(f"uniscale.lab.{name}")
+    raise AttributeError(f"module 'uniscale' has no attribute {name!r}")

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:  # the heavy modules load inside the subcommands: `--help` stays fast
-    from uniscale.datasets import Source
+    from uniscale.lab.datasets import Source
     from uniscale.outcomes import OutcomeTable
 
 SCENARIOS = ("stationary", "model_removed", "model_added", "preset_switched")
@@ -36,8 +36,8 @@ COST_WEIGHTS = (0.0, 0.1, 0.3, 1.0, 3.0, 10.0)
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from uniscale.datasets import DataError
-    from uniscale.demo import run_demo
+    from uniscale.lab.datasets import DataError
+    from uniscale.lab.demo import run_demo
 
     # By default both built-in real tables: the CPU table (models x test-time scaling) and a
     # prefix of the MMLU-Pro routing table (8 models, one answer each), in ./out/mmlu-pro.
@@ -89,10 +89,10 @@ def _parse_prices(items: Sequence[str]) -> dict[str, tuple[float, float]]:
 
 
 def _source(args: argparse.Namespace, models: str | None = None) -> Source:
-    """The `uniscale.datasets.Source` named by ``--table`` / ``--items`` / ``--price`` /
+    """The `uniscale.lab.datasets.Source` named by ``--table`` / ``--items`` / ``--price`` /
     ``--parallelism`` / ``--requests`` (``models``: comma-separated, default by coverage); bad
     input exits with a one-line error."""
-    from uniscale import datasets
+    from uniscale.lab import datasets
 
     if args.table == "sim":
         return datasets.sim_source(args.requests or 3000)
@@ -126,7 +126,7 @@ def _scenario(
     name: str, table: OutcomeTable, reward: str
 ) -> tuple[list[Any], list[str] | None, str]:
     """Events, initial models and a description for a named scenario (at mid-stream)."""
-    from uniscale.replay import Event
+    from uniscale.lab.replay import Event
 
     t = table.n_requests // 2
     per_model: dict[str, list[float]] = {}
@@ -148,7 +148,7 @@ def _aiq_between(points: Sequence[tuple[float, float]], lo: float, hi: float) ->
     """AIQ of ``points`` on the cost range [lo, hi]: the mean over the range of the best quality
     reachable at or below each cost (0 below the cheapest point), RouterBench's convention on a
     range shared with another curve so that the two numbers compare."""
-    from uniscale.replay import aiq
+    from uniscale.lab.replay import aiq
 
     below = [q for c, q in points if c <= lo]
     inside = [(c, q) for c, q in points if lo < c <= hi]
@@ -157,11 +157,11 @@ def _aiq_between(points: Sequence[tuple[float, float]], lo: float, hi: float) ->
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from uniscale import replay, report
-    from uniscale.plot import chart
+    from uniscale.lab import replay, report
+    from uniscale.lab.plot import chart
+    from uniscale.lab.progress import progress_bar
+    from uniscale.lab.replay import LearnerSpec, Scales, default_reference
     from uniscale.policy import QualityFloor
-    from uniscale.progress import Progress
-    from uniscale.replay import LearnerSpec, Scales, default_reference
 
     if args.requests is not None and args.requests < 2:
         raise SystemExit("error: --requests must be >= 2")
@@ -173,7 +173,7 @@ def _replay(args: argparse.Namespace) -> int:
         raise SystemExit("error: --pacing-carryover must be finite and >= 0")
     src = _source(args, args.models)
     if args.warm_start is not None:
-        from uniscale.calibrate import replay_warm_start
+        from uniscale.lab.calibrate import replay_warm_start
 
         return replay_warm_start(args, src)
     out = Path(args.out)
@@ -217,7 +217,7 @@ def _replay(args: argparse.Namespace) -> int:
             raise SystemExit(f"error: --reference: {e}") from None
         kw["quality_floor"] = QualityFloor(ref, args.tolerance)
     total = args.seeds * first.n_requests * (3 + len(weights))
-    with Progress(total, "replay", enabled=not args.quiet) as bar:
+    with progress_bar(total, "replay", enabled=not args.quiet) as bar:
         for seed in range(args.seeds):
             table = first if seed == 0 else table_for(seed)
             events, initial, _ = _scenario(args.scenario, table, args.reward)
@@ -228,7 +228,7 @@ def _replay(args: argparse.Namespace) -> int:
                 events=events,
                 initial_models=initial,
                 seed=seed,
-                progress=bar,
+                progress=bar.update,
                 side_observations=args.side_observations,
                 **kw,
             )
@@ -256,7 +256,7 @@ def _replay(args: argparse.Namespace) -> int:
                     (),
                     scales,
                     rw,
-                    progress=bar,
+                    progress=bar.update,
                     side_observations=args.side_observations,
                 )
                 curve[w].append((float(run.cost_usd.mean()), float(run.quality.mean())))
@@ -360,7 +360,7 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _ope(args: argparse.Namespace) -> int:
-    from uniscale import ope, report
+    from uniscale.lab import ope, report
     from uniscale.policy import Policy
 
     pi: ope.TargetPolicy
@@ -393,7 +393,7 @@ def _ope(args: argparse.Namespace) -> int:
 
 
 def _ope_check(args: argparse.Namespace) -> int:
-    from uniscale import ope, report
+    from uniscale.lab import ope, report
 
     src = _source(args)
     res = ope.ope_check(
@@ -472,10 +472,10 @@ def build_parser() -> argparse.ArgumentParser:
         "almost every question, so there is little to choose)",
     )
     d.set_defaults(func=_demo)
-    from uniscale.collect import register as register_collect
+    from uniscale.lab.collect import register as register_collect
 
     register_collect(sub)
-    from uniscale.calibrate import register as register_calibrate
+    from uniscale.lab.calibrate import register as register_calibrate
 
     register_calibrate(sub)
     _add_replay(sub)
@@ -503,7 +503,7 @@ def _add_table_args(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="NAME=IN,OUT",
         help="USD per million input/output tokens of a collected model (repeatable; default "
-        "uniscale.datasets.DEFAULT_PRICES for the packaged models, the list prices in "
+        "uniscale.lab.datasets.DEFAULT_PRICES for the packaged models, the list prices in "
         "mmlu_pro_v1.meta.json for mmlu-pro, else 0)",
     )
     p.add_argument(
@@ -633,7 +633,7 @@ def _add_replay(sub: Any) -> None:
         action="store_false",
         help=f"skip the quality-cost sweep (w_c in {list(COST_WEIGHTS)}; run without --budget)",
     )
-    from uniscale.calibrate import add_replay_args
+    from uniscale.lab.calibrate import add_replay_args
 
     add_replay_args(r)
     r.add_argument("--out", default="uniscale-replay", help="output directory")

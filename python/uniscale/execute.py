@@ -1,64 +1,13 @@
 """Execution layer: carry out an `Action` against OpenAI-compatible endpoints.
 
-``Executor.run(action, messages)`` draws the samples the action's strategy calls for, picks the
-answer, and returns an `Outcome` with every sample, token counts, realised cost, latency and any
-failures. Strategies:
+``Executor.run(action, messages)`` draws the samples the action's strategy calls for
+(``single``, ``self_consistency``, ``best_of_n`` with a `Scorer`, ``adaptive_consistency``),
+picks the answer, and returns an `Outcome` with every sample, token counts, realised cost,
+latency and any failures. Errors are `ExecutionError` subclasses (a `uniscale.UniScaleError`).
 
-``single``
-    One sample (greedy by default); the answer is extracted from it.
-``self_consistency``
-    ``n`` samples, majority vote over extracted answers (`uniscale.vote.majority_vote`); the
-    winner's first sample supplies the full text. Confidence = vote share.
-``best_of_n``
-    ``n`` samples, a `Scorer` picks one (default `MeanLogprobScorer`; `JudgeScorer` asks a judge
-    model for a 0-10 grade). Confidence = the chosen sample's score. If the scorer yields no
-    score at all, falls back to the majority vote (recorded as a failure).
-``adaptive_consistency``
-    Rounds of samples (`AdaptiveConfig`: 2, then 2 more, ... up to ``n``), stopping as soon as
-    `uniscale.vote.should_stop` says so. Only the samples drawn are billed.
-
-Transport. Requests go to ``{base_url}/chat/completions`` or ``{base_url}/completions`` per
-`ModelSpec.endpoint`, one long-lived ``httpx.AsyncClient`` per base URL, at most
-``ModelSpec.max_concurrency`` requests in flight per model. When ``ModelSpec.honours_n`` the
-``n`` samples are asked for in one request; if the endpoint silently returns fewer choices the
-remainder is fetched with parallel single-sample requests, and the model is remembered as
-ignoring ``n`` (`Executor.ignores_n`) so later calls fan out directly. (An ``n`` request that
-fails outright is recorded as a failure, not re-sent as a fan-out.) With a ``seed``, the
-request whose first sample is the action's i-th sample is sent ``seed + i`` so that fanned-out
-requests and adaptive rounds do not repeat each other.
-
-Token counting, per sample (recorded in `Sample.token_count_method`), because llama-server's
-``usage.completion_tokens`` covers only one choice when ``n > 1``:
-
-1. ``"logprobs"``: the number of per-token logprob entries of the choice (logprobs are requested
-   unless ``request_logprobs=False``);
-2. ``"usage"``: ``usage.completion_tokens`` when the response holds a single choice;
-3. ``"tokenize"``: for multi-choice responses, llama-server's ``POST {base without /v1}/tokenize``
-   on each text (a base URL whose tokenizer fails once is not asked again);
-4. ``"usage_split"``: if ``usage.completion_tokens`` looks like the *sum* over choices (it is at
-   least the geometric mean of the largest per-choice estimate and the summed estimate, with
-   estimates from ``chars / 4``), it is split across choices in proportion to their length;
-5. ``"chars"``: ``ceil(chars / 4)``.
-
-Prompt tokens come from ``usage.prompt_tokens`` (else a ``chars / 4`` estimate) and are billed
-once per request that returned a response; output tokens are billed per sample. Failed requests
-(HTTP errors, timeouts) are not billed.
-
-Faults. Each request has an ``httpx.Timeout``; each action attempt runs under ``deadline_s``
-(``asyncio.timeout``), so with a fallback the worst case is twice that. Connection errors,
-connect/pool timeouts, 429 (honouring ``Retry-After``, capped at ``max_retry_after_s``) and 5xx are
-retried up to ``retries`` times with exponential backoff (``backoff_s * 2**attempt``, capped at
-``max_backoff_s``); read timeouts are not retried unless ``retry_timeouts`` (the server got the
-request and a retry would likely be as slow). Malformed JSON, missing fields and empty content raise
-typed errors (`ExecutionError` subclasses) that are recorded per sample; so does any other unusable
-body (nesting deep enough to exhaust the parser, wrong types, token counts outside [0, 10**9]), as
-`MalformedResponseError`, never a bare ``RecursionError``/``OverflowError``: a multi-sample action
-returns what succeeded with the failures listed, also when the deadline cuts it short. An action
-with no successful sample raises `AllSamplesFailed` / `DeadlineExceeded`, or runs the ``fallback``
-action if one is given. API keys are read from the environment variable named by
-`ModelSpec.api_key_env` at request time and are never logged or put in an exception message: an
-upstream error body is redacted (`redact_message`: the key and any 8-character fragment of it,
-bearer tokens, ``Authorization``/``api_key`` values) before it is cut to 200 characters.
+The strategies, the transport (one ``httpx.AsyncClient`` per base URL, fan-out when an endpoint
+ignores ``n``), per-sample token counting, billing, timeouts, retries, deadlines and key
+redaction are described in docs/architecture.md, section "Execution".
 """
 
 from __future__ import annotations
@@ -78,6 +27,7 @@ from typing import Any, Literal, Protocol, TypeGuard
 
 import httpx
 
+from uniscale._core import UniScaleError
 from uniscale.extract import Extractor, get_extractor
 from uniscale.space import Action, ModelSpec
 from uniscale.vote import AdaptiveResult, StopRule, majority_vote, replay_adaptive, should_stop
@@ -120,8 +70,11 @@ _RESERVED_PARAMS = frozenset({"model", "messages", "prompt", "n"})
 # Errors
 
 
-class ExecutionError(Exception):
-    """Root of the executor's errors. ``model`` names the model involved, if any."""
+class ExecutionError(UniScaleError):
+    """Root of the executor's errors. ``model`` names the model involved, if any.
+
+    A `uniscale.UniScaleError` like every error of the package (and so, through it, a
+    ``ValueError``): ``except UniScaleError`` catches whatever UniScale raises on purpose."""
 
     def __init__(self, message: str, *, model: str | None = None) -> None:
         super().__init__(message)

@@ -15,8 +15,8 @@ it live:
 Cost is token counts times the model's prices (prompt billed once when the model bills it once,
 else once per sample). Latency: samples run in rounds of ``parallelism``; a round takes as long
 as its slowest sample. Shuffling the sample order per seed gives independent replays of the same
-recorded data. The simulator (`uniscale.sim`) and the real collected table
-(`uniscale.collect`) both produce samples in this form.
+recorded data. The simulator (`uniscale.lab.sim`) and the real collected table
+(`uniscale.lab.collect`) both produce samples in this form.
 """
 
 from __future__ import annotations

@@ -1,62 +1,14 @@
 """`Router`: featurize -> select -> execute -> learn, with an append-only JSONL decision log.
 
-``await router.complete(messages, ...)`` featurizes the request (`Featurizer`, whose token
-estimate feeds the cost model), asks the `Policy` for an action under the given cost and latency
-limits, runs it with the `Executor`, scores the outcome with a feedback source and updates the
-policy with the realised cost (generation plus any best-of-n scorer), latency, output tokens and
-samples used. The feature version is checked on every ``select``: a policy built with
-``feature_version=featurizer.version`` refuses a featurizer of another version (`ConfigError`).
+``await router.complete(messages, ...)`` featurizes the request, asks the `Policy` for an
+action under the given cost and latency limits, runs it with the `Executor`, scores the outcome
+with a feedback source (`GroundTruthFeedback`, `ConfidenceFeedback`, `JudgeFeedback`,
+`DeferredFeedback`) and updates the policy with the realised cost, latency, output tokens and
+samples used. `DecisionLog` writes one strict-ASCII JSON line per decision (and per deferred
+feedback) for off-policy evaluation; `read_decision_log` reads it back.
 
-Feedback sources (``quality(ctx) -> float | None``; ``None`` defers the update):
-
-`GroundTruthFeedback`
-    1.0 if the extracted answer equals the ground truth after `normalize_answer`, else 0.0.
-    Without a ground truth it asks its ``otherwise`` source, or defers.
-`ConfidenceFeedback`
-    The strategy's own confidence as a label-free proxy: the vote share (self-consistency,
-    adaptive), the chosen sample's score (best-of-n), and for ``single`` the geometric-mean token
-    probability ``exp(mean logprob)`` when the endpoint returned logprobs, else ``single_default``
-    (``None`` defers). Clipped to [0, 1].
-`JudgeFeedback`
-    Asks a judge model through the executor for a 0-10 grade of the chosen answer (scaled to
-    [0, 1]); an unusable grade or a failed judge call defers. The judge's cost is an evaluation
-    cost and is not charged to the action.
-`DeferredFeedback`
-    Never scores now. Call ``router.feedback(decision_id, quality)`` later: it updates the policy
-    with the realised cost, latency, output tokens and samples stored at execution time.
-
-The default is ``GroundTruthFeedback(otherwise=ConfidenceFeedback())``.
-
-Failures. If the action (and its ``fallback``, if any) fails entirely, the decision is updated
-with quality 0, the realised cost (0: the executor bills only successful responses) and the
-elapsed latency, logged with the error, and the `ExecutionError` is **re-raised** (with a note
-naming the decision id). When the fallback action answered instead, the chosen action is
-credited with quality 0 as well (it failed; the fallback's answer says nothing about it), its
-cost and latency are the whole call's, and output tokens / samples are not reported to the
-cost model (they belong to another action). `ExecutionConfigError` (unknown model, bad
-parameter: nothing was sent) and cancellation leave the decision unanswered; it expires from the
-policy's pending store after its TTL.
-
-Once the action has run, `Router.complete` returns its answer whatever happens next: a
-decision the policy no longer holds (expired, or evicted by its ``capacity`` under more
-concurrent requests) is logged with ``"learning_skipped"`` (the error's type and message),
-``reward`` ``null``, and counted in `Router.learning_skipped`; a record the log cannot take
-(full disk, closed log) is reported through `logging` and counted in `Router.log_failures`.
-
-Decision log (`DecisionLog`): one JSON object per line, flushed per line, for off-policy
-evaluation. ``"type": "decision"`` records hold the decision dict (chosen index and
-``action_uid``, propensity, candidate indices and their probabilities, pruning reasons,
-predictions), ``candidate_uids`` (the stable uids of the candidates), the features ``x`` (unless
-``include_features=False``) and always their SHA-256 ``x_sha256``, the feature version, the
-limits, an outcome summary or the error, the feedback source, and the quality, reward and reward
-components (quality, cost_usd, latency_s, weights, scales) or ``null`` when deferred.
-``"type": "feedback"`` records complete a deferred decision later (join on ``decision_id``). The
-prompt text is never logged. Lines are strict ASCII JSON: non-finite numbers are written as
-``null``, non-ASCII text (a lone surrogate included) as ``\\u`` escapes. Several processes may
-append to one log (``flock``; each record starts on a fresh line). `read_decision_log` iterates
-the records, skipping (with a warning) any line that is not a JSON object, such as one a writer
-left incomplete when it was killed; opening a log for appending cuts an incomplete last line
-off first, and refuses (`StateError`, file untouched) a file that is not a decision log.
+The feedback sources, what happens on failures, and the decision log's records and locking are
+described in docs/architecture.md, section "Router and decision log".
 """
 
 from __future__ import annotations

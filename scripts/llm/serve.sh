@@ -10,8 +10,8 @@
 # Each server: --host 127.0.0.1 -c CTX (default 12288, split over the slots) -np 8
 # --alias NAME --no-webui, -t 2 when it runs alone and -t 1 each when several start together.
 # `start` returns once every server answers GET /health with 200; they keep running.
-# The implementation is python/uniscale/llm_servers.py (stdlib only; also a library with
+# The implementation is tests/llm_servers.py (stdlib only; also a library with
 # start_servers(...) as a context manager for tests).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-exec "${PYTHON:-python3}" -P "$here/../../python/uniscale/llm_servers.py" "$@"
+exec "${PYTHON:-python3}" -P "$here/../../tests/llm_servers.py" "$@"

@@ -22,7 +22,7 @@
 #      with AVX-512 and AMX off in both, so the binary runs on any CPU of its level; on
 #      other architectures GGML_NATIVE=OFF selects the generic baseline. The level is part of
 #      the cache key, so an old native build is never reused. The servers are also started with
-#      --no-repack (python/uniscale/llm_servers.py), and llama-cpp-python is built with
+#      --no-repack (tests/llm_servers.py), and llama-cpp-python is built with
 #      GGML_CPU_REPACK=OFF (its server has no such switch).
 #      The build (~15 min on 2 cores) runs in the background with nohup + nice,
 #      logging to $CACHE/llama-0.3.36-<level>/build.log, while the models are assembled.
@@ -49,10 +49,10 @@ CACHE="${UNISCALE_CACHE:-$HOME/.cache/uniscale}"
 LLAMA_CPP_PY_VERSION="0.3.36"
 
 # The portable CPU level (see the header), from the same function the tests use to find the
-# build (python/uniscale/llm_servers.py cpu_level; it honours UNISCALE_LLAMA_CPU_LEVEL).
+# build (tests/llm_servers.py cpu_level; it honours UNISCALE_LLAMA_CPU_LEVEL).
 # Printed, and part of every build's cache key.
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-CPU_LEVEL="$("${PYTHON:-python3}" -P "$HERE/../../python/uniscale/llm_servers.py" cpu-level)"
+CPU_LEVEL="$("${PYTHON:-python3}" -P "$HERE/../../tests/llm_servers.py" cpu-level)"
 case "$CPU_LEVEL" in
   x86-64-v3) GGML_ARCH_ARGS="-DGGML_NATIVE=OFF -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON" ;;
   x86-64-v2) GGML_ARCH_ARGS="-DGGML_NATIVE=OFF -DGGML_SSE42=ON -DGGML_AVX=OFF -DGGML_AVX2=OFF -DGGML_FMA=OFF -DGGML_F16C=OFF -DGGML_BMI2=OFF" ;;

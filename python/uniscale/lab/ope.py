@@ -1,51 +1,14 @@
 """Off-policy evaluation: what would another policy have earned, judged from decision logs alone.
 
-A logged record holds the context ``x``, the candidate actions the logger could pick from, the
-action it picked, the propensity with which it picked it, and the observed reward. A *target*
-policy is a function ``pi(x, candidates) -> probabilities over candidates`` (a deterministic
-policy is one-hot). `evaluate` returns three estimates of the target's mean reward per request,
-each with a confidence interval:
+`evaluate` returns three estimates of a target policy's mean reward per request from logged
+records (`LoggedDecision`, or a `uniscale.DecisionLog` file read with `records_from_log`), each
+with a confidence interval: ``ips`` (inverse propensity scoring), ``snips`` (self-normalised
+IPS) and ``dr`` (doubly robust, with a cross-fitted `RidgeRewardModel`). Targets:
+`fixed_action_target` and `PolicyTarget` (a frozen greedy copy of a `Policy`). `ope_check`
+checks the estimators against replay ground truth on a full-information `OutcomeTable`.
 
-``ips``
-    Inverse propensity scoring, ``mean(w_i r_i)`` with ``w_i = pi(a_i | x_i) / p_i``. Unbiased
-    when every action the target may take had a non-zero logging propensity; high variance when
-    the weights are large.
-``snips``
-    Self-normalised IPS, ``sum(w_i r_i) / sum(w_i)``: slightly biased (O(1/n)), usually much
-    lower variance, invariant to a constant shift of the rewards.
-``dr``
-    Doubly robust, ``mean(sum_a pi(a | x_i) q(x_i, a) + w_i (r_i - q(x_i, a_i)))``: unbiased if
-    either the propensities or the reward model ``q`` are right; lower variance than IPS the
-    better ``q`` is. The default ``q`` is `RidgeRewardModel`, **cross-fitted** (two folds by
-    default: each record's ``q`` comes from a model fitted on the other fold, so that the model
-    never predicts the noise it was fitted on).
-
-Intervals: ``ci="normal"`` is the normal approximation on the per-record terms (for SNIPS the
-delta-method linearisation ``w_i (r_i - V) / mean(w)``); ``ci="bootstrap"`` resamples records
-(seeded) and takes percentiles. The DR bootstrap keeps the cross-fitted ``q`` predictions fixed
-(refitting per resample would cost B fits and changes little). ``clip`` caps the importance
-weights at ``clip`` (lower variance, some bias; the number of clipped records is reported). The
-effective sample size is ``(sum w)^2 / sum w^2``.
-
-Support: the estimators can only see actions the logger could take. A target that puts mass
-outside a record's candidates gets 0 for that mass; `OPEResult.support_deficit` is the mean
-missing mass (0 when the target only picks logged candidates).
-
-Targets: `fixed_action_target` (always one action) and `PolicyTarget` (a *frozen* copy of a
-`Policy`: it is restored from ``policy.to_bytes()``, switched to greedy exploration and asked to
-``select`` among the record's candidates; it is never updated, so its statistics stay those of
-the moment it was frozen, and the caller's policy is never touched). Selecting on the copy
-reproduces the live greedy choice exactly (the UCB score with its bonus, cost/latency
-prediction, dominance pruning and the budget multiplier frozen at copy time), which
-recomputing scores from ``quality_scores`` and ``predict`` would have to re-implement.
-
-Inputs: `LoggedDecision` records in memory, or a `uniscale.DecisionLog` JSONL file (or its
-parsed dicts), read with `records_from_log`: it joins deferred ``feedback`` records to their
-decisions and uses the stable action uids (``decision.action_uid`` and ``candidate_uids``).
-
-`ope_check` is the ground-truth check on a full-information `OutcomeTable`: log a seeded stream
-with an exploring logger, evaluate a target from the log only, and compare with the target's
-true mean reward computed from the table on the same requests.
+The estimators, intervals, clipping, support and targets are described in docs/replay.md,
+section "Off-policy evaluation".
 """
 
 from __future__ import annotations
@@ -63,9 +26,9 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from uniscale._core import UniScaleError
+from uniscale.lab.replay import Scales, best_fixed_run, reward_matrix, schedule
 from uniscale.outcomes import OutcomeTable
 from uniscale.policy import Policy, RewardWeights, resolve_reward
-from uniscale.replay import Scales, best_fixed_run, reward_matrix, schedule
 from uniscale.router import LOG_SCHEMA, DecisionLog, read_decision_log
 from uniscale.space import ActionSpace, ModelSpec
 

@@ -27,7 +27,7 @@ for the decisions (rewards use cost normalised by the priciest model's single an
 
 Latency. The recording machine ran every server on one CPU thread, and an ``n = 8`` request
 took about as long as eight requests one after another (no parallel speed-up), so sampled
-answers carry their *solo* time (``latency="solo"`` in `uniscale.collect.load_requests`: one
+answers carry their *solo* time (``latency="solo"`` in `uniscale.lab.collect.load_requests`: one
 stream generating that many tokens, fitted to the greedy requests) and replay uses parallelism
 1 by default: an action with ``n`` samples takes ``n`` rounds.
 """
@@ -48,13 +48,17 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from uniscale import outcomes
+from uniscale._core import UniScaleError
+from uniscale.lab import sim
+from uniscale.lab.collect import DATA_DIR as DATA_DIR  # re-exported: the packaged data
+from uniscale.lab.collect import ITEMS as ITEMS
+from uniscale.lab.collect import latest_ok, load_items, load_requests, read_records
 from uniscale.outcomes import OutcomeTable
-from uniscale.space import ModelSpec
+from uniscale.space import ActionSpace, ModelSpec
 
 logger = logging.getLogger(__name__)
 
-DATA_DIR = Path(__file__).resolve().parent / "data"
-ITEMS = DATA_DIR / "items.jsonl"
 REAL_TABLE = DATA_DIR / "real_v1.jsonl.gz"
 MMLU_PRO_TABLE = DATA_DIR / "mmlu_pro_v1.json.gz"
 #: the ``--table`` names of the built-in tables (anything else is a path)
@@ -71,8 +75,9 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
 MIN_COVERAGE = 0.9
 
 
-class DataError(ValueError):
-    """A table or item file cannot be used as asked (missing, empty, unknown model)."""
+class DataError(UniScaleError):
+    """A table or item file cannot be used as asked (missing, empty, unknown model); a
+    `uniscale.UniScaleError`, so also a ``ValueError`` as before."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,10 +93,7 @@ class Source:
 
 
 def sim_source(n_requests: int) -> Source:
-    """The built-in simulator (`uniscale.sim`), a fresh stream per seed."""
-    from uniscale import outcomes, sim
-    from uniscale.space import ActionSpace
-
+    """The built-in simulator (`uniscale.lab.sim`), a fresh stream per seed."""
     models = {m.spec.name: m.spec for m in sim.DEFAULT_SIM_MODELS}
     actions = ActionSpace.grid(list(models.values()), n_values=(1, 2, 4, 8)).ordered_actions()
 
@@ -103,8 +105,6 @@ def sim_source(n_requests: int) -> Source:
 
 def coverage(path: str | Path = REAL_TABLE) -> Counter[str]:
     """Items with a complete (``ok``) record, per model."""
-    from uniscale.collect import latest_ok, read_records
-
     return Counter(model for _, model in latest_ok(read_records(Path(path).expanduser())))
 
 
@@ -128,10 +128,6 @@ def collected_source(
     price for a model the table lacks is an error (a typo would otherwise be ignored); a model
     with no price costs 0, with a warning. ``n_values`` are capped at the samples recorded.
     """
-    from uniscale import outcomes
-    from uniscale.collect import load_items, load_requests
-    from uniscale.space import ActionSpace
-
     p = Path(path).expanduser()
     if not p.exists():
         raise DataError(f"outcome table {str(p)!r}: no such file")

@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from uniscale.lab.plot import PALETTE, chart
+from uniscale.lab.replay import RunResult
 from uniscale.outcomes import OutcomeTable
-from uniscale.plot import PALETTE, chart
-from uniscale.replay import RunResult
 from uniscale.space import ModelSpec
 
 COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -131,7 +131,7 @@ def targets(
       ``(model, strategy, n)`` action whose mean cost is no higher than UniScale's;
     * cost at accuracy: the largest model (highest ``prices`` value) answering once: its
       accuracy and cost against UniScale's.
-    ``per_seed[i]`` are the results of `uniscale.replay.compare` on ``tables[i]``.
+    ``per_seed[i]`` are the results of `uniscale.lab.replay.compare` on ``tables[i]``.
     """
     lines: list[str] = []
     payload: dict[str, Any] = {}

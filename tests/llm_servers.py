@@ -34,10 +34,10 @@ returning 200::
 This module uses only the standard library and does not import the rest of the package, so it
 also runs as a script (``scripts/llm/serve.sh`` wraps it) before the extension is built::
 
-    python python/uniscale/llm_servers.py start smollm2:8101 qwen05:8102
-    python python/uniscale/llm_servers.py status
-    python python/uniscale/llm_servers.py stop
-    python python/uniscale/llm_servers.py cpu-level     # what setup.sh builds for
+    python tests/llm_servers.py start smollm2:8101 qwen05:8102
+    python tests/llm_servers.py status
+    python tests/llm_servers.py stop
+    python tests/llm_servers.py cpu-level     # what setup.sh builds for
 
 A server that dies while loading raises `ServerError` naming the signal (``SIGSEGV``) and the
 tail of its log.

@@ -2,13 +2,13 @@
 the result with a capped prior.
 
 Collection. Every ``(model, strategy, n)`` action of a model is derived from that model's
-recorded samples (`uniscale.outcomes`), so "every action once" is one `uniscale.collect` pair
+recorded samples (`uniscale.outcomes`), so "every action once" is one `uniscale.lab.collect` pair
 per (item, model) with ``m`` = the largest ``n`` of the action grid (default 8) plus the greedy
 answer. `calibrate` does exactly that for the first ``k`` items of the item file in round-robin
 kind order (so the calibration covers every kind, and a rerun asks for the same items), into
 ``OUT/calibration.jsonl``: the collector's append-only, fsynced, locked table. A rerun skips
 every pair already ``ok`` (Ctrl-C loses at most the pairs in flight); a progress bar
-(`uniscale.progress`) counts the pairs still to do. `calibration_table` turns the file into an
+(`uniscale.lab.progress`) counts the pairs still to do. `calibration_table` turns the file into an
 `OutcomeTable` (every action on every calibration item).
 
 Warm start. `warm_start(policy, table, pseudo_observations=3)` transfers, for every action of
@@ -65,7 +65,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from uniscale._core import ConfigError
-from uniscale.collect import (
+from uniscale.lab.collect import (
     CollectConfig,
     CollectError,
     CollectModel,
@@ -80,10 +80,10 @@ from uniscale.collect import (
     parse_model_arg,
     read_records,
 )
-from uniscale.datasets import DEFAULT_PRICES, ITEMS, Source
+from uniscale.lab.datasets import DEFAULT_PRICES, ITEMS, Source
+from uniscale.lab.progress import progress_bar
 from uniscale.outcomes import OutcomeTable, build_table
 from uniscale.policy import Policy
-from uniscale.progress import Progress
 from uniscale.space import Action, ActionSpace, ModelSpec
 
 __all__ = [
@@ -177,11 +177,11 @@ def calibrate(
     done = sum(1 for i, m in latest_ok(read_records(table)) if i in ids and m in names)
     todo = len(chosen) * len(models) - done
     label = f"calibrate ({done} done before)" if done else "calibrate"
-    with Progress(todo, label, stream=stream, enabled=progress) as bar:
+    with progress_bar(todo, label, stream=stream, enabled=progress) as bar:
 
         def record(rec: Record) -> None:
             if rec.get("status") == "ok":
-                bar(1)
+                bar.update(1)
             if on_record is not None:
                 on_record(rec)
 
@@ -221,7 +221,7 @@ def calibration_table(
     any collected table): the items recorded for every model, samples in recorded order,
     latency as replay prices it (``latency="solo"``). ``specs`` prices the models (what a
     replay source uses); otherwise ``prices`` (USD per million input, output tokens) over
-    `uniscale.datasets.DEFAULT_PRICES`, 0 for an unknown model. ``n`` values are capped at the
+    `uniscale.lab.datasets.DEFAULT_PRICES`, 0 for an unknown model. ``n`` values are capped at the
     samples recorded."""
     p = Path(path).expanduser()
     if not p.exists():
@@ -468,16 +468,16 @@ def compare_warm_start(
     reward: str = "cost_sensitive",
     pseudo_observations: int = DEFAULT_PSEUDO_OBSERVATIONS,
     request_features: bool = True,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
     **policy_kwargs: Any,
 ) -> tuple[WarmStartComparison, list[list[Any]]]:
     """Cold vs warm-started UniScale on the same streams of ``source``. With ``calibration`` =
     None, each seed's first ``k`` requests are its calibration and the rest its stream (the
     calibration is out of sample, and a different draw per seed); otherwise ``calibration`` is
     used for every seed and its items are removed from each stream. Returns the comparison and
-    each seed's `uniscale.replay.compare` results (baselines, ``uniscale``, ``uniscale_warm``).
+    each seed's `uniscale.lab.replay.compare` results (baselines, ``uniscale``, ``uniscale_warm``).
     """
-    from uniscale.replay import LearnerSpec, Scales, compare
+    from uniscale.lab.replay import LearnerSpec, Scales, compare
 
     diffs: list[float] = []
     prefix: dict[int, list[float]] = {p: [] for p in PREFIXES}
@@ -604,7 +604,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     print(format_stats(stats))
     print(
         f"\nwarm start: uniscale replay --warm-start {summary.table} ..., or in Python "
-        "uniscale.calibrate.warm_start(policy, uniscale.calibrate.calibration_table(PATH))"
+        "uniscale.lab.calibrate.warm_start(policy, uniscale.lab.calibrate.calibration_table(PATH))"
     )
     payload = {
         "table": str(summary.table),
@@ -625,7 +625,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         f"into OUT/{TABLE_NAME}, then prints each action's mean quality, cost and latency. "
         "Resumable: rerunning the same command continues where it stopped (Ctrl-C loses "
         "nothing already written). Use the table with `uniscale replay --warm-start PATH` or "
-        "uniscale.calibrate.warm_start(policy, calibration_table(PATH)).",
+        "uniscale.lab.calibrate.warm_start(policy, calibration_table(PATH)).",
     )
     p.add_argument(
         "--model",
@@ -665,7 +665,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         default=[],
         metavar="NAME=IN,OUT",
         help="USD per million input/output tokens for the summary (repeatable; default "
-        "uniscale.datasets.DEFAULT_PRICES, else 0)",
+        "uniscale.lab.datasets.DEFAULT_PRICES, else 0)",
     )
     p.add_argument(
         "--parallelism", type=int, default=1, help="samples an endpoint runs at once (1)"
@@ -697,7 +697,7 @@ def add_replay_args(p: argparse.ArgumentParser) -> None:
 
 def replay_warm_start(args: argparse.Namespace, source: Source) -> int:
     """``uniscale replay --warm-start``: the cold/warm comparison, printed and written as JSON."""
-    from uniscale import report
+    from uniscale.lab import report
 
     if args.pseudo_observations < 0:
         raise SystemExit("error: --pseudo-observations must be >= 0")
@@ -715,7 +715,7 @@ def replay_warm_start(args: argparse.Namespace, source: Source) -> int:
         kw["budget_per_request_usd"] = args.budget
         kw["pacing_carryover"] = args.pacing_carryover
     total = args.seeds * source.n_requests * 2
-    with Progress(total, "replay", enabled=not args.quiet) as bar:
+    with progress_bar(total, "replay", enabled=not args.quiet) as bar:
         try:
             comp, per_seed = compare_warm_start(
                 source,
@@ -725,7 +725,7 @@ def replay_warm_start(args: argparse.Namespace, source: Source) -> int:
                 reward=args.reward,
                 pseudo_observations=args.pseudo_observations,
                 request_features=args.request_features,
-                progress=bar,
+                progress=bar.update,
                 **kw,
             )
         except ConfigError as exc:

@@ -1,96 +1,21 @@
 """``uniscale collect``: a full-information outcome table from real OpenAI-compatible endpoints.
 
-For every (item, model) pair the collector records ``m`` independent samples (default 8,
-temperature 0.7, asked for in *one* request with ``n = m`` through `Executor.sample`, which fans
-out when an endpoint ignores ``n``) and one greedy sample (temperature 0), each with its text,
-extracted answer, correctness, token counts, mean token log-probability, latency and finish
-reason. Offline replay (`uniscale.outcomes.build_table`) then prices every ``(model, strategy,
-n <= m)`` action on every item without calling a model again.
+For every (item, model) pair the collector records ``m`` independent samples (one ``n = m``
+request through `Executor.sample`) and one greedy sample, each with its text, extracted answer,
+correctness, token counts, mean token log-probability, latency and finish reason, so offline
+replay (`uniscale.outcomes.build_table`) can price every ``(model, strategy, n <= m)`` action
+without calling a model again::
 
-Usage (the lead wires the same subcommands into ``uniscale collect``)::
-
-    python -m uniscale.collect run --items python/uniscale/data/items.jsonl --out OUT.jsonl \\
+    python -m uniscale.lab.collect run --items python/uniscale/data/items.jsonl --out OUT.jsonl \\
         --model smollm2=http://127.0.0.1:8101/v1 --model qwen05=http://127.0.0.1:8102/v1
-    python -m uniscale.collect status OUT.jsonl
-    python -m uniscale.collect export OUT.jsonl python/uniscale/data/real_v1.jsonl.gz
+    python -m uniscale.lab.collect status OUT.jsonl
+    python -m uniscale.lab.collect export OUT.jsonl python/uniscale/data/real_v1.jsonl.gz
 
-``--model NAME=URL[,endpoint=chat|completions][,honours_n=false][,api_model=X][,gguf=PATH]``
-(repeatable) or ``--config FILE`` (JSON or TOML: ``[[models]]`` tables with the same keys plus
-``name`` and ``base_url``). ``scripts/collect_real.sh`` starts llama-servers and a resumable
-collection in the background.
-
-Prompts (`PROMPTS`, version `PROMPT_VERSION` = ``v3``, the real_v2 table's):
-
-* ``arithmetic``: question + "Solve it briefly, then end with 'The answer is' followed by the
-  final number.", `ARITHMETIC_MAX_TOKENS` new tokens, extractor ``answer_number`` (the number
-  after "answer is", else the last number);
-* ``gsm8k``: question + "Solve step by step, then end with 'The answer is' followed by the final
-  number.", `GSM8K_MAX_TOKENS` new tokens, ``answer_number``;
-* ``mmlu``: a system turn `MMLU_SYSTEM`, then question, options as ``A. ...`` lines, "Answer
-  with the letter of the correct option (A, B, C or D).", with the GBNF grammar
-  `LETTER_GRAMMAR` (``root ::= [ABCD]``, llama-server's ``grammar`` field) and 2 new tokens,
-  extractor ``choice``: every answer is exactly one letter;
-* any other kind: the question alone, 256 tokens, the item's own ``extractor`` field.
-
-Why (docs/real_v2.md has the numbers): the v1 table (prompt ``v2``: 192, 400 and 64 tokens, free
-letters) measured the limits more than the models; up to 72% of Qwen-1.5B's MMLU answers were
-cut off. ``scripts/pilot_prompts.py`` compared formats per (model, kind) on real servers: the
-grammar-forced letter has no truncation and no unreadable answers at up to 5x the accuracy of
-free letters; a shorter "brief" system prompt for the numeric kinds lost accuracy or left more
-answers unfinished than v2's wording, so v2's wording stays with the limit raised to the
-pilot's 99th percentile of finished answer lengths. A server that ignores ``grammar`` still
-works (the extractor reads a letter from free text), but its table is no longer v3's.
-
-The items' ``extractor`` field (``last_number`` / ``choice_letter``) is overridden for the three
-known kinds because the prompts above ask for an answer marker that ``answer_number`` reads
-(it falls back to the last number, so it never does worse than ``last_number``). Gold answers are
-normalised the same way: `uniscale.extract.normalize_answer` for numbers, upper-case letters
-for choices; ``correct`` is ``extracted == gold``.
-
-The table (``--out``) is append-only JSON lines, one line per (item, model) attempt, flushed and
-fsynced per line. A line has ``status`` ``"ok"`` (``m`` samples and a greedy sample) or
-``"failed"`` (the failures are listed); on restart every pair with an ``ok`` line is skipped and
-every other pair is tried again, so a failed pair is retried on the next resume. A text UTF-8
-cannot encode (a lone surrogate from a server) is written as a ``\\udxxx`` escape; a record
-that cannot be written at all becomes a ``failed`` line for its pair and the run goes on.
-Failure messages are redacted (bearer tokens, keys) before they are cut. A truncated last
-line (a crash mid-write) is cut off before appending. Only one collector may write a table at a
-time (``fcntl`` lock on ``OUT.lock``). Record fields::
-
-    v, item_id, model, kind, status, gold, extractor, prompt_version, max_tokens, m,
-    temperature, seed, input_tokens, t_start (unix s), wall_s,
-    samples: [{text, answer, correct, output_tokens, tokens_by, mean_logprob, finish_reason,
-               latency_s, request}],      # request = index into requests
-    greedy: {same fields} | null,
-    requests: [{role: "samples"|"topup"|"greedy", n, received, empty, requests (HTTP calls),
-                latency_s, wall_s, seed}],
-    failures: [{role, error, message, status}]
-
-Latency: a sample's ``latency_s`` is the wall time of the HTTP request that produced it, so the
-``m`` samples of one ``n = m`` request all carry that request's latency (``requests[i].latency_s``
-holds it once more; ``wall_s`` there also covers token counting and any retries). A choice with
-empty content is kept as a sample with ``text = ""``, ``answer = None``, ``correct = False``,
-``output_tokens = 0`` and ``finish_reason = "empty"`` (it is a real, wrong outcome); missing
-samples (endpoint errors) are re-requested up to ``--topups`` times.
-
-Server failures never stop the run: a failed pair is logged and written as ``failed``; the
-model's ``/health`` is then probed, and if its server is down the collector waits up to
-``--server-wait-s`` for it to come back before abandoning that model for this run (the other
-models carry on; the abandoned pairs are retried on the next resume). After every model's queue
-is done, the pairs that failed are tried once more.
-
-The sidecar ``OUT.meta.json`` (``real_v1.jsonl`` -> ``real_v1.meta.json``) records the item file's
-sha256, the prompts, sampling settings, and per model the endpoint, the GGUF file with its sha256
-and size (from the cache's ``.verified`` files), quantisation and build (from llama-server's
-``/props``), the server's command line (when ``scripts/llm/serve.sh`` started it), ``llama-server
---version`` and the host's CPU. Resuming with different prompts or sampling settings is refused;
-adding models to an existing table is fine. Output tokens are counted per choice (the number of
-logprob entries; llama-server's ``usage`` covers one choice only); ``input_tokens`` is the
-prompt's ``usage.prompt_tokens``.
-
-Replay: `load_requests` turns a table (raw or exported) into `uniscale.outcomes.Request` records.
-`export_table` writes a compact gzip copy (latest ok line per pair, texts cut to head and tail)
-for committing, with a meta file that counts what it holds.
+The table is append-only JSON lines (fsynced per line, resumable: pairs already ``ok`` are
+skipped, failed ones retried; one writer at a time via ``OUT.lock``) with a sidecar
+``OUT.meta.json`` (items, prompts, sampling settings, models, server build, host). The prompts
+(`PROMPTS`, version `PROMPT_VERSION`), the record fields, latency, failure handling and the
+sidecar are described in docs/collect.md.
 """
 
 from __future__ import annotations
@@ -122,8 +47,7 @@ import httpx
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from uniscale import llm_servers
-from uniscale.datasets import ITEMS
+from uniscale._core import UniScaleError
 from uniscale.execute import (
     EmptyContentError,
     Executor,
@@ -134,6 +58,7 @@ from uniscale.execute import (
 )
 from uniscale.execute import Sample as ExecSample
 from uniscale.extract import get_extractor, normalize_answer
+from uniscale.lab.progress import progress_bar
 from uniscale.outcomes import Request
 from uniscale.outcomes import Sample as OutcomeSample
 from uniscale.space import ModelSpec
@@ -175,14 +100,20 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: The packaged data (``uniscale/data``): benchmark items, outcome tables and their sidecars.
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+#: The 340 packaged benchmark items, the default ``--items``.
+ITEMS = DATA_DIR / "items.jsonl"
+
 FORMAT_VERSION = 1
 PROMPT_VERSION = "v3"
 F64 = NDArray[np.float64]
 Record = dict[str, Any]
 
 
-class CollectError(ValueError):
-    """Bad configuration, items or table (the message names the offending key or line)."""
+class CollectError(UniScaleError):
+    """Bad configuration, items or table (the message names the offending key or line); a
+    `uniscale.UniScaleError`, so also a ``ValueError`` as before."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -821,7 +752,8 @@ def _server_up(status: int | None) -> bool:
 
 
 class _Progress:
-    """A one-line stderr progress bar (redrawn on a tty, periodic lines otherwise)."""
+    """collect's status line: a tqdm bar over all pairs (rate, elapsed, ETA) with per-model
+    counts, rates and failures as its postfix; redrawn on a tty, timestamped lines otherwise."""
 
     def __init__(
         self, todo: Mapping[str, int], enabled: bool, stream: IO[str], every_s: float = 60.0
@@ -829,28 +761,31 @@ class _Progress:
         self.todo = dict(todo)
         self.done: Counter[str] = Counter()
         self.failed: Counter[str] = Counter()
-        self.enabled = enabled
-        self.stream = stream
-        self.tty = stream.isatty()
-        self.every_s = every_s if not self.tty else 0.5
         self.t0 = time.monotonic()
-        self._last = -math.inf
-        self._last_line = ""
+        self.bar = progress_bar(
+            sum(self.todo.values()),
+            "collect",
+            enabled=enabled,
+            stream=stream,
+            log_every_s=every_s,
+            timestamps=True,
+        )
 
     def update(self, model: str, ok: bool, force: bool = False) -> None:
         if ok:
             self.done[model] += 1
         else:
             self.failed[model] += 1
-        self.render(force)
+        self.bar.set_postfix_str(self.postfix(), refresh=False)
+        if ok:
+            self.bar.update(1)
+        if force:
+            self.bar.refresh()
 
-    def line(self) -> str:
-        total = sum(self.todo.values())
-        done = sum(self.done.values())
+    def postfix(self) -> str:
+        """``a 3/10 (1.20/min) | b 5/10 (2.00/min) | 1 failed``, and with several models the
+        ETA of the slowest (tqdm's own ETA assumes the overall rate holds to the end)."""
         elapsed = time.monotonic() - self.t0
-        frac = done / total if total else 1.0
-        width = 24
-        bar = "#" * int(frac * width) + "." * (width - int(frac * width))
         eta = 0.0
         parts = []
         for m, n in self.todo.items():
@@ -860,36 +795,14 @@ class _Progress:
             if left > 0:
                 eta = max(eta, left / rate * 60 if rate > 0 else math.inf)
             parts.append(f"{m} {d}/{n} ({rate:.2f}/min)")
-        fails = sum(self.failed.values())
-        eta_s = "?" if not math.isfinite(eta) else _fmt_s(eta)
-        return (
-            f"collect [{bar}] {done}/{total} {frac:4.0%} | {' | '.join(parts)} | "
-            f"{fails} failed | {_fmt_s(elapsed)} elapsed, ETA {eta_s}"
-        )
-
-    def render(self, force: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if not force and now - self._last < self.every_s:
-            return
-        self._last = now
-        line = self.line()
-        if line == self._last_line:
-            return
-        self._last_line = line
-        if self.tty:
-            self.stream.write("\r\x1b[K" + line)
-        else:
-            self.stream.write(time.strftime("%Y-%m-%d %H:%M:%S ") + line + "\n")
-        self.stream.flush()
+        parts.append(f"{sum(self.failed.values())} failed")
+        if len(self.todo) > 1:
+            parts.append(f"slowest model ETA {_fmt_s(eta) if math.isfinite(eta) else '?'}")
+        return " | ".join(parts)
 
     def close(self) -> None:
-        if self.enabled:
-            self.render(force=True)
-            if self.tty:
-                self.stream.write("\n")
-                self.stream.flush()
+        self.bar.set_postfix_str(self.postfix(), refresh=False)
+        self.bar.close()
 
 
 def _fmt_s(s: float) -> str:
@@ -1099,10 +1012,30 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def llama_server_version() -> str | None:
-    """``llama-server --version`` of the cached binary, or None when it is not there."""
-    exe = llm_servers.llama_server_binary()
-    if not exe.is_file():
+def _cache_dir() -> Path:
+    """Where ``scripts/llm/setup.sh`` and ``serve.sh`` keep binaries, GGUFs and pid files
+    (``$UNISCALE_CACHE``, default ``~/.cache/uniscale``; the layout is tests/llm_servers.py's)."""
+    env = os.environ.get("UNISCALE_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "uniscale"
+
+
+def _llama_server_binary(argvs: Iterable[Sequence[str]] = ()) -> Path | None:
+    """``$UNISCALE_LLAMA_SERVER``, else the binary of a live server that ``serve.sh`` started
+    (``argvs``: their command lines), else the cache's only llama.cpp build, else None."""
+    env = os.environ.get("UNISCALE_LLAMA_SERVER")
+    if env:
+        return Path(env)
+    for argv in argvs:
+        return Path(argv[0])
+    builds = sorted(_cache_dir().glob("llama-*/bin/llama-server"))
+    return builds[0] if len(builds) == 1 else None
+
+
+def llama_server_version(exe: Path | None = None) -> str | None:
+    """``llama-server --version`` of ``exe`` (default `_llama_server_binary`), or None when
+    there is no such binary."""
+    exe = exe if exe is not None else _llama_server_binary()
+    if exe is None or not exe.is_file():
         return None
     try:
         res = subprocess.run(
@@ -1171,7 +1104,7 @@ def _gguf_info(path: Path) -> dict[str, Any]:
 
 def _server_cmdline(name: str) -> list[str] | None:
     """argv of the llama-server that ``scripts/llm/serve.sh`` started for ``name``, if alive."""
-    pidfile = llm_servers.run_dir() / f"{name}.pid"
+    pidfile = _cache_dir() / "run" / f"{name}.pid"
     try:
         pid = int(pidfile.read_text().split()[0])
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -1210,8 +1143,8 @@ def _model_meta(model: CollectModel) -> dict[str, Any]:
         gguf = Path(model.gguf).expanduser()
     elif props is not None and isinstance(props.get("model_path"), str):
         gguf = Path(props["model_path"])
-    elif model.name in llm_servers.MODEL_FILES:
-        gguf = llm_servers.model_path(model.name)
+    elif (_cache_dir() / "models" / f"{model.name}.gguf").is_file():
+        gguf = _cache_dir() / "models" / f"{model.name}.gguf"  # setup.sh's smollm2, qwen05, ...
     if gguf is not None:
         meta.update(_gguf_info(gguf))
     alias = props.get("model_alias") if props is not None else None
@@ -1273,10 +1206,14 @@ def _prepare_meta(
         "items": items_meta,
         "settings": settings,
         "models": model_meta,
-        "llama_server_version": llama_server_version(),
+        "llama_server_version": llama_server_version(
+            _llama_server_binary(
+                m["server_argv"] for m in model_meta.values() if "server_argv" in m
+            )
+        ),
         "host": _host_meta(),
         "collector": {
-            "module": "uniscale.collect",
+            "module": "uniscale.lab.collect",
             "timeout_s": cfg.timeout_s,
             "retries": cfg.retries,
             "topups": cfg.topups,
@@ -1845,10 +1782,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def collect_main(argv: Sequence[str] | None = None) -> int:
-    """``python -m uniscale.collect {run,status,export} ...``"""
+    """``python -m uniscale.lab.collect {run,status,export} ...``"""
     p = _build_parser(
         argparse.ArgumentParser(
-            prog="python -m uniscale.collect",
+            prog="python -m uniscale.lab.collect",
             description="Collect a full-information outcome table from real endpoints.",
         )
     )

@@ -280,7 +280,7 @@ def best_per_kind_xfit_run(
 @dataclass(frozen=True, slots=True)
 class LearnerSpec:
     """How to build one learning policy for a replay. ``prepare``, when set, is called on the
-    fresh policy before the first request (e.g. `uniscale.calibrate.warm_start`)."""
+    fresh policy before the first request (e.g. `uniscale.lab.calibrate.warm_start`)."""
 
     name: str
     actions: Sequence[Action]
@@ -299,7 +299,7 @@ def run_learner(
     reward: str | RewardWeights | tuple[float, float, float],
     *,
     initial_models: Iterable[str] | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
     side_observations: bool = False,
     side_weight: float = SIDE_OBSERVATION_WEIGHT,
 ) -> RunResult:
@@ -463,7 +463,7 @@ def compare(
     learners: Sequence[LearnerSpec] | None = None,
     seed: int = 0,
     scales: Scales | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
     side_observations: bool = False,
     side_weight: float = SIDE_OBSERVATION_WEIGHT,
     baseline: Action | None = None,

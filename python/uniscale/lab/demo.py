@@ -1,14 +1,14 @@
 """``uniscale demo``: the built-in default job, with no network, server or API key.
 
 It replays the outcome table recorded from real small LLMs that ships with the package
-(`uniscale.datasets.REAL_TABLE`: real benchmark items, every model's recorded samples) through
+(`uniscale.lab.datasets.REAL_TABLE`: real benchmark items, every model's recorded samples) through
 UniScale and the baselines for a few seeds -- each seed streams the items in its own order --
 prints the comparison with its seed-to-seed spread and the targets (reward against each
 baseline, accuracy at equal cost, cost against the largest model answering once), and writes a
 JSON result file and SVG charts. ``--sim`` streams the built-in simulator instead
-(`uniscale.sim`: four task types, three models, every outcome pre-drawn), which is larger and
+(`uniscale.lab.sim`: four task types, three models, every outcome pre-drawn), which is larger and
 faster to learn from, but made up. ``table="mmlu-pro"`` streams the packaged MMLU-Pro routing
-table (`uniscale.datasets.mmlu_pro_source`). Every run also replays quality-floor mode against
+table (`uniscale.lab.datasets.mmlu_pro_source`). Every run also replays quality-floor mode against
 the priciest model answering once (`Policy.set_quality_floor`, tolerance `FLOOR_TOLERANCE`)
 and prints one line of it: accuracy vs that model, cost saved, whether the floor held.
 """
@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from uniscale import datasets, replay, report
+from uniscale.lab import datasets, replay, report
+from uniscale.lab.progress import progress_bar
 from uniscale.policy import QualityFloor
-from uniscale.progress import Progress
 
 #: The demo's quality-floor line: keep the priciest model's accuracy within this per request.
 FLOOR_TOLERANCE = 0.01
@@ -56,12 +56,12 @@ def run_demo(
     per_seed: list[list[replay.RunResult]] = []
     # UniScale, routing-only, TTS-only, and quality-floor mode against the priciest model
     total = sum(t.n_requests for t in tables) * 4
-    with Progress(total, "demo: streaming requests", enabled=not quiet) as bar:
+    with progress_bar(total, "demo: streaming requests", enabled=not quiet) as bar:
         for s, t in zip(range(seed, seed + seeds), tables, strict=True):
             floor = QualityFloor(replay.default_reference(t.actions, src.models), FLOOR_TOLERANCE)
             per_seed.append(
                 replay.compare(
-                    t, src.models, reward=reward, seed=s, progress=bar, quality_floor=floor
+                    t, src.models, reward=reward, seed=s, progress=bar.update, quality_floor=floor
                 )
             )
     sys.stderr.flush()
