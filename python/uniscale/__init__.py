@@ -61,6 +61,7 @@ from uniscale.ope import (
     ope_check,
     records_from_log,
 )
+from uniscale.planner import Plan, plan
 from uniscale.policy import PRESETS, Policy, QualityFloor, RewardWeights, UpdateResult
 from uniscale.router import (
     ConfidenceFeedback,
@@ -118,6 +119,7 @@ __all__ = [
     "OPEError",
     "OPEResult",
     "Outcome",
+    "Plan",
     "Policy",
     "PolicyCore",
     "PolicyTarget",
@@ -148,6 +150,7 @@ __all__ = [
     "ope_check",
     "operating_point",
     "pareto_front",
+    "plan",
     "read_decision_log",
     "records_from_log",
 ]

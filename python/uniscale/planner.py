@@ -317,7 +317,11 @@ def plan(
     names = [s.name for s in scenarios]
     if len(set(names)) != len(names):
         raise ConfigError(f"scenario names must be distinct, got {names}")
-    measured = [c.accuracy_replicates is not None for c in candidates]
+    # batch key: the accuracy kind, and for measured curves the number of replicates (one
+    # (n, B) matrix per batch)
+    measured = [
+        -1 if c.accuracy_replicates is None else len(c.accuracy_replicates) for c in candidates
+    ]
     n = len(candidates)
     parts: list[tuple[F64, F64, F64, F64]] = []
     start = 0
@@ -336,10 +340,10 @@ def plan(
             np.array([c.parallelism for c in batch], dtype=np.int64),
             np.array([c.accuracy for c in batch], dtype=np.float64),
             accuracy_sd=None
-            if measured[start]
+            if measured[start] >= 0
             else np.array([c.accuracy_sd for c in batch], dtype=np.float64),
             accuracy_replicates=np.stack([np.asarray(c.accuracy_replicates) for c in batch])
-            if measured[start]
+            if measured[start] >= 0
             else None,
             trials=trials,
             seed=seed,
