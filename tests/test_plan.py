@@ -380,15 +380,20 @@ def test_measured_candidates_from_the_real_table() -> None:
     for c, a, col in zip(cands, table.actions, table.quality.T, strict=True):
         assert (c.model, c.strategy, c.k) == (a.model, a.strategy, a.n)
         assert c.accuracy == pytest.approx(col.mean())
-    p = plan(cands, [Scenario("all")], trials=200)
-    # the Monte Carlo cost of each action is within 20% of the table's measured mean cost
-    # (adaptive actions are planned at their cap, so they may only be dearer)
+    p = plan(cands, [Scenario("all")], trials=2000)
+    # the Monte Carlo cost and latency of each action are within 10% of the table's measured
+    # means (per-call spreads near the mean: ~2% standard error at 2000 trials); adaptive
+    # actions are planned at their cap, so they may only be dearer
+    measured_lat = table.latency_s.mean(axis=0)
+    for c, m, sim in zip(cands, measured_lat, p.mean[:, 1], strict=True):
+        if c.strategy != "adaptive_consistency":
+            assert sim == pytest.approx(m, rel=0.1), c.label
     measured = table.cost_usd.mean(axis=0)
     for c, m, sim in zip(cands, measured, p.mean[:, 0], strict=True):
         if c.strategy == "adaptive_consistency":
-            assert sim >= 0.8 * m
+            assert sim >= 0.9 * m
         else:
-            assert sim == pytest.approx(m, rel=0.2), c.label
+            assert sim == pytest.approx(m, rel=0.1), c.label
     actions = plan_actions(p, "all")
     assert actions and all(a in table.actions for a in actions)
 
