@@ -412,3 +412,35 @@ def test_cli_prints_each_scenario_and_writes_plots(
     assert (tmp_path / "plan.json").exists()
     with pytest.raises(SystemExit, match="error"):
         main(["plan", "--config", str(tmp_path / "missing.toml"), "-q"])
+
+
+def test_policy_from_plan_restricts_or_seeds_the_action_space() -> None:
+    from uniscale import ActionSpace, Policy
+    from uniscale.planner import table_source
+
+    table, models, _ = table_source("real")
+    p = plan(candidates_from_table(table, models, bootstrap=50), [Scenario("open")], trials=100)
+    front = plan_actions(p, "open")
+    pol = Policy.from_plan(p, "open", models, dim=table.X.shape[1])
+    assert pol.actions == front and len(front) < len(table.actions)
+    picks = Policy.from_plan(p, "open", list(models.values()), dim=4, keep="picks").actions
+    assert set(picks) <= set(front) or set(picks) <= set(table.actions)
+    assert len(picks) <= len(front)
+    # prior: every action kept, each planned one observed once at its planned accuracy
+    prior = Policy.from_plan(
+        p, "open", models, dim=4, mode="prior", actions=table.actions, prior_weight=2.0
+    )
+    assert prior.actions == table.actions
+    fresh = Policy(ActionSpace(list(models.values()), table.actions), 4)
+    mean_prior, _ = prior.core.quality_scores(np.zeros(4))
+    mean_fresh, _ = fresh.core.quality_scores(np.zeros(4))
+    assert np.ptp(mean_fresh) == pytest.approx(0.0, abs=1e-12)  # no information yet
+    # seeded: the learner's quality means follow the planned accuracies
+    assert np.corrcoef(mean_prior, p.mean[:, 2])[0, 1] > 0.8
+    with pytest.raises(ConfigError, match="actions="):
+        Policy.from_plan(p, "open", models, dim=4, mode="prior")
+    with pytest.raises(ConfigError, match="ModelSpec"):
+        Policy.from_plan(p, "open", {}, dim=4)
+    empty = plan(p.candidates[:3], [Scenario("none", min_accuracy=1.1)], trials=20)
+    with pytest.raises(ConfigError, match="nothing feasible"):
+        Policy.from_plan(empty, "none", models, dim=4)
