@@ -64,7 +64,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
     ap.add_argument("--smoke", action="store_true", help="tiny run for CI (no verdict)")
     ap.add_argument("--json", type=Path, help="write results here")
+    ap.add_argument(
+        "--policy",
+        default="{}",
+        metavar="JSON",
+        help="Policy keyword arguments for the three learners, e.g. '{\"alpha\": 0.1}'",
+    )
     args = ap.parse_args(argv)
+    try:
+        policy_kwargs = json.loads(args.policy)
+    except json.JSONDecodeError as e:
+        ap.error(f"--policy: bad JSON ({e})")
+    if not isinstance(policy_kwargs, dict):
+        ap.error("--policy: a JSON object of Policy keyword arguments")
     refused = release_build_or_exit_code()
     if refused is not None:
         return refused
@@ -78,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"bench_policy_sim: uniscale {uniscale.__version__}; {t_n} requests x {seeds} seeds; "
         f"{len(models)} models, {len(space)} actions; reward cost_sensitive"
+        + (f"; Policy{policy_kwargs}" if policy_kwargs else "")
     )
     t0 = time.monotonic()
     tables = []
@@ -101,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                         initial_models=initial,
                         seed=seed,
                         progress=bar,
+                        **policy_kwargs,
                     )
                 )
             rows = report.aggregate(per_seed)

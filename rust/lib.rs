@@ -6,6 +6,7 @@
 pub mod conservative;
 pub mod cost;
 pub mod error;
+pub mod evidence;
 pub mod featurize;
 pub mod learner;
 pub mod linalg;

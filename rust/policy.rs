@@ -21,6 +21,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use crate::conservative::{reward_var, Conservative, Metric, Open};
 use crate::cost::{CostModel, Prediction};
 use crate::error::{check_finite, check_finite_scalar, CoreError, CoreResult};
+use crate::evidence::{best_mult, check_mult, interaction_coords, set_mult, InteractionPrior};
 use crate::learner::{Config, Learner};
 use crate::linucb::LinUcb;
 use crate::pacing::{Budget, Pacer};
@@ -137,6 +138,9 @@ pub struct PolicyConfig {
     /// on the action main effects (and shrinks their exploration bonus by `s`): interactions
     /// are learned only as far as the data support them. 0 is a context-free learner.
     pub interaction_scale: f64,
+    /// The shared learner's interaction prior (ridge multiplier on the request x action
+    /// coefficients, optionally re-estimated by empirical Bayes) and its evidence statistics.
+    pub interaction_prior: InteractionPrior,
 }
 
 /// Everything a decision exposes (for logs, explanation headers and off-policy evaluation).
@@ -352,6 +356,22 @@ impl Policy {
             return Err(CoreError::Config("pending capacity must be >= 1".into()));
         }
         check_interaction_scale(cfg.interaction_scale)?;
+        check_mult(cfg.interaction_prior.mult)?;
+        let ip = cfg.interaction_prior;
+        if (ip.mult != 1.0 || ip.auto) && !shared {
+            return Err(CoreError::Config(
+                "interaction_prior applies to the shared learner only (the disjoint learner \
+                 has no request x action interaction block)"
+                    .into(),
+            ));
+        }
+        if (ip.mult != 1.0 || ip.auto) && learner_cfg.discount < 1.0 {
+            return Err(CoreError::Config(
+                "interaction_prior needs discount = 1: discounting pulls every coefficient's \
+                 prior back to the one ridge"
+                    .into(),
+            ));
+        }
         let mut space = Space::new(model_slots.max(models.len()))?;
         let mut cost = CostModel::new();
         for (info, acts) in models {
@@ -366,13 +386,10 @@ impl Policy {
         }
         let k = space.actions.len();
         let learner = if shared {
-            QualityLearner::Shared(SharedLinUcb::new(
-                space.psi_matrix(),
-                k,
-                space.p(),
-                dim,
-                learner_cfg,
-            )?)
+            let mut l = SharedLinUcb::new(space.psi_matrix(), k, space.p(), dim, learner_cfg)?;
+            let coords = interaction_coords(dim, l.p);
+            set_mult(&mut l.model, &coords, learner_cfg.ridge, 1.0, ip.mult)?;
+            QualityLearner::Shared(l)
         } else {
             QualityLearner::Disjoint(LinUcb::new(k, dim, learner_cfg)?)
         };
@@ -844,6 +861,8 @@ impl Policy {
         let learner_updated = match &mut self.learner {
             QualityLearner::Shared(l) => {
                 l.update_features(&p.psi, &p.x, fb.quality)?;
+                let y = fb.quality - l.cfg.prior_mean;
+                self.cfg.interaction_prior.observe(y, 1.0);
                 true
             }
             QualityLearner::Disjoint(l) => {
@@ -876,6 +895,7 @@ impl Policy {
                 },
             );
         }
+        self.reestimate_interaction_prior();
         Ok(UpdateResult {
             reward,
             cost_usd,
@@ -966,6 +986,8 @@ impl Policy {
             QualityLearner::Shared(l) => {
                 let psi = self.space.psi(&a);
                 l.update_features_weighted(&psi, x, fb.quality, weight)?;
+                let y = fb.quality - l.cfg.prior_mean;
+                self.cfg.interaction_prior.observe(y, weight);
             }
             QualityLearner::Disjoint(l) if weight == 1.0 => l.update(index, x, fb.quality)?,
             QualityLearner::Disjoint(l) => {
@@ -984,12 +1006,33 @@ impl Policy {
             samples,
             fb.latency_s,
         );
+        self.reestimate_interaction_prior();
         Ok(UpdateResult {
             reward,
             cost_usd,
             latency_s,
             learner_updated: true,
         })
+    }
+
+    /// With `interaction_prior` on auto, re-chooses the interaction ridge multiplier by
+    /// empirical Bayes when the learner's update count reaches the next point of its geometric
+    /// schedule (`crate::evidence`). Cannot fail: a candidate that does not factorise is
+    /// skipped, and a failed switch keeps the current multiplier.
+    fn reestimate_interaction_prior(&mut self) {
+        let QualityLearner::Shared(l) = &mut self.learner else {
+            return;
+        };
+        let ip = &mut self.cfg.interaction_prior;
+        if !ip.due(l.model.n_updates) {
+            return;
+        }
+        let coords = interaction_coords(l.dim, l.p);
+        let ridge = l.cfg.ridge;
+        let best = best_mult(&l.model, &coords, ridge, ip.mult, ip.yy, ip.n);
+        if best != ip.mult && set_mult(&mut l.model, &coords, ridge, ip.mult, best).is_ok() {
+            ip.mult = best;
+        }
     }
 
     /// Registers a model and its actions while serving; what was learned is kept.
@@ -1250,6 +1293,8 @@ impl Policy {
         }
         // format 4
         w.f64(self.cfg.interaction_scale);
+        // format 5
+        self.cfg.interaction_prior.write(&mut w);
         w.finish(Kind::Policy)
     }
 
@@ -1345,6 +1390,7 @@ impl Policy {
             capacity,
             feature_version,
             interaction_scale: 1.0, // format 4 stores it at the end (read below)
+            interaction_prior: InteractionPrior::off(), // format 5, likewise
         };
         let mut pending = PendingStore::new(capacity.max(1), ttl_s);
         let n_pending = r.dim("n_pending", 1 << 32)?;
@@ -1421,6 +1467,11 @@ impl Policy {
         let interaction_scale = if r.version >= 4 { r.f64()? } else { 1.0 };
         check_interaction_scale(interaction_scale).map_err(st)?;
         cfg.interaction_scale = interaction_scale;
+        cfg.interaction_prior = if r.version >= 5 {
+            InteractionPrior::read(&mut r)?
+        } else {
+            InteractionPrior::off()
+        };
         r.finish()?;
         check_finite("cost scales", &[cost_scale, latency_scale])?;
         let me = Policy {
@@ -1516,6 +1567,20 @@ impl Policy {
                     "the shared learner's action features are not the action space's".into(),
                 );
             }
+            // A's interaction diagonal holds at least the prior ridge * multiplier.
+            let floor = l.cfg.ridge * self.cfg.interaction_prior.mult * (1.0 - 1e-9);
+            let n = l.model.n;
+            if let Some(c) = interaction_coords(l.dim, l.p)
+                .into_iter()
+                .find(|&c| l.model.a[c * n + c] < floor)
+            {
+                return Err(format!(
+                    "the shared learner's A[{c}, {c}] = {} is below its interaction prior {floor}",
+                    l.model.a[c * n + c]
+                ));
+            }
+        } else if self.cfg.interaction_prior.mult != 1.0 || self.cfg.interaction_prior.auto {
+            return Err("an interaction prior on a disjoint learner".into());
         }
         if self.cost.latency.len() != space.models.len()
             || self.cost.out_tokens.len() != 4 * space.models.len()
@@ -1750,6 +1815,7 @@ mod tests {
                 capacity: 1000,
                 feature_version: String::new(),
                 interaction_scale: 1.0,
+                interaction_prior: InteractionPrior::off(),
             },
             budget,
             0.05,

@@ -20,10 +20,11 @@ use std::path::{Path, PathBuf};
 use crate::error::{CoreError, CoreResult};
 
 pub const MAGIC: &[u8; 8] = b"UNISCALE";
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 /// Oldest format version this build reads. Version 2 added the pacer's carry-over state to
 /// the Policy payload, version 3 the conservative-mode account at its end, version 4 the
-/// interaction scale after it; the learners' payloads are the same in all four.
+/// interaction scale after it, version 5 the interaction prior (`crate::evidence`) after that;
+/// the learners' payloads are the same in all five.
 pub const MIN_FORMAT_VERSION: u32 = 1;
 const HEADER_LEN: usize = 8 + 4 + 1 + 8;
 

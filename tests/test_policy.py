@@ -564,8 +564,8 @@ def test_decision_ids_past_2_63_take_feedback() -> None:
     must be accepted by `update`. Minimal repro: a state whose id counter is 2**63."""
     blob = Policy(ActionSpace.grid(MODELS[:1], n_values=(1,)), DIM).to_bytes()
     # fresh policy: the payload ends with rng (8), next_id (8), n_pending = 0 (8), n_done = 0 (8),
-    # the conservative-mode flag (1) and the interaction scale (8)
-    at = len(blob) - 4 - 33
+    # the conservative-mode flag (1), the interaction scale (8) and the interaction prior (33)
+    at = len(blob) - 4 - 33 - 33
     assert blob[at : at + 8] == bytes(8)
     policy = Policy.from_bytes(with_crc(blob[:at] + struct.pack("<Q", 2**63) + blob[at + 8 : -4]))
     d = policy.select(np.ones(DIM), 10.0, now=0.0)

@@ -33,6 +33,8 @@ from uniscale import (
 )
 
 DIM = 3
+# format 5 interaction prior at the end of a policy payload (tests/test_state.py)
+PRIOR = 8 + 1 + 8 + 8 + 8
 MODELS = [ModelSpec("cheap", 0.2, 0.8, parallelism=4), ModelSpec("big", 5.0, 20.0)]
 HEADER = 21
 
@@ -219,7 +221,8 @@ def pending_blob() -> tuple[bytes, int]:
     policy.select(np.ones(DIM), 100.0, now=3.0)
     blob = policy.to_bytes()
     entry = 8 + (8 + 8 * DIM) + 8 + 8 + 1 + 4 + 8 + 8 + 5 * 8 + 8
-    done = 8 + 3 * 8 + 1 + 8  # answered ids, the conservative-mode flag, the interaction scale
+    # answered ids, the conservative-mode flag, the interaction scale and prior
+    done = 8 + 3 * 8 + 1 + 8 + PRIOR
     return blob, len(blob) - 4 - done - entry
 
 
@@ -250,7 +253,7 @@ def test_pending_decision_inconsistent_with_the_space_is_refused(
 
 def test_answered_ids_must_be_issued_and_distinct() -> None:
     blob, _ = pending_blob()
-    first_done = len(blob) - 4 - 8 - 1 - 3 * 8
+    first_done = len(blob) - 4 - PRIOR - 8 - 1 - 3 * 8
     for value, match in [(2, r"answered decision 2 is listed twice"), (99, r"not below")]:
         b = bytearray(blob[:-4])
         struct.pack_into("<Q", b, first_done, value)
@@ -261,8 +264,8 @@ def test_answered_ids_must_be_issued_and_distinct() -> None:
 def test_decision_id_counter_at_2_64_does_not_wrap() -> None:
     blob = make().to_bytes()
     # fresh policy: the payload ends with rng, next_id, n_pending = 0, n_done = 0, then the
-    # conservative-mode flag (one byte) and the interaction scale (8 bytes)
-    at = len(blob) - 4 - 33
+    # conservative-mode flag (one byte), the interaction scale (8 bytes) and prior (PRIOR)
+    at = len(blob) - 4 - 33 - PRIOR
     assert blob[at : at + 8] == bytes(8)
     policy = Policy.from_bytes(reseal(blob[:at] + struct.pack("<Q", 2**64 - 1) + blob[at + 8 : -4]))
     state = policy.to_bytes()

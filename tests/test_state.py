@@ -210,6 +210,9 @@ def test_learner_blobs_of_format_version_1_still_load(trained: Learner) -> None:
 # after 40 decisions on x ~ N(0, I) (rng seed 0) updated with quality in {0, 1} and cost_usd
 # uniform in [5e-5, 3e-4]; the values below are what that build reported right after saving.
 POLICY_V1 = Path(__file__).parent / "data" / "policy_v1.bin"
+# Format 5's interaction prior at the end of a policy payload: multiplier (f64), auto (bool),
+# the evidence statistics yy and n (f64 each) and the next re-estimation point (u64).
+PRIOR = 8 + 1 + 8 + 8 + 8
 
 
 def test_policy_of_format_version_1_loads_and_behaves_as_before() -> None:
@@ -223,32 +226,42 @@ def test_policy_of_format_version_1_loads_and_behaves_as_before() -> None:
     assert d.index == 0
     assert d.score == pytest.approx(0.1162394280432279, rel=1e-9)
     again = policy.to_bytes()
-    assert struct.unpack_from("<I", again, 8)[0] == uniscale._core.STATE_FORMAT_VERSION == 4
+    assert struct.unpack_from("<I", again, 8)[0] == uniscale._core.STATE_FORMAT_VERSION == 5
     assert uniscale.Policy.from_bytes(again).to_bytes() == again
 
 
 def test_policy_of_format_version_2_loads_without_conservative_mode() -> None:
     """Format 3 appended conservative mode's account to the policy payload (one flag byte when
-    the mode is off) and format 4 the interaction scale (8 bytes) after it; a format-2 blob is
-    the same bytes without both."""
+    the mode is off), format 4 the interaction scale (8 bytes) after it and format 5 the
+    interaction prior (PRIOR bytes) after that; a format-2 blob is the same bytes without all
+    three, a format-4 blob without the last."""
     policy = uniscale.Policy.from_bytes(POLICY_V1.read_bytes())
-    v4 = policy.to_bytes()
-    assert v4[-13] == 0  # the "conservative mode off" flag, then the scale, then the CRC
-    assert struct.unpack_from("<d", v4, len(v4) - 12)[0] == 1.0
-    payload_len = struct.unpack_from("<Q", v4, 13)[0]
-    v2 = bytearray(v4[:-13] + v4[-4:])
+    v5 = policy.to_bytes()
+    flag = len(v5) - 4 - PRIOR - 8 - 1
+    assert v5[flag] == 0  # the "conservative mode off" flag, the scale, the prior, the CRC
+    assert struct.unpack_from("<d", v5, flag + 1)[0] == 1.0
+    assert struct.unpack_from("<d", v5, flag + 9)[0] == 1.0  # multiplier 1, auto off
+    assert v5[flag + 17] == 0
+    payload_len = struct.unpack_from("<Q", v5, 13)[0]
+    v2 = bytearray(v5[:flag] + v5[-4:])
     v2[8:12] = struct.pack("<I", 2)
-    v2[13:21] = struct.pack("<Q", payload_len - 9)
+    v2[13:21] = struct.pack("<Q", payload_len - 9 - PRIOR)
     old = uniscale.Policy.from_bytes(reseal(v2))
     assert old.conservative_status() is None and old.interaction_scale == 1.0
-    assert old.to_bytes() == v4
+    assert old.to_bytes() == v5
+    v4 = bytearray(v5[: flag + 9] + v5[-4:])
+    v4[8:12] = struct.pack("<I", 4)
+    v4[13:21] = struct.pack("<Q", payload_len - PRIOR)
+    old = uniscale.Policy.from_bytes(reseal(v4))
+    assert old.interaction_prior == (1.0, False)
+    assert old.to_bytes() == v5
 
 
 def test_interaction_scale_is_saved_and_checked_on_load() -> None:
     space = uniscale.ActionSpace.grid([uniscale.ModelSpec("a", 0.1, 0.2)], n_values=(1, 2))
     blob = bytearray(uniscale.Policy(space, dim=2, interaction_scale=0.25).to_bytes())
     assert uniscale.Policy.from_bytes(bytes(blob)).interaction_scale == 0.25
-    struct.pack_into("<d", blob, len(blob) - 12, 1.5)
+    struct.pack_into("<d", blob, len(blob) - 12 - PRIOR, 1.5)
     with pytest.raises(StateError, match="interaction_scale must be in"):
         uniscale.Policy.from_bytes(reseal(blob))
 
@@ -409,10 +422,10 @@ def test_conservative_account_of_the_first_format_3_layout_loads() -> None:
     # fresh account: uid, 11 floats, 3 counters, 0 open decisions, then metric (1) + tol (8);
     # then format 4's interaction scale (8)
     section = 8 + 11 * 8 + 3 * 8 + 8 + 1 + 8
-    flag_at = len(blob) - 4 - 8 - section - 1
+    flag_at = len(blob) - 4 - PRIOR - 8 - section - 1
     assert blob[flag_at] == 2
     payload_len = struct.unpack_from("<Q", blob, 13)[0]
-    old = bytearray(blob[: len(blob) - 4 - 8 - 9] + blob[-12:])
+    old = bytearray(blob[: len(blob) - 4 - PRIOR - 8 - 9] + blob[-(12 + PRIOR) :])
     old[flag_at] = 1
     old[13:21] = struct.pack("<Q", payload_len - 9)
     loaded = uniscale.Policy.from_bytes(reseal(old))

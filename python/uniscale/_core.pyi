@@ -592,6 +592,8 @@ class PolicyCore:
         model_slots: SupportsIndex | None = None,
         feature_version: str = ...,
         interaction_scale: float = 1.0,
+        interaction_prior: float = 1.0,
+        interaction_auto: bool = False,
     ) -> Self: ...
     def select(
         self,
@@ -669,6 +671,9 @@ class PolicyCore:
     def latency_scale(self) -> float: ...
     @property
     def interaction_scale(self) -> float: ...
+    @property
+    def interaction_prior(self) -> tuple[float, bool]:
+        """``(multiplier, auto)`` of the shared learner's interaction ridge."""
     @property
     def feature_version(self) -> str: ...
     @property

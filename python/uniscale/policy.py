@@ -105,6 +105,14 @@ class Policy:
     estimated from the data (empirical Bayes). With the disjoint learner, whose per-action
     models have no separate main effect, it shrinks everything.
 
+    ``interaction_prior`` (shared learner only) puts a ridge ``m`` times stronger on the request
+    x action interactions than on everything else (prior standard deviation ``1 / sqrt(m)``);
+    ``"auto"`` starts at 1 and re-chooses ``m`` from {1, 4, 16, 64, 256, 1024} by empirical
+    Bayes (the marginal likelihood of the feedback so far) after 32, 128, 512, 2048 updates and
+    then every 4096, so interactions count only as far as the data support them
+    (``rust/evidence.rs``). Needs ``discount = 1``. Unlike ``interaction_scale`` it leaves the
+    request main effects and the exploration bonus's form alone.
+
     ``select`` returns a `Decision` (id, action, predicted cost and latency, propensity,
     candidates, pruning reasons); ``update(decision.id, quality=..., ...)`` may come later, out of
     order, or never (pending decisions expire after ``ttl_s`` or when more than ``capacity`` are
@@ -143,10 +151,16 @@ class Policy:
         conservative_confidence: float = 0.95,
         quality_floor: QualityFloor | None = None,
         interaction_scale: float = 1.0,
+        interaction_prior: float | Literal["auto"] = 1.0,
     ) -> None:
         if not isinstance(space, ActionSpace):
             raise ConfigError(f"space must be an ActionSpace, got {type(space).__name__}")
         w = resolve_reward(reward)
+        auto = interaction_prior == "auto"
+        if isinstance(interaction_prior, str) and not auto:
+            raise ConfigError(
+                f"interaction_prior must be a number >= 1 or 'auto', got {interaction_prior!r}"
+            )
         self._specs: dict[str, ModelSpec] = space.models
         self._core = PolicyCore(
             space.core_models(),
@@ -172,6 +186,8 @@ class Policy:
             model_slots=model_slots,
             feature_version=feature_version,
             interaction_scale=interaction_scale,
+            interaction_prior=1.0 if auto else float(interaction_prior),
+            interaction_auto=auto,
         )
         if baseline is not None and quality_floor is not None:
             raise ConfigError("give at most one of baseline and quality_floor")
@@ -467,6 +483,12 @@ class Policy:
     def interaction_scale(self) -> float:
         """Scale of the request features inside the quality learner (see the constructor)."""
         return self._core.interaction_scale
+
+    @property
+    def interaction_prior(self) -> tuple[float, bool]:
+        """``(m, auto)``: the ridge multiplier now on the request x action interactions, and
+        whether empirical Bayes re-chooses it (see the constructor)."""
+        return self._core.interaction_prior
 
     @property
     def pacing_credit(self) -> float:

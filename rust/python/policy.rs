@@ -13,6 +13,7 @@ use super::learners::{reduce, save_with, verified_bytes, ArrayPair};
 use super::{ShapeError, UnknownDecisionError};
 use crate::cost::Prediction;
 use crate::error::CoreError;
+use crate::evidence::InteractionPrior;
 use crate::learner::Config;
 use crate::pacing::Budget;
 use crate::policy::{Decision, Exploration, Feedback, NewModel, Policy, PolicyConfig, Weights};
@@ -297,7 +298,8 @@ impl PyPolicyCore {
         weights=(1.0, 1.0, 0.2), cost_scale=None, latency_scale=None, exploration="greedy",
         epsilon=0.05, temperature=0.1, budget_per_request_usd=None, budget_per_hour_usd=None,
         pacing_step=0.05, pacing_carryover=100.0, ttl_s=3600.0, capacity=65536,
-        seed=0, model_slots=None, feature_version=String::new(), interaction_scale=1.0
+        seed=0, model_slots=None, feature_version=String::new(), interaction_scale=1.0,
+        interaction_prior=1.0, interaction_auto=false
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -324,6 +326,8 @@ impl PyPolicyCore {
         model_slots: Option<i64>,
         feature_version: String,
         interaction_scale: f64,
+        interaction_prior: f64,
+        interaction_auto: bool,
     ) -> PyResult<Self> {
         let shared = match learner {
             "shared" => true,
@@ -371,6 +375,7 @@ impl PyPolicyCore {
             capacity,
             feature_version,
             interaction_scale,
+            interaction_prior: InteractionPrior::new(interaction_prior, interaction_auto)?,
         };
         let p = Policy::new(
             new_models,
@@ -641,6 +646,14 @@ impl PyPolicyCore {
     #[getter]
     fn interaction_scale(&self) -> f64 {
         self.inner.lock().cfg.interaction_scale
+    }
+
+    /// `(multiplier, auto)`: the ridge multiplier currently on the shared learner's request x
+    /// action interactions, and whether it is re-estimated by empirical Bayes.
+    #[getter]
+    fn interaction_prior(&self) -> (f64, bool) {
+        let ip = self.inner.lock().cfg.interaction_prior;
+        (ip.mult, ip.auto)
     }
     #[getter]
     fn feature_version(&self) -> String {
