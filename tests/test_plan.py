@@ -444,3 +444,36 @@ def test_policy_from_plan_restricts_or_seeds_the_action_space() -> None:
     empty = plan(p.candidates[:3], [Scenario("none", min_accuracy=1.1)], trials=20)
     with pytest.raises(ConfigError, match="nothing feasible"):
         Policy.from_plan(empty, "none", models, dim=4)
+
+
+def test_candidates_from_a_live_policy_follow_its_cost_model_and_learner() -> None:
+    from uniscale import ActionSpace, Policy
+    from uniscale.planner import candidates_from_policy, table_source
+
+    table, models, _ = table_source("real")
+    pol = Policy(ActionSpace(list(models.values()), table.actions), table.X.shape[1])
+    x, tokens = table.X[0], float(table.input_tokens[0])
+
+    def width(cands: list[Candidate]) -> float:
+        return float(np.mean([np.ptp(np.asarray(c.accuracy_replicates)) for c in cands]))
+
+    before = candidates_from_policy(pol, x, tokens)
+    for t in range(200):
+        for col in range(len(table.actions)):
+            pol.observe(
+                table.X[t], col, input_tokens=float(table.input_tokens[t]), **table.feedback(t, col)
+            )
+    cands = candidates_from_policy(pol, x, tokens)
+    assert [(c.model, c.strategy, c.k) for c in cands] == [
+        (a.model, a.strategy, a.n) for a in table.actions
+    ]
+    mean, _ = pol.core.quality_scores(x)
+    assert [c.accuracy for c in cands] == pytest.approx(np.clip(mean, 0, 1).tolist())
+    assert width(cands) < width(before)  # evidence narrows the accuracy intervals
+    p = plan(cands, [Scenario("open")], trials=2000)
+    pred = pol.predict(tokens)
+    assert p.mean[:, 0] == pytest.approx(pred["cost_usd"], rel=0.1)
+    # latency: at least the predicted rounds (waiting for the slowest call of a round)
+    assert np.all(p.mean[:, 1] >= 0.9 * pred["latency_s"])
+    with pytest.raises(ConfigError, match="features"):
+        candidates_from_policy(pol, x[:2], tokens)

@@ -85,10 +85,16 @@ class Candidate:
     accuracy: float
     accuracy_sd: float | None = None
     accuracy_replicates: F64 | None = field(default=None, compare=False)
+    #: calls simulated when not ``k`` (an adaptive action planned at its expected samples)
+    calls: int | None = None
 
     @property
     def label(self) -> str:
         return f"{self.model}/{self.strategy}/{self.k}"
+
+    @property
+    def n_calls(self) -> int:
+        return self.k if self.calls is None else self.calls
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,14 +336,14 @@ def plan(
         # the batch: same accuracy kind, about batch_calls simulated calls
         stop, calls = start, 0.0
         while stop < n and measured[stop] == measured[start]:
-            calls += candidates[stop].k * trials
+            calls += candidates[stop].n_calls * trials
             stop += 1
             if calls >= batch_calls:
                 break
         batch = candidates[start:stop]
         est = simulate_plan(
             np.array([c.call.row() for c in batch], dtype=np.float64),
-            np.array([c.k for c in batch], dtype=np.int64),
+            np.array([c.n_calls for c in batch], dtype=np.int64),
             np.array([c.parallelism for c in batch], dtype=np.int64),
             np.array([c.accuracy for c in batch], dtype=np.float64),
             accuracy_sd=None
@@ -741,6 +747,83 @@ def candidates_from_table(
                 spec.parallelism,
                 float(est[j]),
                 accuracy_replicates=reps[j],
+            )
+        )
+    return out
+
+
+def candidates_from_policy(
+    policy: Policy,
+    x: NDArray[np.float64] | Sequence[float],
+    input_tokens: float,
+    *,
+    alpha: float = 0.3,
+    quality_sd: float = 0.5,
+    input_tokens_sd: float = 0.0,
+    output_cv: float = 0.5,
+    replicates: int = 200,
+) -> list[Candidate]:
+    """One candidate per action of a live `Policy`, for a request with features ``x`` and
+    ``input_tokens`` prompt tokens: what the policy currently believes.
+
+    Accuracy: the learner's quality mean for ``x`` (clipped to [0, 1]), with "replicates"
+    at the deterministic normal quantiles of its posterior spread, ``quality_sd * bonus /
+    alpha`` (the bonus is ``alpha * sqrt(x' A^-1 x)``; pass the policy's ``alpha``;
+    ``quality_sd = 0.5`` is the noise scale of a quality in [0, 1], as in
+    `Policy.set_baseline`). Cost and latency: the cost model's `Policy.predict` at this prompt
+    size -- output tokens per sample (spread ``output_cv`` times the mean), the expected
+    samples used rounded up to whole calls with prices scaled so that the expected cost is the
+    prediction's (adaptive actions are planned at what they were seen to use), the model's
+    parallelism, and a per-token latency that reproduces the predicted seconds. The Monte
+    Carlo's means then match the cost model's predictions (latency a little above, from
+    waiting for the slowest call of a round)."""
+    from statistics import NormalDist
+
+    if not (alpha > 0 and quality_sd >= 0 and output_cv >= 0 and replicates >= 1):
+        raise ConfigError("alpha must be > 0, quality_sd and output_cv >= 0, replicates >= 1")
+    if len(np.asarray(x)) != policy.dim:
+        raise ConfigError(f"x has {len(np.asarray(x))} features, the policy {policy.dim}")
+    pred = policy.predict(float(input_tokens))
+    mean, bonus = policy.core.quality_scores(np.asarray(x, dtype=np.float64))
+    z = np.array([NormalDist().inv_cdf((j + 0.5) / replicates) for j in range(replicates)])
+    out = []
+    for i, a in enumerate(policy.actions):
+        spec = policy.models[a.model]
+        samples = max(float(pred["samples"][i]), 1.0)
+        # whole calls for the simulation, priced so that expected cost is the prediction's
+        # (an adaptive action expected to use 3.4 samples runs 4 calls at 0.85 of the price)
+        k = math.ceil(samples - 1e-9)
+        share = samples / k
+        per_sample = max(float(pred["output_tokens_per_sample"][i]), 0.0)
+        rounds = math.ceil(k / spec.parallelism)
+        per_round_s = max(float(pred["latency_s"][i]), 0.0) / rounds
+        t_in, t_out = 0.0, 0.0
+        if per_sample > 0:
+            t_out = per_round_s / per_sample
+        elif input_tokens > 0:
+            t_in = per_round_s / input_tokens
+        billed_once = spec.bills_prompt_once and k > 1
+        call = CallModel(
+            spec.price_in_per_mtok / k if billed_once else spec.price_in_per_mtok * share,
+            spec.price_out_per_mtok * share,
+            t_in,
+            t_out,
+            matched_normal(float(input_tokens), input_tokens_sd),
+            matched_normal(per_sample, output_cv * per_sample),
+        )
+        q = float(np.clip(mean[i], 0.0, 1.0))
+        spread = quality_sd * float(bonus[i]) / alpha
+        reps = np.clip(mean[i] + spread * z, 0.0, 1.0)
+        out.append(
+            Candidate(
+                a.model,
+                a.strategy,
+                a.n,
+                call,
+                spec.parallelism,
+                q,
+                accuracy_replicates=reps,
+                calls=k,
             )
         )
     return out
