@@ -458,7 +458,7 @@ def test_candidates_from_a_live_policy_follow_its_cost_model_and_learner() -> No
         return float(np.mean([np.ptp(np.asarray(c.accuracy_replicates)) for c in cands]))
 
     before = candidates_from_policy(pol, x, tokens)
-    for t in range(200):
+    for t in range(40):
         for col in range(len(table.actions)):
             pol.observe(
                 table.X[t], col, input_tokens=float(table.input_tokens[t]), **table.feedback(t, col)
