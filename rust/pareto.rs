@@ -43,19 +43,23 @@ fn dominates(acc: &[f64], cost: &[f64], lat: &[f64], b: usize, a: usize) -> bool
         && (acc[b] > acc[a] || cost[b] < cost[a] || lat[b] < lat[a])
 }
 
+/// Cost, then latency, then accuracy descending, then index: the order `front` visits points
+/// in and the order the knee rules walk a front along.
+fn cost_order(acc: &[f64], cost: &[f64], lat: &[f64], a: usize, b: usize) -> std::cmp::Ordering {
+    cost[a]
+        .total_cmp(&cost[b])
+        .then(lat[a].total_cmp(&lat[b]))
+        .then(acc[b].total_cmp(&acc[a]))
+        .then(a.cmp(&b))
+}
+
 /// Indices of the non-dominated points, in increasing index order. Exact duplicates are all
 /// kept. O(n log n + n * front) by visiting points in (cost, latency, -accuracy) order.
 pub fn front(acc: &[f64], cost: &[f64], lat: &[f64]) -> CoreResult<Vec<usize>> {
     validate(acc, cost, lat)?;
     let n = acc.len();
     let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by(|&a, &b| {
-        cost[a]
-            .total_cmp(&cost[b])
-            .then(lat[a].total_cmp(&lat[b]))
-            .then(acc[b].total_cmp(&acc[a]))
-            .then(a.cmp(&b))
-    });
+    order.sort_by(|&a, &b| cost_order(acc, cost, lat, a, b));
     let mut kept: Vec<usize> = Vec::new();
     for &i in &order {
         if !kept.iter().any(|&j| dominates(acc, cost, lat, j, i)) {
@@ -403,13 +407,7 @@ fn knee(
         return None;
     }
     let mut order = front_idx.to_vec();
-    order.sort_by(|&a, &b| {
-        cost[a]
-            .total_cmp(&cost[b])
-            .then(lat[a].total_cmp(&lat[b]))
-            .then(acc[b].total_cmp(&acc[a]))
-            .then(a.cmp(&b))
-    });
+    order.sort_by(|&a, &b| cost_order(acc, cost, lat, a, b));
     let p: Vec<[f64; 3]> = order.iter().map(|&i| norm(i)).collect();
     let m = p.len();
     let mut best: Option<(usize, f64)> = None;
