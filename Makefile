@@ -53,7 +53,7 @@ test-py: install
 bench-smoke: install
 	$(BIN)/python benches/bench_learners.py --smoke
 	$(BIN)/python benches/bench_policy_sim.py --smoke
-	@for b in benches/bench_policy.py benches/bench_featurize.py; do \
+	@for b in benches/bench_policy.py benches/bench_featurize.py benches/bench_plan.py; do \
 		if [ -f $$b ]; then $(BIN)/python $$b --smoke; fi; done
 
 test: install test-rust lint llm test-py bench-smoke
@@ -61,7 +61,7 @@ test: install test-rust lint llm test-py bench-smoke
 bench: install
 	$(BIN)/python benches/bench_learners.py
 	$(BIN)/python benches/bench_policy_sim.py
-	@for b in benches/bench_policy.py benches/bench_featurize.py; do \
+	@for b in benches/bench_policy.py benches/bench_featurize.py benches/bench_plan.py; do \
 		if [ -f $$b ]; then $(BIN)/python $$b; fi; done
 
 clean:

@@ -13,6 +13,7 @@ pub mod linalg;
 pub mod linucb;
 pub mod pacing;
 pub mod pareto;
+pub mod plan;
 pub mod policy;
 pub mod prune;
 pub mod ridge;

@@ -28,6 +28,7 @@ RUNTIME_MODULES = [
     "uniscale.extract",
     "uniscale.featurize",
     "uniscale.outcomes",
+    "uniscale.planner",
     "uniscale.policy",
     "uniscale.router",
     "uniscale.space",

@@ -56,6 +56,7 @@ from uniscale.featurize import (
     SentenceEmbeddingFeaturizer,
     estimate_tokens,
 )
+from uniscale.planner import Plan, plan
 from uniscale.policy import PRESETS, Policy, QualityFloor, RewardWeights, UpdateResult
 from uniscale.router import (
     ConfidenceFeedback,
@@ -108,6 +109,7 @@ __all__ = [
     "NonFiniteError",
     "NumericalError",
     "Outcome",
+    "Plan",
     "Policy",
     "PolicyCore",
     "QualityFloor",
@@ -133,6 +135,7 @@ __all__ = [
     "normalize_answer",
     "operating_point",
     "pareto_front",
+    "plan",
     "read_decision_log",
 ]
 

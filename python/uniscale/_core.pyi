@@ -30,6 +30,8 @@ __all__ = [
     "LinUCB",
     "NonFiniteError",
     "NumericalError",
+    "PlanChoice",
+    "PlanEstimates",
     "PolicyCore",
     "ShapeError",
     "SharedLinUCB",
@@ -41,6 +43,8 @@ __all__ = [
     "action_features",
     "operating_point",
     "pareto_front",
+    "plan_rules",
+    "simulate_plan",
 ]
 
 # --- module constants -----------------------------------------------------------------------
@@ -362,6 +366,108 @@ def operating_point(
     """One point of the front: the most accurate; the knee (farthest from the plane through the
     single-objective extremes, objectives scaled to [0, 1] over the front); the one closest to
     utopia; or the most accurate inside the cube given by the bounds (None if empty)."""
+
+# --- planner (rust/plan.rs, rust/pareto.rs) -------------------------------------------------
+
+@final
+class PlanEstimates:
+    """Monte Carlo estimates of a batch of plan points. Every array is (n, 3) with columns
+    (cost_usd, latency_s, accuracy)."""
+
+    @property
+    def mean(self) -> NDArray[np.float64]:
+        """Expectations over the trials (accuracy: the measured estimate for measured curves)."""
+    @property
+    def lo(self) -> NDArray[np.float64]:
+        """``(1 - level) / 2`` percentiles (linear interpolation, NumPy's default)."""
+    @property
+    def hi(self) -> NDArray[np.float64]:
+        """``(1 + level) / 2`` percentiles."""
+    @property
+    def pessimistic(self) -> NDArray[np.float64]:
+        """The ``quantile`` percentile of cost and latency and the ``1 - quantile`` percentile
+        of accuracy (risk-averse feasibility)."""
+    @property
+    def trials(self) -> int:
+        """Trials per point."""
+    @property
+    def level(self) -> float:
+        """Two-sided level of ``lo``/``hi``."""
+    @property
+    def quantile(self) -> float:
+        """One-sided level of ``pessimistic``."""
+    def __len__(self) -> int: ...
+
+def simulate_plan(
+    calls: ArrayLike,
+    k: ArrayLike,
+    parallelism: ArrayLike,
+    accuracy_mean: ArrayLike,
+    accuracy_sd: ArrayLike | None = None,
+    accuracy_replicates: ArrayLike | None = None,
+    *,
+    trials: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    quantile: float = 0.9,
+    latency: Literal["rounds", "paper_mean"] = "rounds",
+    first_stream: int = 0,
+    threads: int = 0,
+) -> PlanEstimates:
+    """Monte Carlo estimates of cost, latency and accuracy of ``k`` samples for n points.
+
+    ``calls`` (n, 8): cost_in_usd_per_token, cost_out_usd_per_token, latency_in_s_per_token,
+    latency_out_s_per_token, input_tokens_mean, input_tokens_sd, output_tokens_mean,
+    output_tokens_sd (all finite and >= 0). Per call, tokens are normal draws clipped below at
+    1; cost and latency are linear in them. ``k`` calls cost their sum; with ``latency =
+    "rounds"`` they take ``ceil(k / P)`` rounds each as slow as its slowest call
+    (``"paper_mean"``: the reference code's ``(k / P) * mean``). Accuracy: with
+    ``accuracy_sd``, the best of k draws of N(accuracy_mean, accuracy_sd**2) clipped to
+    [0, 1] (the paper's model); with ``accuracy_replicates`` (n, B), a measured curve:
+    ``accuracy_mean`` is the estimate and the interval the replicates' percentiles. Give
+    exactly one of the two (``ConfigError`` otherwise).
+
+    Point i draws from its own stream ``(seed, first_stream + i)``: results do not depend on
+    ``threads`` (0 = all cores) or on the other points of the batch. Raises ``ConfigError``
+    (k outside 1..=65536, parallelism < 1, trials outside 1..=1e7, level outside (0, 1),
+    quantile outside [0.5, 1), negative rates, more than 2e10 simulated calls),
+    ``NonFiniteError`` and ``ShapeError``. The GIL is released while simulating."""
+
+@final
+class PlanChoice:
+    """What the planner's rules chose (indices into the arrays given to ``plan_rules``)."""
+
+    @property
+    def feasible(self) -> NDArray[np.int64]:
+        """Indices of the feasible points, increasing."""
+    @property
+    def front(self) -> NDArray[np.int64]:
+        """Indices of the Pareto-optimal feasible points, increasing."""
+    @property
+    def picks(self) -> dict[str, int | None]:
+        """Rule -> index: ``accuracy_max``, ``cube``, ``utopia``, ``knee`` (3-D curvature),
+        ``knee_chord``, ``knee_paper`` (the reference code's 2-coordinate curvature). None when
+        nothing is feasible, or for a knee on a front of fewer than three points."""
+
+def plan_rules(
+    accuracy: ArrayLike,
+    cost: ArrayLike,
+    latency: ArrayLike,
+    *,
+    max_cost: float = ...,
+    max_latency: float = ...,
+    min_accuracy: float = ...,
+    check_accuracy: ArrayLike | None = None,
+    check_cost: ArrayLike | None = None,
+    check_latency: ArrayLike | None = None,
+) -> PlanChoice:
+    """Feasibility and the planner's selection rules (arXiv 2510.18905).
+
+    A point is feasible when ``check_cost <= max_cost``, ``check_latency <= max_latency`` and
+    ``check_accuracy >= min_accuracy`` (the ``check_*`` arrays default to the expectations;
+    pass pessimistic quantiles for a risk-averse plan). Rules score the expectations with
+    cost and latency divided by ``max_cost`` / ``max_latency`` (an infinite limit: by the
+    largest among the feasible points). ``max_cost`` and ``max_latency`` must be > 0."""
 
 # --- policy ---------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@
 ``uniscale calibrate``  run K items through every action once, for a warm start.
 ``uniscale ope``        off-policy estimates of a target policy's mean reward from a decision log.
 ``uniscale ope-check``  the same estimators checked against replay ground truth on a table.
+``uniscale plan``       operating points on the 3-D accuracy x cost x latency front.
 """
 
 from __future__ import annotations
@@ -480,6 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
     register_calibrate(sub)
     _add_replay(sub)
     _add_ope(sub)
+    from uniscale.lab.plan_cli import register as register_plan
+
+    register_plan(sub)
     return p
 
 

@@ -11,16 +11,19 @@ from __future__ import annotations
 import math
 import operator
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, SupportsIndex
+from typing import TYPE_CHECKING, Any, Literal, SupportsIndex
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from uniscale._core import ConfigError, Decision, PolicyCore, UnknownActionError
 from uniscale.space import STRATEGIES, Action, ActionSpace, ModelSpec, Strategy, _model_tuple
+
+if TYPE_CHECKING:
+    from uniscale.planner import Plan
 
 
 @dataclass(frozen=True, slots=True)
@@ -532,6 +535,44 @@ class Policy:
         cls, path: str | os.PathLike[str], models: Sequence[ModelSpec] | None = None
     ) -> Policy:
         return cls._wrap(PolicyCore.load(Path(path)), models)
+
+    @classmethod
+    def from_plan(
+        cls,
+        plan: Plan,
+        scenario: str,
+        models: Mapping[str, ModelSpec] | Sequence[ModelSpec],
+        dim: int,
+        *,
+        mode: Literal["restrict", "prior"] = "restrict",
+        keep: Literal["front", "picks"] = "front",
+        actions: Sequence[Action] | None = None,
+        prior_weight: float = 1.0,
+        **policy_kwargs: Any,
+    ) -> Policy:
+        """A policy seeded by a `uniscale.planner.Plan` (``uniscale plan``).
+
+        ``mode="restrict"``: the action space is the plan's Pareto front for ``scenario``
+        (``keep="front"``) or only its rules' picks (``keep="picks"``); best-of-k candidates
+        of simulated models map to ``best_of_n``. ``mode="prior"``: the action space is
+        ``actions`` (e.g. every action of a table) and every planned candidate among them is
+        observed once with its planned accuracy, cost and latency at weight
+        ``prior_weight`` (`uniscale.planner.seed_with_plan`). Other keyword arguments go to
+        `Policy`. ``scripts/plan_seed.py`` measures both on the real tables
+        (``docs/plan.md``)."""
+        from uniscale.planner import policy_from_plan
+
+        return policy_from_plan(
+            plan,
+            scenario,
+            models,
+            dim,
+            mode=mode,
+            keep=keep,
+            actions=actions,
+            prior_weight=prior_weight,
+            **policy_kwargs,
+        )
 
     @classmethod
     def _wrap(cls, core: PolicyCore, models: Sequence[ModelSpec] | None) -> Policy:

@@ -11,6 +11,7 @@ mod convert;
 mod featurize;
 mod learners;
 mod pareto;
+mod plan;
 mod policy;
 
 create_exception!(
@@ -149,6 +150,10 @@ fn uniscale_core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(policy::action_features, m)?)?;
     m.add_function(wrap_pyfunction!(pareto::pareto_front, m)?)?;
     m.add_function(wrap_pyfunction!(pareto::operating_point, m)?)?;
+    m.add_function(wrap_pyfunction!(plan::simulate_plan, m)?)?;
+    m.add_function(wrap_pyfunction!(plan::plan_rules, m)?)?;
+    m.add_class::<plan::PyPlanEstimates>()?;
+    m.add_class::<plan::PyPlanChoice>()?;
     m.add_class::<featurize::PyFeatureHasher>()?;
     Ok(())
 }

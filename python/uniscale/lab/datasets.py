@@ -395,3 +395,13 @@ def mmlu_pro_source(
         f"models, one answer each: {', '.join(chosen)})"
     )
     return Source(name, specs, table, count, excluded)
+
+
+def table_source(name: str, seed: int = 0) -> tuple[OutcomeTable, dict[str, ModelSpec], str]:
+    """``real``, ``mmlu-pro`` or a path of a collected table, as (table, models, description)
+    (the table in its seed-``seed`` order)."""
+    if name == "mmlu-pro":
+        src = mmlu_pro_source()
+    else:
+        src = collected_source(REAL_TABLE if name == "real" else Path(name))
+    return src.table(seed), dict(src.models), src.name
