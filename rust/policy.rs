@@ -444,6 +444,11 @@ impl Policy {
         self.space.actions.len()
     }
 
+    /// The quality learner's exploration width.
+    pub fn alpha(&self) -> f64 {
+        self.learner.as_learner().config().alpha
+    }
+
     /// `index` as a position in the action list, or `UnknownAction`.
     fn action_at(&self, index: i64) -> CoreResult<usize> {
         let k = self.n_actions();

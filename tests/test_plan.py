@@ -414,6 +414,38 @@ def test_cli_prints_each_scenario_and_writes_plots(
         main(["plan", "--config", str(tmp_path / "missing.toml"), "-q"])
 
 
+def test_cli_plans_from_a_saved_policy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from uniscale import ActionSpace, Featurizer, ModelSpec, Policy
+    from uniscale.cli import main
+
+    space = ActionSpace.grid(
+        [ModelSpec("small", 0.1, 0.2), ModelSpec("large", 1.0, 3.0)], n_values=(1, 2, 4)
+    )
+    f = Featurizer(64)
+    policy = Policy(space, 64, feature_version=f.version)
+    rng = np.random.default_rng(0)
+    for t in range(40):
+        d = policy.select(f.featurize(f"question {t}"), 50.0, now=float(t))
+        policy.update(d.id, quality=float(rng.uniform() < 0.6), output_tokens=40.0, now=float(t))
+    state = tmp_path / "policy.bin"
+    policy.save(state)
+    args = ["plan", "--policy", str(state), "--trials", "40", "--no-plots", "-q"]
+    assert main([*args, "--prompt", "What is 17 * 23?", "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert f"policy {state} for a" in out and "small/single/1" in out
+    assert json.loads((tmp_path / "o" / "plan.json").read_text())
+    with pytest.raises(SystemExit, match="go together"):
+        main(args)
+    with pytest.raises(SystemExit, match="alternatives"):
+        main([*args, "--prompt", "x", "--table", "real"])
+    other = Policy(space, 64, feature_version="my-embeddings-v1")
+    other.save(tmp_path / "other.bin")
+    with pytest.raises(SystemExit, match="my-embeddings-v1"):
+        main(["plan", "--policy", str(tmp_path / "other.bin"), "--prompt", "x", "-q"])
+
+
 def test_policy_from_plan_restricts_or_seeds_the_action_space() -> None:
     from uniscale import ActionSpace, Policy
     from uniscale.lab.datasets import table_source

@@ -670,6 +670,9 @@ class PolicyCore:
     @property
     def latency_scale(self) -> float: ...
     @property
+    def alpha(self) -> float:
+        """The quality learner's exploration width."""
+    @property
     def interaction_scale(self) -> float: ...
     @property
     def interaction_prior(self) -> tuple[float, bool]:

@@ -643,6 +643,11 @@ impl PyPolicyCore {
     fn latency_scale(&self) -> f64 {
         self.inner.lock().cfg.latency_scale
     }
+    /// The quality learner's exploration width (the bonus is `alpha * sqrt(phi' A^-1 phi)`).
+    #[getter]
+    fn alpha(&self) -> f64 {
+        self.inner.lock().alpha()
+    }
     #[getter]
     fn interaction_scale(&self) -> f64 {
         self.inner.lock().cfg.interaction_scale

@@ -37,6 +37,20 @@ def register(sub: Any) -> None:
         "collected table; accuracy is measured per (model, strategy, k) with bootstrap "
         "intervals",
     )
+    p.add_argument(
+        "--policy",
+        default=None,
+        metavar="STATE",
+        help="plan from a saved policy's current beliefs instead (its cost model's predictions "
+        "and its quality estimates with their uncertainty) for the request given by --prompt; "
+        "scenarios as for --table (limits relative to the largest expected cost and latency)",
+    )
+    p.add_argument(
+        "--prompt",
+        default=None,
+        help="with --policy: the request to plan for (featurized by the hashing featurizer at "
+        "the policy's dimension)",
+    )
     p.add_argument("--trials", type=int, default=None, help="Monte Carlo trials per candidate")
     p.add_argument("--seed", type=int, default=None, help="random seed (default from config)")
     p.add_argument(
@@ -77,8 +91,12 @@ def run(args: argparse.Namespace) -> int:
     from uniscale.lab import datasets
     from uniscale.lab.progress import progress_bar
 
+    if args.policy and args.table:
+        raise SystemExit("error: --policy and --table are alternatives; give one")
+    if bool(args.policy) != bool(args.prompt):
+        raise SystemExit("error: --policy and --prompt go together")
     try:
-        default = planner.TABLE_CONFIG if args.table else planner.PAPER_CONFIG
+        default = planner.TABLE_CONFIG if args.table or args.policy else planner.PAPER_CONFIG
         cfg = planner.load_config(args.config or default)
         overrides = {
             k: v
@@ -103,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
                 bootstrap=cfg.bootstrap,
                 seed=cfg.seed,
             )
+        if args.policy:
+            candidates, source = _policy_candidates(args.policy, args.prompt)
         with progress_bar(len(candidates), "monte carlo", enabled=not args.quiet) as bar:
 
             def tick(k: int) -> None:
@@ -140,3 +160,24 @@ def run(args: argparse.Namespace) -> int:
     path = planner.write_json(result, out / "plan.json")
     print(f"\nwrote {path}", file=sys.stderr)
     return 0
+
+
+def _policy_candidates(state: str, prompt: str) -> tuple[list[Any], str]:
+    """Candidates from a saved policy for one prompt, and the run's description."""
+    from uniscale import planner
+    from uniscale.featurize import Featurizer
+    from uniscale.policy import Policy
+
+    policy = Policy.load(state)
+    featurizer = Featurizer(policy.dim)
+    wanted = policy.core.feature_version
+    if wanted and wanted != featurizer.version:
+        raise SystemExit(
+            f"error: {state} was trained on {wanted!r} features; `uniscale plan --policy` "
+            f"featurizes with {featurizer.version!r} (plan from Python with "
+            "uniscale.planner.candidates_from_policy and your featurizer)"
+        )
+    x, tokens = featurizer.featurize_with_tokens(prompt)
+    alpha = policy.core.alpha
+    candidates = planner.candidates_from_policy(policy, x, float(tokens), alpha=alpha)
+    return list(candidates), f"policy {state} for a {tokens}-token prompt"
