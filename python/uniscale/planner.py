@@ -711,10 +711,11 @@ def candidates_from_table(
     accuracy measured (mean quality over the requests, paired bootstrap replicates), cost and
     latency simulated from per-call models estimated from the table (`_per_model_calls`).
 
-    Two approximations, both documented in ``docs/plan.md``: a model that bills the prompt
-    once for n samples is charged ``1/k`` of the input price per call (the same expectation);
-    ``adaptive_consistency`` actions are planned at their cap n (what they cost when they
-    never stop early, the cost model's prior too)."""
+    A model that bills the prompt once for n samples is charged ``1/k`` of the input price per
+    call (the same expectation). An ``adaptive_consistency`` action is planned at the samples
+    it was measured to use: its mean samples used rounded up to whole calls, each priced at
+    ``mean / calls`` of the model's price, so the expected cost is the measured one (latency
+    counts the rounded-up calls, a slight overestimate)."""
     if bootstrap < 1:
         raise ConfigError(f"bootstrap must be >= 1, got {bootstrap}")
     cols = [i for i, a in enumerate(table.actions) if not strategies or a.strategy in strategies]
@@ -729,10 +730,17 @@ def candidates_from_table(
         a = table.actions[i]
         spec = models[a.model]
         call = calls[(a.model, a.strategy != "single")]
-        if spec.bills_prompt_once and a.n > 1:
+        n_calls, share = a.n, 1.0
+        if a.strategy == "adaptive_consistency":
+            used = float(np.mean(table.samples_used[:, i]))
+            if math.isfinite(used) and used > 0:
+                n_calls = max(1, min(a.n, math.ceil(used - 1e-9)))
+                share = min(used / n_calls, 1.0)
+        billed_once = spec.bills_prompt_once and n_calls > 1
+        if billed_once or share != 1.0:
             call = CallModel(
-                call.price_in_per_mtok / a.n,
-                call.price_out_per_mtok,
+                call.price_in_per_mtok / n_calls if billed_once else call.price_in_per_mtok * share,
+                call.price_out_per_mtok * share,
                 call.latency_in_s_per_token,
                 call.latency_out_s_per_token,
                 call.input_tokens,
@@ -747,6 +755,7 @@ def candidates_from_table(
                 spec.parallelism,
                 float(est[j]),
                 accuracy_replicates=reps[j],
+                calls=None if n_calls == a.n else n_calls,
             )
         )
     return out
