@@ -22,7 +22,7 @@ import json
 import math
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -699,6 +699,25 @@ def _per_model_calls(
     return calls
 
 
+def _whole_calls(samples: float) -> tuple[int, float]:
+    """Whole calls for the simulation of ``samples`` expected samples, and the share of the
+    price each is charged so that the expected cost stays that of ``samples`` (an adaptive
+    action expected to use 3.4 samples runs 4 calls at 0.85 of the price)."""
+    k = max(1, math.ceil(samples - 1e-9))
+    return k, min(samples / k, 1.0)
+
+
+def _call_prices(
+    price_in: float, price_out: float, calls: int, share: float, bills_prompt_once: bool
+) -> tuple[float, float]:
+    """(input, output) price per call of a run of ``calls`` calls charged ``share`` each; a
+    model that bills the prompt once for the run is charged ``1 / calls`` of the input price
+    per call (the same expectation)."""
+    if bills_prompt_once and calls > 1:
+        return price_in / calls, price_out * share
+    return price_in * share, price_out * share
+
+
 def candidates_from_table(
     table: OutcomeTable,
     models: Mapping[str, ModelSpec],
@@ -734,18 +753,11 @@ def candidates_from_table(
         if a.strategy == "adaptive_consistency":
             used = float(np.mean(table.samples_used[:, i]))
             if math.isfinite(used) and used > 0:
-                n_calls = max(1, min(a.n, math.ceil(used - 1e-9)))
-                share = min(used / n_calls, 1.0)
-        billed_once = spec.bills_prompt_once and n_calls > 1
-        if billed_once or share != 1.0:
-            call = CallModel(
-                call.price_in_per_mtok / n_calls if billed_once else call.price_in_per_mtok * share,
-                call.price_out_per_mtok * share,
-                call.latency_in_s_per_token,
-                call.latency_out_s_per_token,
-                call.input_tokens,
-                call.output_tokens,
-            )
+                n_calls, share = _whole_calls(min(used, a.n))
+        price_in, price_out = _call_prices(
+            call.price_in_per_mtok, call.price_out_per_mtok, n_calls, share, spec.bills_prompt_once
+        )
+        call = replace(call, price_in_per_mtok=price_in, price_out_per_mtok=price_out)
         out.append(
             Candidate(
                 a.model,
@@ -799,10 +811,7 @@ def candidates_from_policy(
     for i, a in enumerate(policy.actions):
         spec = policy.models[a.model]
         samples = max(float(pred["samples"][i]), 1.0)
-        # whole calls for the simulation, priced so that expected cost is the prediction's
-        # (an adaptive action expected to use 3.4 samples runs 4 calls at 0.85 of the price)
-        k = math.ceil(samples - 1e-9)
-        share = samples / k
+        k, share = _whole_calls(samples)
         per_sample = max(float(pred["output_tokens_per_sample"][i]), 0.0)
         rounds = math.ceil(k / spec.parallelism)
         per_round_s = max(float(pred["latency_s"][i]), 0.0) / rounds
@@ -811,10 +820,10 @@ def candidates_from_policy(
             t_out = per_round_s / per_sample
         elif input_tokens > 0:
             t_in = per_round_s / input_tokens
-        billed_once = spec.bills_prompt_once and k > 1
         call = CallModel(
-            spec.price_in_per_mtok / k if billed_once else spec.price_in_per_mtok * share,
-            spec.price_out_per_mtok * share,
+            *_call_prices(
+                spec.price_in_per_mtok, spec.price_out_per_mtok, k, share, spec.bills_prompt_once
+            ),
             t_in,
             t_out,
             matched_normal(float(input_tokens), input_tokens_sd),
