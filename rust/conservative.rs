@@ -20,6 +20,15 @@
 //!   `z * reward_sd * sqrt(m)` to the baseline's bound (m counterfactual requests) and subtracts
 //!   `z * reward_sd * sqrt(open)` from the policy's (open = decisions without feedback).
 //!
+//! Quality-floor mode (`Conservative::quality_floor`) keeps the same account with two
+//! changes (see `retro`): the reference's counterfactual quality on the requests it did not
+//! serve is bounded with the learner's *current* confidence set rather than the (wider) one
+//! each request was decided with, and an action whose bounds beat the reference's on a request
+//! is allowed even when the slack is negative (it repays it at least as fast as the reference
+//! would). Pooling both sides' noise under one square root was tried and measured: it broke
+//! the floor on 4 of 50 MMLU-Pro streams, because a single pending outcome is then covered by
+//! almost no noise allowance.
+//!
 //! With `L` the policy's lower bound and `H` the baseline's upper bound, action `a` is allowed
 //! when `L - (H - delta * |H|) >= 0` after adding `a`'s lower bound to `L` and the baseline's
 //! upper bound for this request to `H`; the absolute value keeps the promise meaningful for
@@ -68,6 +77,14 @@ pub fn reward_var(quality_weight: f64, quality_sd: f64, cost_term: f64) -> f64 {
     (quality_weight * quality_sd).powi(2) + (COST_CV * cost_term).powi(2)
 }
 
+/// Step size of the quality-floor multiplier (per request, in log space, per unit of quality
+/// range): a sustained gap of 0.05 moves it by a factor e in 200 requests.
+pub const MULTIPLIER_STEP: f64 = 0.1;
+/// Range of the quality-floor multiplier: from "quality is worth 1/100 of the preset's weight"
+/// to "10^4 times it" (cost then barely matters).
+pub const MULTIPLIER_MIN: f64 = 1e-2;
+pub const MULTIPLIER_MAX: f64 = 1e4;
+
 /// What the promise is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Metric {
@@ -86,6 +103,18 @@ pub struct Conservative {
     pub metric: Metric,
     /// Additive allowance per request, in the metric's units (quality floor's tolerance).
     pub tolerance: f64,
+    /// Quality-floor mode's multiplier on the quality weight (1 in conservative mode): a dual
+    /// variable on "expected quality >= reference's - tolerance", see `update_multiplier`.
+    pub multiplier: f64,
+    /// Retrospective counterfactuals (quality-floor mode): the baseline's quality on the
+    /// answered requests it did not serve is bounded with the learner's *current* confidence
+    /// set, `sum_t phi(x_t, baseline)' theta +- z * sd * ||sum_t phi(x_t, baseline)||`, instead
+    /// of keeping the (wider) bound each had when it was decided. `cf_x` is `sum_t x_t` over
+    /// those requests (the features are linear in x, so this is all the bound needs) and
+    /// `cf_n` their number.
+    pub retro: bool,
+    pub cf_x: Vec<f64>,
+    pub cf_n: u64,
     /// Largest fraction of the baseline's cumulative reward the policy may give up.
     pub delta: f64,
     /// Normal quantile of the confidence bounds (e.g. 1.645 for one-sided 95%).
@@ -120,9 +149,10 @@ pub struct Conservative {
 /// The bounds entering the check, for reporting.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Budget {
-    /// Pessimistic cumulative reward of the policy so far.
+    /// Pessimistic cumulative reward of the policy so far (before the outcome noise).
     pub policy_lo: f64,
-    /// Optimistic cumulative reward of the baseline on the same requests.
+    /// Optimistic cumulative reward of the baseline on the same requests, with the noise
+    /// allowance of every outcome not yet realised on either side.
     pub baseline_hi: f64,
     /// `policy_lo - (baseline_hi - delta * |baseline_hi|)`: what exploration may still spend.
     pub slack: f64,
@@ -231,6 +261,8 @@ impl Conservative {
         *self = Conservative {
             metric: self.metric,
             tolerance: self.tolerance,
+            multiplier: self.multiplier,
+            retro: self.retro,
             ..Conservative::empty(
                 self.baseline_uid,
                 self.delta,
@@ -258,6 +290,7 @@ impl Conservative {
         let mut c = Conservative::new(reference_uid, 0.0, confidence, quality_sd, quality_range)?;
         c.metric = Metric::Quality;
         c.tolerance = tolerance;
+        c.retro = true;
         Ok(c)
     }
 
@@ -266,6 +299,10 @@ impl Conservative {
             baseline_uid,
             metric: Metric::Reward,
             tolerance: 0.0,
+            multiplier: 1.0,
+            retro: false,
+            cf_x: Vec::new(),
+            cf_n: 0,
             delta,
             z,
             quality_sd,
@@ -295,10 +332,23 @@ impl Conservative {
         0.5 * (1.0 + erf(self.z / std::f64::consts::SQRT_2))
     }
 
-    /// (policy's lower bound, its noise variance, baseline's upper bound, its noise variance).
-    fn sums(&self) -> (f64, f64, f64, f64) {
+    /// The retrospective counterfactual bound from the learner's current mean and (alpha-free)
+    /// width of the baseline at `cf_x`: `mean + z * sd * width`, clipped to what `cf_n`
+    /// qualities can sum to. 0 when there are none.
+    pub fn retro_hi(&self, mean: f64, width: f64) -> f64 {
+        if self.cf_n == 0 {
+            return 0.0;
+        }
+        let n = self.cf_n as f64;
+        (mean + self.z * self.quality_sd * width).clamp(n * self.quality_min, n * self.quality_max)
+    }
+
+    /// (policy's lower bound, its noise variance, baseline's upper bound, its noise variance);
+    /// `retro_hi` is the retrospective counterfactual bound (`Conservative::retro_hi`, 0 when
+    /// the mode keeps decision-time bounds).
+    fn sums(&self, retro_hi: f64) -> (f64, f64, f64, f64) {
         let mut lo = self.realised + self.settled_lo;
-        let mut hi = self.baseline_realised + self.counterfactual_hi + self.settled_hi;
+        let mut hi = self.baseline_realised + self.counterfactual_hi + retro_hi + self.settled_hi;
         let mut var_p = 0.0;
         let mut var_b = self.counterfactual_var;
         for o in self.open.values() {
@@ -322,16 +372,28 @@ impl Conservative {
     }
 
     /// The budget as it stands (no new decision).
-    pub fn budget(&self) -> Budget {
-        let (lo, var_p, hi, var_b) = self.sums();
+    pub fn budget(&self, retro_hi: f64) -> Budget {
+        let (lo, var_p, hi, var_b) = self.sums(retro_hi);
         self.slack_of(lo, var_p, hi, var_b, self.decisions)
     }
 
     /// For each candidate `open` (its bounds if it were played now), whether playing it keeps
-    /// the constraint. The baseline is always allowed.
-    pub fn allowed(&self, candidates: &[Open]) -> Vec<bool> {
-        let (lo, var_p, hi, var_b) = self.sums();
+    /// the constraint: its slack afterwards is >= 0, or (quality-floor mode) at least what
+    /// playing the baseline (whose bound on this request is `baseline`) would leave. The
+    /// second clause matters once
+    /// the slack is negative, which a retrospective counterfactual bound can make it after the
+    /// fact: an action the bounds already prove better than the baseline here still moves the
+    /// account towards the promise at least as fast. The baseline is always allowed.
+    pub fn allowed(&self, candidates: &[Open], retro_hi: f64, baseline: f64) -> Vec<bool> {
+        let (lo, var_p, hi, var_b) = self.sums(retro_hi);
         let n = self.decisions + 1;
+        let floor = if self.retro {
+            self.slack_of(lo + baseline, var_p, hi + baseline, var_b, n)
+                .slack
+                .min(0.0)
+        } else {
+            0.0
+        };
         candidates
             .iter()
             .map(|o| {
@@ -345,9 +407,23 @@ impl Conservative {
                             n,
                         )
                         .slack
-                        >= 0.0
+                        >= floor
             })
             .collect()
+    }
+
+    /// Quality-floor mode's dual step after a decision: with `gap` = the chosen action's
+    /// expected quality minus the reference's on this request, plus the tolerance, the
+    /// multiplier on the quality weight shrinks when the choice clears the floor (`gap > 0`:
+    /// quality to spare, so cheaper actions may rank first) and grows when it falls short
+    /// (exponentiated gradient on the Lagrangian of "mean quality >= reference's - tolerance",
+    /// the same shape as the budget pacer's multiplier on cost).
+    pub fn update_multiplier(&mut self, gap: f64) {
+        if self.metric == Metric::Quality && gap.is_finite() {
+            let span = (self.quality_max - self.quality_min).max(f64::MIN_POSITIVE);
+            let step = (-MULTIPLIER_STEP * gap / span).clamp(-1.0, 1.0);
+            self.multiplier = (self.multiplier * step.exp()).clamp(MULTIPLIER_MIN, MULTIPLIER_MAX);
+        }
     }
 
     /// Records a decision.
@@ -359,14 +435,25 @@ impl Conservative {
         self.open.insert(id, o);
     }
 
-    /// Replaces a decision's bounds by its realised reward.
-    pub fn complete(&mut self, id: u64, reward: f64) {
+    /// Replaces a decision's bounds by its realised reward; `x` is the request's features (as
+    /// the learner saw them), kept in `cf_x` for a retrospective counterfactual.
+    pub fn complete(&mut self, id: u64, reward: f64, x: &[f64]) {
         if let Some(o) = self.open.remove(&id) {
             self.realised += reward;
             if o.baseline {
                 self.baseline_realised += reward;
             } else {
-                self.counterfactual_hi += o.hi;
+                if self.retro {
+                    if self.cf_x.len() != x.len() {
+                        self.cf_x = vec![0.0; x.len()];
+                    }
+                    for (s, v) in self.cf_x.iter_mut().zip(x) {
+                        *s += v;
+                    }
+                    self.cf_n += 1;
+                } else {
+                    self.counterfactual_hi += o.hi;
+                }
                 self.counterfactual_var += o.var_baseline;
             }
         }
@@ -420,10 +507,18 @@ impl Conservative {
             Metric::Quality => 1,
         });
         w.f64(self.tolerance);
+        // layout 3
+        w.f64(self.multiplier);
+        w.bool(self.retro);
+        w.u64(self.cf_n);
+        w.usize(self.cf_x.len());
+        for v in &self.cf_x {
+            w.f64(*v);
+        }
     }
 
     /// `layout` 1 is the first format-3 layout (reward metric only); layout 2 appends the
-    /// metric and the tolerance.
+    /// metric and the tolerance; layout 3 the quality-floor multiplier.
     pub fn read(r: &mut Reader, max_open: usize, layout: u8) -> CoreResult<Conservative> {
         let baseline_uid = r.u64()?;
         let mut f = [0.0; 11];
@@ -496,10 +591,40 @@ impl Conservative {
         } else {
             (Metric::Reward, 0.0)
         };
+        let (multiplier, retro, cf_n, cf_x) = if layout >= 3 {
+            let m = r.f64()?;
+            let retro = r.bool()?;
+            let cf_n = r.u64()?;
+            let len = r.dim("conservative counterfactual features", 1 << 16)?;
+            let mut cf_x = Vec::with_capacity(len);
+            for _ in 0..len {
+                cf_x.push(r.f64()?);
+            }
+            (m, retro, cf_n, cf_x)
+        } else {
+            (1.0, false, 0, Vec::new())
+        };
+        if !(multiplier.is_finite() && (MULTIPLIER_MIN..=MULTIPLIER_MAX).contains(&multiplier)) {
+            return Err(st(format!(
+                "multiplier must be in [{MULTIPLIER_MIN}, {MULTIPLIER_MAX}], got {multiplier}"
+            )));
+        }
+        if let Some(i) = cf_x.iter().position(|v| !v.is_finite()) {
+            return Err(st(format!("counterfactual features [{i}] are not finite")));
+        }
+        if cf_n == 0 && cf_x.iter().any(|v| *v != 0.0) {
+            return Err(st(
+                "counterfactual features without counterfactual requests".into(),
+            ));
+        }
         Ok(Conservative {
             baseline_uid,
             metric,
             tolerance,
+            multiplier,
+            retro,
+            cf_x,
+            cf_n,
             delta,
             z,
             quality_sd,
@@ -568,7 +693,11 @@ mod tests {
     #[test]
     fn baseline_is_always_allowed_and_others_need_slack() {
         let c = Conservative::new(7, 0.1, 0.95, 0.5, (0.0, 1.0)).unwrap();
-        let ok = c.allowed(&[open(0.5, 0.5, 0.0, true), open(0.5, 0.6, 0.25, false)]);
+        let ok = c.allowed(
+            &[open(0.5, 0.5, 0.0, true), open(0.5, 0.6, 0.25, false)],
+            0.0,
+            0.5,
+        );
         assert_eq!(ok, vec![true, false]);
     }
 
@@ -577,12 +706,15 @@ mod tests {
         let mut c = Conservative::new(7, 0.1, 0.95, 0.5, (0.0, 1.0)).unwrap();
         for id in 0..200 {
             c.record(id, open(0.5, 0.5, 0.0, true));
-            c.complete(id, 0.6);
+            c.complete(id, 0.6, &[]);
         }
         // 200 * 0.6 * 0.1 = 12 of slack; one exploratory request at lo 0 vs hi 0.7 with noise
         // 1.645 * 0.5 * (1 + 0.9) costs about 2.3
-        assert_eq!(c.allowed(&[open(0.0, 0.7, 0.25, false)]), vec![true]);
-        let b = c.budget();
+        assert_eq!(
+            c.allowed(&[open(0.0, 0.7, 0.25, false)], 0.0, 0.7),
+            vec![true]
+        );
+        let b = c.budget(0.0);
         assert!((b.slack - 12.0).abs() < 1e-9, "{b:?}");
     }
 
@@ -591,11 +723,87 @@ mod tests {
         let mut c = Conservative::new(3, 0.05, 0.9, 0.5, (0.0, 1.0)).unwrap();
         c.record(1, open(0.1, 0.9, 0.3, false));
         c.record(2, open(0.3, 0.3, 0.0, true));
-        c.complete(2, 1.0);
+        c.complete(2, 1.0, &[]);
         let mut w = Writer::new();
         c.write(&mut w);
         let bytes = w.finish(crate::state::Kind::Policy);
         let mut r = Reader::open(&bytes, crate::state::Kind::Policy).unwrap();
-        assert_eq!(Conservative::read(&mut r, 10, 2).unwrap(), c);
+        assert_eq!(Conservative::read(&mut r, 10, 3).unwrap(), c);
+    }
+
+    #[test]
+    fn quality_floor_state_round_trips_with_its_multiplier_and_counterfactuals() {
+        let mut c = Conservative::quality_floor(3, 0.02, 0.95, 0.5, (0.0, 1.0)).unwrap();
+        assert!(c.retro);
+        c.record(1, open(0.2, 0.8, 0.25, false));
+        c.complete(1, 1.0, &[1.0, 0.5, -2.0]);
+        c.record(2, open(0.2, 0.8, 0.25, false));
+        c.complete(2, 0.0, &[1.0, 0.25, 1.0]);
+        c.update_multiplier(-0.3);
+        assert_eq!((c.cf_n, c.cf_x.clone()), (2, vec![2.0, 0.75, -1.0]));
+        // the decision-time bounds are not kept: the counterfactual comes from the learner
+        assert_eq!(c.counterfactual_hi, 0.0);
+        let mut w = Writer::new();
+        c.write(&mut w);
+        let bytes = w.finish(crate::state::Kind::Policy);
+        let mut r = Reader::open(&bytes, crate::state::Kind::Policy).unwrap();
+        assert_eq!(Conservative::read(&mut r, 10, 3).unwrap(), c);
+    }
+
+    #[test]
+    fn corrupt_floor_multiplier_is_refused() {
+        for bad in [f64::NAN, -1.0, 0.0, 1e9] {
+            let mut c = Conservative::quality_floor(3, 0.02, 0.95, 0.5, (0.0, 1.0)).unwrap();
+            c.multiplier = bad;
+            let mut w = Writer::new();
+            c.write(&mut w);
+            let bytes = w.finish(crate::state::Kind::Policy);
+            let mut r = Reader::open(&bytes, crate::state::Kind::Policy).unwrap();
+            let e = Conservative::read(&mut r, 10, 3).unwrap_err();
+            assert!(e.to_string().contains("multiplier"), "{e}");
+        }
+    }
+
+    #[test]
+    fn multiplier_follows_the_gap_and_stays_in_range() {
+        let mut c = Conservative::quality_floor(3, 0.01, 0.95, 0.5, (0.0, 1.0)).unwrap();
+        c.update_multiplier(-0.2); // short of the floor: quality counts more
+        assert!(c.multiplier > 1.0);
+        let m = c.multiplier;
+        c.update_multiplier(f64::NAN); // ignored
+        assert_eq!(c.multiplier, m);
+        for _ in 0..100_000 {
+            c.update_multiplier(-1.0);
+        }
+        assert_eq!(c.multiplier, MULTIPLIER_MAX);
+        for _ in 0..100_000 {
+            c.update_multiplier(1.0);
+        }
+        assert_eq!(c.multiplier, MULTIPLIER_MIN);
+        // conservative mode has no multiplier
+        let mut k = Conservative::new(3, 0.1, 0.95, 0.5, (0.0, 1.0)).unwrap();
+        k.update_multiplier(-1.0);
+        assert_eq!(k.multiplier, 1.0);
+    }
+
+    #[test]
+    fn floor_allows_a_provably_better_action_on_negative_slack_and_conservative_mode_does_not() {
+        // slack below zero (a re-estimated counterfactual can do that after the fact)
+        let mut f = Conservative::quality_floor(3, 0.01, 0.95, 0.5, (0.0, 1.0)).unwrap();
+        f.record(1, open(0.5, 0.5, 0.0, true));
+        f.complete(1, 0.0, &[]);
+        let retro_hi = 0.0;
+        f.baseline_realised += 2.0; // the reference's side is 2 ahead
+        assert!(f.budget(retro_hi).slack < 0.0);
+        // candidate far better than the reference's bound here vs one worse
+        let better = open(0.95, 0.1, 0.0, false);
+        let worse = open(0.1, 0.9, 0.0, false);
+        assert_eq!(
+            f.allowed(&[better, worse], retro_hi, 0.5),
+            vec![true, false]
+        );
+        let mut k = Conservative::new(3, 0.0, 0.95, 0.5, (0.0, 1.0)).unwrap();
+        k.baseline_realised += 2.0;
+        assert_eq!(k.allowed(&[better], 0.0, 0.5), vec![false]);
     }
 }

@@ -18,7 +18,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use crate::conservative::{reward_var, Conservative, Metric, Open};
+use crate::conservative::{reward_var, Budget as ConservativeBudget, Conservative, Metric, Open};
 use crate::cost::{CostModel, Prediction};
 use crate::error::{check_finite, check_finite_scalar, CoreError, CoreResult};
 use crate::evidence::{best_mult, check_mult, interaction_coords, InteractionPrior};
@@ -106,6 +106,31 @@ impl QualityLearner {
             QualityLearner::Disjoint(l) => &mut l.cfg,
             QualityLearner::Shared(l) => &mut l.cfg,
         }
+    }
+
+    /// The posterior mean and alpha-free width of action `action`'s *summed* quality over `n`
+    /// requests whose features sum to `sx`: `sum_t phi_t' theta` (plus `n` prior means) and
+    /// `||sum_t phi_t||_{A^-1}`. The features are linear in x except for the shared learner's
+    /// constant block, which the sum carries as `n`.
+    fn sum_mean_width(&self, action: usize, n: f64, sx: &[f64]) -> (f64, f64) {
+        let prior = self.as_learner().config().prior_mean;
+        let (m, v) = match self {
+            QualityLearner::Shared(l) => {
+                let psi = &l.psi[action * l.p..(action + 1) * l.p];
+                let mut phi = Vec::with_capacity(l.joint_dim());
+                for ui in std::iter::once(n).chain(sx.iter().copied()) {
+                    phi.push(ui);
+                    phi.extend(psi.iter().map(|v| ui * v));
+                }
+                let mean_model = l.mean_model.as_deref().unwrap_or(&l.model);
+                (
+                    mean_model.mean_and_var(&phi).0,
+                    l.model.mean_and_var(&phi).1,
+                )
+            }
+            QualityLearner::Disjoint(l) => l.ridge(l.ridge_key(action)).mean_and_var(sx),
+        };
+        (n * prior + m, v.sqrt())
     }
 
     /// Posterior means and alpha-free confidence widths `sqrt(phi' A^-1 phi)` (the bonus is
@@ -550,7 +575,17 @@ impl Policy {
                 feasible.push(i);
             }
         }
-        let w = self.weights;
+        // Quality-floor mode ranks with its multiplier on the quality weight (a dual variable
+        // on the floor): high while the choices fall short of the reference, low while they
+        // have quality to spare.
+        let mut w = self.weights;
+        let floor = self
+            .conservative
+            .as_ref()
+            .is_some_and(|c| c.metric == Metric::Quality);
+        if let Some(c) = self.conservative.as_ref().filter(|_| floor) {
+            w.quality *= c.multiplier;
+        }
         let lambda = self.pacer.lambda;
         let cs = self.cfg.cost_scale;
         let ls = self.cfg.latency_scale;
@@ -670,12 +705,18 @@ impl Policy {
             (cand, probs, chosen, pick != best)
         };
         let (mut candidates, mut probabilities, mut chosen) = (candidates, probabilities, chosen);
+        // the learner's choice before the guard: the floor's dual step prices it (what is
+        // served can only be the reference while slack is short, which says nothing about
+        // whether the ranking asks too much of the floor)
+        let proposed = chosen;
 
         // 3. conservative mode: a candidate is allowed only if playing it keeps the pessimistic
         // cumulative reward above (1 - delta) x the baseline's optimistic one; the probability
         // of every other candidate moves to the baseline.
+        let retro_hi = self.conservative_retro_hi()?;
         let mut overridden = false;
         let mut cons_open: Option<Open> = None;
+        let mut floor_gap: Option<f64> = None;
         if let Some(c) = &self.conservative {
             let base = self
                 .space
@@ -720,7 +761,7 @@ impl Policy {
                 let baseline_usable = !fallback && feasible.contains(&bi);
                 if baseline_usable {
                     let opens: Vec<Open> = candidates.iter().map(|&i| open_for(i)).collect();
-                    let ok = c.allowed(&opens);
+                    let ok = c.allowed(&opens, retro_hi, base_lo);
                     if ok.iter().any(|b| !b) {
                         let mut base_mass = 0.0;
                         let mut nc = Vec::with_capacity(candidates.len());
@@ -733,7 +774,23 @@ impl Policy {
                                 base_mass += probabilities[j];
                             }
                         }
-                        match nc.iter().position(|&i| i == bi) {
+                        // Conservative mode hands the refused mass to the baseline (Kazerouni
+                        // et al.); a quality floor to the best-ranked allowed candidate, which
+                        // keeps the promise just as well and is usually cheaper than the
+                        // reference (the baseline when nothing else is allowed).
+                        let score = |i: usize| mean_of(i) + w.quality * qbonus[i];
+                        let target = if floor && !nc.is_empty() {
+                            let mut t = nc[0];
+                            for &i in &nc[1..] {
+                                if score(i) > score(t) {
+                                    t = i;
+                                }
+                            }
+                            t
+                        } else {
+                            bi
+                        };
+                        match nc.iter().position(|&i| i == target) {
                             Some(j) => np[j] += base_mass,
                             None => {
                                 // the baseline had been pruned as dominated: it is back
@@ -743,14 +800,21 @@ impl Policy {
                             }
                         }
                         if !nc.contains(&chosen) {
-                            chosen = bi;
+                            chosen = target;
                             overridden = true;
                         }
                         candidates = nc;
                         probabilities = np;
                     }
                 }
-                cons_open = Some(open_for(chosen));
+                let o = open_for(chosen);
+                // the dual step on "expected quality >= the reference's - tolerance"
+                // (optimistic on both sides, like the ranking it prices: an unexplored arm's
+                // mean is its prior, and pricing exploration by it would drive the
+                // multiplier up until nothing but quality counts)
+                let ucb = |i: usize| qmean[i] + qbonus[i];
+                floor_gap = Some(ucb(proposed) - ucb(bi) + c.tolerance);
+                cons_open = Some(o);
             }
         }
         pruned.sort_by_key(|e| e.0);
@@ -763,6 +827,9 @@ impl Policy {
         if let (Some(c), Some(o)) = (self.conservative.as_mut(), cons_open) {
             if overridden {
                 c.overrides += 1;
+            }
+            if let Some(g) = floor_gap {
+                c.update_multiplier(g);
             }
             c.record(id, o);
             // Decisions that expired without feedback keep their bounds for good.
@@ -814,6 +881,39 @@ impl Policy {
             pruned,
             created_s: now_s,
         })
+    }
+
+    /// Quality-floor mode's retrospective bound on the reference's quality over the answered
+    /// requests it did not serve (`Conservative::retro_hi`), from the learner's current
+    /// statistics; 0 without any (or in conservative mode, which keeps decision-time bounds).
+    fn conservative_retro_hi(&mut self) -> CoreResult<f64> {
+        let Some(c) = self.conservative.as_ref() else {
+            return Ok(0.0);
+        };
+        if !c.retro || c.cf_n == 0 {
+            return Ok(0.0);
+        }
+        let Some(bi) = self
+            .space
+            .actions
+            .iter()
+            .position(|a| a.uid == c.baseline_uid)
+        else {
+            return Ok(0.0);
+        };
+        let (sum, width) = self.learner.sum_mean_width(bi, c.cf_n as f64, &c.cf_x);
+        if !(sum.is_finite() && width.is_finite()) {
+            return Err(CoreError::NonFinite(format!(
+                "the quality floor's counterfactual bound is not finite (mean {sum}, width                  {width}); rescale the features"
+            )));
+        }
+        Ok(c.retro_hi(sum, width))
+    }
+
+    /// Conservative (or quality-floor) mode's budget as it stands.
+    pub fn conservative_budget(&mut self) -> CoreResult<Option<ConservativeBudget>> {
+        let retro_hi = self.conservative_retro_hi()?;
+        Ok(self.conservative.as_ref().map(|c| c.budget(retro_hi)))
     }
 
     /// Realised reward under the current weights.
@@ -880,6 +980,10 @@ impl Policy {
             }
         };
         let input_tokens = p.input_tokens;
+        let retro_x = match &self.conservative {
+            Some(c) if c.retro => p.x.clone(),
+            _ => Vec::new(),
+        };
         self.pending.complete(id, now_s);
         self.cost.observe(
             &self.space,
@@ -897,6 +1001,7 @@ impl Policy {
                     Metric::Reward => reward,
                     Metric::Quality => fb.quality,
                 },
+                &retro_x,
             );
         }
         self.reestimate_interaction_prior();
@@ -1290,7 +1395,7 @@ impl Policy {
         match &self.conservative {
             None => w.bool(false),
             Some(c) => {
-                w.u8(2); // layout 2: with the metric and tolerance
+                w.u8(3); // layout 3: with the metric, tolerance and floor multiplier
                 c.write(&mut w);
             }
         }
@@ -1457,7 +1562,7 @@ impl Policy {
         let conservative = if r.version >= 3 {
             match r.u8()? {
                 0 => None,
-                layout @ (1 | 2) => Some(Conservative::read(&mut r, 1 << 32, layout)?),
+                layout @ (1..=3) => Some(Conservative::read(&mut r, 1 << 32, layout)?),
                 k => {
                     return Err(CoreError::State(format!(
                         "unknown conservative-mode layout {k}"
@@ -1844,6 +1949,60 @@ mod tests {
         Feedback {
             quality,
             ..Feedback::default()
+        }
+    }
+
+    /// The quality floor's retrospective counterfactual: the summed quality of an action over
+    /// several requests, from the features' sum, equals the sum of its per-request means, and
+    /// its width is that of the summed joint feature vector (checked against the learner's own
+    /// statistics, for both learners).
+    #[test]
+    fn sum_mean_width_is_the_mean_and_width_of_the_summed_features() {
+        for shared in [true, false] {
+            let mut p = policy(shared, Budget::None);
+            p.learner.cfg_mut().prior_mean = 0.3;
+            let xs = [[1.0, 0.2], [1.0, -0.5], [0.3, 0.9], [1.0, 0.0]];
+            for (t, x) in xs.iter().enumerate() {
+                let d = p.select(x, 100.0, None, None, None, t as f64).unwrap();
+                p.update(d.id, fb(0.1 * t as f64 + 0.2), t as f64).unwrap();
+            }
+            let k = p.n_actions();
+            let queries = [[0.5, 0.5], [1.0, -1.0], [0.2, 0.1]];
+            let mut sx = [0.0; 2];
+            let mut total = vec![0.0; k];
+            for q in &queries {
+                let (mut m, mut w) = (vec![0.0; k], vec![0.0; k]);
+                p.learner.means_and_widths(q, &mut m, &mut w).unwrap();
+                for (t, v) in total.iter_mut().zip(&m) {
+                    *t += v;
+                }
+                sx[0] += q[0];
+                sx[1] += q[1];
+            }
+            for (a, want) in total.iter().enumerate() {
+                let (mean, width) = p.learner.sum_mean_width(a, queries.len() as f64, &sx);
+                assert!((mean - want).abs() < 1e-9, "{shared} {a}: {mean} vs {want}");
+                // the width of the summed phi: for the shared learner phi(sum) with the
+                // constant block n; for the disjoint one the arm's ridge at sum x
+                let phi: Vec<f64> = match &p.learner {
+                    QualityLearner::Shared(l) => {
+                        let mut v = vec![0.0; l.joint_dim()];
+                        for q in &queries {
+                            for (s, e) in v.iter_mut().zip(l.phi(q, a)) {
+                                *s += e;
+                            }
+                        }
+                        v
+                    }
+                    QualityLearner::Disjoint(_) => sx.to_vec(),
+                };
+                let var = match &p.learner {
+                    QualityLearner::Shared(l) => l.model.mean_and_var(&phi).1,
+                    QualityLearner::Disjoint(l) => l.ridge(l.ridge_key(a)).mean_and_var(&phi).1,
+                };
+                assert!((width - var.sqrt()).abs() < 1e-9, "{shared} {a}");
+                assert!(width > 0.0);
+            }
         }
     }
 

@@ -361,6 +361,96 @@ def test_quality_floor_survives_a_preset_switch_and_a_restart() -> None:
     assert q.conservative_status() == before
 
 
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    n=st.integers(1, 150),
+    tolerance=st.floats(0.0, 0.2),
+    feedback_every=st.integers(1, 4),
+    learner=st.sampled_from(["shared", "disjoint"]),
+)
+def test_quality_floor_multiplier_and_account_invariants(
+    seed: int, n: int, tolerance: float, feedback_every: int, learner: str
+) -> None:
+    """The floor's dual multiplier stays finite and within its range whatever the stream; the
+    retrospective account counts exactly the answered requests the reference did not serve;
+    the slack identity holds; a save/load mid-stream keeps the account and the next decision."""
+    ref = Action("big", "single", 1)
+    p = Policy(
+        space(), dim=3, seed=seed, learner=learner, quality_floor=QualityFloor(ref, tolerance)
+    )
+    rng = np.random.default_rng(seed)
+    waiting: list[tuple[int, bool]] = []
+    answered_other = 0
+    for t in range(n):
+        d = p.select(rng.normal(size=3), float(rng.integers(0, 500)), now=float(t))
+        waiting.append((d.id, d.action != ref))
+        if t % feedback_every == 0:
+            for i, other in waiting:
+                p.update(i, quality=float(rng.random()), now=float(t))
+                answered_other += other
+            waiting.clear()
+        st_ = p.conservative_status()
+        assert st_ is not None
+        assert np.isfinite(st_["multiplier"]) and 1e-2 <= st_["multiplier"] <= 1e4
+    st_ = p.conservative_status()
+    assert st_ is not None and st_["retrospective"] is True
+    assert st_["counterfactual_requests"] == answered_other
+    assert st_["slack"] == pytest.approx(
+        st_["policy_lower"] - st_["baseline_upper"] + tolerance * st_["decisions"], abs=1e-9
+    )
+    q = Policy.from_bytes(p.to_bytes())
+    # equal up to rounding: the loaded learner refreshes its inverse from the statistics
+    loaded = q.conservative_status()
+    assert loaded is not None and loaded.keys() == st_.keys()
+    for k, v in st_.items():
+        assert loaded[k] == (pytest.approx(v, rel=1e-9, abs=1e-9) if isinstance(v, float) else v)
+    x = rng.normal(size=3)
+    assert q.select(x, 100.0, now=float(n)).index == p.select(x, 100.0, now=float(n)).index
+
+
+def test_quality_floor_counterfactual_matches_a_numpy_ridge() -> None:
+    """NumPy oracle for the retrospective counterfactual: the reference's upper bound over the
+    requests it did not serve is the disjoint ridge's mean of the summed features plus
+    z * quality_sd * their width, with the reference's own realised qualities added."""
+    ref = Action("big", "single", 1)
+    prior = 0.5
+    p = Policy(
+        space(),
+        dim=3,
+        learner="disjoint",
+        prior_mean=prior,
+        ridge=1.0,
+        quality_floor=QualityFloor(ref, 0.05),
+    )
+    rng = np.random.default_rng(3)
+    col = p.actions.index(ref)
+    xs_ref, ys_ref, x_other, realised_ref = [], [], [], 0.0
+    for t in range(400):
+        x = rng.normal(size=3)
+        d = p.select(x, 200.0, now=float(t))
+        y = float(rng.random() < (0.8 if d.model == "big" else 0.75))
+        p.update(d.id, quality=y, now=float(t))
+        if d.index == col:
+            xs_ref.append(x)
+            ys_ref.append(y)
+            realised_ref += y
+        else:
+            x_other.append(x)
+    st_ = p.conservative_status()
+    assert st_ is not None and st_["counterfactual_requests"] == len(x_other) > 0
+    # the disjoint learner's ridge for the reference (ridge 1, the prior mean subtracted)
+    a = np.eye(3) + np.array(xs_ref).T @ np.array(xs_ref)
+    b = np.array(xs_ref).T @ (np.array(ys_ref) - prior)
+    sx = np.sum(x_other, axis=0)
+    mean = len(x_other) * prior + sx @ np.linalg.solve(a, b)
+    width = float(np.sqrt(sx @ np.linalg.solve(a, sx)))
+    m = len(x_other)
+    hi = np.clip(mean + st_["z"] * 0.5 * width, 0.0, m)
+    noise = st_["z"] * np.sqrt(0.25 * m)  # the counterfactual outcomes' noise allowance
+    assert st_["baseline_upper"] == pytest.approx(realised_ref + hi + noise, rel=1e-9)
+
+
 def test_baseline_and_quality_floor_are_exclusive() -> None:
     with pytest.raises(ConfigError, match="at most one"):
         Policy(space(), dim=3, baseline=0, quality_floor=QualityFloor(1))

@@ -413,21 +413,26 @@ def test_checksummed_blob_with_huge_dimensions_is_rejected_before_allocating(kin
         cls.from_bytes(bytes(blob))
 
 
-def test_conservative_account_of_the_first_format_3_layout_loads() -> None:
-    """The first format-3 layout (flag byte 1) had no metric and tolerance after the account;
-    it loads as conservative mode on reward."""
+@pytest.mark.parametrize("layout", [1, 2])
+def test_conservative_account_of_the_first_format_3_layouts_loads(layout: int) -> None:
+    """The first format-3 layout (flag byte 1) had no metric and tolerance after the account,
+    layout 2 no quality-floor multiplier and counterfactual sums (layout 3); both load, as
+    conservative mode on reward with multiplier 1 and decision-time counterfactuals."""
     space = uniscale.ActionSpace.grid([uniscale.ModelSpec("a", 0.1, 0.2)], n_values=(1, 2))
     policy = uniscale.Policy(space, dim=2, baseline=0)
     blob = policy.to_bytes()
-    # fresh account: uid, 11 floats, 3 counters, 0 open decisions, then metric (1) + tol (8);
-    # then format 4's interaction scale (8)
-    section = 8 + 11 * 8 + 3 * 8 + 8 + 1 + 8
+    # fresh account: uid, 11 floats, 3 counters, 0 open decisions, then metric (1) + tol (8),
+    # then layout 3's multiplier (8), retro flag (1), counterfactual count (8) and feature
+    # sum (length 8, no values); then format 4's interaction scale (8)
+    layout3 = 8 + 1 + 8 + 8
+    section = 8 + 11 * 8 + 3 * 8 + 8 + 1 + 8 + layout3
     flag_at = len(blob) - 4 - PRIOR - 8 - section - 1
-    assert blob[flag_at] == 2
+    assert blob[flag_at] == 3
+    cut = layout3 + (9 if layout == 1 else 0)
     payload_len = struct.unpack_from("<Q", blob, 13)[0]
-    old = bytearray(blob[: len(blob) - 4 - PRIOR - 8 - 9] + blob[-(12 + PRIOR) :])
-    old[flag_at] = 1
-    old[13:21] = struct.pack("<Q", payload_len - 9)
+    old = bytearray(blob[: len(blob) - 4 - PRIOR - 8 - cut] + blob[-(12 + PRIOR) :])
+    old[flag_at] = layout
+    old[13:21] = struct.pack("<Q", payload_len - cut)
     loaded = uniscale.Policy.from_bytes(reseal(old))
     assert loaded.conservative_status() == policy.conservative_status()
     bad = bytearray(blob)

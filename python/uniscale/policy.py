@@ -378,18 +378,30 @@ class Policy:
         forbid every action that is worse on *some* requests, which is every cheaper one).
 
         Mechanism: conservative mode (`set_baseline`) with quality as the metric and an
-        additive allowance of ``tolerance`` per request. Each request, the learner's choice
-        (ranked by the reward weights; keep a cost-heavy preset such as the default
-        ``cost_sensitive`` so that cheaper actions are preferred) is served only if the lower
-        confidence bound of the cumulative quality, including it, stays above the reference's
-        upper bound minus the allowance; otherwise the reference is served and
-        ``decision.conservative`` is set. An action whose quality's lower bound clears the
-        reference's upper bound minus ``tolerance`` costs nothing against the allowance, so a
-        cheaper action proven as good is served freely; one that is worse is served only while
-        the shortfall budget (`conservative_status()["slack"]`) lasts. The reference's quality
-        is learned from the requests served by it; no labels beyond the usual feedback.
-        Unlike `set_baseline`, a change of reward weights keeps the account (qualities do not
-        depend on them). ``None`` turns the mode off.
+        additive allowance of ``tolerance`` per request, plus three things of its own:
+
+        * **A price on quality.** Candidates are ranked by the reward weights with the quality
+          weight times a multiplier (`conservative_status()["multiplier"]`), a dual variable
+          on "expected quality >= the reference's - tolerance": it grows while the learner's
+          (optimistic) choices fall short of the reference on the request at hand and shrinks
+          while they have quality to spare, so the floor is spent where it saves most (cheaper
+          answers on some task types paid for by better ones on others), like the budget
+          pacer's multiplier on cost.
+        * **The best allowed action, not the reference.** A choice is served only if the lower
+          confidence bound of the cumulative quality, including it, stays above the
+          reference's upper bound minus the allowance; otherwise the best-ranked candidate
+          that passes is served (the reference when nothing else does) and
+          ``decision.conservative`` is set. An action whose bounds beat the reference's on a
+          request is always allowed, even when the slack is negative.
+        * **Retrospective counterfactuals.** The reference's quality on the answered requests
+          it did not serve is bounded with the learner's *current* statistics (the summed
+          features' mean and width), not with the wider bounds each had when decided, so the
+          shortfall budget tightens as the reference's quality is learned.
+
+        The reference's quality is learned from the requests served by it; no labels beyond
+        the usual feedback. Unlike `set_baseline`, a change of reward weights keeps the
+        account (qualities do not depend on them). ``None`` turns the mode off. Measured in
+        docs/quality_floor.md.
         """
         index = None if reference is None else self._action_index(reference)
         self._core.set_conservative(
@@ -401,7 +413,9 @@ class Policy:
         ("reward", or "quality" for a quality floor), ``tolerance``, ``baseline`` (its index),
         ``decisions``, ``overrides`` (how often the baseline replaced the learner's choice),
         ``non_baseline``, ``policy_lower``, ``baseline_upper`` and ``slack`` (what exploration
-        may still spend, in reward units), with the settings."""
+        may still spend, in reward units), with the settings; a quality floor adds
+        ``multiplier`` (its price on quality), ``retrospective`` and
+        ``counterfactual_requests`` (answered requests the reference did not serve)."""
         return self._core.conservative_status()
 
     def set_exploration(

@@ -553,11 +553,13 @@ impl PyPolicyCore {
 
     /// Conservative mode's account as a dict, or `None` when it is off.
     fn conservative_status<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
-        let p = self.inner.lock();
+        let mut p = self.inner.lock();
+        let Some(b) = p.conservative_budget()? else {
+            return Ok(None);
+        };
         let Some(c) = &p.conservative else {
             return Ok(None);
         };
-        let b = c.budget();
         let d = PyDict::new(py);
         d.set_item("baseline", p.conservative_baseline())?;
         d.set_item(
@@ -568,6 +570,9 @@ impl PyPolicyCore {
             },
         )?;
         d.set_item("tolerance", c.tolerance)?;
+        d.set_item("multiplier", c.multiplier)?;
+        d.set_item("retrospective", c.retro)?;
+        d.set_item("counterfactual_requests", c.cf_n)?;
         d.set_item("delta", c.delta)?;
         d.set_item("confidence", c.confidence())?;
         d.set_item("z", c.z)?;
