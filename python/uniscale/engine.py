@@ -247,9 +247,8 @@ class Engine:
         fb = realised.feedback
         if fb is not None and realised.quality is None:
             fb = replace(fb, deferred=True)
-        rec = self._decision_record(choice)
-        rec = replace(
-            rec,
+        rec = self._decision_record(
+            choice,
             feedback=fb,
             outcome=realised.summary,
             error=realised.error,
@@ -395,7 +394,7 @@ class Engine:
             learner_updated=upd.learner_updated,
         )
 
-    def _decision_record(self, choice: Choice) -> DecisionRecord:
+    def _decision_record(self, choice: Choice, **outcome: Any) -> DecisionRecord:
         d = choice.decision.to_dict()
         cands = tuple(int(i) for i in d.pop("candidates"))
         uids = [int(a[3]) for a in self.policy.core.actions()]
@@ -416,6 +415,7 @@ class Engine:
             x_sha256=features_digest(choice.x),
             x=tuple(choice.x.tolist()) if self.keep_features else None,
             limits=choice.limits,
+            **outcome,
         )
 
     def __repr__(self) -> str:

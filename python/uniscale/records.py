@@ -22,7 +22,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, overload
+
+import numpy as np
+from numpy.typing import NDArray
 
 from uniscale._core import StateError
 from uniscale.policy import RewardWeights
@@ -47,25 +50,45 @@ SCHEMA_VERSION = 2
 #: The versions `parse_record` reads.
 SUPPORTED_SCHEMAS = (1, 2)
 
-_N = TypeVar("_N")
+F64 = NDArray[np.float64]
 
 
+@overload
 def reward_value(
-    quality: _N,
-    cost_usd: _N,
-    latency_s: _N,
+    quality: float,
+    cost_usd: float,
+    latency_s: float,
     weights: RewardWeights,
-    cost_scale: Any,
-    latency_scale: Any,
-) -> _N:
+    cost_scale: float,
+    latency_scale: float,
+) -> float: ...
+@overload
+def reward_value(
+    quality: F64,
+    cost_usd: F64,
+    latency_s: F64,
+    weights: RewardWeights | tuple[F64, F64, F64],
+    cost_scale: float,
+    latency_scale: float,
+) -> F64: ...
+def reward_value(
+    quality: Any,
+    cost_usd: Any,
+    latency_s: Any,
+    weights: RewardWeights | tuple[Any, Any, Any],
+    cost_scale: float,
+    latency_scale: float,
+) -> Any:
     """``w_q * quality - w_c * cost_usd / cost_scale - w_l * latency_s / latency_scale``, for
-    floats or NumPy arrays (broadcast), evaluated in the order the Rust policy evaluates it, so
-    the two agree to the last bit."""
-    return (  # type: ignore[no-any-return]
-        weights.quality * quality  # type: ignore[operator]
-        - weights.cost * cost_usd / cost_scale  # type: ignore[operator]
-        - weights.latency * latency_s / latency_scale  # type: ignore[operator]
+    floats or NumPy arrays (broadcast; ``weights`` may be ``(w_q, w_c, w_l)`` columns that vary
+    per row), evaluated in the order the Rust policy evaluates it, so the two agree to the last
+    bit."""
+    wq, wc, wl = (
+        (weights.quality, weights.cost, weights.latency)
+        if isinstance(weights, RewardWeights)
+        else weights
     )
+    return wq * quality - wc * cost_usd / cost_scale - wl * latency_s / latency_scale
 
 
 @dataclass(frozen=True, slots=True)
