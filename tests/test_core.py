@@ -498,3 +498,17 @@ def test_router_and_replay_paths_learn_identical_policies(
             db.quality_bonus,
             db.score,
         )
+
+
+def test_one_billing_formula_for_the_executor_and_the_table() -> None:
+    from uniscale.execute import _Tally
+    from uniscale.outcomes import run_usage
+
+    spec = ModelSpec("m", price_in_per_mtok=0.3, price_out_per_mtok=1.7, bills_prompt_once=False)
+    assert spec.cost_usd(1000, 250) == (1000 * 0.3 + 250 * 1.7) / 1e6
+    sample = Sample("", None, 0, "m", 1000, 250, "usage", None, None, 0.5)
+    tally = _Tally()
+    tally.bill(spec, 1000, [sample])
+    tally.bill(spec, 1000, [sample])  # fan-out: two requests, the prompt billed twice
+    assert tally.cost_usd == spec.cost_usd(1000, 250) * 2
+    assert run_usage(spec, 1000, [sample, sample])[0] == spec.cost_usd(2000, 500)
