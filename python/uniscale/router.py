@@ -547,24 +547,30 @@ class Router:
             otherwise=ConfidenceFeedback()
         )
         self.fallback = fallback
+        #: The per-request core this router drives (`uniscale.engine.Engine`). Built before
+        #: the log is opened: a bad setting must not leave a file behind.
+        self.engine = Engine(
+            policy,
+            feature_version=featurizer.version,
+            side_observations=side_observations,
+            max_deferred=max_deferred,
+        )
         self._owns_log = log is not None and not isinstance(log, DecisionLog)
         self.log: DecisionLog | None = (
             log if isinstance(log, DecisionLog) or log is None else DecisionLog(log)
         )
-        #: The per-request core this router drives (`uniscale.engine.Engine`).
-        self.engine = Engine(
-            policy,
-            feature_version=featurizer.version,
-            keep_features=self.log is not None and self.log.include_features,
-            side_observations=side_observations,
-            max_deferred=max_deferred,
-        )
+        self.engine.keep_features = self.log is not None and self.log.include_features
         self._lock = threading.Lock()
         self._log_failures = 0
 
     @property
     def side_observations(self) -> bool:
+        """Whether voting sub-runs are learned as side observations (see the class docs)."""
         return self.engine.side_observations
+
+    @side_observations.setter
+    def side_observations(self, on: bool) -> None:
+        self.engine.side_observations = bool(on)
 
     @property
     def max_deferred(self) -> int:
@@ -764,31 +770,39 @@ class _VotingSubRuns:
     """The voting sub-runs of a live run scored against a ground truth (see `Router`): the
     first ``n'`` of its samples, in draw order, voted as self-consistency or adaptive
     consistency would, billed by `run_usage`. Best-of-n sub-runs are not told (they need the
-    scorer's verdict on the prefix)."""
+    scorer's verdict on the prefix). Nothing is computed before the engine asks, inside its
+    guard: a failure here costs the side observations only, never the answer."""
 
-    __slots__ = ("_adaptive", "_answers", "_gold", "_samples", "_spec")
+    __slots__ = ("_answers", "_executor", "_gold", "_outcome", "_policy", "_samples", "_spec")
 
     def __init__(self, outcome: Outcome, ground_truth: str, policy: Policy, executor: Executor):
-        self._spec = policy.models[outcome.action.model]
-        self._samples = sorted(outcome.samples, key=lambda smp: smp.index)
-        self._answers = [
-            None if s.answer is None else normalize_answer(s.answer) for s in self._samples
-        ]
-        self._gold = normalize_answer(ground_truth)
-        self._adaptive = executor.adaptive
+        self._outcome = outcome
+        self._gold = ground_truth
+        self._policy = policy
+        self._executor = executor
+        self._samples: list[Sample] | None = None
+        self._answers: list[str | None] = []
+        self._spec: ModelSpec | None = None
 
     @property
     def drawn(self) -> float:
-        return float(len(self._samples))
+        return float(len(self._outcome.samples))
 
     def result(self, action: Action) -> SubRun | None:
+        if action.strategy not in ("self_consistency", "adaptive_consistency"):
+            return None
+        if self._samples is None or self._spec is None:
+            self._spec = self._policy.models[self._outcome.action.model]
+            self._samples = sorted(self._outcome.samples, key=lambda smp: smp.index)
+            self._answers = [
+                None if s.answer is None else normalize_answer(s.answer) for s in self._samples
+            ]
+            self._gold = normalize_answer(self._gold)
         if action.strategy == "self_consistency":
             vote, used = majority_vote(self._answers[: action.n]), action.n
-        elif action.strategy == "adaptive_consistency":
-            r = self._adaptive.replay(self._answers[: action.n], action.n)
-            vote, used = r.vote, r.used
         else:
-            return None
+            r = self._executor.adaptive.replay(self._answers[: action.n], action.n)
+            vote, used = r.vote, r.used
         prompt = self._samples[0].input_tokens
         cost, latency, out_tokens = run_usage(self._spec, prompt, self._samples[:used])
         quality = 1.0 if vote.answer is not None and vote.answer == self._gold else 0.0
