@@ -23,8 +23,10 @@ from uniscale import (
     ConfigError,
     DuplicateUpdateError,
     ModelSpec,
+    NonFiniteError,
     Policy,
     Router,
+    ShapeError,
     StateError,
     UniScaleError,
     UnknownDecisionError,
@@ -124,6 +126,13 @@ def test_engine_checks_its_inputs() -> None:
     with pytest.raises(ConfigError, match="featurizer version"):
         Engine(versioned, feature_version="other")
     Engine(versioned, feature_version="hash-v1").decide(x_of(0))
+    eng = Engine(tiny_policy())
+    with pytest.raises(ShapeError):
+        eng.decide(np.zeros(DIM + 1))
+    with pytest.raises(NonFiniteError):
+        eng.decide([1.0, math.nan, 0.0])
+    assert eng.policy.n_pending == 0
+    assert eng.decide([1, 0, 0]).x.dtype == np.float64  # a list is taken, stored as float64
 
 
 @given(

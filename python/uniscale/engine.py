@@ -200,9 +200,8 @@ class Engine:
         request_id: str | None = None,
     ) -> Choice:
         """Choose an action for features ``x`` under the limits (`Policy.select`)."""
-        xa = np.asarray(x, dtype=np.float64)
-        decision = self.policy.select(
-            xa,
+        decision = self.policy.select(  # validates x (shape, dtype, finiteness) first
+            x,
             float(input_tokens),
             max_cost_usd,
             max_latency_s,
@@ -212,7 +211,7 @@ class Engine:
         )
         return Choice(
             decision,
-            xa,
+            np.asarray(x, dtype=np.float64),
             float(input_tokens),
             Limits(max_cost_usd, max_latency_s),
             time.time() if now is None else float(now),
