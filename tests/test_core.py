@@ -521,3 +521,47 @@ def test_one_billing_formula_for_the_executor_and_the_table() -> None:
     tally.bill(spec, 1000, [sample])  # fan-out: two requests, the prompt billed twice
     assert tally.cost_usd == spec.cost_usd(1000, 250) * 2
     assert run_usage(spec, 1000, [sample, sample])[0] == spec.cost_usd(2000, 500)
+
+
+def fixed_table(t_n: int = 4) -> OutcomeTable:
+    rng = np.random.default_rng(0)
+    k = len(ACTIONS)
+    return OutcomeTable(
+        ids=[f"r{i}" for i in range(t_n)],
+        kinds=[""] * t_n,
+        X=rng.normal(size=(t_n, DIM)),
+        input_tokens=np.full(t_n, 100.0),
+        actions=list(ACTIONS),
+        quality=rng.integers(0, 2, size=(t_n, k)).astype(np.float64),
+        cost_usd=rng.uniform(0, 0.01, size=(t_n, k)),
+        latency_s=rng.uniform(0.1, 3, size=(t_n, k)),
+        output_tokens=np.full((t_n, k), 50.0),
+        samples_used=np.tile(np.array([a.n for a in ACTIONS], dtype=np.float64), (t_n, 1)),
+    )
+
+
+def test_a_swapped_router_log_gets_the_records_with_its_feature_setting(tmp_path: Path) -> None:
+    # uniscale serve rotates its log by assigning router.log
+    table = fixed_table()
+    executor = TableExecutorStub(table, {m.name: m for m in MODELS})
+    router = Router(
+        tiny_policy(),
+        executor,  # type: ignore[arg-type]
+        TableFeaturizer(table),  # type: ignore[arg-type]
+        feedback=TableQuality(table, executor.col_of),
+    )
+
+    async def go() -> None:
+        await router.complete("row 0")  # no log: nothing written
+        router.log = DecisionLog(tmp_path / "a.jsonl")
+        await router.complete("row 1")
+        router.log.close()
+        router.log = DecisionLog(tmp_path / "b.jsonl", include_features=False)
+        await router.complete("row 2")
+        router.log.close()
+
+    asyncio.run(go())
+    (a,) = read_decision_log(tmp_path / "a.jsonl")
+    (b,) = read_decision_log(tmp_path / "b.jsonl")
+    assert a["x"] == table.X[1].tolist() and "x" not in b
+    assert b["x_sha256"] == features_digest(table.X[2]) and router.log_failures == 0

@@ -556,12 +556,21 @@ class Router:
             max_deferred=max_deferred,
         )
         self._owns_log = log is not None and not isinstance(log, DecisionLog)
-        self.log: DecisionLog | None = (
-            log if isinstance(log, DecisionLog) or log is None else DecisionLog(log)
-        )
-        self.engine.keep_features = self.log is not None and self.log.include_features
+        self._log: DecisionLog | None = None
+        self.log = log if isinstance(log, DecisionLog) or log is None else DecisionLog(log)
         self._lock = threading.Lock()
         self._log_failures = 0
+
+    @property
+    def log(self) -> DecisionLog | None:
+        """The decision log written to (``None``: none). May be swapped while serving (e.g. to
+        rotate files); the records then follow the new log's ``include_features``."""
+        return self._log
+
+    @log.setter
+    def log(self, log: DecisionLog | None) -> None:
+        self._log = log
+        self.engine.keep_features = log is not None and log.include_features
 
     @property
     def side_observations(self) -> bool:
