@@ -686,7 +686,22 @@ def _log_stream(
         return _uniform_stream(table, rows, scales, reward, seed)
     if models is None:
         raise OPEError(f"a {kind!r} logger needs the ModelSpecs (models=...)")
-    col_of = {a: i for i, a in enumerate(table.actions)}
+    options = {"exploration": kind, "epsilon": epsilon, "temperature": temperature}
+    return _learn_stream(table, rows, models, scales, reward, seed, **options)[1]
+
+
+def _learn_stream(
+    table: OutcomeTable,
+    rows: I64,
+    models: Mapping[str, ModelSpec],
+    scales: Scales,
+    reward: RewardWeights,
+    seed: int,
+    **policy_kwargs: Any,
+) -> tuple[Policy, list[DecisionRecord]]:
+    """A fresh UniScale policy over every action of the table, learning online from ``rows``
+    through the `Engine` (answered by a `TableExecutor`), and its decision records with the
+    table's columns as action ids."""
     names = list(dict.fromkeys(a.model for a in table.actions))
     pol = Policy(
         ActionSpace([models[m] for m in names], table.actions),
@@ -694,11 +709,10 @@ def _log_stream(
         reward=reward,
         cost_scale=scales.cost_scale,
         latency_scale=scales.latency_scale,
-        exploration=kind,
-        epsilon=epsilon,
-        temperature=temperature,
         seed=seed,
+        **policy_kwargs,
     )
+    col_of = {a: i for i, a in enumerate(table.actions)}
     ids = [col_of[a] for a in pol.actions]
     engine = Engine(pol, keep_features=True, strict=True)
     answer = TableExecutor(table)
@@ -713,7 +727,7 @@ def _log_stream(
         c = ids[choice.decision.index]
         _, rec = engine.record(choice, answer.run(int(t), c), now=float(step))
         out.append(rec.relabel(ids))
-    return out
+    return pol, out
 
 
 def _uniform_stream(
@@ -882,22 +896,4 @@ def _train_greedy(
     reward: RewardWeights,
     seed: int,
 ) -> Policy:
-    names = list(dict.fromkeys(a.model for a in table.actions))
-    pol = Policy(
-        ActionSpace([models[m] for m in names], table.actions),
-        dim=table.X.shape[1],
-        reward=reward,
-        cost_scale=scales.cost_scale,
-        latency_scale=scales.latency_scale,
-        seed=seed,
-    )
-    col_of = {a: i for i, a in enumerate(table.actions)}
-    cols = [col_of[a] for a in pol.actions]
-    engine = Engine(pol, strict=True)
-    answer = TableExecutor(table)
-    for step, t in enumerate(rows):
-        choice = engine.decide(
-            table.X[t], input_tokens=float(table.input_tokens[t]), now=float(step)
-        )
-        engine.record(choice, answer.run(int(t), cols[choice.decision.index]), now=float(step))
-    return pol
+    return _learn_stream(table, rows, models, scales, reward, seed)[0]

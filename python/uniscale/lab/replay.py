@@ -295,29 +295,22 @@ class TableExecutor:
         self._col_of = {a: i for i, a in enumerate(table.actions)}
 
     def run(self, t: int, col: int) -> Realised:
-        fb = self.table.feedback(t, col)
+        r = self._outcome(t, col)
         return Realised(
-            fb["quality"],
-            fb["cost_usd"],
-            fb["latency_s"],
-            fb["output_tokens"],
-            fb["samples_used"],
-            sub_runs=_TableSubRuns(self, t, fb["samples_used"]),
+            r.quality,
+            r.cost_usd,
+            r.latency_s,
+            r.output_tokens,
+            r.samples_used,
+            sub_runs=_TableSubRuns(self, t, r.samples_used),
         )
 
     def sub_run(self, t: int, action: Action) -> SubRun | None:
         col = self._col_of.get(action)
-        if col is None:
-            return None
-        fb = self.table.feedback(t, col)
-        return SubRun(
-            fb["quality"],
-            fb["cost_usd"],
-            fb["latency_s"],
-            fb["output_tokens"],
-            fb["samples_used"],
-            float(self.table.input_tokens[t]),
-        )
+        return None if col is None else self._outcome(t, col)
+
+    def _outcome(self, t: int, col: int) -> SubRun:
+        return SubRun(**self.table.feedback(t, col), input_tokens=float(self.table.input_tokens[t]))
 
 
 @dataclass(frozen=True, slots=True)
