@@ -1,7 +1,8 @@
 """Online learning evaluated offline: stream an outcome table through policies as if live.
 
 Every policy sees the same requests in the same order; each decision is answered from the
-table (what that action produced on that request), and the policy is updated with it. Rewards
+table (what that action produced on that request, `TableExecutor`), and the policy is updated
+with it through `uniscale.engine.Engine`, the per-request loop the live `Router` runs. Rewards
 are computed with one set of scales for everyone, so numbers are comparable across policies.
 
 Baselines: ``random`` (uniform over available actions), ``best_fixed`` (the single action with
