@@ -249,7 +249,7 @@ def test_invalid_feedback_value_is_deferred_and_raised(good: FakeOpenAI) -> None
 
     router = run(go())
     assert router.n_deferred == 1 and policy.n_pending == 1
-    (pending,) = list(router._deferred)
+    (pending,) = router.engine.deferred_ids()
     upd = router.feedback(pending, 0.5)
     # The realised cost kept from the execution: 11 prompt tokens at $1/M plus the 4 output
     # tokens of "The answer is 4" at $2/M.

@@ -2,9 +2,10 @@
 
 The learners and all numeric policy work live in the compiled extension ``uniscale._core``;
 this package re-exports them with the runtime a gateway needs (action space, policy,
-featurizer, executor, router, decision log). ``import uniscale`` loads nothing else: the
-research tools (collection, datasets, simulator, replay, off-policy evaluation, reports, demo,
-calibration) are in `uniscale.lab`, installed with the ``[lab]`` extra. See docs/architecture.md.
+featurizer, executor, the per-request engine, router, decision log and its records).
+``import uniscale`` loads nothing else: the research tools (collection, datasets, simulator,
+replay, off-policy evaluation, reports, demo, calibration) are in `uniscale.lab`, installed
+with the ``[lab]`` extra. See docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from uniscale._core import (
     operating_point,
     pareto_front,
 )
+from uniscale.engine import Choice, Engine, Realised, SubRun
 from uniscale.execute import (
     AdaptiveConfig,
     AllSamplesFailed,
@@ -58,6 +60,7 @@ from uniscale.featurize import (
 )
 from uniscale.planner import Plan, plan
 from uniscale.policy import PRESETS, Policy, QualityFloor, RewardWeights, UpdateResult
+from uniscale.records import DecisionRecord, FeedbackRecord, parse_record
 from uniscale.router import (
     ConfidenceFeedback,
     DecisionLog,
@@ -83,14 +86,17 @@ __all__ = [
     "AllMaskedError",
     "AllSamplesFailed",
     "CallableFeaturizer",
+    "Choice",
     "ConfidenceFeedback",
     "ConfigError",
     "DTypeError",
     "DeadlineExceeded",
     "Decision",
     "DecisionLog",
+    "DecisionRecord",
     "DeferredFeedback",
     "DuplicateUpdateError",
+    "Engine",
     "ExecutionError",
     "Executor",
     "ExpiredDecisionError",
@@ -98,6 +104,7 @@ __all__ = [
     "Featurizer",
     "FeaturizerBackend",
     "FeedbackContext",
+    "FeedbackRecord",
     "FeedbackSource",
     "GroundTruthFeedback",
     "HashingFeaturizer",
@@ -113,6 +120,7 @@ __all__ = [
     "Policy",
     "PolicyCore",
     "QualityFloor",
+    "Realised",
     "RewardWeights",
     "Router",
     "RouterResult",
@@ -123,6 +131,7 @@ __all__ = [
     "SharedLinUCB",
     "StateError",
     "Strategy",
+    "SubRun",
     "UniScaleError",
     "UnknownActionError",
     "UnknownDecisionError",
@@ -135,6 +144,7 @@ __all__ = [
     "normalize_answer",
     "operating_point",
     "pareto_front",
+    "parse_record",
     "plan",
     "read_decision_log",
 ]

@@ -547,9 +547,7 @@ class _Tally:
         self.requests += 1
         self.input_tokens += prompt_tokens
         self.output_tokens += out
-        self.cost_usd += (
-            prompt_tokens * spec.price_in_per_mtok + out * spec.price_out_per_mtok
-        ) / 1e6
+        self.cost_usd += spec.cost_usd(prompt_tokens, out)
         self.samples.extend(samples)
 
 

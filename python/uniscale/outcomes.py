@@ -173,7 +173,7 @@ def run_usage(
     k = len(used)
     out = float(sum(s.output_tokens for s in used))
     billed_in = input_tokens if (model.bills_prompt_once or k == 1) else input_tokens * k
-    cost = (billed_in * model.price_in_per_mtok + out * model.price_out_per_mtok) / 1e6
+    cost = model.cost_usd(billed_in, out)
     latency = round_latency([s.latency_s for s in used], model.parallelism)
     return cost, latency, out
 

@@ -1,11 +1,13 @@
-"""`Router`: featurize -> select -> execute -> learn, with an append-only JSONL decision log.
+"""`Router`: featurize -> decide -> execute -> record, with an append-only JSONL decision log.
 
-``await router.complete(messages, ...)`` featurizes the request, asks the `Policy` for an
+``await router.complete(messages, ...)`` featurizes the request, asks its `Engine`
+(`uniscale.engine`, the per-request core shared with replay and off-policy evaluation) for an
 action under the given cost and latency limits, runs it with the `Executor`, scores the outcome
 with a feedback source (`GroundTruthFeedback`, `ConfidenceFeedback`, `JudgeFeedback`,
-`DeferredFeedback`) and updates the policy with the realised cost, latency, output tokens and
-samples used. `DecisionLog` writes one strict-ASCII JSON line per decision (and per deferred
-feedback) for off-policy evaluation; `read_decision_log` reads it back.
+`DeferredFeedback`) and records it through the engine, which updates the policy with the
+realised cost, latency, output tokens and samples used and returns the typed
+`uniscale.records.DecisionRecord`. `DecisionLog` writes one strict-ASCII JSON line per decision
+(and per deferred feedback) for off-policy evaluation; `read_decision_log` reads it back.
 
 The feedback sources, what happens on failures, and the decision log's records and locking are
 described in docs/architecture.md, section "Router and decision log".
@@ -22,24 +24,21 @@ import os
 import sys
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
 import numpy as np
-from numpy.typing import ArrayLike, NDArray
+from numpy.typing import ArrayLike
 
 from uniscale._core import (
     ConfigError,
     Decision,
-    DuplicateUpdateError,
-    ExpiredDecisionError,
     StateError,
-    UnknownDecisionError,
 )
+from uniscale.engine import Engine, Realised, SubRun
 from uniscale.execute import (
     ExecutionConfigError,
     ExecutionError,
@@ -50,9 +49,10 @@ from uniscale.execute import (
     Sample,
 )
 from uniscale.extract import Extractor, normalize_answer
-from uniscale.featurize import Featurizer, features_digest
-from uniscale.outcomes import SIDE_OBSERVATION_WEIGHT, run_usage, sub_actions
+from uniscale.featurize import Featurizer
+from uniscale.outcomes import run_usage
 from uniscale.policy import Policy, UpdateResult
+from uniscale.records import SCHEMA_VERSION, DecisionRecord, ErrorInfo, FeedbackInfo, FeedbackRecord
 from uniscale.space import Action, ModelSpec
 from uniscale.vote import majority_vote
 
@@ -73,7 +73,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-LOG_SCHEMA = 1
+#: The decision-log schema version written (`uniscale.records.SCHEMA_VERSION`).
+LOG_SCHEMA = SCHEMA_VERSION
 
 # --------------------------------------------------------------------------------------------
 # Feedback sources
@@ -249,12 +250,20 @@ class DecisionLog:
             self._fh.close()
             raise
 
-    def write(self, record: Mapping[str, Any]) -> None:
-        """Append one record (a JSON-serialisable mapping) as one line.
+    def write(self, record: DecisionRecord | FeedbackRecord | Mapping[str, Any]) -> None:
+        """Append one record as one line: a `DecisionRecord` or `FeedbackRecord` (its
+        ``to_json()``; without the features unless ``include_features``), or any
+        JSON-serialisable mapping, written as it is.
 
         Raises ``TypeError`` for a value JSON cannot hold, ``ValueError`` on a closed log and
         ``OSError`` when the disk refuses the write.
         """
+        if isinstance(record, DecisionRecord):
+            if not self.include_features and record.x is not None:
+                record = replace(record, x=None)
+            record = record.to_json()
+        elif isinstance(record, FeedbackRecord):
+            record = record.to_json()
         line = encode_record(record)
         with self._lock:
             if self._fh.closed:
@@ -485,14 +494,6 @@ class RouterResult:
         return self.outcome.text
 
 
-@dataclass(frozen=True, slots=True)
-class _Realised:
-    cost_usd: float
-    latency_s: float
-    output_tokens: float | None
-    samples_used: float | None
-
-
 class Router:
     """Featurizer + Policy + Executor, learning from every request it serves.
 
@@ -539,8 +540,6 @@ class Router:
         missing = sorted(set(policy.models) - set(executor.models))
         if missing:
             raise ConfigError(f"the executor does not know the policy's models {missing}")
-        if max_deferred < 1:
-            raise ConfigError(f"max_deferred must be >= 1, got {max_deferred}")
         self.policy = policy
         self.executor = executor
         self.featurizer = featurizer
@@ -548,16 +547,43 @@ class Router:
             otherwise=ConfidenceFeedback()
         )
         self.fallback = fallback
-        self.max_deferred = max_deferred
-        self.side_observations = side_observations
-        self._owns_log = log is not None and not isinstance(log, DecisionLog)
-        self.log: DecisionLog | None = (
-            log if isinstance(log, DecisionLog) or log is None else DecisionLog(log)
+        #: The per-request core this router drives (`uniscale.engine.Engine`). Built before
+        #: the log is opened: a bad setting must not leave a file behind.
+        self.engine = Engine(
+            policy,
+            feature_version=featurizer.version,
+            side_observations=side_observations,
+            max_deferred=max_deferred,
         )
-        self._deferred: OrderedDict[int, _Realised] = OrderedDict()
+        self._owns_log = log is not None and not isinstance(log, DecisionLog)
+        self._log: DecisionLog | None = None
+        self.log = log if isinstance(log, DecisionLog) or log is None else DecisionLog(log)
         self._lock = threading.Lock()
         self._log_failures = 0
-        self._learning_skipped = 0
+
+    @property
+    def log(self) -> DecisionLog | None:
+        """The decision log written to (``None``: none). May be swapped while serving (e.g. to
+        rotate files); the records then follow the new log's ``include_features``."""
+        return self._log
+
+    @log.setter
+    def log(self, log: DecisionLog | None) -> None:
+        self._log = log
+        self.engine.keep_features = log is not None and log.include_features
+
+    @property
+    def side_observations(self) -> bool:
+        """Whether voting sub-runs are learned as side observations (see the class docs)."""
+        return self.engine.side_observations
+
+    @side_observations.setter
+    def side_observations(self, on: bool) -> None:
+        self.engine.side_observations = bool(on)
+
+    @property
+    def max_deferred(self) -> int:
+        return self.engine.max_deferred
 
     # -- the request path -------------------------------------------------------------------
 
@@ -573,7 +599,7 @@ class Router:
         feedback: FeedbackSource | None = None,
         **params: Any,
     ) -> RouterResult:
-        """Route one request: select, execute, score, learn, log.
+        """Route one request: featurize, decide, execute, score, record (learn and log).
 
         ``params`` go to `Executor.run` (``temperature``, ``max_tokens``, ``seed``, ``scorer``,
         ``deadline_s`` and extra request-body fields). ``feedback`` overrides the router's
@@ -581,65 +607,54 @@ class Router:
         action fails entirely (see the module docs).
         """
         x, tokens = self.featurizer.featurize_with_tokens(messages)
-        decision = self.policy.select(
+        choice = self.engine.decide(
             x,
-            float(tokens),
-            max_cost_usd,
-            max_latency_s,
+            input_tokens=float(tokens),
+            max_cost_usd=max_cost_usd,
+            max_latency_s=max_latency_s,
             mask=mask,
-            feature_version=self.featurizer.version,
         )
-        record = self._decision_record(decision, x, tokens, max_cost_usd, max_latency_s)
         source = feedback or self.feedback_source
-        record["feedback"] = {
-            "source": type(source).__name__,
-            "ground_truth_given": ground_truth is not None,
-            "deferred": False,
-        }
-        upd: UpdateResult | None
+        info = FeedbackInfo(type(source).__name__, ground_truth is not None)
         t0 = time.monotonic()
         try:
             outcome = await self.executor.run(
-                decision.action, messages, extractor=extractor, fallback=self.fallback, **params
+                choice.action, messages, extractor=extractor, fallback=self.fallback, **params
             )
         except ExecutionConfigError:
             raise  # nothing was sent; the decision stays unanswered and expires
         except ExecutionError as exc:
-            latency = time.monotonic() - t0
-            realised = _Realised(0.0, latency, None, None)
-            upd = self._learn(decision.id, 0.0, realised, record)
-            record.update(
-                outcome=None,
-                error={"type": type(exc).__name__, "message": str(exc)},
-                **self._reward_fields(0.0, upd),
+            failed = Realised(
+                0.0, 0.0, time.monotonic() - t0, error=ErrorInfo.of(exc), feedback=info
             )
-            self._write(record)
+            upd, rec = self.engine.record(choice, failed)
+            self._write(rec)
             if upd is not None:
-                exc.add_note(f"uniscale: decision {decision.id} was recorded with quality 0")
+                exc.add_note(f"uniscale: decision {choice.id} was recorded with quality 0")
             else:
+                skipped = rec.learning_skipped.type if rec.learning_skipped else "?"
                 exc.add_note(
-                    f"uniscale: decision {decision.id} was logged; its learning was skipped "
-                    f"({record['learning_skipped']['type']})"
+                    f"uniscale: decision {choice.id} was logged; its learning was skipped "
+                    f"({skipped})"
                 )
             raise
 
-        record["outcome"] = _outcome_summary(outcome)
-        record["error"] = None
+        summary = _outcome_summary(outcome)
         cost = outcome.total_cost_usd
         if outcome.fallback_used:
-            realised = _Realised(cost, outcome.latency_s, None, None)
+            # another action answered: its tokens would mislead the chosen one's cost model
+            done = Realised(0.0, cost, outcome.latency_s, summary=summary, feedback=info)
         else:
-            realised = _Realised(
+            done = Realised(
+                None,
                 cost,
                 outcome.latency_s,
                 float(outcome.output_tokens),
                 float(outcome.samples_used),
+                summary=summary,
+                feedback=info,
             )
-        quality: float | None
-        if outcome.fallback_used:
-            quality = 0.0
-        else:
-            ctx = FeedbackContext(messages, outcome, ground_truth, self.executor, decision)
+            ctx = FeedbackContext(messages, outcome, ground_truth, self.executor, choice.decision)
             try:
                 quality = await source.quality(ctx)
                 if quality is not None and not (
@@ -650,33 +665,22 @@ class Router:
                         f"{quality!r}; expected a finite number or None"
                     )
             except BaseException:
-                # Keep the realised values so that router.feedback can still complete it.
-                self._defer(decision.id, realised)
-                record["feedback"]["deferred"] = True
-                record.update(self._reward_fields(None, None))
-                self._write(record)
+                # Deferred, so that router.feedback can still complete it with these values.
+                self._write(self.engine.record(choice, done)[1])
                 raise
-        upd = None
-        if quality is None:
-            self._defer(decision.id, realised)
-            record["feedback"]["deferred"] = True
-        else:
-            upd = self._learn(decision.id, float(quality), realised, record)
-            if (
-                upd is not None
-                and self.side_observations
-                and ground_truth is not None
-                and isinstance(source, GroundTruthFeedback)
-                and not outcome.fallback_used
-            ):
-                try:
-                    record["side_observations"] = self._observe_sub_runs(x, outcome, ground_truth)
-                except Exception as exc:  # the answer stands; only the extra learning is lost
-                    logger.exception("decision %d: side observations failed", decision.id)
-                    record["side_observations_error"] = _error_field(exc)
-        record.update(self._reward_fields(quality, upd))
-        self._write(record)
-        return RouterResult(decision.to_dict(), outcome, upd, quality, "learning_skipped" in record)
+            subs = None
+            if ground_truth is not None and isinstance(source, GroundTruthFeedback):
+                subs = _VotingSubRuns(outcome, ground_truth, self.policy, self.executor)
+            done = replace(done, quality=None if quality is None else float(quality), sub_runs=subs)
+        upd, rec = self.engine.record(choice, done)
+        self._write(rec)
+        return RouterResult(
+            choice.decision.to_dict(),
+            outcome,
+            upd,
+            done.quality,
+            rec.learning_skipped is not None,
+        )
 
     def feedback(self, decision_id: int, quality: float) -> UpdateResult:
         """Complete a deferred decision with its quality, using the realised cost, latency,
@@ -685,34 +689,14 @@ class Router:
         `UnknownDecisionError`, `ExpiredDecisionError` or `DuplicateUpdateError` as appropriate
         (or, for a decision still pending in the policy, updates it with predicted cost and
         latency)."""
-        with self._lock:
-            realised = self._deferred.get(decision_id)
-        try:
-            if realised is None:
-                upd = self.policy.update(decision_id, quality)
-            else:
-                upd = self._update(decision_id, quality, realised)
-        except (UnknownDecisionError, ExpiredDecisionError, DuplicateUpdateError):
-            with self._lock:
-                self._deferred.pop(decision_id, None)
-            raise
-        with self._lock:
-            self._deferred.pop(decision_id, None)
-        rec: dict[str, Any] = {
-            "schema": LOG_SCHEMA,
-            "type": "feedback",
-            "time_s": time.time(),
-            "decision_id": decision_id,
-        }
-        rec.update(self._reward_fields(quality, upd))
+        upd, rec = self.engine.feedback(decision_id, quality)
         self._write(rec)
         return upd
 
     @property
     def n_deferred(self) -> int:
         """Decisions waiting for `feedback`."""
-        with self._lock:
-            return len(self._deferred)
+        return self.engine.n_deferred
 
     @property
     def log_failures(self) -> int:
@@ -726,8 +710,7 @@ class Router:
         """Executed decisions the policy could not learn from (expired from its pending store,
         e.g. more concurrent requests than its ``capacity``); their answers were returned and
         their records logged with ``"learning_skipped"``."""
-        with self._lock:
-            return self._learning_skipped
+        return self.engine.learning_skipped
 
     async def aclose(self) -> None:
         """Close the decision log if the router opened it (not the executor: it is shared)."""
@@ -747,81 +730,7 @@ class Router:
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _learn(
-        self, decision_id: int, quality: float, r: _Realised, record: dict[str, Any]
-    ) -> UpdateResult | None:
-        """`_update` after an execution: a decision the policy no longer holds (expired,
-        evicted, already updated) or an update it rejects skips the learning, noted in
-        ``record`` and counted, instead of raising after the answer was produced."""
-        err: Exception
-        try:
-            return self._update(decision_id, quality, r)
-        except (UnknownDecisionError, ExpiredDecisionError, DuplicateUpdateError) as exc:
-            logger.warning("decision %d: learning skipped (%s)", decision_id, exc)
-            err = exc
-        except Exception as exc:
-            logger.exception("decision %d: the policy update failed; learning skipped", decision_id)
-            err = exc
-        with self._lock:
-            self._learning_skipped += 1
-        record["learning_skipped"] = _error_field(err)
-        return None
-
-    def _update(self, decision_id: int, quality: float, r: _Realised) -> UpdateResult:
-        return self.policy.update(
-            decision_id,
-            quality,
-            cost_usd=r.cost_usd,
-            latency_s=r.latency_s,
-            output_tokens=r.output_tokens,
-            samples_used=r.samples_used,
-        )
-
-    def _observe_sub_runs(
-        self, x: NDArray[np.float64], outcome: Outcome, ground_truth: str
-    ) -> list[dict[str, Any]]:
-        """Feeds the policy the voting sub-runs ``outcome``'s samples contain (see the class
-        docs) and returns what was observed, for the decision log."""
-        done: list[dict[str, Any]] = []
-        actions = self.policy.actions
-        spec = self.policy.models[outcome.action.model]
-        samples = sorted(outcome.samples, key=lambda smp: smp.index)
-        answers = [None if smp.answer is None else normalize_answer(smp.answer) for smp in samples]
-        gold = normalize_answer(ground_truth)
-        for j in sub_actions(outcome.action, len(samples), actions):
-            a = actions[j]
-            if a.strategy == "self_consistency":
-                vote, used = majority_vote(answers[: a.n]), a.n
-            elif a.strategy == "adaptive_consistency":
-                r = self.executor.adaptive.replay(answers[: a.n], a.n)
-                vote, used = r.vote, r.used
-            else:
-                continue  # best_of_n: needs the scorer's verdict on this prefix
-            prompt = samples[0].input_tokens
-            cost, latency, out_tokens = run_usage(spec, prompt, samples[:used])
-            quality = 1.0 if vote.answer is not None and vote.answer == gold else 0.0
-            self.policy.observe(
-                x,
-                j,
-                quality,
-                input_tokens=float(prompt),
-                cost_usd=cost,
-                latency_s=latency,
-                output_tokens=out_tokens,
-                samples_used=float(used),
-                weight=SIDE_OBSERVATION_WEIGHT,
-            )
-            done.append({"action": str(a), "quality": quality, "samples_used": used})
-        return done
-
-    def _defer(self, decision_id: int, r: _Realised) -> None:
-        with self._lock:
-            self._deferred[decision_id] = r
-            while len(self._deferred) > self.max_deferred:
-                old, _ = self._deferred.popitem(last=False)
-                logger.warning("dropping deferred decision %d (max_deferred reached)", old)
-
-    def _write(self, record: Mapping[str, Any]) -> None:
+    def _write(self, record: DecisionRecord | FeedbackRecord) -> None:
         """Log ``record``; a failure (full disk, closed log, a value JSON cannot hold) is
         counted in `log_failures` and reported through `logging`, never raised: the request it
         belongs to was already executed and learned from."""
@@ -835,66 +744,15 @@ class Router:
             logger.exception(
                 "decision log %s: could not write the %s record of decision %s",
                 self.log.path,
-                record.get("type"),
-                record.get("decision_id"),
+                "feedback" if isinstance(record, FeedbackRecord) else "decision",
+                record.decision_id,
             )
-
-    def _decision_record(
-        self,
-        decision: Decision,
-        x: NDArray[np.float64],
-        tokens: int,
-        max_cost_usd: float | None,
-        max_latency_s: float | None,
-    ) -> dict[str, Any]:
-        d = decision.to_dict()
-        rec: dict[str, Any] = {
-            "schema": LOG_SCHEMA,
-            "type": "decision",
-            "time_s": time.time(),
-            "decision_id": decision.id,
-            "feature_version": self.featurizer.version,
-            "x_sha256": features_digest(x),
-            "input_tokens_est": tokens,
-            "limits": {"max_cost_usd": max_cost_usd, "max_latency_s": max_latency_s},
-            "decision": d,
-        }
-        if self.log is not None:
-            if self.log.include_features:
-                rec["x"] = x.tolist()
-            uids = [a[3] for a in self.policy.core.actions()]
-            rec["candidate_uids"] = [
-                uids[i] if 0 <= i < len(uids) else None for i in d["candidates"]
-            ]
-        return rec
-
-    def _reward_fields(self, quality: float | None, upd: UpdateResult | None) -> dict[str, Any]:
-        if upd is None:
-            return {"quality": quality, "reward": None, "reward_components": None}
-        w = self.policy.reward_weights
-        return {
-            "quality": quality,
-            "reward": upd.reward,
-            "reward_components": {
-                "quality": quality,
-                "cost_usd": upd.cost_usd,
-                "latency_s": upd.latency_s,
-                "weights": {"quality": w.quality, "cost": w.cost, "latency": w.latency},
-                "cost_scale": self.policy.core.cost_scale,
-                "latency_scale": self.policy.core.latency_scale,
-                "learner_updated": upd.learner_updated,
-            },
-        }
 
     def __repr__(self) -> str:
         return (
             f"Router({self.policy!r}, featurizer={self.featurizer.version!r}, "
             f"feedback={self.feedback_source!r})"
         )
-
-
-def _error_field(exc: BaseException) -> dict[str, str]:
-    return {"type": type(exc).__name__, "message": str(exc)}
 
 
 def _outcome_summary(o: Outcome) -> dict[str, Any]:
@@ -915,3 +773,46 @@ def _outcome_summary(o: Outcome) -> dict[str, Any]:
         "failures": [{"model": f.model, "error": f.error, "stage": f.stage} for f in o.failures],
         "stop_reason": o.stop_reason,
     }
+
+
+class _VotingSubRuns:
+    """The voting sub-runs of a live run scored against a ground truth (see `Router`): the
+    first ``n'`` of its samples, in draw order, voted as self-consistency or adaptive
+    consistency would, billed by `run_usage`. Best-of-n sub-runs are not told (they need the
+    scorer's verdict on the prefix). Nothing is computed before the engine asks, inside its
+    guard: a failure here costs the side observations only, never the answer."""
+
+    __slots__ = ("_answers", "_executor", "_gold", "_outcome", "_policy", "_samples", "_spec")
+
+    def __init__(self, outcome: Outcome, ground_truth: str, policy: Policy, executor: Executor):
+        self._outcome = outcome
+        self._gold = ground_truth
+        self._policy = policy
+        self._executor = executor
+        self._samples: list[Sample] | None = None
+        self._answers: list[str | None] = []
+        self._spec: ModelSpec | None = None
+
+    @property
+    def drawn(self) -> float:
+        return float(len(self._outcome.samples))
+
+    def result(self, action: Action) -> SubRun | None:
+        if action.strategy not in ("self_consistency", "adaptive_consistency"):
+            return None
+        if self._samples is None or self._spec is None:
+            self._spec = self._policy.models[self._outcome.action.model]
+            self._samples = sorted(self._outcome.samples, key=lambda smp: smp.index)
+            self._answers = [
+                None if s.answer is None else normalize_answer(s.answer) for s in self._samples
+            ]
+            self._gold = normalize_answer(self._gold)
+        if action.strategy == "self_consistency":
+            vote, used = majority_vote(self._answers[: action.n]), action.n
+        else:
+            r = self._executor.adaptive.replay(self._answers[: action.n], action.n)
+            vote, used = r.vote, r.used
+        prompt = self._samples[0].input_tokens
+        cost, latency, out_tokens = run_usage(self._spec, prompt, self._samples[:used])
+        quality = 1.0 if vote.answer is not None and vote.answer == self._gold else 0.0
+        return SubRun(quality, cost, latency, out_tokens, float(used), float(prompt))

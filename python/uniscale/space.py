@@ -86,6 +86,14 @@ class ModelSpec:
         """The ``model`` field sent to the endpoint."""
         return self.api_model or self.name
 
+    def cost_usd(self, input_tokens: float, output_tokens: float) -> float:
+        """Dollars for billed token counts at this model's prices: the one billing formula of
+        the Python side (the executor's per-request tally and a table's replayed runs; the
+        policy's cost model prices its predictions the same way in ``rust/cost.rs``)."""
+        return (
+            input_tokens * self.price_in_per_mtok + output_tokens * self.price_out_per_mtok
+        ) / 1e6
+
 
 @dataclass(frozen=True, slots=True)
 class Action:

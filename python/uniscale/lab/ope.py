@@ -25,11 +25,18 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from uniscale._core import UniScaleError
-from uniscale.lab.replay import Scales, best_fixed_run, reward_matrix, schedule
+from uniscale._core import StateError, UniScaleError
+from uniscale.engine import Engine
+from uniscale.lab.replay import Scales, TableExecutor, best_fixed_run, reward_matrix, schedule
 from uniscale.outcomes import OutcomeTable
 from uniscale.policy import Policy, RewardWeights, resolve_reward
-from uniscale.router import LOG_SCHEMA, DecisionLog, read_decision_log
+from uniscale.records import (
+    DecisionRecord,
+    FeedbackRecord,
+    RewardComponents,
+    parse_record,
+)
+from uniscale.router import DecisionLog, read_decision_log
 from uniscale.space import ActionSpace, ModelSpec
 
 __all__ = [
@@ -57,6 +64,7 @@ I64 = NDArray[np.int64]
 TargetPolicy = Callable[[F64 | None, Sequence[int]], ArrayLike]
 
 ESTIMATORS = ("ips", "snips", "dr")
+_RECORD_TYPES = ("decision", "feedback")
 
 
 class OPEError(UniScaleError):
@@ -130,79 +138,78 @@ def _as_record(r: LoggedDecision | Mapping[str, Any], i: int) -> LoggedDecision:
     )
 
 
-def _reward_from_components(comp: Mapping[str, Any], w: RewardWeights) -> float:
-    return (
-        w.quality * float(comp["quality"])
-        - w.cost * float(comp["cost_usd"]) / float(comp["cost_scale"])
-        - w.latency * float(comp["latency_s"]) / float(comp["latency_scale"])
-    )
-
-
 def records_from_log(
-    source: str | os.PathLike[str] | Iterable[Mapping[str, Any]],
+    source: str | os.PathLike[str] | Iterable[DecisionRecord | FeedbackRecord | Mapping[str, Any]],
     *,
     weights: str | RewardWeights | tuple[float, float, float] | None = None,
 ) -> list[LoggedDecision]:
-    """`LoggedDecision` records from a `DecisionLog` file (path) or its parsed dicts.
+    """`LoggedDecision` records from a `DecisionLog` file (path), its parsed dicts or typed
+    records (`uniscale.records.DecisionRecord`, `FeedbackRecord`), of any schema version the
+    package reads (`uniscale.records.parse_record`).
 
     ``"feedback"`` records complete deferred decisions (joined on ``decision_id``); decisions
     that never got a reward are skipped (counted in a log message). The action ids are the
     stable uids (``decision.action_uid``, ``candidate_uids``); logs without ``candidate_uids``
     fall back to the action indices. With ``weights`` the reward is recomputed from the logged
     components (quality, cost, latency and their scales) under those weights, so a log can be
-    evaluated under another preset. Raises `OPEError` on a missing or zero propensity.
+    evaluated under another preset. Raises `OPEError` on a missing or zero propensity and on a
+    record that does not parse (e.g. a newer schema).
     """
     it = read_decision_log(source) if isinstance(source, str | os.PathLike) else source
     w = None if weights is None else resolve_reward(weights)
-    decisions: dict[int, dict[str, Any]] = {}
+    decisions: dict[int, DecisionRecord] = {}
     order: list[int] = []
-    late: dict[int, Mapping[str, Any]] = {}
-    for n, rec in enumerate(it):
-        kind = rec.get("type", "decision")
-        if kind == "feedback":
-            late[int(rec["decision_id"])] = rec
-        elif kind == "decision":
-            if "decision" not in rec:
-                raise OPEError(f"log record {n}: a decision record without a 'decision' field")
-            did = int(rec.get("decision_id", rec["decision"].get("id", n)))
-            decisions[did] = dict(rec)
-            order.append(did)
+    late: dict[int, FeedbackRecord] = {}
+    for n, raw in enumerate(it):
+        if isinstance(raw, Mapping) and raw.get("type", "decision") not in _RECORD_TYPES:
+            continue  # a record kind this reader does not use
+        try:
+            rec = (
+                raw
+                if isinstance(raw, DecisionRecord | FeedbackRecord)
+                else parse_record(raw, index=n)
+            )
+        except StateError as exc:
+            raise OPEError(f"log record {n}: {exc}") from None
+        if isinstance(rec, FeedbackRecord):
+            late[rec.decision_id] = rec
+        else:
+            decisions[rec.decision_id] = rec
+            order.append(rec.decision_id)
     out: list[LoggedDecision] = []
     skipped = 0
     for did in order:
         rec = decisions[did]
-        if rec.get("reward") is None and did in late:
-            rec.update({k: late[did].get(k) for k in ("quality", "reward", "reward_components")})
-        if rec.get("reward") is None:
+        if rec.reward is None and did in late:
+            rec = rec.completed(late[did])
+        if rec.reward is None:
             skipped += 1
             continue
-        d = rec["decision"]
-        if "propensity" not in d or d["propensity"] is None:
+        if rec.propensity is None:
             raise OPEError(f"decision {did}: the log has no propensity for the chosen action")
-        uids = rec.get("candidate_uids")
-        if uids is not None and None not in uids and d.get("action_uid") is not None:
-            cands = tuple(int(u) for u in uids)
-            action = int(d["action_uid"])
+        uids = rec.candidate_uids
+        if uids is not None and None not in uids and rec.action_uid is not None:
+            cands = tuple(int(u) for u in uids)  # type: ignore[arg-type]
+            action = rec.action_uid
         else:
-            cands = tuple(int(c) for c in d["candidates"])
-            action = int(d["index"])
-        reward = float(rec["reward"])
+            if rec.action_index is None:
+                raise OPEError(f"decision {did}: the log names no chosen action")
+            cands = rec.candidates
+            action = rec.action_index
+        reward = rec.reward
         if w is not None:
-            comp = rec.get("reward_components")
-            if not comp:
+            if rec.reward_components is None:
                 raise OPEError(f"decision {did}: no reward components to reweight")
-            reward = _reward_from_components(comp, w)
-        x = rec.get("x")
-        probs = d.get("probabilities")
+            reward = rec.reward_components.reward(w)
         out.append(
             LoggedDecision(
-                x=None if x is None else np.asarray(x, dtype=np.float64),
+                x=None if rec.x is None else np.asarray(rec.x, dtype=np.float64),
                 action=action,
-                propensity=float(d["propensity"]),
+                propensity=rec.propensity,
                 reward=reward,
                 candidates=cands,
-                probabilities=None if probs is None else tuple(float(p) for p in probs),
-                input_tokens=float(d.get("input_tokens") or rec.get("input_tokens_est") or 0.0),
+                probabilities=rec.probabilities,
+                input_tokens=rec.input_tokens or 0.0,
                 decision_id=did,
             )
         )
@@ -552,7 +559,11 @@ def evaluate(
         recs = records_from_log(records, weights=weights)
     else:
         items = list(records)
-        if any(isinstance(r, Mapping) and ("decision" in r or "type" in r) for r in items):
+        if any(
+            isinstance(r, DecisionRecord | FeedbackRecord)
+            or (isinstance(r, Mapping) and ("decision" in r or "type" in r))
+            for r in items
+        ):
             recs = records_from_log(items, weights=weights)  # type: ignore[arg-type]
         else:
             recs = [_as_record(r, i) for i, r in enumerate(items)]
@@ -660,7 +671,6 @@ LoggerKind = Literal["uniform", "epsilon", "softmax"]
 def _log_stream(
     table: OutcomeTable,
     rows: I64,
-    r: F64,
     models: Mapping[str, ModelSpec] | None,
     scales: Scales,
     reward: RewardWeights,
@@ -668,79 +678,94 @@ def _log_stream(
     epsilon: float,
     temperature: float,
     seed: int,
-) -> list[dict[str, Any]]:
-    """Decision-log records (the `Router` format, ids = table columns) of a logger streaming
-    ``rows`` of the table and learning from the answers."""
-    k = len(table.actions)
-    weights = {"quality": reward.quality, "cost": reward.cost, "latency": reward.latency}
-    out: list[dict[str, Any]] = []
-    rng = np.random.default_rng(seed)
-    pol: Policy | None = None
-    uid_col: dict[int, int] = {}
-    uids: list[int] = []
-    if kind != "uniform":
-        if models is None:
-            raise OPEError(f"a {kind!r} logger needs the ModelSpecs (models=...)")
-        col_of = {a: i for i, a in enumerate(table.actions)}
-        names = list(dict.fromkeys(a.model for a in table.actions))
-        space = ActionSpace([models[m] for m in names], table.actions)
-        pol = Policy(
-            space,
-            dim=table.X.shape[1],
-            reward=reward,
-            cost_scale=scales.cost_scale,
-            latency_scale=scales.latency_scale,
-            exploration=kind,
-            epsilon=epsilon,
-            temperature=temperature,
-            seed=seed,
-        )
-        uid_col = {
-            int(a[3]): col_of[act] for a, act in zip(pol.core.actions(), pol.actions, strict=True)
-        }
-        uids = [int(a[3]) for a in pol.core.actions()]
+) -> list[DecisionRecord]:
+    """The decision log (action ids = table columns) of a logger streaming ``rows`` of the
+    table: UniScale learning online through the `uniscale.engine.Engine`, answered by a
+    `TableExecutor`, or (``"uniform"``) a uniformly random choice over every action."""
+    if kind == "uniform":
+        return _uniform_stream(table, rows, scales, reward, seed)
+    if models is None:
+        raise OPEError(f"a {kind!r} logger needs the ModelSpecs (models=...)")
+    options = {"exploration": kind, "epsilon": epsilon, "temperature": temperature}
+    return _learn_stream(table, rows, models, scales, reward, seed, **options)[1]
+
+
+def _learn_stream(
+    table: OutcomeTable,
+    rows: I64,
+    models: Mapping[str, ModelSpec],
+    scales: Scales,
+    reward: RewardWeights,
+    seed: int,
+    **policy_kwargs: Any,
+) -> tuple[Policy, list[DecisionRecord]]:
+    """A fresh UniScale policy over every action of the table, learning online from ``rows``
+    through the `Engine` (answered by a `TableExecutor`), and its decision records with the
+    table's columns as action ids."""
+    names = list(dict.fromkeys(a.model for a in table.actions))
+    pol = Policy(
+        ActionSpace([models[m] for m in names], table.actions),
+        dim=table.X.shape[1],
+        reward=reward,
+        cost_scale=scales.cost_scale,
+        latency_scale=scales.latency_scale,
+        seed=seed,
+        **policy_kwargs,
+    )
+    col_of = {a: i for i, a in enumerate(table.actions)}
+    ids = [col_of[a] for a in pol.actions]
+    engine = Engine(pol, keep_features=True, strict=True)
+    answer = TableExecutor(table)
+    out: list[DecisionRecord] = []
     for step, t in enumerate(rows):
-        x = table.X[t]
-        if pol is None:
-            c = int(rng.integers(0, k))
-            d: dict[str, Any] = {
-                "id": step,
-                "index": c,
-                "action_uid": c,
-                "propensity": 1.0 / k,
-                "candidates": list(range(k)),
-                "probabilities": [1.0 / k] * k,
-                "input_tokens": float(table.input_tokens[t]),
-            }
-            cand_ids = list(range(k))
-        else:
-            dec = pol.select(x, float(table.input_tokens[t]), now=float(step))
-            d = dec.to_dict()
-            c = uid_col[uids[dec.index]]
-            d["action_uid"] = c
-            cand_ids = [uid_col[uids[i]] for i in d["candidates"]]
-            pol.update(dec.id, **table.feedback(t, c), now=float(step))
+        choice = engine.decide(
+            table.X[t],
+            input_tokens=float(table.input_tokens[t]),
+            now=float(step),
+            request_id=table.ids[t],
+        )
+        c = ids[choice.decision.index]
+        _, rec = engine.record(choice, answer.run(int(t), c), now=float(step))
+        out.append(rec.relabel(ids))
+    return pol, out
+
+
+def _uniform_stream(
+    table: OutcomeTable, rows: I64, scales: Scales, reward: RewardWeights, seed: int
+) -> list[DecisionRecord]:
+    """Every action with probability 1 / K, nothing learned: the records say so."""
+    k = len(table.actions)
+    rng = np.random.default_rng(seed)
+    every = tuple(range(k))
+    out: list[DecisionRecord] = []
+    for step, t in enumerate(rows):
+        c = int(rng.integers(0, k))
+        fb = table.feedback(int(t), c)
+        comp = RewardComponents(
+            fb["quality"],
+            fb["cost_usd"],
+            fb["latency_s"],
+            reward,
+            scales.cost_scale,
+            scales.latency_scale,
+        )
         out.append(
-            {
-                "schema": LOG_SCHEMA,
-                "type": "decision",
-                "decision_id": step,
-                "request_id": table.ids[t],
-                "input_tokens_est": float(table.input_tokens[t]),
-                "decision": d,
-                "candidate_uids": cand_ids,
-                "x": x.tolist(),
-                "quality": float(table.quality[t, c]),
-                "reward": float(r[t, c]),
-                "reward_components": {
-                    "quality": float(table.quality[t, c]),
-                    "cost_usd": float(table.cost_usd[t, c]),
-                    "latency_s": float(table.latency_s[t, c]),
-                    "weights": weights,
-                    "cost_scale": scales.cost_scale,
-                    "latency_scale": scales.latency_scale,
-                },
-            }
+            DecisionRecord(
+                decision_id=step,
+                action=table.actions[c],
+                action_index=c,
+                action_uid=c,
+                propensity=1.0 / k,
+                candidates=every,
+                probabilities=(1.0 / k,) * k,
+                candidate_uids=every,
+                input_tokens=float(table.input_tokens[t]),
+                request_id=table.ids[t],
+                x=tuple(table.X[t].tolist()),
+                quality=fb["quality"],
+                reward=comp.reward(),
+                reward_components=comp,
+            )
         )
     return out
 
@@ -815,9 +840,7 @@ def ope_check(
     else:
         raise OPEError(f"unknown target {target!r}")
 
-    recs = _log_stream(
-        table, rows, r, models, scales, w, logger_kind, epsilon, temperature, seed + 1
-    )
+    recs = _log_stream(table, rows, models, scales, w, logger_kind, epsilon, temperature, seed + 1)
     source: Any = recs
     if log_path is not None:
         with DecisionLog(log_path) as log:
@@ -836,7 +859,7 @@ def ope_check(
     )
     truth_terms = []
     for rec, t in zip(recs, rows, strict=True):
-        cands = [int(c) for c in rec["candidate_uids"]]
+        cands = [int(c) for c in rec.candidate_uids or ()]  # type: ignore[arg-type]
         lr = LoggedDecision(
             x=table.X[t],
             action=cands[0],
@@ -873,19 +896,4 @@ def _train_greedy(
     reward: RewardWeights,
     seed: int,
 ) -> Policy:
-    names = list(dict.fromkeys(a.model for a in table.actions))
-    pol = Policy(
-        ActionSpace([models[m] for m in names], table.actions),
-        dim=table.X.shape[1],
-        reward=reward,
-        cost_scale=scales.cost_scale,
-        latency_scale=scales.latency_scale,
-        seed=seed,
-    )
-    col_of = {a: i for i, a in enumerate(table.actions)}
-    cols = [col_of[a] for a in pol.actions]
-    for step, t in enumerate(rows):
-        d = pol.select(table.X[t], float(table.input_tokens[t]), now=float(step))
-        c = cols[d.index]
-        pol.update(d.id, **table.feedback(t, c), now=float(step))
-    return pol
+    return _learn_stream(table, rows, models, scales, reward, seed)[0]

@@ -1,7 +1,8 @@
 """Online learning evaluated offline: stream an outcome table through policies as if live.
 
 Every policy sees the same requests in the same order; each decision is answered from the
-table (what that action produced on that request), and the policy is updated with it. Rewards
+table (what that action produced on that request, `TableExecutor`), and the policy is updated
+with it through `uniscale.engine.Engine`, the per-request loop the live `Router` runs. Rewards
 are computed with one set of scales for everyone, so numbers are comparable across policies.
 
 Baselines: ``random`` (uniform over available actions), ``best_fixed`` (the single action with
@@ -30,8 +31,10 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from uniscale.outcomes import SIDE_OBSERVATION_WEIGHT, OutcomeTable, sub_actions
+from uniscale.engine import Engine, Realised, SubRun
+from uniscale.outcomes import SIDE_OBSERVATION_WEIGHT, OutcomeTable
 from uniscale.policy import Policy, QualityFloor, RewardWeights, resolve_reward
+from uniscale.records import reward_value
 from uniscale.space import Action, ActionSpace, ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -137,11 +140,14 @@ def schedule(
 
 
 def reward_matrix(table: OutcomeTable, weights: F64, scales: Scales) -> F64:
-    """r[t, k] under the weights in force at step t."""
-    return (
-        weights[:, :1] * table.quality
-        - weights[:, 1:2] * table.cost_usd / scales.cost_scale
-        - weights[:, 2:3] * table.latency_s / scales.latency_scale
+    """r[t, k] under the weights in force at step t (`uniscale.records.reward_value`)."""
+    return reward_value(
+        table.quality,
+        table.cost_usd,
+        table.latency_s,
+        (weights[:, :1], weights[:, 1:2], weights[:, 2:3]),
+        scales.cost_scale,
+        scales.latency_scale,
     )
 
 
@@ -277,6 +283,47 @@ def best_per_kind_xfit_run(
     return _result(name, table, chosen, r, oracle, folds=folds)
 
 
+class TableExecutor:
+    """Answers a decision from an outcome table: what the chosen column produced on request
+    ``t``, as the `uniscale.engine.Realised` the engine records, with the sub-runs the run
+    contains (the table builds every sampled action of a model from prefixes of one sample
+    order, so those are the outcomes the executed run's own samples imply)."""
+
+    __slots__ = ("_col_of", "table")
+
+    def __init__(self, table: OutcomeTable) -> None:
+        self.table = table
+        self._col_of = {a: i for i, a in enumerate(table.actions)}
+
+    def run(self, t: int, col: int) -> Realised:
+        r = self._outcome(t, col)
+        return Realised(
+            r.quality,
+            r.cost_usd,
+            r.latency_s,
+            r.output_tokens,
+            r.samples_used,
+            sub_runs=_TableSubRuns(self, t, r.samples_used),
+        )
+
+    def sub_run(self, t: int, action: Action) -> SubRun | None:
+        col = self._col_of.get(action)
+        return None if col is None else self._outcome(t, col)
+
+    def _outcome(self, t: int, col: int) -> SubRun:
+        return SubRun(**self.table.feedback(t, col), input_tokens=float(self.table.input_tokens[t]))
+
+
+@dataclass(frozen=True, slots=True)
+class _TableSubRuns:
+    executor: TableExecutor
+    t: int
+    drawn: float
+
+    def result(self, action: Action) -> SubRun | None:
+        return self.executor.sub_run(self.t, action)
+
+
 @dataclass(frozen=True, slots=True)
 class LearnerSpec:
     """How to build one learning policy for a replay. ``prepare``, when set, is called on the
@@ -331,6 +378,8 @@ def run_learner(
         return np.array([col_of[a] for a in pol.actions], dtype=np.int64)
 
     cols = mapping()
+    engine = Engine(pol, side_observations=side_observations, side_weight=side_weight, strict=True)
+    answer = TableExecutor(table)
     t_n = table.n_requests
     chosen = np.zeros(t_n, dtype=np.int64)
     ev = sorted(events, key=lambda e: e.t)
@@ -349,22 +398,11 @@ def run_learner(
                 if new:
                     pol.add_model(models[e.arg], actions=new)
             cols = mapping()
-        d = pol.select(table.X[t], float(table.input_tokens[t]), now=float(t))
-        c = int(cols[d.index])
+        choice = engine.decide(table.X[t], input_tokens=float(table.input_tokens[t]), now=float(t))
+        c = int(cols[choice.decision.index])
         chosen[t] = c
-        fallbacks += int(d.fallback)
-        fb = table.feedback(t, c)
-        pol.update(d.id, **fb, now=float(t))
-        if side_observations:
-            current = pol.actions
-            for sub in sub_actions(current[d.index], fb["samples_used"], current):
-                pol.observe(
-                    table.X[t],
-                    sub,
-                    input_tokens=float(table.input_tokens[t]),
-                    **table.feedback(t, int(cols[sub])),
-                    weight=side_weight,
-                )
+        fallbacks += int(choice.decision.fallback)
+        engine.record(choice, answer.run(t, c), now=float(t))
         if progress is not None:
             progress(1)
     extra: dict[str, Any] = {"fallbacks": fallbacks, "pacing_lambda": pol.pacing_lambda}
