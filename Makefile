@@ -21,10 +21,11 @@ $(BIN)/python:
 
 venv: $(BIN)/python
 
-# Editable install with the lab extra (replay, demo, collection) and the test tools; maturin
-# builds the extension in release mode (pyproject: profile = "release").
+# Editable install with the lab extra (replay, demo, collection), the serve extra (uniscale
+# serve) and the test tools; maturin builds the extension in release mode (pyproject: profile =
+# "release").
 install: venv
-	$(BIN)/pip install -q -e ".[lab,test]"
+	$(BIN)/pip install -q -e ".[lab,serve,test]"
 
 build: install
 
