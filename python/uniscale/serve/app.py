@@ -680,11 +680,15 @@ class Server:
                 502, f"upstream configuration: {exc}", "upstream_error", headers=headers
             )
         if isinstance(exc, ExecutionError):
+            why = str(exc)
+            failures = getattr(exc, "failures", ())
+            if failures:  # Failure messages are redacted by the executor (no keys)
+                why += ": " + "; ".join(f"{f.model}: {f.error}: {f.message}" for f in failures[:3])
             if _is_timeout(exc):
                 return HTTPError(
-                    504, f"upstream timed out: {exc}", "upstream_timeout", headers=headers
+                    504, f"upstream timed out: {why}", "upstream_timeout", headers=headers
                 )
-            return HTTPError(502, f"upstream failed: {exc}", "upstream_error", headers=headers)
+            return HTTPError(502, f"upstream failed: {why}", "upstream_error", headers=headers)
         if isinstance(exc, UniScaleError):
             return HTTPError(400, str(exc), headers=headers)
         logger.error("internal error while routing a request", exc_info=exc)
