@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import socket
 import sys
 import tempfile
@@ -129,7 +130,15 @@ async def serve(cfg: Any, *, transport: Any = None) -> None:
         timeout_graceful_shutdown=int(cfg.server.graceful_shutdown_s) or None,
         access_log=False,
     )
-    uv = uvicorn.Server(config)
+    class _Uvicorn(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # SIGTERM/SIGINT is how `uniscale serve` is stopped: shut down gracefully and exit
+            # 0 (uvicorn would re-raise the signal after its shutdown, exiting with -15).
+            if self.should_exit and sig == signal.SIGINT:
+                self.force_exit = True  # a second Ctrl-C: stop waiting for requests
+            self.should_exit = True
+
+    uv = _Uvicorn(config)
     print(
         f"uniscale serve: listening on http://{host}:{port} (policy from "
         f"{server.policy_source}, mode {cfg.server.mode})",
