@@ -121,6 +121,7 @@ async def serve(cfg: Any, *, transport: Any = None) -> None:
     server = Server(cfg, transport=transport)
     sock = socket.socket(socket.AF_INET6 if ":" in cfg.server.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((cfg.server.host, cfg.server.port))
     host, port = sock.getsockname()[:2]
     config = uvicorn.Config(
@@ -130,6 +131,7 @@ async def serve(cfg: Any, *, transport: Any = None) -> None:
         timeout_graceful_shutdown=int(cfg.server.graceful_shutdown_s) or None,
         access_log=False,
     )
+
     class _Uvicorn(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
             # SIGTERM/SIGINT is how `uniscale serve` is stopped: shut down gracefully and exit
