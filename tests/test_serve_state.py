@@ -264,3 +264,23 @@ def test_sigterm_under_load_then_restart(tmp_path: Path) -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def test_decision_log_rotates_by_size(tmp_path: Path) -> None:
+    import dataclasses
+
+    with Upstream() as up:
+        cfg = config({"small": up.base_url}, tmp=tmp_path)
+        st = dataclasses.replace(cfg.state, decision_log_max_bytes=4096, decision_log_keep=2)
+        with running_server(dataclasses.replace(cfg, state=st)) as run:
+            ids = [int(_post(run.base_url).headers["x-uniscale-decision-id"]) for _ in range(12)]
+            metrics = httpx.get(f"{run.base_url}/metrics").text
+    log = tmp_path / "decisions.jsonl"
+    files = [log, log.with_name("decisions.jsonl.1"), log.with_name("decisions.jsonl.2")]
+    assert all(f.exists() for f in files)
+    assert not log.with_name("decisions.jsonl.3").exists()  # only `keep` rotated files
+    logged = [r["decision_id"] for f in files for r in read_log(f) if r["type"] == "decision"]
+    assert len(logged) == len(set(logged))  # no record twice, none split
+    assert set(logged) <= set(ids)
+    assert max(logged) == ids[-1]
+    assert re.search(r"uniscale_decision_log_rotations_total [1-9]", metrics)

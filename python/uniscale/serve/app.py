@@ -356,6 +356,7 @@ class Server:
         m = self.metrics
         m.pending.set(self.policy.n_pending)
         m.pacing_lambda.set(self.policy.pacing_lambda)
+        m.pacing_credit.set(self.policy.pacing_credit)
         m.log_failures.set(self.router.log_failures)
         return Response(m.render(), media_type=CONTENT_TYPE_LATEST)
 
@@ -637,6 +638,7 @@ class Server:
         if slot.shadow is not None and d is not None:
             m.decisions.labels(str(slot.shadow.action), "shadow").inc()
             self._log_shadow(d, slot.shadow)
+        self._maybe_rotate_log()
         if result is not None:
             o = result.outcome
             m.cost.labels(o.action.model).observe(o.total_cost_usd)
@@ -654,6 +656,33 @@ class Server:
                     m.upstream_errors.labels(f.error).inc()
             else:
                 m.upstream_errors.labels(type(exc).__name__).inc()
+
+    def _maybe_rotate_log(self) -> None:
+        """Rotate the decision log by size: ``PATH`` -> ``PATH.1`` -> ``PATH.2`` ... (the
+        oldest beyond ``decision_log_keep`` removed), then a fresh ``PATH``. Runs between
+        requests on the event loop, so no record is split across files; the Router writes
+        through its public ``log`` attribute, which is swapped here."""
+        st = self.cfg.state
+        log = self.log
+        if log is None or st.decision_log_max_bytes is None:
+            return
+        try:
+            if log.path.stat().st_size < st.decision_log_max_bytes:
+                return
+            path = log.path
+            new_log: DecisionLog | None = None
+            for i in range(st.decision_log_keep, 0, -1):
+                src = path.with_name(f"{path.name}.{i - 1}") if i > 1 else path
+                if src.exists():
+                    os.replace(src, path.with_name(f"{path.name}.{i}"))
+            new_log = DecisionLog(path, include_features=st.include_features)
+        except OSError:
+            logger.exception("decision log: rotating %s failed; writing on", log.path)
+            return
+        self.log = new_log
+        self.router.log = new_log
+        log.close()
+        self.metrics.log_rotations.inc()
 
     def _log_shadow(self, served: Decision, shadow: Decision) -> None:
         if self.log is None:

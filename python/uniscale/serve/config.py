@@ -94,6 +94,10 @@ class StateSettings:
     decision_log: Path | None = None
     snapshot_interval_s: float = 60.0
     include_features: bool = True
+    #: rotate the decision log when it grows past this many bytes (None: never)
+    decision_log_max_bytes: int | None = None
+    #: rotated files kept (PATH.1 is the newest)
+    decision_log_keep: int = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +262,8 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "decision_log": _str(),
         "snapshot_interval_s": _float(0.0, strict=True),
         "include_features": _bool,
+        "decision_log_max_bytes": _int(4096),
+        "decision_log_keep": _int(1, 1000),
     },
 }
 
@@ -474,6 +480,7 @@ retries = 1
 [state]
 policy_path = "state/policy.bin"
 decision_log = "state/decisions.jsonl"
+# decision_log_max_bytes = 100_000_000   # rotate to decisions.jsonl.1, .2, ... (keep 5)
 snapshot_interval_s = 60
 
 [[models]]

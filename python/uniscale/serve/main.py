@@ -123,6 +123,9 @@ async def serve(cfg: Any, *, transport: Any = None) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((cfg.server.host, cfg.server.port))
+    # Listen now: connections made between the line below and uvicorn's start wait in the
+    # backlog instead of being refused.
+    sock.listen(2048)
     host, port = sock.getsockname()[:2]
     config = uvicorn.Config(
         server.app(),

@@ -75,6 +75,12 @@ class Metrics:
         self.pacing_lambda = Gauge(
             "uniscale_pacing_lambda", "Budget pacing multiplier on cost", registry=r
         )
+        self.pacing_credit = Gauge(
+            "uniscale_pacing_credit", "Unspent budget kept as credit (requests' worth)", registry=r
+        )
+        self.log_rotations = Counter(
+            "uniscale_decision_log_rotations", "Decision log rotations by size", registry=r
+        )
         self.log_failures = Gauge(
             "uniscale_decision_log_failures", "Records the decision log could not take", registry=r
         )
