@@ -398,3 +398,36 @@ def test_demo_plays_back_the_packaged_table(tmp_path: Path) -> None:
     assert routed.model in ("smollm2", "qwen05", "qwen15")
     recs = read_log(tmp_path / "decisions.jsonl")
     assert len(recs) == 2 and json.dumps(recs)  # strict JSON
+
+
+def test_layout_serve_is_separate_from_the_runtime() -> None:
+    """``import uniscale`` never loads the server (tests/test_layout.py pins the exact list);
+    inside ``uniscale.serve`` only the demo upstream reads the lab (its packaged table), and
+    the configuration loads without the [serve] extra's modules."""
+    import ast
+    import subprocess
+    import sys
+
+    import uniscale
+
+    pkg = Path(uniscale.__file__).resolve().parent / "serve"
+    offenders = []
+    for path in sorted(pkg.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
+            if any(n.startswith("uniscale.lab") for n in names) and path.name != "demo_upstream.py":
+                offenders.append(f"{path.name}:{node.lineno}")
+    assert offenders == []
+    code = (
+        "import sys, uniscale.serve.config, uniscale.serve.main\n"
+        "print(sorted(m for m in ('starlette', 'uvicorn', 'prometheus_client', 'uniscale.lab') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
