@@ -284,3 +284,36 @@ def test_decision_log_rotates_by_size(tmp_path: Path) -> None:
     assert set(logged) <= set(ids)
     assert max(logged) == ids[-1]
     assert re.search(r"uniscale_decision_log_rotations_total [1-9]", metrics)
+
+
+def test_uniscale_ope_reads_the_served_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from uniscale import cli
+
+    with Upstream(answers=["The answer is 42", "It is 41"]) as up:
+        cfg = config(
+            {"small": up.base_url, "large": up.base_url},
+            tmp=tmp_path,
+            policy='exploration = "epsilon"\nepsilon = 0.5\nn_values = [1, 2]',
+        )
+        with running_server(cfg) as run:
+            for i in range(40):
+                r = _post(run.base_url, messages=[{"role": "user", "content": f"q {i}?"}])
+                did = int(r.headers["x-uniscale-decision-id"])
+                fb = httpx.post(
+                    f"{run.base_url}/v1/feedback", json={"decision_id": did, "quality": i % 2}
+                )
+                assert fb.status_code == 200
+    code = cli.main(
+        [
+            "ope",
+            "--log",
+            str(tmp_path / "decisions.jsonl"),
+            "--policy",
+            str(tmp_path / "policy.bin"),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "n=40 " in out and "ESS=" in out
