@@ -431,3 +431,39 @@ def test_layout_serve_is_separate_from_the_runtime() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_cli_demo_process_answers_and_a_taken_port_is_a_clean_error(tmp_path: Path) -> None:
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "uniscale.cli", "serve", "--demo", "--port", "0"]
+    proc = subprocess.Popen(
+        [*cmd, "--state-dir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        m = re.search(r"listening on (http://127\.0\.0\.1:(\d+))", proc.stdout.readline())
+        assert m is not None
+        r = httpx.post(
+            f"{m.group(1)}/v1/chat/completions",
+            json={
+                "model": "uniscale",
+                "messages": [{"role": "user", "content": "Solve for x: 8x + 4x = 12"}],
+            },
+            timeout=30,
+        )
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
+        taken = subprocess.run([*cmd[:-1], m.group(2)], capture_output=True, text=True, timeout=60)
+        assert taken.returncode == 1
+        assert "cannot listen on 127.0.0.1:" in taken.stderr and "Traceback" not in taken.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert proc.returncode == 0
+    assert (tmp_path / "policy.bin").exists() and (tmp_path / "decisions.jsonl").exists()

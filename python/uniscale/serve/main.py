@@ -69,6 +69,9 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"uniscale serve: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the port is taken, a state directory is not writable, ...
+        print(f"uniscale serve: {exc}", file=sys.stderr)
+        return 1
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -122,7 +125,13 @@ async def serve(cfg: Any, *, transport: Any = None) -> None:
     sock = socket.socket(socket.AF_INET6 if ":" in cfg.server.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind((cfg.server.host, cfg.server.port))
+    try:
+        sock.bind((cfg.server.host, cfg.server.port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(
+            exc.errno, f"cannot listen on {cfg.server.host}:{cfg.server.port}: {exc.strerror}"
+        ) from None
     # Listen now: connections made between the line below and uvicorn's start wait in the
     # backlog instead of being refused.
     sock.listen(2048)
