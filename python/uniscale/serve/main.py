@@ -107,11 +107,22 @@ def _run(args: argparse.Namespace) -> int:
         )
         return 0
     try:
-        asyncio.run(serve(cfg, transport=transport))
+        _run_loop(serve(cfg, transport=transport))
     finally:
         if tmp is not None:
             tmp.cleanup()
     return 0
+
+
+def _run_loop(main: Any) -> None:
+    """Run on uvloop when it is installed (the [serve] extra has it), else on asyncio's loop.
+    uvicorn only picks uvloop itself when it creates the loop, which it does not here."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    uvloop.run(main)
 
 
 async def serve(cfg: Any, *, transport: Any = None) -> None:
