@@ -467,3 +467,29 @@ def test_cli_demo_process_answers_and_a_taken_port_is_a_clean_error(tmp_path: Pa
         proc.wait(timeout=30)
     assert proc.returncode == 0
     assert (tmp_path / "policy.bin").exists() and (tmp_path / "decisions.jsonl").exists()
+
+
+def test_admin_status_and_snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("T_ADMIN", "admin-secret-3")
+    admin = {"Authorization": "Bearer admin-secret-3"}
+    with Upstream() as up:
+        cfg = config(
+            {"small": up.base_url, "large": up.base_url},
+            tmp=tmp_path,
+            server='admin_token_env = "T_ADMIN"\nmode = "conservative"',
+            policy='baseline = "large/single/1"',
+        )
+        with running_server(cfg) as run:
+            _client(run).chat.completions.create(
+                model="uniscale", messages=[{"role": "user", "content": "hi"}]
+            )
+            assert httpx.get(f"{run.base_url}/admin/status").status_code == 401
+            st = httpx.get(f"{run.base_url}/admin/status", headers=admin).json()
+            assert not (tmp_path / "policy.bin").exists()
+            snap = httpx.post(f"{run.base_url}/admin/snapshot", headers=admin)
+            assert snap.status_code == 200 and (tmp_path / "policy.bin").exists()
+    assert st["policy_source"] == "fresh" and st["mode"] == "conservative"
+    assert st["pending_decisions"] == 1 and st["deferred"] == 1
+    assert st["conservative"]["decisions"] == 1
+    assert st["reward_weights"] == {"quality": 1.0, "cost": 1.0, "latency": 0.2}
+    assert len(st["actions"]) == 8

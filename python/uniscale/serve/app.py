@@ -55,6 +55,7 @@ from uniscale.router import (
     FeedbackSource,
     Router,
     RouterResult,
+    json_safe,
 )
 from uniscale.serve.config import ServeConfig
 from uniscale.serve.hooks import CURRENT, RequestSlot, ServedPolicy, StreamTap
@@ -277,6 +278,8 @@ class Server:
             Route("/v1/models", self.list_models, methods=["GET"]),
             Route("/v1/feedback", self.feedback, methods=["POST"]),
             Route("/metrics", self.render_metrics, methods=["GET"]),
+            Route("/admin/status", self.admin_status, methods=["GET"]),
+            Route("/admin/snapshot", self.admin_snapshot, methods=["POST"]),
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/readyz", self.readyz, methods=["GET"]),
         ]
@@ -359,6 +362,47 @@ class Server:
         m.pacing_credit.set(self.policy.pacing_credit)
         m.log_failures.set(self.router.log_failures)
         return Response(m.render(), media_type=CONTENT_TYPE_LATEST)
+
+    async def admin_status(self, request: Request) -> Response:
+        """The policy's and the server's state, for operators (admin token)."""
+        try:
+            self._auth(request, admin=True)
+        except HTTPError as exc:
+            return exc.response()
+        pol = self.policy
+        w = pol.reward_weights
+        body = {
+            "policy_source": self.policy_source,
+            "mode": self.cfg.server.mode,
+            "actions": self._action_names,
+            "reward_weights": {"quality": w.quality, "cost": w.cost, "latency": w.latency},
+            "pending_decisions": pol.n_pending,
+            "pacing_lambda": pol.pacing_lambda,
+            "pacing_credit": pol.pacing_credit,
+            "conservative": pol.conservative_status(),
+            "deferred": self.router.n_deferred,
+            "learning_skipped": self.router.learning_skipped,
+            "log_failures": self.router.log_failures,
+            "decision_log": None if self.log is None else str(self.log.path),
+            "policy_path": None
+            if self.cfg.state.policy_path is None
+            else str(self.cfg.state.policy_path),
+        }
+        return JSONResponse(json_safe(body))
+
+    async def admin_snapshot(self, request: Request) -> Response:
+        """Snapshot the policy now (admin token); 409 without a ``[state] policy_path``."""
+        try:
+            self._auth(request, admin=True)
+            if self.cfg.state.policy_path is None:
+                raise HTTPError(409, "no [state] policy_path is configured", code="no_state_path")
+        except HTTPError as exc:
+            return exc.response()
+        if not await self.save_snapshot():
+            return HTTPError(
+                500, "the snapshot failed (see the server log)", "server_error"
+            ).response()
+        return JSONResponse({"saved": str(self.cfg.state.policy_path)})
 
     async def feedback(self, request: Request) -> Response:
         try:

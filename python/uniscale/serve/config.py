@@ -454,7 +454,7 @@ max_body_bytes = 1000000
 max_inflight = 64                 # routed requests executing at once (server-wide)
 max_samples = 64                  # no action drawing more samples than this per request
 # client_token_env = "UNISCALE_CLIENT_TOKEN"   # bearer token clients must send
-# admin_token_env = "UNISCALE_ADMIN_TOKEN"     # bearer token for /v1/feedback
+# admin_token_env = "UNISCALE_ADMIN_TOKEN"     # bearer token for /v1/feedback, /metrics, /admin
 
 [policy]
 dim = 64

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import signal
 import socket
 import sys
@@ -151,7 +152,7 @@ async def serve(cfg: Any, *, transport: Any = None) -> None:
         server.app(),
         log_level="warning",
         lifespan="on",
-        timeout_graceful_shutdown=int(cfg.server.graceful_shutdown_s) or None,
+        timeout_graceful_shutdown=math.ceil(cfg.server.graceful_shutdown_s) or None,
         access_log=False,
     )
 
