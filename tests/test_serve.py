@@ -10,6 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
@@ -493,3 +495,34 @@ def test_admin_status_and_snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert st["conservative"]["decisions"] == 1
     assert st["reward_weights"] == {"quality": 1.0, "cost": 1.0, "latency": 0.2}
     assert len(st["actions"]) == 8
+
+
+def _example_keys() -> list[tuple[int, str]]:
+    """(line number, key) of every active key line of the example configuration."""
+    import re
+
+    out = []
+    for i, line in enumerate(example_config().splitlines(), 1):
+        m = re.match(r"^([a-z_]+) = ", line)
+        if m:
+            out.append((i, m.group(1)))
+    return out
+
+
+@given(
+    pick=st.integers(min_value=0, max_value=10_000),
+    suffix=st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=4),
+)
+def test_any_misspelled_key_is_named_with_its_line(pick: int, suffix: str) -> None:
+    keys = _example_keys()
+    line, key = keys[pick % len(keys)]
+    lines = example_config().splitlines()
+    bad = key + suffix
+    from uniscale.serve.config import MODEL_SCHEMA, SCHEMA
+
+    assume(bad not in MODEL_SCHEMA and all(bad not in sec for sec in SCHEMA.values()))
+    lines[line - 1] = lines[line - 1].replace(key, bad, 1)
+    with pytest.raises(ServeConfigError) as ei:
+        parse_config("\n".join(lines) + "\n", "u.toml")
+    assert ei.value.args[0].startswith(f"u.toml:{line}: [")
+    assert f"] {bad}: unknown key" in ei.value.args[0]
