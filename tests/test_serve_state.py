@@ -317,3 +317,24 @@ def test_uniscale_ope_reads_the_served_log(
     out = capsys.readouterr().out
     assert code == 0, out
     assert "n=40 " in out and "ESS=" in out
+
+
+def test_restart_keeps_pacing_and_the_conservative_account(tmp_path: Path) -> None:
+    with Upstream() as up:
+        cfg = config(
+            {"small": up.base_url, "large": up.base_url},
+            tmp=tmp_path,
+            server='mode = "conservative"',
+            policy='baseline = "large/single/1"\nfeedback = "confidence"\n'
+            "budget_per_request_usd = 0.01",
+        )
+        with running_server(cfg) as run:
+            for _ in range(4):
+                assert _post(run.base_url).status_code == 200
+            credit = run.server.policy.pacing_credit
+            decisions = run.server.policy.conservative_status()["decisions"]
+        assert credit > 0 and decisions == 4
+        with running_server(cfg) as run:
+            assert run.server.policy_source == str(tmp_path / "policy.bin")
+            assert run.server.policy.pacing_credit == pytest.approx(credit)
+            assert run.server.policy.conservative_status()["decisions"] == decisions

@@ -204,6 +204,7 @@ class Server:
         if pol.reward_weights != PRESETS[p.reward]:
             pol.set_reward(p.reward)
         pol.set_exploration(p.exploration, epsilon=p.epsilon)
+        # keeps the pacing multiplier and credit the snapshot carries
         pol.set_budget(per_request_usd=p.budget_per_request_usd)
         status = pol.conservative_status()
         want = None
@@ -211,7 +212,9 @@ class Server:
             want = pol.actions.index(p.baseline)
         have = None if status is None else status.get("baseline")
         if want != have or (
-            want is not None and status is not None and status.get("delta") != p.conservative_delta
+            want is not None
+            and status is not None
+            and not math.isclose(float(status.get("delta", -1.0)), p.conservative_delta)
         ):
             if want is None:
                 pol.set_baseline(None)
