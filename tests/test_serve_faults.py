@@ -129,3 +129,25 @@ def test_concurrency_cap_bounds_upstream_load(tmp_path: Path) -> None:
 
 async def _inflight(server: object) -> float:
     return float(server.metrics.inflight._value.get())  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_client_that_gives_up_still_gets_its_decision_logged(tmp_path: Path, stream: bool) -> None:
+    with Upstream(answers=["slow answer 1"], delay_s=0.6) as up:
+        cfg = config({"small": up.base_url}, tmp=tmp_path)
+        with running_server(cfg) as run:
+            with pytest.raises(httpx.TimeoutException):
+                httpx.post(
+                    f"{run.base_url}/v1/chat/completions",
+                    json={"model": "small", "messages": MSGS, "stream": stream},
+                    timeout=0.2,
+                )
+            deadline = time.monotonic() + 5
+            log = tmp_path / "decisions.jsonl"
+            while time.monotonic() < deadline and not (log.exists() and log.read_text()):
+                time.sleep(0.05)
+            ok = _post(run.base_url)  # the server carries on
+    assert ok.status_code == 200
+    recs = [r for r in read_log(tmp_path / "decisions.jsonl") if r["type"] == "decision"]
+    assert len(recs) == 2 and recs[0]["error"] is None
+    assert recs[0]["outcome"]["answer"] == "1"
