@@ -88,13 +88,26 @@ def test_cli_check_and_missing_extra(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert cli.main(["serve", "--config", str(p), "--check"]) == 2
     assert "u.toml:4: [server] prot: unknown key" in capsys.readouterr().err
 
-    orig = serve_main.missing_dependencies
-    serve_main.missing_dependencies = lambda: ["uvicorn"]
-    try:
-        assert cli.main(["serve", "--demo"]) == 2
-    finally:
-        serve_main.missing_dependencies = orig
-    assert "pip install 'uniscale[serve]'" in capsys.readouterr().err
+    assert serve_main.missing_dependencies() == []
+    # a fresh interpreter in which the [serve] extra's modules cannot be imported
+    code = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] in ('starlette', 'uvicorn', 'prometheus_client'):\n"
+        "            raise ImportError(name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from uniscale import cli\n"
+        "sys.exit(cli.main(['serve', '--demo']))\n"
+    )
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "pip install 'uniscale[serve]'" in out.stderr
+    assert "missing: starlette, uvicorn, prometheus_client" in out.stderr
+    assert "Traceback" not in out.stderr
 
 
 # --------------------------------------------------------------------------------------------

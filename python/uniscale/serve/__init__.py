@@ -14,11 +14,13 @@ MISSING_EXTRA = (
 
 
 def missing_dependencies() -> list[str]:
-    """The [serve] extra's modules that are not installed."""
-    import importlib.util
+    """The [serve] extra's modules that cannot be imported (missing or broken)."""
+    import importlib
 
-    return [
-        m
-        for m in ("starlette", "uvicorn", "prometheus_client")
-        if importlib.util.find_spec(m) is None
-    ]
+    missing = []
+    for name in ("starlette", "uvicorn", "prometheus_client"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    return missing
