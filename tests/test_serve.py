@@ -539,3 +539,12 @@ def test_any_misspelled_key_is_named_with_its_line(pick: int, suffix: str) -> No
         parse_config("\n".join(lines) + "\n", "u.toml")
     assert ei.value.args[0].startswith(f"u.toml:{line}: [")
     assert f"] {bad}: unknown key" in ei.value.args[0]
+
+
+def test_model_concurrency_defaults_for_a_proxy() -> None:
+    from uniscale.serve.config import DEFAULT_MODEL_CONCURRENCY
+
+    cfg = parse_config(example_config(), "x.toml")
+    assert [m.max_concurrency for m in cfg.models] == [DEFAULT_MODEL_CONCURRENCY] * 2
+    text = example_config().replace("parallelism = 4", "parallelism = 4\nmax_concurrency = 2")
+    assert parse_config(text, "x.toml").models[1].max_concurrency == 2

@@ -32,6 +32,8 @@ __all__ = [
 ]
 
 Mode = Literal["normal", "shadow", "conservative"]
+#: in-flight requests per model when ``[[models]] max_concurrency`` is not given
+DEFAULT_MODEL_CONCURRENCY = 32
 FeedbackKind = Literal["deferred", "confidence"]
 
 
@@ -377,6 +379,9 @@ def parse_config(text: str, source: str = "<config>", base_dir: Path | None = No
         for required in ("name", "base_url"):
             if required not in fields:
                 raise rep.error("models", i, None, f"missing required key {required!r}")
+        # A proxy serves many clients at once: ModelSpec's default of 4 in-flight requests per
+        # model suits a batch job, not this.
+        fields.setdefault("max_concurrency", DEFAULT_MODEL_CONCURRENCY)
         if any(m.name == fields["name"] for m in models):
             raise rep.error("models", i, "name", f"duplicate model name {fields['name']!r}")
         try:
