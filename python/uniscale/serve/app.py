@@ -19,6 +19,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -906,25 +907,9 @@ class Server:
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
 
+@dataclass(frozen=True, slots=True)
 class _ChatRequest:
-    __slots__ = (
-        "extractor",
-        "include_usage",
-        "mask",
-        "max_cost_usd",
-        "max_latency_s",
-        "messages",
-        "model",
-        "params",
-        "preset",
-        "routed",
-        "serve_index",
-        "stream",
-    )
-
-    def __init__(self, **kw: Any) -> None:
-        for k, v in kw.items():
-            setattr(self, k, v)
+    """A validated chat request: what `Server._route` passes to ``Router.complete``."""
 
     model: str
     routed: bool
