@@ -25,8 +25,9 @@ def register(sub: Any) -> None:
         help="an OpenAI-compatible routing proxy (needs pip install 'uniscale[serve]')",
         description="Serves POST /v1/chat/completions (model 'uniscale' lets the policy choose "
         "the model, strategy and number of samples; a configured model name passes through), "
-        "GET /v1/models, POST /v1/feedback, GET /metrics, GET /healthz and GET /readyz. "
-        "Configuration, headers and knobs: docs/serve.md.",
+        "GET /v1/models, POST /v1/feedback, GET /metrics, GET /admin/status, POST /admin/snapshot, "
+        "GET /healthz and GET /readyz. Stops gracefully on SIGTERM/Ctrl-C (in-flight requests "
+        "finish, the policy is snapshotted). Configuration, headers and knobs: docs/serve.md.",
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--config", help="the TOML configuration file (docs/serve.md)")
