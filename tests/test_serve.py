@@ -548,3 +548,28 @@ def test_model_concurrency_defaults_for_a_proxy() -> None:
     assert [m.max_concurrency for m in cfg.models] == [DEFAULT_MODEL_CONCURRENCY] * 2
     text = example_config().replace("parallelism = 4", "parallelism = 4\nmax_concurrency = 2")
     assert parse_config(text, "x.toml").models[1].max_concurrency == 2
+
+
+def test_ground_truth_knob_scores_the_request_at_once(tmp_path: Path) -> None:
+    with Upstream(answers=["The answer is 42"]) as up:
+        cfg = config({"small": up.base_url}, tmp=tmp_path, policy='extractor = "last_number"')
+        with running_server(cfg) as run:
+            client = _client(run)
+            msgs = [{"role": "user", "content": "6 x 7?"}]
+            right = client.chat.completions.with_raw_response.create(
+                model="small",
+                messages=msgs,  # type: ignore[arg-type]
+                extra_body={"uniscale": {"ground_truth": "42"}},
+            )
+            client.chat.completions.create(
+                model="small",
+                messages=msgs,  # type: ignore[arg-type]
+                extra_headers={"X-UniScale-Ground-Truth": "41"},
+            )
+            client.chat.completions.create(model="small", messages=msgs)  # type: ignore[arg-type]
+            did = int(right.headers["x-uniscale-decision-id"])
+            dup = httpx.post(f"{run.base_url}/v1/feedback", json={"decision_id": did, "quality": 1})
+    assert dup.status_code == 409  # already learned from its ground truth
+    recs = [r for r in read_log(tmp_path / "decisions.jsonl") if r["type"] == "decision"]
+    assert [r["quality"] for r in recs] == [1.0, 0.0, None]
+    assert [r["feedback"]["deferred"] for r in recs] == [False, False, True]

@@ -54,6 +54,7 @@ from uniscale.router import (
     DecisionLog,
     DeferredFeedback,
     FeedbackSource,
+    GroundTruthFeedback,
     Router,
     RouterResult,
     json_safe,
@@ -68,14 +69,17 @@ logger = logging.getLogger(__name__)
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 _UNSUPPORTED = ("tools", "functions", "tool_choice", "function_call", "response_format")
-_KNOBS = ("max_cost_usd", "max_latency_s", "preset", "max_samples", "extractor")
+_KNOBS = ("max_cost_usd", "max_latency_s", "preset", "max_samples", "extractor", "ground_truth")
 _HEADER_KNOBS = {
     "x-uniscale-max-cost-usd": "max_cost_usd",
     "x-uniscale-max-latency-s": "max_latency_s",
     "x-uniscale-preset": "preset",
     "x-uniscale-max-samples": "max_samples",
     "x-uniscale-extractor": "extractor",
+    "x-uniscale-ground-truth": "ground_truth",
 }
+#: the feedback source of a request that brings its own ground truth (evaluation traffic)
+_GROUND_TRUTH = GroundTruthFeedback()
 #: Decisions remembered for the feedback-lag metric (oldest dropped first).
 _ISSUED_MAX = 100_000
 _MAX_CANDIDATES_IN_HEADER = 32
@@ -582,6 +586,7 @@ class Server:
             max_latency_s=knobs.get("max_latency_s", self.cfg.limits.max_latency_s),
             preset=preset,
             extractor=knobs.get("extractor", self.cfg.policy.extractor),
+            ground_truth=knobs.get("ground_truth"),
             mask=mask,
             serve_index=serve_index,
             params=params,
@@ -631,6 +636,10 @@ class Server:
                         400, f"preset must be one of {', '.join(sorted(PRESETS))}", param=key
                     )
                 out[key] = v
+            elif key == "ground_truth":
+                if not isinstance(v, str) or not v:
+                    raise HTTPError(400, "ground_truth must be a non-empty string", param=key)
+                out[key] = v
             elif key == "extractor":
                 if v not in available_extractors():
                     raise HTTPError(
@@ -653,6 +662,8 @@ class Server:
                         max_latency_s=req.max_latency_s,
                         extractor=req.extractor,
                         mask=req.mask,
+                        ground_truth=req.ground_truth,
+                        feedback=None if req.ground_truth is None else _GROUND_TRUTH,
                         **req.params,
                     )
                 finally:
@@ -920,6 +931,7 @@ class _ChatRequest:
     max_latency_s: float | None
     preset: str | None
     extractor: str
+    ground_truth: str | None
     mask: np.ndarray[Any, np.dtype[np.bool_]]
     serve_index: int | None
     params: dict[str, Any]
