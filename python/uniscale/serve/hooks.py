@@ -246,3 +246,28 @@ async def _assemble(lines: AsyncIterator[bytes], slot: RequestSlot) -> dict[str,
     if isinstance(usage, dict):
         out["usage"] = usage
     return out
+
+
+class ShardedTransport(httpx.AsyncBaseTransport):
+    """``shards`` independent connection pools, used in turn. httpcore's pool assigns queued
+    requests to connections by scanning all of them for every request, so its cost grows with
+    (requests in flight) x (connections); with the same connections split over a few pools
+    each scan is that many times shorter (a profile at 32 clients had the scan at 20% of the
+    proxy's time). Keep-alive reuse works within each pool."""
+
+    def __init__(self, shards: int, max_connections: int) -> None:
+        per = max(1, -(-max_connections // shards))
+        self._pools = [
+            httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=per))
+            for _ in range(shards)
+        ]
+        self._next = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        pool = self._pools[self._next]
+        self._next = (self._next + 1) % len(self._pools)
+        return await pool.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        for pool in self._pools:
+            await pool.aclose()
