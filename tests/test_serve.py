@@ -286,7 +286,7 @@ def test_missing_token_env_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_feedback_accepts_once_and_rejects_clearly(tmp_path: Path) -> None:
     with Upstream() as up:
-        cfg = config({"small": up.base_url}, tmp=tmp_path, policy="ttl_s = 1.0")
+        cfg = config({"small": up.base_url}, tmp=tmp_path, policy="ttl_s = 2.0")
         with running_server(cfg) as run:
             client = _client(run)
             msgs = [{"role": "user", "content": "hi"}]
@@ -299,6 +299,7 @@ def test_feedback_accepts_once_and_rejects_clearly(tmp_path: Path) -> None:
                 )
                 for _ in range(2)
             ]
+            t_made = time.monotonic()  # both decisions exist by now
             url = f"{run.base_url}/v1/feedback"
             ok = httpx.post(url, json={"decision_id": ids[0], "quality": 0.75})
             assert ok.status_code == 200 and ok.json()["learner_updated"] is True
@@ -309,7 +310,7 @@ def test_feedback_accepts_once_and_rejects_clearly(tmp_path: Path) -> None:
             assert unknown.json()["error"]["code"] == "unknown_decision"
             for bad in ({"decision_id": "x", "quality": 1}, {"decision_id": 1}, {"q": 1}):
                 assert httpx.post(url, json=bad).status_code == 400
-            time.sleep(1.3)
+            time.sleep(max(0.0, t_made + 2.3 - time.monotonic()))
             expired = httpx.post(url, json={"decision_id": ids[1], "quality": 1})
             assert expired.status_code == 410, expired.text
             assert expired.json()["error"]["code"] == "expired_decision"
