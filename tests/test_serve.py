@@ -574,3 +574,28 @@ def test_ground_truth_knob_scores_the_request_at_once(tmp_path: Path) -> None:
     recs = [r for r in read_log(tmp_path / "decisions.jsonl") if r["type"] == "decision"]
     assert [r["quality"] for r in recs] == [1.0, 0.0, None]
     assert [r["feedback"]["deferred"] for r in recs] == [False, False, True]
+
+
+def test_stream_broken_then_retried_completes_the_answer(tmp_path: Path) -> None:
+    with Upstream(answers=["alpha beta gamma delta"], script=["stream_disconnect"]) as up:
+        cfg = config(
+            {"small": up.base_url},
+            tmp=tmp_path,
+            executor="timeout_s = 5\ndeadline_s = 10\nretries = 1\nbackoff_s = 0",
+        )
+        with running_server(cfg) as run:
+            chunks = list(
+                _client(run).chat.completions.create(
+                    model="small", messages=[{"role": "user", "content": "x"}], stream=True
+                )
+            )
+    pieces = [
+        c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content
+    ]
+    # the first two words were streamed before the cut; the retry's answer (the same greedy
+    # text) supplies the rest, so the client sees the whole answer once
+    assert pieces[:2] == ["alpha ", "beta "]
+    assert "".join(pieces) == "alpha beta gamma delta"
+    assert len(up.received) == 2 and "stream" not in up.received[1]
+    (rec,) = read_log(tmp_path / "decisions.jsonl")
+    assert rec["error"] is None

@@ -150,6 +150,7 @@ class Server:
             connect_timeout_s=ex.connect_timeout_s,
             deadline_s=ex.deadline_s,
             retries=ex.retries,
+            backoff_s=ex.backoff_s,
             max_tokens=ex.max_tokens,
             transport=StreamTap(inner),
         )

@@ -86,6 +86,7 @@ class ExecutorSettings:
     connect_timeout_s: float = 5.0
     deadline_s: float = 120.0
     retries: int = 1
+    backoff_s: float = 0.5
     max_tokens: int = 512
     fallback: Action | None = None
 
@@ -256,6 +257,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "connect_timeout_s": _float(0.0, strict=True),
         "deadline_s": _float(0.0, strict=True),
         "retries": _int(0, 10),
+        "backoff_s": _float(0.0),
         "max_tokens": _int(1),
         "fallback": _action,
     },
@@ -479,7 +481,8 @@ extractor = "text"                # how votes compare answers (text, last_number
 [executor]
 timeout_s = 60
 deadline_s = 120
-retries = 1
+retries = 1                       # on connection errors, 429 and 5xx
+backoff_s = 0.5                   # first retry after this, doubling
 # fallback = "small/single/1"
 
 [state]
