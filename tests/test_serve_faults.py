@@ -151,3 +151,16 @@ def test_client_that_gives_up_still_gets_its_decision_logged(tmp_path: Path, str
     recs = [r for r in read_log(tmp_path / "decisions.jsonl") if r["type"] == "decision"]
     assert len(recs) == 2 and recs[0]["error"] is None
     assert recs[0]["outcome"]["answer"] == "1"
+
+
+def test_deadline_knob_bounds_a_slow_upstream(tmp_path: Path) -> None:
+    with Upstream(mode="hang", hang_s=3.0) as up:
+        cfg = config({"small": up.base_url}, tmp=tmp_path)  # timeout 5 s, deadline 10 s
+        with running_server(cfg) as run:
+            t0 = time.monotonic()
+            r = _post(run.base_url, uniscale={"deadline_s": 0.4})
+            elapsed = time.monotonic() - t0
+    assert r.status_code == 504, r.text
+    assert elapsed < 2.5
+    (rec,) = read_log(tmp_path / "decisions.jsonl")
+    assert rec["error"]["type"] in ("DeadlineExceeded", "AllSamplesFailed")

@@ -69,10 +69,19 @@ logger = logging.getLogger(__name__)
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 _UNSUPPORTED = ("tools", "functions", "tool_choice", "function_call", "response_format")
-_KNOBS = ("max_cost_usd", "max_latency_s", "preset", "max_samples", "extractor", "ground_truth")
+_KNOBS = (
+    "max_cost_usd",
+    "max_latency_s",
+    "deadline_s",
+    "preset",
+    "max_samples",
+    "extractor",
+    "ground_truth",
+)
 _HEADER_KNOBS = {
     "x-uniscale-max-cost-usd": "max_cost_usd",
     "x-uniscale-max-latency-s": "max_latency_s",
+    "x-uniscale-deadline-s": "deadline_s",
     "x-uniscale-preset": "preset",
     "x-uniscale-max-samples": "max_samples",
     "x-uniscale-extractor": "extractor",
@@ -564,6 +573,9 @@ class Server:
                     if isinstance(v, bool) or not isinstance(v, int | float):
                         raise HTTPError(400, f"'{key}' must be a number", param=key)
                     params[key] = v
+        if "deadline_s" in knobs:
+            # a hard bound per action attempt, never above the configured one
+            params["deadline_s"] = min(knobs["deadline_s"], self.cfg.executor.deadline_s)
         preset = knobs.get("preset")
         if preset is not None and self.cfg.server.mode == "conservative":
             raise HTTPError(
@@ -611,7 +623,7 @@ class Server:
             raw.update(extra)
         out: dict[str, Any] = {}
         for key, v in raw.items():
-            if key in ("max_cost_usd", "max_latency_s"):
+            if key in ("max_cost_usd", "max_latency_s", "deadline_s"):
                 try:
                     f = float(v) if not isinstance(v, bool) else math.nan
                 except (TypeError, ValueError):
