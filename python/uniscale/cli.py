@@ -10,6 +10,7 @@
 ``uniscale ope``        off-policy estimates of a target policy's mean reward from a decision log.
 ``uniscale ope-check``  the same estimators checked against replay ground truth on a table.
 ``uniscale plan``       operating points on the 3-D accuracy x cost x latency front.
+``uniscale serve``      an OpenAI-compatible routing proxy (the ``[serve]`` extra).
 """
 
 from __future__ import annotations
@@ -484,6 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
     from uniscale.lab.plan_cli import register as register_plan
 
     register_plan(sub)
+    from uniscale.serve.main import register as register_serve
+
+    register_serve(sub)
     return p
 
 

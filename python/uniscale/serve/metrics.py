@@ -1,0 +1,89 @@
+"""Prometheus metrics of ``uniscale serve`` (``GET /metrics``), in their own registry so that
+several servers in one process (tests) never collide. Labels never hold secrets: actions,
+model names, error type names and HTTP status codes only."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE_LATEST
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_COST_BUCKETS = (1e-7, 1e-6, 1e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 1.0)
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_LAG_BUCKETS = (0.1, 1, 5, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "uniscale_requests",
+            "HTTP requests by route and status",
+            ["route", "status"],
+            registry=r,
+        )
+        self.decisions = Counter(
+            "uniscale_decisions",
+            "Decisions by chosen action and role (served, shadow, passthrough)",
+            ["action", "role"],
+            registry=r,
+        )
+        self.pruned = Counter(
+            "uniscale_pruned_actions",
+            "Actions pruned per decision, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.cost = Histogram(
+            "uniscale_realised_cost_usd",
+            "Realised cost per request",
+            ["model"],
+            buckets=_COST_BUCKETS,
+            registry=r,
+        )
+        self.latency = Histogram(
+            "uniscale_realised_latency_seconds",
+            "Realised upstream latency per request",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "uniscale_upstream_errors", "Upstream failures by error kind", ["kind"], registry=r
+        )
+        self.fallbacks = Counter(
+            "uniscale_fallbacks", "Requests answered by the fallback action", registry=r
+        )
+        self.feedback = Counter(
+            "uniscale_feedback", "POST /v1/feedback by result", ["result"], registry=r
+        )
+        self.feedback_lag = Histogram(
+            "uniscale_feedback_lag_seconds",
+            "Time from decision to accepted feedback",
+            buckets=_LAG_BUCKETS,
+            registry=r,
+        )
+        self.learner_updates = Counter(
+            "uniscale_learner_updates", "Policy updates that reached the learner", registry=r
+        )
+        self.snapshots = Counter(
+            "uniscale_snapshots", "Policy snapshots by result", ["result"], registry=r
+        )
+        self.inflight = Gauge("uniscale_inflight", "Routed requests executing now", registry=r)
+        self.pending = Gauge(
+            "uniscale_pending_decisions", "Decisions waiting for feedback", registry=r
+        )
+        self.pacing_lambda = Gauge(
+            "uniscale_pacing_lambda", "Budget pacing multiplier on cost", registry=r
+        )
+        self.pacing_credit = Gauge(
+            "uniscale_pacing_credit", "Unspent budget kept as credit (requests' worth)", registry=r
+        )
+        self.log_rotations = Counter(
+            "uniscale_decision_log_rotations", "Decision log rotations by size", registry=r
+        )
+        self.log_failures = Gauge(
+            "uniscale_decision_log_failures", "Records the decision log could not take", registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

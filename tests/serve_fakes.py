@@ -1,0 +1,297 @@
+"""Test fixtures for ``uniscale serve``: a real fake upstream and the server on loopback.
+
+`Upstream` is an OpenAI-compatible HTTP server (standard library, a thread, 127.0.0.1, port 0)
+whose behaviour is set per call through `Upstream.mode`: ``ok``, ``500``, ``garbage``
+(truncated JSON), ``hang`` (answers after ``hang_s``), ``disconnect`` (headers, half a body,
+then the socket closes), ``stream_disconnect`` (a streamed answer cut off after two chunks). It
+streams (server-sent events) when asked, returns logprobs when asked, and echoes the request's
+``Authorization`` header into its error bodies (to prove the proxy redacts it).
+
+`running_server` runs a `uniscale.serve.app.Server` under uvicorn in a thread with its own
+event loop on an ephemeral port and stops it on exit (the lifespan shutdown runs: snapshot,
+log closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from uniscale.serve.config import ServeConfig, parse_config
+
+
+@dataclass
+class Upstream:
+    answers: list[str] = field(default_factory=lambda: ["The answer is 42"])
+    mode: str = "ok"
+    #: modes for the next requests, consumed first (then ``mode``)
+    script: list[str] = field(default_factory=list)
+    hang_s: float = 5.0
+    delay_s: float = 0.0
+    prompt_tokens: int = 7
+    received: list[dict[str, Any]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    _server: ThreadingHTTPServer | None = None
+    _next: int = 0
+
+    def start(self) -> Upstream:
+        up = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self._json(200, {"status": "ok"})
+
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                body = json.loads(raw or b"{}")
+                with up.lock:
+                    up.received.append(body)
+                    mode = up.script.pop(0) if up.script else up.mode
+                try:
+                    up._handle(self, mode, body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def _json(self, status: int, obj: Any) -> None:
+                data = json.dumps(obj).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+        self._server = Server(("127.0.0.1", 0), Handler)
+        threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> Upstream:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def texts(self, n: int) -> list[str]:
+        with self.lock:
+            out = [self.answers[(self._next + i) % len(self.answers)] for i in range(n)]
+            self._next += n
+        return out
+
+    def _handle(self, h: Any, mode: str, body: dict[str, Any]) -> None:
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if mode == "500":
+            auth = h.headers.get("Authorization", "")
+            h._json(500, {"error": {"message": f"upstream broke; you sent {auth!r}"}})
+            return
+        if mode == "garbage":
+            data = b'{"id": "x", "choices": [{"index": 0, "mess'
+            h.send_response(200)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", str(len(data)))
+            h.end_headers()
+            h.wfile.write(data)
+            return
+        if mode == "hang":
+            time.sleep(self.hang_s)
+        if mode == "disconnect":
+            h.send_response(200)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", "5000")
+            h.end_headers()
+            h.wfile.write(b'{"id": "x", "choices": [')
+            h.wfile.flush()
+            h.connection.shutdown(socket.SHUT_RDWR)
+            h.close_connection = True
+            return
+        n = int(body.get("n") or 1)
+        texts = self.texts(n)
+        want_lp = bool(body.get("logprobs"))
+        if body.get("stream"):
+            self._stream(h, texts[0], want_lp, cut=mode == "stream_disconnect")
+            return
+        choices = []
+        for i, t in enumerate(texts):
+            c: dict[str, Any] = {
+                "index": i,
+                "message": {"role": "assistant", "content": t},
+                "finish_reason": "stop",
+            }
+            if want_lp:
+                c["logprobs"] = {"content": [{"token": w, "logprob": -0.1} for w in t.split()]}
+            choices.append(c)
+        completion = sum(len(t.split()) for t in texts)
+        h._json(
+            200,
+            {
+                "id": "up",
+                "object": "chat.completion",
+                "model": body.get("model"),
+                "choices": choices,
+                "usage": {
+                    "prompt_tokens": self.prompt_tokens,
+                    "completion_tokens": completion,
+                    "total_tokens": self.prompt_tokens + completion,
+                },
+            },
+        )
+
+    def _stream(self, h: Any, text: str, want_lp: bool, cut: bool) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", "text/event-stream")
+        h.send_header("Connection", "close")
+        h.end_headers()
+        h.close_connection = True
+        words = text.split(" ")
+        for i, w in enumerate(words):
+            piece = w if i == len(words) - 1 else w + " "
+            choice: dict[str, Any] = {
+                "index": 0,
+                "delta": {"content": piece},
+                "finish_reason": None,
+            }
+            if want_lp:
+                choice["logprobs"] = {"content": [{"token": w, "logprob": -0.1}]}
+            h.wfile.write(b"data: " + json.dumps({"choices": [choice]}).encode() + b"\n\n")
+            h.wfile.flush()
+            if cut and i == 1:
+                h.connection.shutdown(socket.SHUT_RDWR)
+                return
+            time.sleep(0.01)
+        end = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        usage = {
+            "choices": [],
+            "usage": {
+                "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": len(words),
+                "total_tokens": self.prompt_tokens + len(words),
+            },
+        }
+        for obj in (end, usage):
+            h.wfile.write(b"data: " + json.dumps(obj).encode() + b"\n\n")
+        h.wfile.write(b"data: [DONE]\n\n")
+        h.wfile.flush()
+
+
+def config(
+    models: dict[str, str],
+    *,
+    tmp: Path | None = None,
+    server: str = "",
+    policy: str = "",
+    executor: str = "timeout_s = 5\ndeadline_s = 10\nretries = 0\n",
+    extra_models: str = "",
+    prices: dict[str, tuple[float, float]] | None = None,
+) -> ServeConfig:
+    """A configuration for ``models`` (name -> base_url) with state under ``tmp``."""
+    lines = ["[server]", 'host = "127.0.0.1"', "port = 0", server, "[policy]", "dim = 16", policy]
+    lines += ["[executor]", executor]
+    if tmp is not None:
+        lines += [
+            "[state]",
+            f'policy_path = "{tmp / "policy.bin"}"',
+            f'decision_log = "{tmp / "decisions.jsonl"}"',
+        ]
+    for i, (name, url) in enumerate(models.items()):
+        pin, pout = (prices or {}).get(name, (0.1 * (i + 1), 0.2 * (i + 1)))
+        lines += [
+            "[[models]]",
+            f'name = "{name}"',
+            f'base_url = "{url}"',
+            f"price_in_per_mtok = {pin}",
+            f"price_out_per_mtok = {pout}",
+            "parallelism = 4",
+            extra_models,
+        ]
+    return parse_config("\n".join(lines) + "\n", "<test>")
+
+
+@dataclass
+class Running:
+    base_url: str
+    server: Any  # uniscale.serve.app.Server
+    loop: asyncio.AbstractEventLoop
+
+    def call(self, coro: Any, timeout: float = 30.0) -> Any:
+        """Run a coroutine on the server's event loop (to touch its objects safely)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+
+@contextlib.contextmanager
+def running_server(
+    cfg: ServeConfig, *, transport: httpx.AsyncBaseTransport | None = None
+) -> Iterator[Running]:
+    import uvicorn
+
+    from uniscale.serve.app import Server
+
+    server = Server(cfg, transport=transport)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    uv = uvicorn.Server(
+        uvicorn.Config(server.app(), log_level="warning", lifespan="on", access_log=False)
+    )
+    loop = asyncio.new_event_loop()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(uv.serve(sockets=[sock]))
+        except BaseException as exc:  # surfaced by the test
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not uv.started:
+        if errors or not thread.is_alive():
+            raise RuntimeError(f"the server did not start: {errors}")
+        if time.monotonic() > deadline:
+            raise TimeoutError("the server did not start within 20 s")
+        time.sleep(0.01)
+    try:
+        yield Running(f"http://127.0.0.1:{port}", server, loop)
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+        loop.close()
+    if errors:
+        raise errors[0]
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
