@@ -721,6 +721,72 @@ def _add_ope(sub: Any) -> None:
     c.add_argument("--log-out", default=None, help="also write the log as DecisionLog JSONL")
     _add_ope_common(c)
     c.set_defaults(func=_ope_check)
+    f = sub.add_parser(
+        "calibrate-floor",
+        help="the quality-floor tolerance that yields a target share of reference calls, or "
+        "the share a tolerance yields",
+        description="Replays quality-floor mode on an outcome table (a few seeds per probe) "
+        "and reports the share served by the reference, the cost saved and the accuracy given "
+        "up; with --share, bisects the tolerance that brings the reference's share down to "
+        "it (RouteLLM-style threshold calibration).",
+    )
+    _add_table_args(f)
+    f.add_argument("--requests", type=int, default=None, help="stream length (default: all)")
+    f.add_argument("--seeds", type=int, default=3, help="seeds per probe (default 3)")
+    f.add_argument("--reference", default=None, metavar="MODEL[/STRATEGY/N]")
+    f.add_argument("--share", type=float, default=None, help="target share of reference calls")
+    f.add_argument("--tolerance", type=float, default=None, help="report this tolerance")
+    f.add_argument("--max-tolerance", type=float, default=0.2, help="bisection bracket (0.2)")
+    f.add_argument("--steps", type=int, default=6, help="bisection halvings (6)")
+    f.set_defaults(func=_calibrate_floor)
+
+
+def _calibrate_floor(args: argparse.Namespace) -> int:
+    from uniscale._core import ConfigError
+    from uniscale.lab import floor_calibrate as fc
+    from uniscale.lab import replay
+    from uniscale.lab.progress import progress_bar
+
+    if (args.share is None) == (args.tolerance is None):
+        raise SystemExit("error: give exactly one of --share and --tolerance")
+    src = _source(args)
+    ref = None
+    if args.reference is not None:
+        try:
+            ref = replay.parse_action(args.reference, src.table(0).actions)
+        except ValueError as e:
+            raise SystemExit(f"error: --reference: {e}") from None
+    probes = 1 if args.tolerance is not None else 2 + args.steps
+    try:
+        with progress_bar(probes * args.seeds, desc="calibrate-floor") as bar:
+            if args.tolerance is not None:
+                point = fc.floor_point(
+                    src, args.tolerance, seeds=args.seeds, reference=ref, progress=bar.update
+                )
+                points = [point]
+            else:
+                point, points = fc.tolerance_for_share(
+                    src,
+                    args.share,
+                    seeds=args.seeds,
+                    reference=ref,
+                    max_tolerance=args.max_tolerance,
+                    steps=args.steps,
+                    progress=bar.update,
+                )
+    except ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
+    print(src.name)
+    print(fc.format_points(points, point if args.share is not None else None))
+    if args.share is not None:
+        met = point.served_by_reference <= args.share
+        print(
+            f"tolerance {point.tolerance:.4f} serves {point.served_by_reference:.1%} of requests "
+            f"with the reference (target {args.share:.1%}"
+            + ("" if met else f"; not reached below --max-tolerance {args.max_tolerance}")
+            + ")"
+        )
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
