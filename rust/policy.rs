@@ -190,9 +190,12 @@ pub struct Decision {
     pub propensity: f64,
     pub explored: bool,
     pub fallback: bool,
-    /// Conservative mode replaced the learner's choice by the baseline action.
+    /// Conservative mode replaced the learner's choice by the baseline action (quality-floor
+    /// mode: the floor's guard replaced it by the best allowed candidate).
     pub conservative: bool,
     pub lambda: f64,
+    /// Quality-floor mode's multiplier on the quality weight in force for this decision.
+    pub quality_multiplier: Option<f64>,
     /// Candidate action indices after pruning, with the probability each had of being chosen.
     pub candidates: Vec<usize>,
     pub probabilities: Vec<f64>,
@@ -583,8 +586,13 @@ impl Policy {
             .conservative
             .as_ref()
             .is_some_and(|c| c.metric == Metric::Quality);
-        if let Some(c) = self.conservative.as_ref().filter(|_| floor) {
-            w.quality *= c.multiplier;
+        let quality_multiplier = self
+            .conservative
+            .as_ref()
+            .filter(|_| floor)
+            .map(|c| c.multiplier);
+        if let Some(m) = quality_multiplier {
+            w.quality *= m;
         }
         let lambda = self.pacer.lambda;
         let cs = self.cfg.cost_scale;
@@ -876,6 +884,7 @@ impl Policy {
             fallback,
             conservative: overridden,
             lambda,
+            quality_multiplier,
             candidates,
             probabilities,
             pruned,

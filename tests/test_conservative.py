@@ -451,6 +451,22 @@ def test_quality_floor_counterfactual_matches_a_numpy_ridge() -> None:
     assert st_["baseline_upper"] == pytest.approx(realised_ref + hi + noise, rel=1e-9)
 
 
+def test_decision_shows_the_floor_price_in_force() -> None:
+    """Each decision carries the floor's multiplier it was ranked with (and its log dict);
+    outside quality-floor mode there is none."""
+    p = Policy(space(), dim=3, quality_floor=QualityFloor(Action("big", "single", 1), 0.02))
+    rng = np.random.default_rng(0)
+    for t in range(50):
+        st_ = p.conservative_status()
+        assert st_ is not None
+        d = p.select(rng.normal(size=3), 200.0, now=float(t))
+        assert d.quality_multiplier == st_["multiplier"]
+        assert d.to_dict()["quality_multiplier"] == st_["multiplier"]
+        p.update(d.id, quality=float(rng.random() < 0.8), now=float(t))
+    plain = Policy(space(), dim=3).select(rng.normal(size=3), 200.0)
+    assert plain.quality_multiplier is None and plain.to_dict()["quality_multiplier"] is None
+
+
 def test_baseline_and_quality_floor_are_exclusive() -> None:
     with pytest.raises(ConfigError, match="at most one"):
         Policy(space(), dim=3, baseline=0, quality_floor=QualityFloor(1))

@@ -544,10 +544,14 @@ class Decision:
         """True when no allowed action met the limits and the cheapest was taken."""
     @property
     def conservative(self) -> bool:
-        """True when conservative mode replaced the learner's choice by the baseline."""
+        """True when conservative mode replaced the learner's choice by the baseline (a quality
+        floor's guard: by the best allowed candidate)."""
     @property
     def pacing_lambda(self) -> float:
         """Budget multiplier in force for this decision."""
+    @property
+    def quality_multiplier(self) -> float | None:
+        """Quality-floor mode's price on quality for this decision (None in other modes)."""
     @property
     def created_s(self) -> float: ...
     @property

@@ -201,7 +201,8 @@ impl PyDecision {
     fn fallback(&self) -> bool {
         self.d.fallback
     }
-    /// Conservative mode replaced the learner's choice by the baseline action.
+    /// Conservative mode replaced the learner's choice by the baseline action (a quality
+    /// floor's guard: by the best allowed candidate).
     #[getter]
     fn conservative(&self) -> bool {
         self.d.conservative
@@ -209,6 +210,11 @@ impl PyDecision {
     #[getter]
     fn pacing_lambda(&self) -> f64 {
         self.d.lambda
+    }
+    /// Quality-floor mode's price on quality for this decision (None in other modes).
+    #[getter]
+    fn quality_multiplier(&self) -> Option<f64> {
+        self.d.quality_multiplier
     }
     #[getter]
     fn created_s(&self) -> f64 {
@@ -258,6 +264,7 @@ impl PyDecision {
         d.set_item("fallback", x.fallback)?;
         d.set_item("conservative", x.conservative)?;
         d.set_item("pacing_lambda", x.lambda)?;
+        d.set_item("quality_multiplier", x.quality_multiplier)?;
         d.set_item("candidates", x.candidates.clone())?;
         d.set_item("probabilities", x.probabilities.clone())?;
         let pr = PyDict::new(py);
