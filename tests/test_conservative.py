@@ -451,6 +451,48 @@ def test_quality_floor_counterfactual_matches_a_numpy_ridge() -> None:
     assert st_["baseline_upper"] == pytest.approx(realised_ref + hi + noise, rel=1e-9)
 
 
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 60), ref=st.integers(0, 7))
+def test_quality_floor_without_evidence_at_tolerance_zero_serves_the_reference(
+    seed: int, n: int, ref: int
+) -> None:
+    p = Policy(space(), dim=3, seed=seed, quality_floor=QualityFloor(ref, 0.0))
+    rng = np.random.default_rng(seed)
+    for t in range(n):  # no feedback: nothing is known about any action
+        assert p.select(rng.normal(size=3), 200.0, now=float(t)).index == ref
+
+
+def _beliefs(p: Policy, xs: np.ndarray) -> np.ndarray:
+    """Every action's quality mean and bonus at each probe x, read from copies of ``p`` with
+    the objective off (so the probes change nothing)."""
+    out = np.zeros((len(xs), len(p.actions), 2))
+    for i, x in enumerate(xs):
+        for a in range(len(p.actions)):
+            q = Policy.from_bytes(p.to_bytes())
+            q.set_quality_floor(None)
+            mask = np.arange(len(p.actions)) == a
+            d = q.select(x, 200.0, mask=mask, now=1e6)
+            out[i, a] = (d.quality_mean, d.quality_bonus)
+    return out
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(5, 80))
+def test_switching_objectives_mid_stream_keeps_every_learned_statistic(seed: int, n: int) -> None:
+    p = Policy(space(), dim=3, seed=seed, quality_floor=QualityFloor(Action("big", "single", 1)))
+    stream(p, n, seed=seed)
+    probes = np.random.default_rng(seed + 1).normal(size=(3, 3))
+    before = _beliefs(p, probes)
+    p.set_quality_floor(None)  # floor -> reward
+    assert np.array_equal(_beliefs(p, probes), before)
+    p.set_reward("quality_priority")
+    p.set_baseline(Action("cheap", "single", 1))  # reward -> conservative
+    assert np.array_equal(_beliefs(p, probes), before)
+    p.set_baseline(None)
+    p.set_quality_floor(Action("cheap", "self_consistency", 2), tolerance=0.05)  # -> another floor
+    assert np.array_equal(_beliefs(p, probes), before)
+
+
 def test_decision_shows_the_floor_price_in_force() -> None:
     """Each decision carries the floor's multiplier it was ranked with (and its log dict);
     outside quality-floor mode there is none."""
