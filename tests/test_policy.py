@@ -581,7 +581,8 @@ def test_decision_ids_past_2_63_take_feedback() -> None:
 DICT_KEYS = {
     "id", "index", "action_uid", "model", "strategy", "n", "quality_mean", "quality_bonus",
     "mean", "bonus", "score", "prediction", "input_tokens", "propensity", "explored",
-    "fallback", "conservative", "pacing_lambda", "candidates", "probabilities", "pruned",
+    "fallback", "conservative", "pacing_lambda", "quality_multiplier", "candidates",
+    "probabilities", "pruned",
     "created_s",
 }  # fmt: skip
 REASON = re.compile(r"^(masked|cost|latency|dominated:\d+)$")
