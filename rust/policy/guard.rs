@@ -27,24 +27,25 @@ pub(super) struct Guard {
 
 impl Policy {
     /// Applies the conservative or quality-floor guard to the drawn `choice` (changing its
-    /// candidates, probabilities, chosen action and pruned list when it refuses candidates).
+    /// candidates, probabilities, chosen action and pruned list when it refuses candidates);
+    /// `retro_hi` is `conservative_retro_hi()`.
     pub(super) fn guard(
         &self,
         est: &Estimates,
         r: &Ranking,
         choice: &mut Choice,
-    ) -> CoreResult<Guard> {
+        retro_hi: f64,
+    ) -> Guard {
         // the learner's choice before the guard: the floor's dual step prices it (what is
         // served can only be the reference while slack is short, which says nothing about
         // whether the ranking asks too much of the floor)
         let proposed = choice.chosen;
-        let retro_hi = self.conservative_retro_hi()?;
         let mut out = Guard::default();
         let Some(c) = &self.conservative else {
-            return Ok(out);
+            return out;
         };
         let Some(bi) = self.conservative_baseline() else {
-            return Ok(out);
+            return out;
         };
         let floor = c.metric == Metric::Quality;
         let (qmean, qbonus, qwidth, preds) = (&est.qmean, &est.qbonus, &est.qwidth, &est.preds);
@@ -138,7 +139,7 @@ impl Policy {
         let ucb = |i: usize| qmean[i] + qbonus[i];
         out.floor_gap = Some(ucb(proposed) - ucb(bi) + c.tolerance);
         out.open = Some(open_for(choice.chosen));
-        Ok(out)
+        out
     }
 
     /// Records decision `id`'s guard outcome in the mode's account.
@@ -163,7 +164,7 @@ impl Policy {
     /// Quality-floor mode's retrospective bound on the reference's quality over the answered
     /// requests it did not serve (`Conservative::retro_hi`), from the learner's current
     /// statistics; 0 without any (or in conservative mode, which keeps decision-time bounds).
-    fn conservative_retro_hi(&self) -> CoreResult<f64> {
+    pub(super) fn conservative_retro_hi(&self) -> CoreResult<f64> {
         let Some(c) = self.conservative.as_ref() else {
             return Ok(0.0);
         };

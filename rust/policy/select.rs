@@ -79,6 +79,8 @@ impl Policy {
         let est = self.estimate(&x, input_tokens)?;
         let ranking = self.ranking();
         check_estimates(&est, &ranking, allowed, input_tokens)?;
+        // the last step that can fail, before the exploration draw takes random numbers
+        let retro_hi = self.conservative_retro_hi()?;
         let mut choice = within_limits(&est.preds, allowed, max_cost_usd, max_latency_s);
         if choice.fallback {
             cheapest(&est.preds, allowed, &mut choice)?;
@@ -86,11 +88,11 @@ impl Policy {
             undominated(&est, &mut choice);
             self.explore(&est, &ranking, &mut choice);
         }
-        let guard = self.guard(&est, &ranking, &mut choice)?;
+        let guard = self.guard(&est, &ranking, &mut choice, retro_hi);
         choice.pruned.sort_by_key(|e| e.0);
 
         // Nothing above changed the policy except the exploration draw's random numbers, and
-        // nothing below can fail.
+        // nothing from the draw on can fail.
         let id = self.next_id;
         self.next_id = next_id;
         self.record_guard(id, guard);

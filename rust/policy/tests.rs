@@ -262,3 +262,25 @@ fn invariants_hold_for_valid_policies_and_catch_a_narrow_learner() {
         "{err}"
     );
 }
+
+/// A quality floor whose counterfactual bound overflows refuses the request before the
+/// exploration draw: the random number generator (part of the state) is untouched too.
+#[test]
+fn overflowing_floor_bound_refuses_before_the_draw() {
+    for shared in [false, true] {
+        let mut p = policy(shared, Budget::None);
+        p.set_exploration(Exploration::Epsilon(0.5)).unwrap();
+        p.set_conservative(Some(0), 0.0, 0.9, 0.3, (0.0, 1.0), Some(0.05))
+            .unwrap();
+        if let Some(c) = p.conservative.as_mut() {
+            c.cf_x = vec![f64::MAX, f64::MAX];
+            c.cf_n = 3;
+        }
+        let before = p.clone();
+        assert!(matches!(
+            p.select(&[0.1, 0.2], 100.0, None, None, None, 0.0),
+            Err(CoreError::NonFinite(m)) if m.contains("counterfactual")
+        ));
+        assert_same(&p, &before);
+    }
+}
