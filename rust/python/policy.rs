@@ -678,10 +678,7 @@ impl PyPolicyCore {
     }
     #[getter]
     fn learner(&self) -> &'static str {
-        match self.inner.lock().learner {
-            crate::policy::QualityLearner::Shared(_) => "shared",
-            crate::policy::QualityLearner::Disjoint(_) => "disjoint",
-        }
+        self.inner.lock().learner.kind()
     }
 
     /// Current actions as (model, strategy, n, uid) tuples, in index order.
