@@ -2,7 +2,8 @@
 to drive stored values non-finite (D2), checksum-valid but inconsistent state (D3), updates that
 mutated before failing (D15), and out-of-range decision ids (D18).
 
-Policy payload layout (rust/policy/persist.rs `to_bytes`), all little-endian after the 21-byte header:
+Policy payload layout (rust/policy/persist.rs `to_bytes`), all little-endian after the 21-byte
+header:
 dim, model_slots, next_uid, n_models (u64 each); per model: name (u64 length + bytes), price_in,
 price_out (f64), parallelism (u32), bills_prompt_once (u8), latency_in, latency_out,
 prior_output_tokens (f64), retired (u8); n_actions (u64); per action: model (u64), strategy

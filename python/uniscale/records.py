@@ -15,7 +15,8 @@ reads version 2 logs too. A record of any other version (a newer UniScale's log)
 
 The reward formula is `reward_value`, shared by everything in Python that prices an outcome
 (table replay, re-pricing a log under other weights); the policy's own update computes the same
-expression in Rust (``Policy::reward`` in ``rust/policy/feedback.rs``), tested equal in tests/test_core.py.
+expression in Rust (``Policy::reward`` in ``rust/policy/feedback.rs``), tested equal in
+tests/test_core.py.
 """
 
 from __future__ import annotations
