@@ -444,7 +444,7 @@ impl Conservative {
                 self.baseline_realised += reward;
             } else {
                 if self.retro {
-                    if self.cf_x.len() != x.len() {
+                    if self.cf_x.is_empty() {
                         self.cf_x = vec![0.0; x.len()];
                     }
                     for (s, v) in self.cf_x.iter_mut().zip(x) {

@@ -137,7 +137,7 @@ impl Policy {
         // pricing exploration by it would drive the multiplier up until nothing but quality
         // counts)
         let ucb = |i: usize| qmean[i] + qbonus[i];
-        out.floor_gap = Some(ucb(proposed) - ucb(bi) + c.tolerance);
+        out.floor_gap = floor.then(|| ucb(proposed) - ucb(bi) + c.tolerance);
         out.open = Some(open_for(choice.chosen));
         out
     }
@@ -185,7 +185,7 @@ impl Policy {
     }
 
     /// Conservative (or quality-floor) mode's budget as it stands.
-    pub fn conservative_budget(&mut self) -> CoreResult<Option<ConservativeBudget>> {
+    pub fn conservative_budget(&self) -> CoreResult<Option<ConservativeBudget>> {
         let retro_hi = self.conservative_retro_hi()?;
         Ok(self.conservative.as_ref().map(|c| c.budget(retro_hi)))
     }

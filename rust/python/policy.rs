@@ -560,7 +560,7 @@ impl PyPolicyCore {
 
     /// Conservative mode's account as a dict, or `None` when it is off.
     fn conservative_status<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
-        let mut p = self.inner.lock();
+        let p = self.inner.lock();
         let Some(b) = p.conservative_budget()? else {
             return Ok(None);
         };

@@ -63,9 +63,10 @@ def floor_point(
         )
         by = {r.name: r for r in res}
         f, b = by["uniscale_floor"], by["reference"]
+        a, c = replay.floor_vs_reference(f, b)
         share.append(float(f.extra["served_by_reference"]))
-        saved.append(1.0 - float(f.cost_usd.sum()) / max(float(b.cost_usd.sum()), 1e-300))
-        acc.append(float(f.quality.mean() - b.quality.mean()))
+        saved.append(c)
+        acc.append(a)
         held += bool(f.extra["floor_held"])
         if progress is not None:
             progress(1)

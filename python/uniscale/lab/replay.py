@@ -452,6 +452,16 @@ def conservative_margin(reward: F64, baseline_reward: F64, delta: float) -> F64:
     return np.asarray(cum - (base - delta * np.abs(base)), dtype=np.float64)
 
 
+def floor_vs_reference(floor: RunResult, reference: RunResult) -> tuple[float, float]:
+    """Quality-floor mode's run against its reference's on the same stream: (accuracy minus
+    the reference's, share of the reference's cost saved; 0 when the reference costs
+    nothing)."""
+    acc = float(floor.quality.mean() - reference.quality.mean())
+    ref_cost = float(reference.cost_usd.mean())
+    saved = float(1.0 - floor.cost_usd.mean() / ref_cost) if ref_cost > 0 else 0.0
+    return acc, saved
+
+
 def floor_margin(quality: F64, reference_quality: F64, tolerance: float) -> F64:
     """Quality-floor mode's promise along a stream: after each request ``t``, the policy's
     cumulative quality minus the reference's plus ``tolerance * t``; >= 0 means it held."""

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from uniscale.lab.plot import PALETTE, chart
-from uniscale.lab.replay import RunResult
+from uniscale.lab.replay import RunResult, floor_vs_reference
 from uniscale.outcomes import OutcomeTable
 from uniscale.space import ModelSpec
 
@@ -271,11 +271,9 @@ def _floor_lines(
     """Quality-floor mode against its reference: accuracy, cost saved, share served by the
     reference and on how many seeds the floor held at every request."""
     refs = [next(r for r in res if r.name == "reference") for res in per_seed]
-    acc = [float(f.quality.mean() - b.quality.mean()) for f, b in zip(runs, refs, strict=True)]
-    saved = [
-        float(1.0 - f.cost_usd.mean() / b.cost_usd.mean()) if b.cost_usd.mean() > 0 else 0.0
-        for f, b in zip(runs, refs, strict=True)
-    ]
+    pairs = [floor_vs_reference(f, b) for f, b in zip(runs, refs, strict=True)]
+    acc = [a for a, _ in pairs]
+    saved = [c for _, c in pairs]
     share = [float(f.extra["served_by_reference"]) for f in runs]
     held = sum(bool(f.extra["floor_held"]) for f in runs)
     ref_name, tol = runs[0].extra["reference"], runs[0].extra["tolerance"]
