@@ -20,11 +20,13 @@ use std::path::{Path, PathBuf};
 use crate::error::{CoreError, CoreResult};
 
 pub const MAGIC: &[u8; 8] = b"UNISCALE";
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 /// Oldest format version this build reads. Version 2 added the pacer's carry-over state to
 /// the Policy payload, version 3 the conservative-mode account at its end, version 4 the
-/// interaction scale after it, version 5 the interaction prior (`crate::evidence`) after that;
-/// the learners' payloads are the same in all five.
+/// interaction scale after it, version 5 the interaction prior (`crate::evidence`) after that,
+/// version 6 the Policy's cost model in the pooled layout (data statistics without the prior,
+/// pooled corrections, per-action observation counts; older cost models are migrated on load by
+/// `CostModel::read`); the learners' payloads are the same in all six.
 pub const MIN_FORMAT_VERSION: u32 = 1;
 const HEADER_LEN: usize = 8 + 4 + 1 + 8;
 

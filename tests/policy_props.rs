@@ -317,8 +317,13 @@ fn check_decision(
         }
     }
     if !d.fallback {
-        prop_assert!(max_cost.is_none_or(|c| d.prediction.cost_usd <= c));
-        prop_assert!(max_latency.is_none_or(|l| d.prediction.latency_s <= l));
+        // the limits hold for the values they are checked against: the point prediction once
+        // the arm has data of its own, the optimistic estimate before (a prior alone never
+        // excludes an arm)
+        let est = &p.estimate_all(d.input_tokens).unwrap()[d.index];
+        prop_assert!(est.point.cost_usd == d.prediction.cost_usd);
+        prop_assert!(max_cost.is_none_or(|c| est.cost_usd_for_limit() <= c));
+        prop_assert!(max_latency.is_none_or(|l| est.latency_s_for_limit() <= l));
     } else {
         prop_assert_eq!(d.candidates.len(), 1);
     }

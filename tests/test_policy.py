@@ -596,8 +596,10 @@ def test_decision_fields(learner: str) -> None:
     mask[0] = False
     pred = policy.predict(800.0)
     d = policy.select(
-        PROBES[0], 800.0, max_cost_usd=float(np.quantile(pred["cost_usd"], 0.7)),
-        max_latency_s=float(np.quantile(pred["latency_s"], 0.3)), mask=mask, now=123.5,
+        # limits apply to the point prediction of arms with data of their own, else to the
+        # optimistic one (no latency was ever reported here)
+        PROBES[0], 800.0, max_cost_usd=float(np.quantile(pred["cost_usd_for_limit"], 0.7)),
+        max_latency_s=float(np.quantile(pred["latency_s_for_limit"], 0.3)), mask=mask, now=123.5,
     )  # fmt: skip
     out = d.to_dict()
     assert set(out) == DICT_KEYS

@@ -6,9 +6,13 @@ cost / latency scales), on random action spaces, request limits, masks and explo
 
 * pruning: a pruned action is never chosen; candidates and pruned actions partition the space;
   every pruning reason is true (masked / over the cost limit / over the latency limit / dominated
-  by a candidate in (cost, latency, quality UCB)); the candidates are mutually non-dominated;
-* limits: the chosen action meets both limits unless ``decision.fallback``; a fallback happens
-  only when no allowed action meets both, and then picks the cheapest allowed action;
+  by a candidate in (optimistic cost, optimistic latency, quality UCB)); no candidate with two
+  or more observations is dominated by another; an action with fewer is never pruned as
+  dominated;
+* limits (checked against ``cost_usd_for_limit`` / ``latency_s_for_limit``: the point prediction
+  once an action has data of its own, else the optimistic one): the chosen action meets both
+  unless ``decision.fallback``; a fallback happens only when no allowed action meets both, and
+  then picks the cheapest allowed action (point predictions);
 * scores and propensities: ``decision.score`` is the documented score; the greedy choice maximises
   it over every action that meets the limits; probabilities are those of the exploration rule,
   sum to 1, and ``propensity == probabilities[position of the chosen action]``;
@@ -99,9 +103,10 @@ class Scenario:
     reward: str
     seed: int
     n_warm: int
+    cost_exploration: bool = False
 
     def policy(self, **kw: Any) -> Policy:
-        return Policy(
+        policy = Policy(
             self.space,
             self.dim,
             learner=self.learner,  # type: ignore[arg-type]
@@ -110,6 +115,8 @@ class Scenario:
             **self.explore.kwargs(),
             **kw,
         )
+        policy.set_cost_exploration(self.cost_exploration)
+        return policy
 
 
 scenarios = st.builds(
@@ -121,6 +128,7 @@ scenarios = st.builds(
     reward=st.sampled_from(["quality_priority", "cost_sensitive", "balanced"]),
     seed=st.integers(0, 2**63),
     n_warm=st.integers(0, 30),
+    cost_exploration=st.booleans(),
 )
 
 
@@ -186,6 +194,11 @@ class Oracle:
 
     cost: np.ndarray
     latency: np.ndarray
+    cost_low: np.ndarray
+    latency_low: np.ndarray
+    cost_limit: np.ndarray
+    latency_limit: np.ndarray
+    explored: np.ndarray
     ucb: np.ndarray
     score: np.ndarray
 
@@ -197,13 +210,17 @@ class Oracle:
         cs, ls = policy.core.cost_scale, policy.core.latency_scale
         score = (
             w.quality * (mean + bonus)
-            - (w.cost + lam) * pred["cost_usd"] / cs
-            - w.latency * pred["latency_s"] / ls
+            - (w.cost + lam) * pred["cost_usd_low"] / cs
+            - w.latency * pred["latency_s_low"] / ls
         )
-        return cls(pred["cost_usd"], pred["latency_s"], mean + bonus, score)
+        return cls(
+            pred["cost_usd"], pred["latency_s"], pred["cost_usd_low"], pred["latency_s_low"],
+            pred["cost_usd_for_limit"], pred["latency_s_for_limit"],
+            (policy.action_observations >= 2) | (not policy.cost_exploration), mean + bonus, score,
+        )  # fmt: skip
 
     def dominates(self, j: int, i: int) -> bool:
-        c, lat, u = self.cost, self.latency, self.ucb
+        c, lat, u = self.cost_low, self.latency_low, self.ucb
         return bool(
             c[j] <= c[i]
             and lat[j] <= lat[i]
@@ -231,9 +248,9 @@ def check_decision(
     allowed = np.ones(k, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
     meets = allowed.copy()
     if max_cost is not None:
-        meets &= o.cost <= max_cost
+        meets &= o.cost_limit <= max_cost
     if max_lat is not None:
-        meets &= o.latency <= max_lat
+        meets &= o.latency_limit <= max_lat
     cand = [int(c) for c in d.candidates]
     probs = np.asarray(d.probabilities)
     pruned = d.pruned
@@ -245,14 +262,15 @@ def check_decision(
         if why == "masked":
             assert not allowed[i]
         elif why == "cost":
-            assert allowed[i] and max_cost is not None and o.cost[i] > max_cost
+            assert allowed[i] and max_cost is not None and o.cost_limit[i] > max_cost
         elif why == "latency":
-            assert allowed[i] and max_lat is not None and o.latency[i] > max_lat
-            assert max_cost is None or o.cost[i] <= max_cost
+            assert allowed[i] and max_lat is not None and o.latency_limit[i] > max_lat
+            assert max_cost is None or o.cost_limit[i] <= max_cost
         else:
             assert why.startswith("dominated:"), why
             j = int(why.split(":")[1])
             assert meets[i] and j in cand and o.dominates(j, i), (i, j)
+            assert o.explored[i], f"unexplored action {i} pruned as dominated"
     for i in range(k):
         if not allowed[i]:
             assert pruned.get(i) == "masked"
@@ -267,14 +285,15 @@ def check_decision(
     else:
         assert meets[d.index]
         if max_cost is not None:
-            assert d.cost_usd <= max_cost
+            assert o.cost_limit[d.index] <= max_cost
         if max_lat is not None:
-            assert d.latency_s <= max_lat
-        # the candidates are the non-dominated actions among those meeting the limits
+            assert o.latency_limit[d.index] <= max_lat
+        # the candidates are the actions meeting the limits that are non-dominated or
+        # unexplored
         assert all(meets[c] for c in cand)
         for a in cand:
             for b in cand:
-                assert not o.dominates(a, b), (a, b)
+                assert not (o.explored[b] and o.dominates(a, b)), (a, b)
 
     # the decision's prediction is the cost model's
     assert d.cost_usd == o.cost[d.index] and d.latency_s == o.latency[d.index]

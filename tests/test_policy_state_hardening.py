@@ -293,17 +293,33 @@ def test_out_of_range_decision_ids_are_unknown(bad_id: Any) -> None:
     policy.update(d.id, 0.5, now=0.0)
 
 
-def pacer_offset(blob: bytes) -> int:
-    """Offset of the pacer section: after the learner, the cost model (n_models, 4 output-token
-    regressions per model, one latency regression per model, the adaptive-sample table)."""
+def cost_offsets(blob: bytes) -> dict[str, int]:
+    """Offsets in the cost model (format 6), which follows the learner: n_models; 4
+    output-token regressions per model (count u64, A 2x2, b 2: data only, length-prefixed),
+    one latency regression per model (count, A 3x3, b 3); the adaptive-sample table (u64
+    length, (uid u64, sum f64, count f64) each); log-ratio statistics (count, sum, sum of
+    squares f64) per (model, strategy) then per model; the per-action observation counts (u64
+    length, (uid u64, count u64) each); the cost-exploration flag (u8). The pacer follows."""
     _, pos = learner_span(blob)
     (m,) = struct.unpack_from("<Q", blob, pos)
     pos += 8
-    rls2 = 8 + (8 + 8 * 4) + (8 + 8 * 2) + (8 + 8 * 2)
-    rls3 = 8 + (8 + 8 * 9) + (8 + 8 * 3) + (8 + 8 * 3)
-    pos += 4 * m * rls2 + m * rls3
+    ridge2 = 8 + (8 + 8 * 4) + (8 + 8 * 2)
+    ridge3 = 8 + (8 + 8 * 9) + (8 + 8 * 3)
+    pos += 4 * m * ridge2 + m * ridge3
     (k,) = struct.unpack_from("<Q", blob, pos)
-    return pos + 8 + 24 * k
+    out = {"adaptive": pos + 8}
+    pos += 8 + 24 * k
+    out["log_stats"] = pos
+    pos += 5 * m * 24
+    (j,) = struct.unpack_from("<Q", blob, pos)
+    out["action_obs"] = pos + 8
+    out["flag"] = pos + 8 + 16 * j
+    out["pacer"] = pos + 8 + 16 * j + 1
+    return out
+
+
+def pacer_offset(blob: bytes) -> int:
+    return cost_offsets(blob)["pacer"]
 
 
 def paced_blob() -> bytes:
@@ -349,7 +365,7 @@ def test_adaptive_sample_table_must_be_sorted_and_issued() -> None:
         if a.strategy == "adaptive_consistency":
             policy.observe(np.ones(DIM), i, 0.5, samples_used=2.0)
     blob = policy.to_bytes()
-    table = pacer_offset(blob) - 2 * 24
+    table = cost_offsets(blob)["adaptive"]
     (first,) = struct.unpack_from("<Q", blob, table)
     (second,) = struct.unpack_from("<Q", blob, table + 24)
     assert first < second
@@ -400,3 +416,27 @@ def test_action_uid_counter_at_2_64_does_not_wrap() -> None:
     with pytest.raises(ConfigError, match=r"action uids are exhausted"):
         policy.add_model(ModelSpec("new", 1.0, 1.0), ["single"], n_values=(1,))
     assert policy.to_bytes() == state
+
+
+def test_cost_model_statistics_must_be_valid() -> None:
+    """Format 3's pooled statistics: a negative count or sum of squares, or per-action
+    observation counts out of order or for a uid never issued, is a StateError at load."""
+    policy = make()
+    for i in range(policy.n_actions):
+        policy.observe(np.ones(DIM), i, 0.5, output_tokens=30.0 * policy.actions[i].n,
+                       latency_s=1.0, input_tokens=100.0)  # fmt: skip
+    blob = policy.to_bytes()
+    off = cost_offsets(blob)
+    assert Policy.from_bytes(blob).to_bytes() == blob
+    cases = [
+        (off["log_stats"], "<d", -1.0, r"invalid log-ratio statistics"),
+        (off["log_stats"] + 16, "<d", -1.0, r"invalid log-ratio statistics"),
+        (off["log_stats"] + 8, "<d", math.inf, r"not finite"),
+        (off["action_obs"], "<Q", 10**6, r"not sorted|never issued"),
+        (off["action_obs"] + 16 * (policy.n_actions - 1), "<Q", 10**6, r"uid never issued"),
+    ]
+    for at, fmt, value, match in cases:
+        b = bytearray(blob[:-4])
+        struct.pack_into(fmt, b, at, value)
+        with pytest.raises(StateError, match=match):
+            Policy.from_bytes(reseal(bytes(b)))

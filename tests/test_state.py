@@ -210,6 +210,9 @@ def test_learner_blobs_of_format_version_1_still_load(trained: Learner) -> None:
 # after 40 decisions on x ~ N(0, I) (rng seed 0) updated with quality in {0, 1} and cost_usd
 # uniform in [5e-5, 3e-4]; the values below are what that build reported right after saving.
 POLICY_V1 = Path(__file__).parent / "data" / "policy_v1.bin"
+# policy_v1.bin loaded and saved by the format-5 build (before the pooled cost model): the
+# last format with the old cost-model layout
+POLICY_V5 = Path(__file__).parent / "data" / "policy_v5.bin"
 # Format 5's interaction prior at the end of a policy payload: multiplier (f64), auto (bool),
 # the evidence statistics yy and n (f64 each) and the next re-estimation point (u64).
 PRIOR = 8 + 1 + 8 + 8 + 8
@@ -224,9 +227,25 @@ def test_policy_of_format_version_1_loads_and_behaves_as_before() -> None:
     assert policy.pacing_credit == 0.0
     d = policy.select(np.array([0.1, -0.2, 0.3]), 500.0, now=41.0)
     assert d.index == 0
+    # the cost model is migrated to the pooled layout (format 6) with the same point
+    # predictions, so the predicted reward and the quality bonus are what that build reported
+    assert d.cost_usd == pytest.approx(1.012e-4, rel=1e-9)
+    assert d.latency_s == pytest.approx(0.5564323414693426, rel=1e-9)
+    assert d.mean == pytest.approx(0.13217691116730593, rel=1e-9)
+    assert d.quality_bonus * policy.reward_weights.quality == pytest.approx(
+        0.11725056055325735, rel=1e-9
+    )
+    # cost exploration is off by default: the score is what that build reported ...
     assert d.score == pytest.approx(0.1162394280432279, rel=1e-9)
+    assert (policy.action_observations == 0).all() and not policy.cost_exploration
     again = policy.to_bytes()
-    assert struct.unpack_from("<I", again, 8)[0] == uniscale._core.STATE_FORMAT_VERSION == 5
+    # ... and switched on, the score adds the optimism on cost and latency of arms with no data
+    # of their own (this old file has no per-arm statistics)
+    on = uniscale.Policy.from_bytes(again)
+    on.set_cost_exploration()
+    assert on.select(np.array([0.1, -0.2, 0.3]), 500.0, now=41.0).score > d.score
+    assert uniscale.Policy.from_bytes(on.to_bytes()).cost_exploration
+    assert struct.unpack_from("<I", again, 8)[0] == uniscale._core.STATE_FORMAT_VERSION == 6
     assert uniscale.Policy.from_bytes(again).to_bytes() == again
 
 
@@ -234,9 +253,11 @@ def test_policy_of_format_version_2_loads_without_conservative_mode() -> None:
     """Format 3 appended conservative mode's account to the policy payload (one flag byte when
     the mode is off), format 4 the interaction scale (8 bytes) after it and format 5 the
     interaction prior (PRIOR bytes) after that; a format-2 blob is the same bytes without all
-    three, a format-4 blob without the last."""
-    policy = uniscale.Policy.from_bytes(POLICY_V1.read_bytes())
-    v5 = policy.to_bytes()
+    three, a format-4 blob without the last. (Format 6 changed the cost model's layout, so the
+    older blobs are cut from a saved format-5 file.)"""
+    v5 = POLICY_V5.read_bytes()
+    assert struct.unpack_from("<I", v5, 8)[0] == 5
+    now = uniscale.Policy.from_bytes(v5).to_bytes()
     flag = len(v5) - 4 - PRIOR - 8 - 1
     assert v5[flag] == 0  # the "conservative mode off" flag, the scale, the prior, the CRC
     assert struct.unpack_from("<d", v5, flag + 1)[0] == 1.0
@@ -248,13 +269,13 @@ def test_policy_of_format_version_2_loads_without_conservative_mode() -> None:
     v2[13:21] = struct.pack("<Q", payload_len - 9 - PRIOR)
     old = uniscale.Policy.from_bytes(reseal(v2))
     assert old.conservative_status() is None and old.interaction_scale == 1.0
-    assert old.to_bytes() == v5
+    assert old.to_bytes() == now
     v4 = bytearray(v5[: flag + 9] + v5[-4:])
     v4[8:12] = struct.pack("<I", 4)
     v4[13:21] = struct.pack("<Q", payload_len - PRIOR)
     old = uniscale.Policy.from_bytes(reseal(v4))
     assert old.interaction_prior == (1.0, False)
-    assert old.to_bytes() == v5
+    assert old.to_bytes() == now
 
 
 def test_interaction_scale_is_saved_and_checked_on_load() -> None:

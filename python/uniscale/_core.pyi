@@ -509,19 +509,22 @@ class Decision:
         """LinUCB exploration bonus on quality (alpha included)."""
     @property
     def mean(self) -> float:
-        """Predicted reward without the exploration bonus."""
+        """Predicted reward at the point predictions, without any exploration bonus."""
     @property
     def bonus(self) -> float:
-        """Exploration bonus in reward units."""
+        """Exploration bonus in reward units: the quality bonus (w_q * quality_bonus) plus the
+        optimism on cost and latency (the reward difference between the point and the
+        optimistic cost and latency predictions, see ``Policy.predict``)."""
     @property
     def score(self) -> float:
-        """mean + bonus - pacing_lambda * cost / cost_scale: what the argmax maximised."""
+        """mean + bonus - pacing_lambda * optimistic cost / cost_scale: what the argmax
+        maximised."""
     @property
     def cost_usd(self) -> float:
-        """Predicted dollars."""
+        """Predicted dollars (point prediction)."""
     @property
     def latency_s(self) -> float:
-        """Predicted seconds."""
+        """Predicted seconds (point prediction)."""
     @property
     def output_tokens(self) -> float:
         """Predicted output tokens per sample."""
@@ -649,6 +652,10 @@ class PolicyCore:
     def set_exploration(
         self, kind: str, epsilon: float = 0.05, temperature: float = 0.1
     ) -> None: ...
+    def set_cost_exploration(self, on: bool) -> None:
+        """Cost exploration on or off (see `Policy.set_cost_exploration`)."""
+    @property
+    def cost_exploration(self) -> bool: ...
     def set_budget(
         self,
         budget_per_request_usd: float | None = None,
@@ -694,6 +701,11 @@ class PolicyCore:
     def action_features(self) -> NDArray[np.float64]: ...
     def predict(self, input_tokens: float) -> NDArray[np.float64]:
         """(K, 5): output_tokens_per_sample, samples, rounds, cost_usd, latency_s."""
+    def predict_bounds(self, input_tokens: float) -> NDArray[np.float64]:
+        """(K, 4): cost_usd_low, latency_s_low (optimistic), cost_usd_for_limit,
+        latency_s_for_limit (what max_cost_usd / max_latency_s are checked against)."""
+    def action_observations(self) -> NDArray[np.uint64]:
+        """(K,): outcomes observed per action (decisions and side observations)."""
     def quality_scores(self, x: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]: ...
     def add_model(
         self, model: _ModelTuple, actions: list[tuple[str, int]]

@@ -182,6 +182,8 @@ def _replay(args: argparse.Namespace) -> int:
     if not (np.isfinite(args.alpha) and args.alpha >= 0):
         raise SystemExit("error: --alpha must be finite and >= 0")
     learner_kw: dict[str, Any] = {"learner": args.learner, "alpha": args.alpha}
+    if args.cost_exploration:
+        learner_kw["cost_exploration"] = True
     kw: dict[str, Any] = dict(learner_kw)
     if args.budget is not None:
         kw["budget_per_request_usd"] = args.budget
@@ -564,6 +566,13 @@ def _add_replay(sub: Any) -> None:
         "of 8 samples are a self-consistency-2 run; Policy.observe with weight 0.5, "
         "uniscale.outcomes.SIDE_OBSERVATION_WEIGHT); off by default: it helps on the real "
         "table but makes the simulator benchmark worse (docs/side_observations.md)",
+    )
+    r.add_argument(
+        "--cost-exploration",
+        action="store_true",
+        help="the learners treat cost and latency as uncertain (Policy(cost_exploration=True): "
+        "pooled across models, optimistic for arms with little data); off by default "
+        "(docs/cost_uncertainty.md)",
     )
     r.add_argument(
         "--no-request-features",

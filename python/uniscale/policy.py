@@ -117,6 +117,10 @@ class Policy:
     copy of its statistics (twice the memory and update time). Measured by
     ``scripts/policy_ablation.py`` (``docs/interaction_prior.md``).
 
+    ``cost_exploration`` (off by default; `set_cost_exploration` switches it at run time):
+    pooled cost/latency corrections across models and optimism about arms with little data, so
+    a `ModelSpec` prior wrong by 10x cannot freeze a model out (``docs/cost_uncertainty.md``).
+
     ``select`` returns a `Decision` (id, action, predicted cost and latency, propensity,
     candidates, pruning reasons); ``update(decision.id, quality=..., ...)`` may come later, out of
     order, or never (pending decisions expire after ``ttl_s`` or when more than ``capacity`` are
@@ -156,6 +160,7 @@ class Policy:
         quality_floor: QualityFloor | None = None,
         interaction_scale: float = 1.0,
         interaction_prior: float | Literal["auto"] | None = None,
+        cost_exploration: bool = False,
     ) -> None:
         if not isinstance(space, ActionSpace):
             raise ConfigError(f"space must be an ActionSpace, got {type(space).__name__}")
@@ -196,6 +201,8 @@ class Policy:
             interaction_prior=1.0 if auto else float(interaction_prior),
             interaction_auto=auto,
         )
+        if cost_exploration:
+            self._core.set_cost_exploration(True)
         if baseline is not None and quality_floor is not None:
             raise ConfigError("give at most one of baseline and quality_floor")
         if baseline is not None:
@@ -427,6 +434,29 @@ class Policy:
     ) -> None:
         self._core.set_exploration(kind, epsilon, temperature)
 
+    def set_cost_exploration(self, on: bool = True) -> None:
+        """Treat cost and latency as uncertain (off by default; saved with the policy).
+
+        On: output lengths and speeds are pooled across models (a shared log-ratio to the
+        configured prior per strategy plus a shrunk per-model deviation), and the scores,
+        dominance pruning and the request's limits use optimistic estimates for models with
+        little data of their own, so a `ModelSpec` prior that is wrong by 10x in either
+        direction cannot freeze a model out; an action with fewer than two outcomes is never
+        pruned as dominated. Off: the configured priors with one observation's weight, updated
+        per (model, strategy) by that arm's own data, as point predictions.
+
+        Off by default because, measured, on the packaged tables the corrected predictions make
+        the quality learner explore more than the streams pay for (docs/cost_uncertainty.md);
+        switch it on when the priors are guesses (a new model, default `prior_output_tokens`).
+        Statistics are kept either way, so switching it on mid-stream uses all data so far.
+        """
+        self._core.set_cost_exploration(bool(on))
+
+    @property
+    def cost_exploration(self) -> bool:
+        """Whether cost exploration is on (`set_cost_exploration`)."""
+        return self._core.cost_exploration
+
     def set_budget(
         self,
         *,
@@ -517,10 +547,30 @@ class Policy:
         return self._core.pacing_credit
 
     def predict(self, input_tokens: float) -> dict[str, np.ndarray[Any, np.dtype[np.float64]]]:
-        """Cost-model predictions for every action at this prompt size."""
+        """Cost-model predictions for every action at this prompt size.
+
+        ``cost_usd`` and ``latency_s`` are point predictions (what decisions report);
+        ``cost_usd_low`` and ``latency_s_low`` the optimistic ones the scores and dominance
+        pruning use (lower the less the model has seen of the action's model and strategy;
+        equal to the point predictions while cost exploration is off);
+        ``cost_usd_for_limit`` and ``latency_s_for_limit`` what ``max_cost_usd`` and
+        ``max_latency_s`` are checked against (the point prediction once the action has
+        observations of its own, else the optimistic one).
+        """
         p = self._core.predict(input_tokens)
         cols = ("output_tokens_per_sample", "samples", "rounds", "cost_usd", "latency_s")
-        return {c: np.ascontiguousarray(p[:, i]) for i, c in enumerate(cols)}
+        out = {c: np.ascontiguousarray(p[:, i]) for i, c in enumerate(cols)}
+        b = self._core.predict_bounds(input_tokens)
+        bounds = ("cost_usd_low", "latency_s_low", "cost_usd_for_limit", "latency_s_for_limit")
+        out.update({c: np.ascontiguousarray(b[:, i]) for i, c in enumerate(bounds)})
+        return out
+
+    @property
+    def action_observations(self) -> np.ndarray[Any, np.dtype[np.uint64]]:
+        """Outcomes observed per action (decisions and side observations). With cost
+        exploration on, an action with fewer than two is never pruned as dominated: its quality
+        bound is still the prior's."""
+        return self._core.action_observations()
 
     # ---- persistence ----
 

@@ -73,16 +73,14 @@ impl Policy {
         }
         self.learner
             .check_against(space, &self.cfg.interaction_prior)?;
-        if self.cost.latency.len() != space.models.len()
-            || self.cost.out_tokens.len() != 4 * space.models.len()
-        {
-            return Err("the cost model does not cover every model".into());
-        }
+        self.cost.check(space.models.len())?;
         if self
             .cost
             .adaptive_samples
             .iter()
-            .any(|e| e.0 >= space.next_uid)
+            .map(|e| e.0)
+            .chain(self.cost.action_obs.iter().map(|e| e.0))
+            .any(|uid| uid >= space.next_uid)
         {
             return Err("the cost model refers to an action uid never issued".into());
         }

@@ -24,7 +24,7 @@
 use std::borrow::Cow;
 
 use crate::conservative::{Conservative, Metric};
-use crate::cost::{CostModel, Prediction};
+use crate::cost::{CostModel, Estimate, Prediction};
 use crate::error::{check_finite_scalar, CoreError, CoreResult};
 use crate::evidence::check_mult;
 use crate::learner::Config;
@@ -326,6 +326,16 @@ impl Policy {
         Ok(())
     }
 
+    /// Cost exploration (`CostModel::uncertain`): pooled cost/latency corrections across models
+    /// and optimism about the cost and latency of arms with little data of their own.
+    pub fn set_cost_exploration(&mut self, on: bool) {
+        self.cost.uncertain = on;
+    }
+
+    pub fn cost_exploration(&self) -> bool {
+        self.cost.uncertain
+    }
+
     /// Predictions for every action at this request size (for planners and explanations).
     pub fn predict_all(&self, input_tokens: f64) -> CoreResult<Vec<Prediction>> {
         check_input_tokens(input_tokens)?;
@@ -337,12 +347,36 @@ impl Policy {
             .collect())
     }
 
+    /// Point and optimistic estimates for every action at this request size.
+    pub fn estimate_all(&self, input_tokens: f64) -> CoreResult<Vec<Estimate>> {
+        check_input_tokens(input_tokens)?;
+        Ok(self
+            .space
+            .actions
+            .iter()
+            .map(|a| self.cost.estimate(&self.space, a, input_tokens))
+            .collect())
+    }
+
+    /// Outcomes observed per action (decisions and side observations); an action with fewer
+    /// than `MIN_EXPLORED_OBS` is never pruned as dominated.
+    pub fn action_observations(&self) -> Vec<u64> {
+        self.space
+            .actions
+            .iter()
+            .map(|a| self.cost.action_observations(a.uid))
+            .collect()
+    }
+
     /// Quality means and bonuses for request features `x` (scaled by `interaction_scale` as
     /// `select` does).
     pub fn quality_scores(&self, x: &[f64]) -> CoreResult<(Vec<f64>, Vec<f64>)> {
         self.learner.as_learner().scores(&self.scaled(x))
     }
 }
+
+/// Outcomes an action needs before it may be pruned as dominated.
+pub const MIN_EXPLORED_OBS: u64 = 2;
 
 /// A request's prompt length: finite and >= 0.
 fn check_input_tokens(input_tokens: f64) -> CoreResult<()> {

@@ -65,7 +65,7 @@ impl Policy {
                 ));
             }
         }
-        let cost = CostModel::read(&mut r, space.models.len())?;
+        let cost = CostModel::read(&mut r, &space.models)?;
         let pacer = Pacer::read(&mut r)?;
         let weights = Weights {
             quality: r.f64()?,

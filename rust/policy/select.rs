@@ -4,11 +4,11 @@
 //! quality-floor guard overrule the draw, and record the decision as pending.
 
 use crate::conservative::Metric;
-use crate::cost::Prediction;
+use crate::cost::{Estimate, Prediction};
 use crate::error::{check_finite_scalar, CoreError, CoreResult};
 use crate::prune::{dominated, PruneReason};
 
-use super::{check_input_tokens, Decision, Pending, Policy, Weights};
+use super::{check_input_tokens, Decision, Pending, Policy, Weights, MIN_EXPLORED_OBS};
 
 /// What the learner and the cost model say about every action for one request.
 pub(super) struct Estimates {
@@ -18,6 +18,11 @@ pub(super) struct Estimates {
     /// bounds; empty otherwise).
     pub qwidth: Vec<f64>,
     pub preds: Vec<Prediction>,
+    /// Point and optimistic cost/latency estimates (`preds[i] == ests[i].point`).
+    pub ests: Vec<Estimate>,
+    /// Whether each action has `MIN_EXPLORED_OBS` outcomes of its own (dominance pruning
+    /// leaves the others in the candidates).
+    pub explored: Vec<bool>,
 }
 
 /// The terms a decision is ranked with: the reward weights (in quality-floor mode with its
@@ -40,9 +45,13 @@ impl Ranking {
             - self.w.latency * e.preds[i].latency_s / self.latency_scale
     }
 
-    /// What the argmax maximises: the mean plus the exploration bonus.
+    /// What the argmax maximises: optimistic in quality (mean plus the exploration bonus),
+    /// cost and latency alike (the cost model's optimistic estimates, which equal the point
+    /// predictions once an action's model has data of its own).
     pub fn score(&self, e: &Estimates, i: usize) -> f64 {
-        self.mean(e, i) + self.w.quality * e.qbonus[i]
+        self.w.quality * (e.qmean[i] + e.qbonus[i])
+            - (self.w.cost + self.lambda) * e.ests[i].cost_usd_low / self.cost_scale
+            - self.w.latency * e.ests[i].latency_s_low / self.latency_scale
     }
 }
 
@@ -81,7 +90,7 @@ impl Policy {
         check_estimates(&est, &ranking, allowed, input_tokens)?;
         // the last step that can fail, before the exploration draw takes random numbers
         let retro_hi = self.conservative_retro_hi()?;
-        let mut choice = within_limits(&est.preds, allowed, max_cost_usd, max_latency_s);
+        let mut choice = within_limits(&est.ests, allowed, max_cost_usd, max_latency_s);
         if choice.fallback {
             cheapest(&est.preds, allowed, &mut choice)?;
         } else {
@@ -120,7 +129,11 @@ impl Policy {
         let propensity = choice.probabilities.get(pos).copied().unwrap_or(1.0);
         let priced = ranking.lambda * est.preds[chosen].cost_usd / ranking.cost_scale;
         let mean = ranking.mean(&est, chosen) + priced;
-        let bonus = ranking.w.quality * est.qbonus[chosen];
+        // bonus: the quality bonus plus the optimism on cost and latency, so that
+        // score = mean + bonus - lambda * optimistic cost / cost_scale
+        let score = ranking.score(&est, chosen);
+        let bonus =
+            score + ranking.lambda * est.ests[chosen].cost_usd_low / ranking.cost_scale - mean;
         Ok(Decision {
             id,
             index: chosen,
@@ -132,7 +145,7 @@ impl Policy {
             quality_bonus: est.qbonus[chosen],
             mean,
             bonus,
-            score: mean + bonus - priced,
+            score,
             prediction: est.preds[chosen],
             input_tokens,
             propensity,
@@ -205,17 +218,27 @@ impl Policy {
                 .as_learner()
                 .finite_scores_into(x, &mut qmean, &mut qbonus)?;
         }
-        let preds = self
+        let ests: Vec<Estimate> = self
             .space
             .actions
             .iter()
-            .map(|a| self.cost.predict(&self.space, a, input_tokens))
+            .map(|a| self.cost.estimate(&self.space, a, input_tokens))
+            .collect();
+        let explored = self
+            .space
+            .actions
+            .iter()
+            .map(|a| {
+                !self.cost.uncertain || self.cost.action_observations(a.uid) >= MIN_EXPLORED_OBS
+            })
             .collect();
         Ok(Estimates {
             qmean,
             qbonus,
             qwidth,
-            preds,
+            preds: ests.iter().map(|e| e.point).collect(),
+            ests,
+            explored,
         })
     }
 
@@ -268,6 +291,8 @@ fn check_estimates(
             ("predicted output tokens", p.output_tokens_per_sample),
             ("predicted cost", p.cost_usd),
             ("predicted latency", p.latency_s),
+            ("optimistic cost", est.ests[i].cost_usd_low),
+            ("optimistic latency", est.ests[i].latency_s_low),
             ("quality mean", est.qmean[i]),
             ("quality bonus", est.qbonus[i]),
             ("score", r.score(est, i)),
@@ -283,25 +308,28 @@ fn check_estimates(
 }
 
 /// Step 1, the hard limits: masked actions and those predicted over the request's cost or
-/// latency limit are pruned; the rest are feasible (and, until dominance, the candidates).
+/// latency limit are pruned; the rest are feasible (and, until dominance, the candidates). An
+/// arm is excluded on the strength of its own observations (point prediction) or, while it has
+/// none, only if even its optimistic estimate breaks the limit: a prior alone never keeps an
+/// arm out (`Estimate::cost_usd_for_limit`).
 fn within_limits(
-    preds: &[Prediction],
+    ests: &[Estimate],
     allowed: Option<&[bool]>,
     max_cost_usd: Option<f64>,
     max_latency_s: Option<f64>,
 ) -> Choice {
     let mut pruned: Vec<(usize, PruneReason)> = Vec::new();
-    let mut feasible: Vec<usize> = Vec::with_capacity(preds.len());
-    for (i, p) in preds.iter().enumerate() {
+    let mut feasible: Vec<usize> = Vec::with_capacity(ests.len());
+    for (i, e) in ests.iter().enumerate() {
         if let Some(m) = allowed {
             if !m[i] {
                 pruned.push((i, PruneReason::Masked));
                 continue;
             }
         }
-        if max_cost_usd.is_some_and(|c| p.cost_usd > c) {
+        if max_cost_usd.is_some_and(|c| e.cost_usd_for_limit() > c) {
             pruned.push((i, PruneReason::Cost));
-        } else if max_latency_s.is_some_and(|l| p.latency_s > l) {
+        } else if max_latency_s.is_some_and(|l| e.latency_s_for_limit() > l) {
             pruned.push((i, PruneReason::Latency));
         } else {
             feasible.push(i);
@@ -344,24 +372,29 @@ fn cheapest(preds: &[Prediction], allowed: Option<&[bool]>, choice: &mut Choice)
     Ok(())
 }
 
-/// Step 2, dominance in (predicted cost, predicted latency, quality UCB): a feasible action
-/// another one beats on all three leaves the candidates.
+/// Step 2, dominance in (optimistic cost, optimistic latency, quality UCB), the values the score
+/// uses, so pruning never removes the argmax: a feasible action another one beats on all three
+/// leaves the candidates, unless it has fewer than `MIN_EXPLORED_OBS` outcomes of its own (its
+/// UCB still reflects the prior, not evidence; only limits and masks exclude it).
 fn undominated(est: &Estimates, choice: &mut Choice) {
     let feasible = &choice.feasible;
     let ucb: Vec<f64> = feasible
         .iter()
         .map(|&i| est.qmean[i] + est.qbonus[i])
         .collect();
-    let c: Vec<f64> = feasible.iter().map(|&i| est.preds[i].cost_usd).collect();
-    let l: Vec<f64> = feasible.iter().map(|&i| est.preds[i].latency_s).collect();
+    let c: Vec<f64> = feasible.iter().map(|&i| est.ests[i].cost_usd_low).collect();
+    let l: Vec<f64> = feasible
+        .iter()
+        .map(|&i| est.ests[i].latency_s_low)
+        .collect();
     let dom = dominated(&c, &l, &ucb);
     let mut cand = Vec::with_capacity(feasible.len());
     for (j, &i) in feasible.iter().enumerate() {
         match dom[j] {
-            Some(by) => choice
+            Some(by) if est.explored[i] => choice
                 .pruned
                 .push((i, PruneReason::Dominated(feasible[by]))),
-            None => cand.push(i),
+            _ => cand.push(i),
         }
     }
     choice.candidates = cand;

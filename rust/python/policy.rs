@@ -602,6 +602,16 @@ impl PyPolicyCore {
         Ok(self.inner.lock().set_exploration(e)?)
     }
 
+    /// Cost exploration on or off (see `Policy.set_cost_exploration`).
+    fn set_cost_exploration(&self, on: bool) {
+        self.inner.lock().set_cost_exploration(on);
+    }
+
+    #[getter]
+    fn cost_exploration(&self) -> bool {
+        self.inner.lock().cost_exploration()
+    }
+
     #[pyo3(signature = (
         budget_per_request_usd=None, budget_per_hour_usd=None, pacing_step=0.05,
         pacing_carryover=100.0
@@ -763,6 +773,34 @@ impl PyPolicyCore {
             })
             .collect();
         flat.into_pyarray(py).reshape([k, 5])
+    }
+
+    /// Optimistic estimates and the values limits are checked against for every action:
+    /// (K, 4) columns cost_usd_low, latency_s_low, cost_usd_for_limit, latency_s_for_limit.
+    fn predict_bounds<'py>(
+        &self,
+        py: Python<'py>,
+        input_tokens: f64,
+    ) -> PyResult<Bound<'py, PyArray2<f64>>> {
+        let est = self.inner.lock().estimate_all(input_tokens)?;
+        let k = est.len();
+        let flat: Vec<f64> = est
+            .iter()
+            .flat_map(|e| {
+                [
+                    e.cost_usd_low,
+                    e.latency_s_low,
+                    e.cost_usd_for_limit(),
+                    e.latency_s_for_limit(),
+                ]
+            })
+            .collect();
+        flat.into_pyarray(py).reshape([k, 4])
+    }
+
+    /// Outcomes observed per action (decisions and side observations), (K,).
+    fn action_observations<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<u64>> {
+        self.inner.lock().action_observations().into_pyarray(py)
     }
 
     /// Quality posterior (mean, bonus) per action for request features x.
