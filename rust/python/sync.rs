@@ -1,0 +1,108 @@
+//! Multi-replica merging (`crate::policy::sync`) for `uniscale.sync`: module-level functions
+//! over a `PolicyCore`. The evidence vectors cross as float64 arrays and the blobs as bytes;
+//! the O(D^3) rebuild runs with the GIL released and without the policy's lock, which is taken
+//! only to copy the statistics out and to swap the rebuilt ones in.
+
+use numpy::{IntoPyArray, PyArray1};
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use super::convert::f64_1d;
+use super::policy::PyPolicyCore;
+use super::ShapeError;
+use crate::error::CoreResult;
+use crate::policy::{decode_blob, encode_blob};
+
+/// Identifies the layout and meaning of the policy's evidence vector.
+#[pyfunction]
+pub fn sync_fingerprint(policy: PyRef<'_, PyPolicyCore>) -> u64 {
+    policy.inner.lock().sync_fingerprint()
+}
+
+/// Length of the policy's evidence vector.
+#[pyfunction]
+pub fn sync_len(policy: PyRef<'_, PyPolicyCore>) -> usize {
+    policy.inner.lock().sync_len()
+}
+
+/// The policy's evidence vector (additive statistics minus the prior).
+#[pyfunction]
+pub fn sync_export<'py>(
+    py: Python<'py>,
+    policy: PyRef<'py, PyPolicyCore>,
+) -> PyResult<Bound<'py, PyArray1<f64>>> {
+    let p = &*policy;
+    let v = py.detach(|| p.inner.lock().sync_export())?;
+    Ok(v.into_pyarray(py))
+}
+
+/// An evidence vector as a sync blob.
+#[pyfunction]
+pub fn sync_encode<'py>(
+    py: Python<'py>,
+    fingerprint: u64,
+    values: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let v = f64_1d(values, "values")?;
+    let b = py.detach(|| encode_blob(fingerprint, &v));
+    Ok(PyBytes::new(py, &b))
+}
+
+/// `(fingerprint, values)` from a sync blob; `StateError` if it is truncated or corrupt.
+#[pyfunction]
+pub fn sync_decode<'py>(
+    py: Python<'py>,
+    blob: &[u8],
+) -> PyResult<(u64, Bound<'py, PyArray1<f64>>)> {
+    let (f, v) = py.detach(|| decode_blob(blob))?;
+    Ok((f, v.into_pyarray(py)))
+}
+
+type Swapped = Option<(Vec<f64>, Vec<f64>)>;
+type PyPair<'py> = (Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<f64>>);
+
+/// Adds `add` to the policy's evidence and rebuilds its statistics. Returns `(before, after)`:
+/// the evidence the addition was applied to (everything learned locally up to the swap) and
+/// the evidence after it; or None when local learning changed the statistics during the
+/// rebuild (nothing is changed; try again) and `force` is false. With `force`, such a race is
+/// resolved by rebuilding once more while holding the lock.
+#[pyfunction]
+#[pyo3(signature = (policy, add, force=false))]
+pub fn sync_apply<'py>(
+    py: Python<'py>,
+    policy: PyRef<'py, PyPolicyCore>,
+    add: &Bound<'py, PyAny>,
+    force: bool,
+) -> PyResult<Option<PyPair<'py>>> {
+    let add = f64_1d(add, "add")?;
+    let p = &*policy;
+    let r = py.detach(|| -> PyResult<Swapped> {
+        let (base, before) = {
+            let g = p.inner.lock();
+            if add.len() != g.sync_len() {
+                return Err(ShapeError::new_err(format!(
+                    "add has {} values, the policy's evidence vector {}",
+                    add.len(),
+                    g.sync_len()
+                )));
+            }
+            (g.sync_base()?, g.sync_export()?)
+        };
+        let plus = |v: &[f64]| -> Vec<f64> { v.iter().zip(&add).map(|(a, b)| a + b).collect() };
+        let parts = base.rebuild(&plus(&before))?;
+        let mut g = p.inner.lock();
+        let now = g.sync_export()?;
+        let swapped: CoreResult<Swapped> = if now == before {
+            g.sync_swap(parts)?;
+            Ok(Some((before, g.sync_export()?)))
+        } else if force {
+            let parts = g.sync_base()?.rebuild(&plus(&now))?;
+            g.sync_swap(parts)?;
+            Ok(Some((now, g.sync_export()?)))
+        } else {
+            Ok(None)
+        };
+        Ok(swapped?)
+    })?;
+    Ok(r.map(|(b, a)| (b.into_pyarray(py), a.into_pyarray(py))))
+}
