@@ -1,0 +1,416 @@
+"""Many replicas, one policy: share what each replica learns through Redis.
+
+Each replica owns one Redis key, its *slot* ``{policy_key}:slot:{replica_id}``, holding the
+cumulative evidence it contributed (the additive statistics of everything it learned, minus the
+prior) as one binary float64 blob. Every ``interval_s`` a background thread pushes its slot,
+reads the others' and rebuilds the policy's statistics as ``prior + own + sum(others)``. The
+request path never touches Redis: ``select``/``update`` keep running on the local policy, the
+rebuild (O(D^3)) runs without the policy's lock, and the lock is taken only to copy the
+statistics out and swap the rebuilt ones in. See docs/sync.md for the design, the precision
+argument, what merges and what stays local, and the failure behaviour.
+
+Requires the ``[redis]`` extra (redis-py).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from uniscale._core import (
+    PolicyCore,
+    StateError,
+    UniScaleError,
+    sync_apply,
+    sync_decode,
+    sync_encode,
+    sync_export,
+    sync_fingerprint,
+)
+
+if TYPE_CHECKING:
+    from uniscale.policy import Policy
+
+__all__ = [
+    "IncompatibleReplicaError",
+    "RedisSync",
+    "SyncError",
+    "SyncStatus",
+    "slot_key",
+]
+
+log = logging.getLogger(__name__)
+
+Vector = npt.NDArray[np.float64]
+BreakerState = Literal["closed", "open", "half_open"]
+
+
+class SyncError(UniScaleError):
+    """Base class of multi-replica synchronisation errors."""
+
+
+class IncompatibleReplicaError(SyncError):
+    """A slot was written by a replica whose action space, featurizer or learner configuration
+    differs (another fingerprint): it is not merged; this replica keeps serving."""
+
+
+def slot_key(policy_key: str, replica_id: str) -> str:
+    """The Redis key of one replica's slot. The hash tag ``{policy_key}`` keeps every key of
+    one policy in one Redis Cluster slot, so the multi-key MGET never fails with CROSSSLOT."""
+    return f"{{{policy_key}}}:slot:{replica_id}"
+
+
+def replicas_key(policy_key: str) -> str:
+    """The Redis set of the replica ids that have a slot (same hash tag as the slots)."""
+    return f"{{{policy_key}}}:replicas"
+
+
+@dataclass(frozen=True, slots=True)
+class SyncStatus:
+    """A snapshot of a `RedisSync`'s state, for metrics and health checks."""
+
+    replica_id: str
+    #: Unix time of the last successful round (None: none yet).
+    last_sync_s: float | None
+    #: Duration of the last successful round (push, pull, rebuild, swap).
+    last_round_s: float | None
+    rounds: int
+    failures: int
+    consecutive_failures: int
+    breaker: BreakerState
+    #: Other replicas' slots merged in the last successful round.
+    slots_merged: int
+    #: Replica ids whose slots were refused in the last round (another fingerprint).
+    incompatible: tuple[str, ...]
+    #: Unreadable (corrupt, truncated) slots skipped in the last round.
+    corrupt: int
+    #: Rebuilds that had to hold the policy's lock (local learning raced the rebuild).
+    locked_rebuilds: int
+    #: Whether this replica's own slot was found in Redis (restart) and taken over.
+    recovered: bool
+    last_error: str | None
+
+
+def _core_of(policy: Policy | PolicyCore) -> PolicyCore:
+    if isinstance(policy, PolicyCore):
+        return policy
+    core = getattr(policy, "core", None)
+    if not isinstance(core, PolicyCore):
+        raise TypeError(f"expected a uniscale.Policy or PolicyCore, got {type(policy).__name__}")
+    return core
+
+
+def _connect(url: str, timeout_s: float) -> Any:
+    try:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+    except ImportError as e:  # pragma: no cover - exercised only without the extra
+        raise SyncError("uniscale.sync needs redis-py: pip install 'uniscale[redis]'") from e
+    # No client-side retries: the breaker below decides when to try again, and a retry loop
+    # inside redis-py would hide outages from the metrics.
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 0),
+        retry_on_timeout=False,
+    )
+
+
+class RedisSync:
+    """Shares a policy's learning with the other replicas of ``policy_key`` through Redis.
+
+    ``start()`` runs a daemon thread that calls `sync_once` every ``interval_s``; ``stop()``
+    ends it after one last push. `sync_once` can also be called directly (tests, a scheduler
+    of your own). If Redis is unreachable the policy keeps learning locally and nothing is
+    lost: the slot is cumulative, so the next successful push carries everything learned
+    meanwhile. After ``failure_threshold`` consecutive failures the breaker opens and rounds
+    are skipped for an exponentially growing backoff (``backoff_initial_s`` doubling up to
+    ``backoff_max_s``); the first round after it is a half-open probe.
+
+    A replica whose slot is already in Redis (a restart with the same ``replica_id``) takes
+    it over: the policy's statistics at construction are replaced by the slot plus the
+    others' slots at the first successful round (local learning since construction is kept).
+    Without a slot, whatever the policy held at construction becomes its contribution.
+    """
+
+    def __init__(
+        self,
+        policy: Policy | PolicyCore,
+        url: str,
+        policy_key: str,
+        replica_id: str,
+        interval_s: float = 1.0,
+        *,
+        timeout_s: float = 0.5,
+        failure_threshold: int = 3,
+        backoff_initial_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        client: Any = None,
+    ) -> None:
+        for name, v in (
+            ("interval_s", interval_s),
+            ("timeout_s", timeout_s),
+            ("backoff_initial_s", backoff_initial_s),
+            ("backoff_max_s", backoff_max_s),
+        ):
+            if not (np.isfinite(v) and v > 0):
+                raise SyncError(f"{name} must be > 0, got {v!r}")
+        if failure_threshold < 1:
+            raise SyncError(f"failure_threshold must be >= 1, got {failure_threshold!r}")
+        if not policy_key or not replica_id or ":" in replica_id or "{" in replica_id:
+            raise SyncError(
+                "policy_key and replica_id must be non-empty, and replica_id must not contain "
+                f"':' or '{{' (got {policy_key!r}, {replica_id!r})"
+            )
+        self._core = _core_of(policy)
+        self.policy_key = policy_key
+        self.replica_id = replica_id
+        self.interval_s = float(interval_s)
+        self.failure_threshold = failure_threshold
+        self.backoff_initial_s = float(backoff_initial_s)
+        self.backoff_max_s = float(backoff_max_s)
+        self._redis = client if client is not None else _connect(url, timeout_s)
+        self._fp = sync_fingerprint(self._core)  # raises nothing; mergeability checked below
+        # The evidence the policy holds now; ConfigError here if it cannot be merged at all.
+        self._at0: Vector = sync_export(self._core)
+        self._initialised = False
+        self._own: Vector = np.zeros_like(self._at0)
+        self._at: Vector = self._at0.copy()
+        self._remote: Vector = np.zeros_like(self._at0)
+        self._round_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        # status
+        self._last_sync_s: float | None = None
+        self._last_round_s: float | None = None
+        self._rounds = 0
+        self._failures = 0
+        self._consecutive = 0
+        self._next_try = 0.0
+        self._slots_merged = 0
+        self._incompatible: tuple[str, ...] = ()
+        self._corrupt = 0
+        self._locked_rebuilds = 0
+        self._recovered = False
+        self._last_error: str | None = None
+
+    # ----------------------------------------------------------------------------- status
+    @property
+    def fingerprint(self) -> int:
+        return self._fp
+
+    @property
+    def own_key(self) -> str:
+        return slot_key(self.policy_key, self.replica_id)
+
+    def breaker(self) -> BreakerState:
+        if self._consecutive < self.failure_threshold:
+            return "closed"
+        return "open" if time.monotonic() < self._next_try else "half_open"
+
+    def status(self) -> SyncStatus:
+        return SyncStatus(
+            replica_id=self.replica_id,
+            last_sync_s=self._last_sync_s,
+            last_round_s=self._last_round_s,
+            rounds=self._rounds,
+            failures=self._failures,
+            consecutive_failures=self._consecutive,
+            breaker=self.breaker(),
+            slots_merged=self._slots_merged,
+            incompatible=self._incompatible,
+            corrupt=self._corrupt,
+            locked_rebuilds=self._locked_rebuilds,
+            recovered=self._recovered,
+            last_error=self._last_error,
+        )
+
+    def own_evidence(self) -> Vector:
+        """This replica's cumulative contribution as of the last round (a copy)."""
+        return self._own.copy()
+
+    # ------------------------------------------------------------------------------ rounds
+    def _initialise(self) -> None:
+        """At the first contact with Redis: take over this replica's slot if it exists."""
+        blob = self._redis.get(self.own_key)
+        if blob is None:
+            self._own = self._at0.copy()
+            self._remote = np.zeros_like(self._at0)
+        else:
+            fp, v = sync_decode(bytes(blob))
+            if fp != self._fp or v.shape != self._at0.shape:
+                raise IncompatibleReplicaError(
+                    f"replica {self.replica_id!r}: its own slot {self.own_key!r} in Redis was "
+                    "written by a policy with another action space or configuration; refusing "
+                    "to take it over (use another replica_id or policy_key, or delete the key)"
+                )
+            self._own = v
+            # the statistics held at construction are replaced by the slot (+ the others')
+            self._remote = self._at0 - v
+            self._recovered = True
+            log.info("replica %s recovered its slot from Redis", self.replica_id)
+        self._at = self._at0
+        self._initialised = True
+
+    def sync_once(self) -> SyncStatus:
+        """One round: push this replica's slot, pull the others', rebuild and swap.
+
+        Raises what Redis raises (nothing is lost: the slot is cumulative), and
+        `IncompatibleReplicaError` after merging the compatible slots when some are not.
+        """
+        with self._round_lock:
+            t0 = time.perf_counter()
+            if self._fp != sync_fingerprint(self._core):
+                raise IncompatibleReplicaError(
+                    f"replica {self.replica_id!r}: the local policy's action space or "
+                    "configuration changed since sync started; its evidence no longer has the "
+                    "shared layout (restart every replica with a new policy_key)"
+                )
+            if not self._initialised:
+                self._initialise()
+            cur = sync_export(self._core)
+            self._own = self._own + (cur - self._at)
+            self._at = cur
+            r = self._redis
+            pipe = r.pipeline(transaction=False)
+            pipe.set(self.own_key, sync_encode(self._fp, self._own))
+            pipe.sadd(replicas_key(self.policy_key), self.replica_id)
+            pipe.smembers(replicas_key(self.policy_key))
+            members = pipe.execute()[2]
+            ids = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+            ids = [i for i in ids if i != self.replica_id]
+            blobs = r.mget([slot_key(self.policy_key, i) for i in ids]) if ids else []
+            others = np.zeros_like(cur)
+            merged, corrupt = 0, 0
+            incompatible: list[str] = []
+            for rid, blob in zip(ids, blobs, strict=True):
+                if blob is None:
+                    continue
+                try:
+                    fp, v = sync_decode(bytes(blob))
+                except StateError as e:
+                    corrupt += 1
+                    log.error("sync: slot of replica %s is unreadable, skipped: %s", rid, e)
+                    continue
+                if fp != self._fp or v.shape != cur.shape:
+                    incompatible.append(rid)
+                    continue
+                others += v
+                merged += 1
+            add = others - self._remote
+            if np.any(add != 0.0):
+                res = None
+                for attempt in range(3):
+                    res = sync_apply(self._core, add, force=attempt == 2)
+                    if res is not None:
+                        if attempt == 2:
+                            self._locked_rebuilds += 1
+                        break
+                if res is None:  # pragma: no cover - force=True always swaps or raises
+                    raise SyncError("merge did not complete")
+                before, after = res
+                self._own = self._own + (before - self._at)
+                self._at = after
+                self._remote = others
+            self._slots_merged = merged
+            self._corrupt = corrupt
+            if incompatible and tuple(incompatible) != self._incompatible:
+                log.error(
+                    "sync: replicas %s of %r have another action space or configuration "
+                    "(fingerprint); their learning is NOT merged",
+                    incompatible,
+                    self.policy_key,
+                )
+            self._incompatible = tuple(incompatible)
+            self._rounds += 1
+            self._last_sync_s = time.time()
+            self._last_round_s = time.perf_counter() - t0
+            if incompatible:
+                raise IncompatibleReplicaError(
+                    f"replica {self.replica_id!r} refused to merge the slots of "
+                    f"{incompatible} (another action space, featurizer or learner "
+                    "configuration); it keeps serving with the compatible ones"
+                )
+            return self.status()
+
+    def _record_failure(self, e: BaseException) -> None:
+        self._failures += 1
+        self._consecutive += 1
+        self._last_error = f"{type(e).__name__}: {e}"
+        if self._consecutive >= self.failure_threshold:
+            k = self._consecutive - self.failure_threshold
+            backoff = min(self.backoff_initial_s * 2.0 ** min(k, 60), self.backoff_max_s)
+            self._next_try = time.monotonic() + backoff
+            if self._consecutive == self.failure_threshold:
+                log.warning(
+                    "sync: Redis unreachable (%s); breaker open, learning continues locally",
+                    self._last_error,
+                )
+
+    def step(self, force: bool = False) -> bool:
+        """One round unless the breaker is open (``force``: even then); failures are recorded,
+        never raised (the thread's body). Returns whether a round succeeded."""
+        if self.breaker() == "open" and not force:
+            return False
+        try:
+            self.sync_once()
+        except IncompatibleReplicaError as e:
+            # not a Redis failure: the compatible slots were merged
+            self._last_error = str(e)
+            self._consecutive = 0
+            return True
+        except Exception as e:  # Redis down, timeouts, a corrupt merge: keep serving
+            self._record_failure(e)
+            return False
+        if self._consecutive >= self.failure_threshold:
+            log.info("sync: Redis reachable again; breaker closed")
+        self._consecutive = 0
+        self._last_error = None
+        return True
+
+    # ---------------------------------------------------------------------------- lifecycle
+    def start(self) -> RedisSync:
+        if self._thread is not None:
+            raise SyncError("RedisSync already started")
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._run, name=f"uniscale-sync-{self.replica_id}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.step()
+            self._stop.wait(self.interval_s)
+
+    def stop(self, final_push: bool = True, timeout_s: float = 5.0) -> None:
+        """Ends the thread; with ``final_push`` one last round (tried even with the breaker
+        open) pushes what was learned since the previous one. If Redis is down then, the slot
+        keeps what was last pushed: save the policy locally too if that learning matters."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+        if final_push:
+            self.step(force=True)
+
+    def close(self) -> None:
+        self.stop(final_push=False)
+        close = getattr(self._redis, "close", None)
+        if callable(close):
+            close()
+
+    def __enter__(self) -> RedisSync:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,352 @@
+"""Multi-replica learning through a real Redis (uniscale.sync, issue #18).
+
+Tolerance of "equal to one process": the merged statistics are the same float64 sums taken in
+another order, so every entry of the evidence vector agrees within ``1e-12 * max(1, max|v|)``
+(the normwise bound of reordering a sum), and counts agree exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+from redis_fixture import RedisServer
+from sync_worker import DIM, MODELS, feed, make_policy, replica, stream
+
+from uniscale import ConfigError, ModelSpec, StateError, UniScaleError
+from uniscale._core import sync_decode, sync_encode, sync_export, sync_fingerprint
+from uniscale.sync import (
+    IncompatibleReplicaError,
+    RedisSync,
+    SyncError,
+    replicas_key,
+    slot_key,
+)
+
+TOL = 1e-12
+
+
+def assert_same_evidence(got: np.ndarray, want: np.ndarray) -> None:
+    assert got.shape == want.shape
+    scale = max(1.0, float(np.max(np.abs(want))))
+    err = float(np.max(np.abs(got - want)))
+    assert err <= TOL * scale, f"max error {err:.3e} at scale {scale:.3e}"
+
+
+def single_process(n_rows: int) -> np.ndarray:
+    p = make_policy()
+    for row in stream(n_rows):
+        feed(p, row)
+    return sync_export(p.core)
+
+
+def n_updates(policy_evidence: np.ndarray, policy: Any) -> float:
+    """The shared learner's update count: the last entry of its block (layout: upper(A), b,
+    count)."""
+    d = (DIM + 1) * (policy.core.action_features().shape[1] + 1)
+    return float(policy_evidence[d * (d + 1) // 2 + d])
+
+
+def test_four_replica_processes_converge_to_one_policy(redis_server: RedisServer) -> None:
+    n_rows, n_rep = 400, 4
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(n_rep)
+    out = ctx.Queue()
+    procs = [
+        ctx.Process(target=replica, args=(redis_server.url, "conv", r, n_rep, n_rows, barrier, out))
+        for r in range(n_rep)
+    ]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    want = single_process(n_rows)
+    assert np.any(want != 0)
+    for rid, vec, merged, _locked in sorted(results):
+        assert merged == n_rep - 1, rid
+        assert_same_evidence(np.asarray(vec), want)
+
+
+def test_sharded_stream_without_sync_differs() -> None:
+    """The comparison above can fail: one shard alone is far from the whole stream."""
+    p = make_policy()
+    for i, row in enumerate(stream(400)):
+        if i % 4 == 0:
+            feed(p, row)
+    with pytest.raises(AssertionError):
+        assert_same_evidence(sync_export(p.core), single_process(400))
+
+
+class SlowClient:
+    """A redis client whose every call first sleeps (a slow or hung Redis)."""
+
+    def __init__(self, inner: Any, delay_s: float) -> None:
+        self._inner, self._delay = inner, delay_s
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if not callable(attr):
+            return attr
+
+        def slow(*a: Any, **kw: Any) -> Any:
+            time.sleep(self._delay)
+            r = attr(*a, **kw)
+            return SlowClient(r, self._delay) if name == "pipeline" else r
+
+        return slow
+
+
+def timed_requests(policy: Any, rows: list[Any]) -> float:
+    """Feeds rows through select + observe; returns the slowest call in seconds."""
+    worst = 0.0
+    for row in rows:
+        t0 = time.perf_counter()
+        policy.select(row[0], 500.0)
+        feed(policy, row)
+        worst = max(worst, time.perf_counter() - t0)
+    return worst
+
+
+def test_redis_killed_mid_stream_loses_no_update(redis_server: RedisServer) -> None:
+    rows = stream(600)
+    pa, pb = make_policy(), make_policy()
+    kw: dict[str, Any] = dict(
+        interval_s=0.02, timeout_s=0.2, failure_threshold=2, backoff_max_s=0.5
+    )
+    sa = RedisSync(pa, redis_server.url, "outage", "a", **kw).start()
+    sb = RedisSync(pb, redis_server.url, "outage", "b", **kw).start()
+    try:
+        for i, row in enumerate(rows[:200]):
+            feed(pa if i % 2 == 0 else pb, row)
+        time.sleep(0.2)
+        redis_server.kill()
+        worst = 0.0
+        for i in range(200, 400):
+            p = pa if i % 2 == 0 else pb
+            worst = max(worst, timed_requests(p, [rows[i]]))
+        deadline = time.monotonic() + 10
+        while sa.status().breaker == "closed" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        st = sa.status()
+        assert st.breaker in ("open", "half_open") and st.failures >= 2, st
+        assert st.last_error is not None
+        # requests never waited for Redis: far below its 0.2 s timeout
+        assert worst < 0.1, worst
+        # learning continued locally while Redis was down
+        for i in range(400, 500):
+            feed(pa if i % 2 == 0 else pb, rows[i])
+        redis_server.start()  # empty: persistence is off, every slot is gone
+        t_back = time.time()
+        for i in range(500, 600):
+            feed(pa if i % 2 == 0 else pb, rows[i])
+        # both replicas come back on their own (half-open probe, breaker closes)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not all(
+            (s.status().last_sync_s or 0) > t_back and s.status().breaker == "closed"
+            for s in (sa, sb)
+        ):
+            time.sleep(0.02)
+        assert sa.status().breaker == sb.status().breaker == "closed"
+    finally:
+        sa.stop()
+        sb.stop()
+    # both stopped after a final push; one more pull each sees the other's final slot
+    sa.sync_once()
+    sb.sync_once()
+    want = single_process(600)
+    for p, s in ((pa, sa), (pb, sb)):
+        got = sync_export(p.core)
+        assert_same_evidence(got, want)
+        assert n_updates(got, p) == n_updates(want, p) == 600
+        assert s.status().breaker == "closed"
+    sa.close()
+    sb.close()
+
+
+def test_slow_redis_never_blocks_a_request(redis_server: RedisServer) -> None:
+    import redis
+
+    p = make_policy()
+    client = SlowClient(redis.Redis.from_url(redis_server.url), 0.3)
+    s = RedisSync(p, redis_server.url, "slow", "a", interval_s=0.01, client=client).start()
+    try:
+        time.sleep(0.1)  # a round is in flight, stuck in the slow client
+        worst = timed_requests(p, stream(200))
+    finally:
+        s.stop(final_push=False)
+    assert s.status().rounds >= 1 or s.status().failures == 0
+    assert worst < 0.1, worst
+
+
+def test_incompatible_replicas_refuse_loudly_and_keep_serving(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    pa = make_policy()
+    other = make_policy([*MODELS, ModelSpec("huge", 20.0, 60.0)])
+    assert sync_fingerprint(pa.core) != sync_fingerprint(other.core)
+    rows = stream(100)
+    for row in rows[:50]:
+        feed(pa, row)
+    for row in rows[50:]:
+        feed(other, row)
+    sa = RedisSync(pa, redis_server.url, "mixed", "a")
+    sb = RedisSync(other, redis_server.url, "mixed", "b")
+    before = sync_export(pa.core)
+    sa.sync_once()
+    with caplog.at_level(logging.ERROR, logger="uniscale.sync"):
+        with pytest.raises(
+            IncompatibleReplicaError, match=r"refused to merge the slots of \['a'\]"
+        ):
+            sb.sync_once()
+        with pytest.raises(IncompatibleReplicaError, match=r"\['b'\]"):
+            sa.sync_once()
+    assert "NOT merged" in caplog.text
+    assert issubclass(IncompatibleReplicaError, SyncError)
+    assert issubclass(SyncError, UniScaleError)
+    # nothing of the other replica leaked in, and both keep serving
+    np.testing.assert_array_equal(sync_export(pa.core), before)
+    assert sa.status().incompatible == ("b",)
+    assert sa.status().slots_merged == 0
+    pa.select(np.ones(DIM), 300.0)
+    other.select(np.ones(DIM), 300.0)
+    # the background loop records it without tripping the breaker
+    assert sa.step() is True
+    assert sa.status().breaker == "closed"
+    assert "refused" in (sa.status().last_error or "")
+
+
+def test_restarted_replica_recovers_its_slot(redis_server: RedisServer) -> None:
+    rows = stream(300)
+    p1 = make_policy()
+    s1 = RedisSync(p1, redis_server.url, "restart", "a")
+    for row in rows[:150]:
+        feed(p1, row)
+    s1.sync_once()
+    s1.close()
+    # the process restarts with a fresh policy and the same replica id
+    p2 = make_policy()
+    s2 = RedisSync(p2, redis_server.url, "restart", "a")
+    s2.sync_once()
+    assert s2.status().recovered
+    assert_same_evidence(sync_export(p2.core), sync_export(p1.core))
+    # and goes on: its slot is cumulative over both lives
+    for row in rows[150:]:
+        feed(p2, row)
+    s2.sync_once()
+    fresh = make_policy()
+    s3 = RedisSync(fresh, redis_server.url, "restart", "observer")
+    s3.sync_once()
+    assert_same_evidence(sync_export(fresh.core), single_process(300))
+
+
+def test_own_slot_of_another_layout_is_not_taken_over(redis_server: RedisServer) -> None:
+    import redis
+
+    other = make_policy([*MODELS, ModelSpec("huge", 20.0, 60.0)])
+    blob = sync_encode(sync_fingerprint(other.core), sync_export(other.core))
+    redis.Redis.from_url(redis_server.url).set(slot_key("own", "a"), blob)
+    s = RedisSync(make_policy(), redis_server.url, "own", "a")
+    with pytest.raises(IncompatibleReplicaError, match="its own slot"):
+        s.sync_once()
+
+
+def test_corrupt_slot_is_skipped_and_changes_nothing(redis_server: RedisServer) -> None:
+    import redis
+
+    r = redis.Redis.from_url(redis_server.url)
+    p = make_policy()
+    for row in stream(50):
+        feed(p, row)
+    s = RedisSync(p, redis_server.url, "corrupt", "a")
+    s.sync_once()
+    before = sync_export(p.core)
+    good = sync_encode(sync_fingerprint(p.core), before)
+    r.sadd(replicas_key("corrupt"), "b", "c")
+    r.set(slot_key("corrupt", "b"), good[: len(good) // 2])  # truncated
+    flipped = bytearray(good)
+    flipped[100] ^= 0x10
+    r.set(slot_key("corrupt", "c"), bytes(flipped))
+    st = s.sync_once()
+    assert st.corrupt == 2 and st.slots_merged == 0
+    np.testing.assert_array_equal(sync_export(p.core), before)
+    with pytest.raises(StateError, match="sync blob"):
+        sync_decode(good[:10])
+
+
+def test_local_learning_racing_the_rebuild_is_kept(redis_server: RedisServer) -> None:
+    """Threads learn on two replicas while their rounds rebuild and swap: no update is lost."""
+    rows = stream(1200)
+    pa, pb = make_policy(), make_policy()
+    sa = RedisSync(pa, redis_server.url, "race", "a", interval_s=0.001).start()
+    sb = RedisSync(pb, redis_server.url, "race", "b", interval_s=0.001).start()
+
+    def learn(p: Any, part: list[Any]) -> None:
+        for row in part:
+            feed(p, row)
+            time.sleep(0.0002)
+
+    threads = [
+        threading.Thread(target=learn, args=(pa if i < 2 else pb, rows[i::4])) for i in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    sa.stop()
+    sb.stop()
+    sa.sync_once()
+    want = single_process(1200)
+    assert_same_evidence(sync_export(pa.core), want)
+    # and what the slots carry is exactly each replica's share: a fresh replica sees it all
+    fresh = make_policy()
+    RedisSync(fresh, redis_server.url, "race", "observer").sync_once()
+    assert_same_evidence(sync_export(fresh.core), want)
+    assert sa.status().rounds > 10
+
+
+def test_discounted_policy_is_not_mergeable(redis_server: RedisServer) -> None:
+    p = make_policy(discount=0.99)
+    with pytest.raises(ConfigError, match=r"discount 0\.99 < 1 cannot be merged"):
+        RedisSync(p, redis_server.url, "disc", "a")
+
+
+def test_bad_arguments() -> None:
+    p = make_policy()
+    with pytest.raises(SyncError, match="replica_id"):
+        RedisSync(p, "redis://127.0.0.1:1", "k", "a:b")
+    with pytest.raises(SyncError, match="interval_s"):
+        RedisSync(p, "redis://127.0.0.1:1", "k", "a", interval_s=0)
+
+
+def test_keys_share_one_hash_tag() -> None:
+    keys = [slot_key("pol", "a"), slot_key("pol", "b"), replicas_key("pol")]
+    assert all(k.startswith("{pol}:") for k in keys)
+
+
+def test_unreachable_redis_opens_the_breaker_and_learning_goes_on() -> None:
+    from redis_fixture import free_port
+
+    p = make_policy()
+    s = RedisSync(
+        p,
+        f"redis://127.0.0.1:{free_port()}",
+        "down",
+        "a",
+        failure_threshold=2,
+        timeout_s=0.1,
+        backoff_initial_s=60.0,
+    )
+    assert s.step() is False and s.status().breaker == "closed"
+    assert s.step() is False and s.status().breaker == "open"
+    assert s.step() is False  # skipped while open: no third connection attempt
+    assert s.status().failures == 2
+    for row in stream(20):
+        feed(p, row)
+    assert n_updates(sync_export(p.core), p) == 20
