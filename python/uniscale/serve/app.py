@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import json
 import logging
 import math
 import os
+import socket
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
@@ -64,6 +66,9 @@ from uniscale.serve.hooks import CURRENT, RequestSlot, ServedPolicy, ShardedTran
 from uniscale.serve.metrics import CONTENT_TYPE_LATEST, Metrics
 from uniscale.serve.state import load_policy, snapshot
 from uniscale.space import Action, ActionSpace
+
+if TYPE_CHECKING:
+    from uniscale.sync import RedisSync
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +192,7 @@ class Server:
         self._snapshot_task: asyncio.Task[None] | None = None
         self._snapshot_lock = asyncio.Lock()
         self._closed = False
+        self.sync: RedisSync | None = self._make_sync()
         names = [str(a) for a in self.policy.actions]
         self._action_names = names
         self._model_names = {m.name for m in cfg.models}
@@ -234,6 +240,24 @@ class Server:
             else:
                 pol.set_baseline(want, delta=p.conservative_delta)
 
+    def _make_sync(self) -> RedisSync | None:
+        """The ``[sync]`` section's Redis sync (not started: `lifespan` starts it)."""
+        sc = self.cfg.sync
+        if sc.redis_url is None:
+            return None
+        from uniscale.sync import RedisSync
+
+        return RedisSync(
+            self.policy,
+            sc.redis_url,
+            sc.policy_key,
+            sc.replica_id or socket.gethostname(),
+            interval_s=sc.interval_s,
+            timeout_s=sc.timeout_s,
+            failure_threshold=sc.failure_threshold,
+            backoff_max_s=sc.backoff_max_s,
+        )
+
     async def save_snapshot(self) -> bool:
         path = self.cfg.state.policy_path
         if path is None:
@@ -260,6 +284,8 @@ class Server:
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         if self.cfg.state.policy_path is not None:
             self._snapshot_task = asyncio.create_task(self._snapshot_loop())
+        if self.sync is not None:
+            self.sync.start()
         self.ready = True
         try:
             yield
@@ -283,6 +309,10 @@ class Server:
             )
             for t in pending:
                 t.cancel()
+        if self.sync is not None:
+            # a last push of what was learned since the previous round, off the event loop
+            await asyncio.to_thread(self.sync.stop)
+            await asyncio.to_thread(self.sync.close)
         await self.save_snapshot()
         if self.log is not None:
             self.log.close()
@@ -377,6 +407,8 @@ class Server:
         m.pacing_lambda.set(self.policy.pacing_lambda)
         m.pacing_credit.set(self.policy.pacing_credit)
         m.log_failures.set(self.router.log_failures)
+        if self.sync is not None:
+            m.set_sync(self.sync.status())
         return Response(m.render(), media_type=CONTENT_TYPE_LATEST)
 
     async def admin_status(self, request: Request) -> Response:
@@ -399,6 +431,7 @@ class Server:
             "deferred": self.router.n_deferred,
             "learning_skipped": self.router.learning_skipped,
             "log_failures": self.router.log_failures,
+            "sync": None if self.sync is None else dataclasses.asdict(self.sync.status()),
             "decision_log": None if self.log is None else str(self.log.path),
             "policy_path": None
             if self.cfg.state.policy_path is None
