@@ -24,6 +24,14 @@ def _missing(what: str) -> None:
     pytest.skip(f"{what} not available")
 
 
+def require_redis_py() -> None:
+    """Skips (locally) or fails (CI) a test that needs redis-py but no server."""
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        _missing("redis-py (pip install 'uniscale[redis]')")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -89,10 +97,7 @@ def redis_server() -> Iterator[RedisServer]:
     if binary is None:
         _missing("redis-server")
         raise AssertionError  # unreachable: _missing skips or fails
-    try:
-        import redis  # noqa: F401
-    except ImportError:
-        _missing("redis-py (pip install 'uniscale[redis]')")
+    require_redis_py()
     server = RedisServer(binary, free_port())
     server.start()
     try:

@@ -331,8 +331,9 @@ def test_keys_share_one_hash_tag() -> None:
 
 
 def test_unreachable_redis_opens_the_breaker_and_learning_goes_on() -> None:
-    from redis_fixture import free_port
+    from redis_fixture import free_port, require_redis_py
 
+    require_redis_py()
     p = make_policy()
     s = RedisSync(
         p,
