@@ -11,6 +11,7 @@ import logging
 import multiprocessing as mp
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ import pytest
 from redis_fixture import RedisServer
 from sync_worker import DIM, MODELS, feed, make_policy, replica, stream
 
+import uniscale
 from uniscale import ConfigError, ModelSpec, StateError, UniScaleError
 from uniscale._core import sync_decode, sync_encode, sync_export, sync_fingerprint
 from uniscale.sync import (
@@ -351,3 +353,58 @@ def test_unreachable_redis_opens_the_breaker_and_learning_goes_on() -> None:
     for row in stream(20):
         feed(p, row)
     assert n_updates(sync_export(p.core), p) == 20
+
+
+def test_restart_from_a_snapshot_after_redis_lost_its_data(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The snapshot holds the others' learning too; the local copy of the slot (state_path)
+    keeps the restarted replica from counting it as its own once Redis has forgotten."""
+    rows = stream(400)
+    pa, pb = make_policy(), make_policy()
+    side = tmp_path / "a.sync"
+    sa = RedisSync(pa, redis_server.url, "lost", "a", state_path=side)
+    sb = RedisSync(pb, redis_server.url, "lost", "b")
+    for i, row in enumerate(rows[:200]):
+        feed(pa if i % 2 == 0 else pb, row)
+    sa.sync_once()
+    sb.sync_once()
+    sa.sync_once()
+    pa.save(tmp_path / "a.bin")  # the snapshot: a's and b's learning
+    assert side.exists()
+    redis_server.kill()
+    redis_server.start()  # persistence off: every slot is gone
+
+    def restarted(state_path: Path | None) -> np.ndarray:
+        p = uniscale.Policy.load(tmp_path / "a.bin")
+        s = RedisSync(p, redis_server.url, "lost", "a", state_path=state_path)
+        for i, row in enumerate(rows[200:]):
+            if i % 2 == 0:
+                feed(p, row)
+        s.sync_once()
+        sb.sync_once()
+        s.sync_once()
+        return sync_export(p.core)
+
+    for i, row in enumerate(rows[200:]):
+        if i % 2 == 1:
+            feed(pb, row)
+    assert_same_evidence(restarted(side), single_process(400))
+    assert_same_evidence(sync_export(pb.core), single_process(400))
+    # the control: without the local copy the snapshot's b-learning is counted twice
+    redis_server.kill()
+    redis_server.start()
+    sb.sync_once()
+    with pytest.raises(AssertionError):
+        assert_same_evidence(restarted(None), single_process(400))
+
+
+def test_corrupt_local_copy_is_moved_aside(redis_server: RedisServer, tmp_path: Path) -> None:
+    side = tmp_path / "a.sync"
+    side.write_bytes(b"not a blob")
+    s = RedisSync(make_policy(), redis_server.url, "side", "a", state_path=side)
+    s.sync_once()
+    assert list(tmp_path.glob("a.sync.corrupt-*"))
+    assert not s.status().recovered
+    _, v = sync_decode(side.read_bytes())  # rewritten by the round
+    assert v.shape == sync_export(make_policy().core).shape

@@ -14,10 +14,14 @@ Requires the ``[redis]`` extra (redis-py).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -106,6 +110,22 @@ def _core_of(policy: Policy | PolicyCore) -> PolicyCore:
     return core
 
 
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Temp file, fsync, rename: the file is always a whole blob."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def _connect(url: str, timeout_s: float) -> Any:
     try:
         import redis
@@ -138,7 +158,11 @@ class RedisSync:
     A replica whose slot is already in Redis (a restart with the same ``replica_id``) takes
     it over: the policy's statistics at construction are replaced by the slot plus the
     others' slots at the first successful round (local learning since construction is kept).
-    Without a slot, whatever the policy held at construction becomes its contribution.
+    With ``state_path``, the slot is also written to that local file after every successful
+    round, and read back when Redis has no slot (Redis lost its data): a replica restarting
+    from a snapshot that holds merged statistics then does not count the others' learning as
+    its own. Without either, whatever the policy held at construction becomes its
+    contribution.
     """
 
     def __init__(
@@ -153,6 +177,7 @@ class RedisSync:
         failure_threshold: int = 3,
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
+        state_path: str | Path | None = None,
         client: Any = None,
     ) -> None:
         for name, v in (
@@ -177,6 +202,7 @@ class RedisSync:
         self.failure_threshold = failure_threshold
         self.backoff_initial_s = float(backoff_initial_s)
         self.backoff_max_s = float(backoff_max_s)
+        self.state_path = None if state_path is None else Path(state_path)
         self._redis = client if client is not None else _connect(url, timeout_s)
         self._fp = sync_fingerprint(self._core)  # raises nothing; mergeability checked below
         # The evidence the policy holds now; ConfigError here if it cannot be merged at all.
@@ -239,8 +265,27 @@ class RedisSync:
 
     # ------------------------------------------------------------------------------ rounds
     def _initialise(self) -> None:
-        """At the first contact with Redis: take over this replica's slot if it exists."""
+        """At the first contact with Redis: take over this replica's slot if it exists (in
+        Redis, else in ``state_path``)."""
         blob = self._redis.get(self.own_key)
+        where = f"slot {self.own_key!r} in Redis"
+        if blob is None and self.state_path is not None and self.state_path.exists():
+            blob = self.state_path.read_bytes()
+            where = f"file {str(self.state_path)!r}"
+            try:
+                sync_decode(blob)
+            except StateError as e:
+                dest = self.state_path.with_name(
+                    f"{self.state_path.name}.corrupt-{int(time.time() * 1000)}"
+                )
+                os.replace(self.state_path, dest)
+                log.error(
+                    "sync: %s is unreadable (%s); moved it to %s and starting as a new contributor",
+                    where,
+                    e,
+                    dest,
+                )
+                blob = None
         if blob is None:
             self._own = self._at0.copy()
             self._remote = np.zeros_like(self._at0)
@@ -248,15 +293,15 @@ class RedisSync:
             fp, v = sync_decode(bytes(blob))
             if fp != self._fp or v.shape != self._at0.shape:
                 raise IncompatibleReplicaError(
-                    f"replica {self.replica_id!r}: its own slot {self.own_key!r} in Redis was "
-                    "written by a policy with another action space or configuration; refusing "
-                    "to take it over (use another replica_id or policy_key, or delete the key)"
+                    f"replica {self.replica_id!r}: its own {where} was written by a policy "
+                    "with another action space or configuration; refusing to take it over "
+                    "(use another replica_id or policy_key, or delete it)"
                 )
             self._own = v
             # the statistics held at construction are replaced by the slot (+ the others')
             self._remote = self._at0 - v
             self._recovered = True
-            log.info("replica %s recovered its slot from Redis", self.replica_id)
+            log.info("replica %s recovered its own evidence from its %s", self.replica_id, where)
         self._at = self._at0
         self._initialised = True
 
@@ -280,11 +325,14 @@ class RedisSync:
             self._own = self._own + (cur - self._at)
             self._at = cur
             r = self._redis
+            own_blob = sync_encode(self._fp, self._own)
             pipe = r.pipeline(transaction=False)
-            pipe.set(self.own_key, sync_encode(self._fp, self._own))
+            pipe.set(self.own_key, own_blob)
             pipe.sadd(replicas_key(self.policy_key), self.replica_id)
             pipe.smembers(replicas_key(self.policy_key))
             members = pipe.execute()[2]
+            if self.state_path is not None:
+                _atomic_write(self.state_path, own_blob)
             ids = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
             ids = [i for i in ids if i != self.replica_id]
             blobs = r.mget([slot_key(self.policy_key, i) for i in ids]) if ids else []

@@ -256,6 +256,11 @@ class Server:
             timeout_s=sc.timeout_s,
             failure_threshold=sc.failure_threshold,
             backoff_max_s=sc.backoff_max_s,
+            # beside the snapshot: a restart after Redis lost its data must not count the
+            # others' learning that the snapshot holds as this replica's own
+            state_path=None
+            if self.cfg.state.policy_path is None
+            else self.cfg.state.policy_path.with_name(self.cfg.state.policy_path.name + ".sync"),
         )
 
     async def save_snapshot(self) -> bool:
