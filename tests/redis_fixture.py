@@ -8,6 +8,7 @@ locally and FAIL under ``CI=true``: CI must exercise the real thing (`.ci/run` i
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -30,6 +31,26 @@ def require_redis_py() -> None:
         import redis  # noqa: F401
     except ImportError:
         _missing("redis-py (pip install 'uniscale[redis]')")
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def cluster_ports(n: int) -> list[int]:
+    """``n`` free ports whose cluster-bus ports (port + 10000) are free too."""
+    rng = random.Random()
+    out: list[int] = []
+    while len(out) < n:
+        p = rng.randrange(20000, 30000)
+        if p not in out and _is_free(p) and _is_free(p + 10000):
+            out.append(p)
+    return out
 
 
 def free_port() -> int:
@@ -69,7 +90,14 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10.0
+        try:
+            self.wait_ping(10.0)
+        except RuntimeError:
+            self.kill()
+            raise
+
+    def wait_ping(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as c:
@@ -78,11 +106,10 @@ class RedisServer:
                         return
             except OSError:
                 pass
-            if self.proc.poll() is not None:
+            if self.proc is not None and self.proc.poll() is not None:
                 break
             time.sleep(0.05)
-        self.kill()
-        raise RuntimeError(f"redis-server did not start on port {self.port}")
+        raise RuntimeError(f"redis-server did not answer on port {self.port}")
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -104,3 +131,75 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.kill()
+
+
+@pytest.fixture
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real 3-master Redis Cluster on free 127.0.0.1 ports (no replicas, persistence off);
+    yields the URL of one node."""
+    binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    if binary is None or cli is None:
+        _missing("redis-server and redis-cli")
+        raise AssertionError  # unreachable
+    require_redis_py()
+    base = tmp_path_factory.mktemp("cluster")
+    ports = cluster_ports(3)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for port in ports:
+            d = base / str(port)
+            d.mkdir()
+            procs.append(
+                subprocess.Popen(
+                    [
+                        binary,
+                        "--port",
+                        str(port),
+                        "--bind",
+                        "127.0.0.1",
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        str(d / "nodes.conf"),
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--dir",
+                        str(d),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        for port in ports:
+            RedisServer(binary, port).wait_ping(10.0)
+        subprocess.run(
+            [
+                cli,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{p}" for p in ports),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            out = subprocess.run(
+                [cli, "-p", str(ports[0]), "cluster", "info"], capture_output=True, timeout=5
+            ).stdout
+            if b"cluster_state:ok" in out:
+                break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
+        yield f"redis://127.0.0.1:{ports[0]}/0"
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait(10)

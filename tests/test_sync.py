@@ -408,3 +408,29 @@ def test_corrupt_local_copy_is_moved_aside(redis_server: RedisServer, tmp_path: 
     assert not s.status().recovered
     _, v = sync_decode(side.read_bytes())  # rewritten by the round
     assert v.shape == sync_export(make_policy().core).shape
+
+
+def test_redis_cluster_keeps_a_policys_keys_in_one_slot(redis_cluster: str) -> None:
+    """On a real 3-node cluster the round's pipeline and MGET work (one hash tag); keys
+    without it would fail with CROSSSLOT."""
+    from redis.cluster import RedisCluster
+    from redis.exceptions import RedisClusterException, ResponseError
+
+    rows = stream(300)
+    pols = [make_policy() for _ in range(3)]
+    syncs = [
+        RedisSync(p, redis_cluster, "clustered", f"r{i}", cluster=True) for i, p in enumerate(pols)
+    ]
+    for i, row in enumerate(rows):
+        feed(pols[i % 3], row)
+    for s in syncs + syncs:
+        s.sync_once()
+    want = single_process(300)
+    for p, s in zip(pols, syncs, strict=True):
+        assert s.status().slots_merged == 2
+        assert_same_evidence(sync_export(p.core), want)
+    r = RedisCluster.from_url(redis_cluster)
+    keys = [f"untagged:{i}" for i in range(8)]
+    assert len({r.keyslot(k) for k in keys}) > 1
+    with pytest.raises((RedisClusterException, ResponseError)):
+        r.mget(keys)

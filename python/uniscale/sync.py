@@ -126,15 +126,23 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def _connect(url: str, timeout_s: float) -> Any:
+def _connect(url: str, timeout_s: float, cluster: bool) -> Any:
     try:
         import redis
         from redis.backoff import NoBackoff
+        from redis.cluster import RedisCluster
         from redis.retry import Retry
     except ImportError as e:  # pragma: no cover - exercised only without the extra
         raise SyncError("uniscale.sync needs redis-py: pip install 'uniscale[redis]'") from e
     # No client-side retries: the breaker below decides when to try again, and a retry loop
     # inside redis-py would hide outages from the metrics.
+    if cluster:
+        return RedisCluster.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+        )
     return redis.Redis.from_url(
         url,
         socket_timeout=timeout_s,
@@ -178,6 +186,7 @@ class RedisSync:
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
         state_path: str | Path | None = None,
+        cluster: bool = False,
         client: Any = None,
     ) -> None:
         for name, v in (
@@ -203,7 +212,7 @@ class RedisSync:
         self.backoff_initial_s = float(backoff_initial_s)
         self.backoff_max_s = float(backoff_max_s)
         self.state_path = None if state_path is None else Path(state_path)
-        self._redis = client if client is not None else _connect(url, timeout_s)
+        self._redis = client if client is not None else _connect(url, timeout_s, cluster)
         self._fp = sync_fingerprint(self._core)  # raises nothing; mergeability checked below
         # The evidence the policy holds now; ConfigError here if it cannot be merged at all.
         self._at0: Vector = sync_export(self._core)

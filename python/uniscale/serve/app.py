@@ -256,6 +256,7 @@ class Server:
             timeout_s=sc.timeout_s,
             failure_threshold=sc.failure_threshold,
             backoff_max_s=sc.backoff_max_s,
+            cluster=sc.cluster,
             # beside the snapshot: a restart after Redis lost its data must not count the
             # others' learning that the snapshot holds as this replica's own
             state_path=None

@@ -118,6 +118,8 @@ class SyncSettings:
     timeout_s: float = 0.5
     failure_threshold: int = 3
     backoff_max_s: float = 30.0
+    #: ``redis_url`` names a node of a Redis Cluster
+    cluster: bool = False
 
     @property
     def enabled(self) -> bool:
@@ -299,6 +301,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "timeout_s": _float(0.0, strict=True),
         "failure_threshold": _int(1, 1000),
         "backoff_max_s": _float(0.0, strict=True),
+        "cluster": _bool,
     },
 }
 
