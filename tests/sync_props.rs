@@ -89,6 +89,9 @@ proptest! {
         merged.sync_swap(parts).unwrap();
         let want = single.sync_export().unwrap();
         assert_close(&merged.sync_export().unwrap(), &want, "evidence");
+        // a merged policy is a valid state: it saves and loads back (every invariant checked)
+        let back = Policy::from_bytes(&merged.to_bytes()).unwrap();
+        prop_assert!(back.to_bytes() == merged.to_bytes());
         // what the statistics are for: the same quality estimates and cost predictions
         let x = vec![0.3; DIM];
         let (m1, w1) = single.quality_scores(&x).unwrap();

@@ -28,7 +28,9 @@ use crate::cost::{CostModel, Rls};
 use crate::error::{CoreError, CoreResult};
 use crate::learner::{Config, Learner};
 use crate::linalg;
+use crate::linucb::LinUcb;
 use crate::ridge::{Ridge, MAGNITUDE_LIMIT};
+use crate::shared::SharedLinUcb;
 use crate::space::{Space, Strategy};
 use crate::state::{Kind, Writer};
 
@@ -42,11 +44,30 @@ const HEADER_LEN: usize = 8 + 4 + 4 + 8 + 8;
 /// Counts are carried as f64: exact below 2^53.
 const MAX_COUNT: f64 = 9_007_199_254_740_992.0;
 
-/// What rebuilding needs from a policy (its learner, cost model and action space), copied
-/// under the policy's lock so that the O(D^3) rebuild can run without it.
+/// The shape of a quality learner without its statistics: what a rebuild allocates afresh.
+#[derive(Debug, Clone)]
+enum Skeleton {
+    Shared {
+        psi: Vec<f64>,
+        k: usize,
+        p: usize,
+        dim: usize,
+        cfg: Config,
+        mean_mult: f64,
+    },
+    Disjoint {
+        k: usize,
+        dim: usize,
+        cfg: Config,
+    },
+}
+
+/// What rebuilding needs from a policy (the learner's shape, the cost model and the action
+/// space), copied under the policy's lock in O(K p + models) so that the O(D^2) allocation and
+/// the O(D^3) rebuild run without it.
 #[derive(Debug, Clone)]
 pub struct SyncBase {
-    learner: QualityLearner,
+    skeleton: Skeleton,
     cost: CostModel,
     space: Space,
     fingerprint: u64,
@@ -284,11 +305,26 @@ impl Policy {
         Ok(out)
     }
 
-    /// A copy of what [`SyncBase::rebuild`] needs (O(D^2)); refuses unmergeable policies.
+    /// A copy of what [`SyncBase::rebuild`] needs (no matrices); refuses unmergeable policies.
     pub fn sync_base(&self) -> CoreResult<SyncBase> {
         self.check_mergeable()?;
+        let skeleton = match &self.learner {
+            QualityLearner::Shared(l) => Skeleton::Shared {
+                psi: l.psi.clone(),
+                k: l.k,
+                p: l.p,
+                dim: l.dim,
+                cfg: l.cfg,
+                mean_mult: l.mean_mult,
+            },
+            QualityLearner::Disjoint(l) => Skeleton::Disjoint {
+                k: l.arms.len(),
+                dim: l.dim,
+                cfg: l.cfg,
+            },
+        };
         Ok(SyncBase {
-            learner: self.learner.clone(),
+            skeleton,
             cost: self.cost.clone(),
             space: self.space.clone(),
             fingerprint: self.sync_fingerprint(),
@@ -338,30 +374,37 @@ impl SyncBase {
                 evidence[i]
             )));
         }
-        let ridge = self.learner.as_learner().config().ridge;
         let mut c = Cursor { v: evidence, at: 0 };
-        let mut learner = self.learner.clone();
-        match &mut learner {
-            QualityLearner::Shared(s) => {
+        let learner = match &self.skeleton {
+            Skeleton::Shared {
+                psi,
+                k,
+                p,
+                dim,
+                cfg,
+                mean_mult,
+            } => {
+                let mut s = SharedLinUcb::new(psi.clone(), *k, *p, *dim, *cfg).map_err(state)?;
                 let n = s.model.n;
-                let a = c.matrix(n, ridge)?;
+                let a = c.matrix(n, cfg.ridge)?;
                 let b = c.take(n)?.to_vec();
                 let cnt = c.count("learner update")?;
                 s.model = Ridge::from_stats(n, a, b, cnt).map_err(state)?;
-                let m = s.mean_mult;
-                s.set_mean_mult(m).map_err(state)?;
+                s.set_mean_mult(*mean_mult).map_err(state)?;
+                QualityLearner::Shared(s)
             }
-            QualityLearner::Disjoint(d) => {
-                for key in 0..d.arms.len() {
-                    let n = d.dim;
-                    let a = c.matrix(n, ridge)?;
-                    let b = c.take(n)?.to_vec();
+            Skeleton::Disjoint { k, dim, cfg } => {
+                let mut d = LinUcb::new(*k, *dim, *cfg).map_err(state)?;
+                for key in 0..*k {
+                    let a = c.matrix(*dim, cfg.ridge)?;
+                    let b = c.take(*dim)?.to_vec();
                     let cnt = c.count("learner update")?;
-                    let r = Ridge::from_stats(n, a, b, cnt).map_err(state)?;
+                    let r = Ridge::from_stats(*dim, a, b, cnt).map_err(state)?;
                     d.restore_ridge(key, r);
                 }
+                QualityLearner::Disjoint(d)
             }
-        }
+        };
         let yy = c.take(1)?[0];
         let n = c.take(1)?[0];
         if yy < 0.0 || n < 0.0 {
