@@ -70,7 +70,10 @@ proptest! {
         let mut single = build(mode, 1);
         let mut shards: Vec<Policy> = (0..replicas).map(|r| build(mode, 10 + r as u64)).collect();
         for (o, r) in &s {
+            // what a merge relies on to detect a racing update: every update moves a count
+            let counts = single.sync_counts();
             feed(&mut single, o);
+            prop_assert!(single.sync_counts() != counts);
             feed(&mut shards[r % replicas], o);
         }
         let fp = single.sync_fingerprint();
@@ -86,7 +89,9 @@ proptest! {
         }
         let mut merged = build(mode, 99);
         let parts = merged.sync_rebuild(&total).unwrap();
+        let predicted = parts.evidence().to_vec();
         merged.sync_swap(parts).unwrap();
+        prop_assert!(predicted == merged.sync_export().unwrap());
         let want = single.sync_export().unwrap();
         assert_close(&merged.sync_export().unwrap(), &want, "evidence");
         // a merged policy is a valid state: it saves and loads back (every invariant checked)

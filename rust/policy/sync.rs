@@ -83,6 +83,15 @@ pub struct SyncParts {
     yy: f64,
     n: f64,
     fingerprint: u64,
+    evidence: Vec<f64>,
+}
+
+impl SyncParts {
+    /// The evidence vector of the rebuilt statistics (what `sync_export` returns once they
+    /// are swapped in), computed without the policy's lock.
+    pub fn evidence(&self) -> &[f64] {
+        &self.evidence
+    }
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -238,12 +247,7 @@ impl Policy {
 
     /// Length of the evidence vector.
     pub fn sync_len(&self) -> usize {
-        let rl: usize = ridges(&self.learner)
-            .iter()
-            .map(|r| tri_len(r.n) + r.n + 1)
-            .sum();
-        let m = self.space.models.len();
-        rl + 2 + 4 * m * (3 + 2 + 1) + m * (6 + 3 + 1) + 2 * adaptive_uids(&self.space).len()
+        layout_len(&self.learner, &self.space)
     }
 
     /// Identifies the layout and meaning of the evidence vector (see the module docs).
@@ -267,42 +271,21 @@ impl Policy {
     /// The policy's evidence vector: its additive statistics minus the prior.
     pub fn sync_export(&self) -> CoreResult<Vec<f64>> {
         self.check_mergeable()?;
-        let ridge = self.learner.as_learner().config().ridge;
-        let mut out = Vec::new();
-        out.try_reserve_exact(self.sync_len())
-            .map_err(|e| CoreError::Memory(e.to_string()))?;
-        for r in ridges(&self.learner) {
-            push_upper(&mut out, &r.a, r.n, ridge);
-            out.extend_from_slice(&r.b);
-            out.push(r.n_updates as f64);
-        }
         let ip = &self.cfg.interaction_prior;
-        out.push(ip.yy);
-        out.push(ip.n);
-        let prior = cost_prior(&self.space);
-        for (r, p) in self.cost.out_tokens.iter().zip(&prior.out_tokens) {
-            push_rls(&mut out, r, p);
-        }
-        for (r, p) in self.cost.latency.iter().zip(&prior.latency) {
-            push_rls(&mut out, r, p);
-        }
-        for uid in adaptive_uids(&self.space) {
-            let (s, c) = match self
-                .cost
-                .adaptive_samples
-                .binary_search_by_key(&uid, |e| e.0)
-            {
-                Ok(i) => (
-                    self.cost.adaptive_samples[i].1,
-                    self.cost.adaptive_samples[i].2,
-                ),
-                Err(_) => (0.0, 0.0),
-            };
-            out.push(s);
-            out.push(c);
-        }
-        debug_assert_eq!(out.len(), self.sync_len());
-        Ok(out)
+        evidence_of(&self.learner, &self.cost, &self.space, ip.yy, ip.n)
+    }
+
+    /// Every count the evidence carries (learner updates, cost-model observations, adaptive
+    /// and interaction-prior counts), O(K + models): every learning path that changes the
+    /// statistics increments one of them, so equal counts mean equal statistics. What a merge
+    /// checks, under the lock, to know that no local update raced its rebuild.
+    pub fn sync_counts(&self) -> Vec<u64> {
+        let mut out: Vec<u64> = ridges(&self.learner).iter().map(|r| r.n_updates).collect();
+        out.extend(self.cost.out_tokens.iter().map(|r| r.count));
+        out.extend(self.cost.latency.iter().map(|r| r.count));
+        out.extend(self.cost.adaptive_samples.iter().map(|e| e.2.to_bits()));
+        out.push(self.cfg.interaction_prior.n.to_bits());
+        out
     }
 
     /// A copy of what [`SyncBase::rebuild`] needs (no matrices); refuses unmergeable policies.
@@ -433,14 +416,59 @@ impl SyncBase {
         if c.at != evidence.len() {
             return Err(CoreError::State("evidence vector too long".into()));
         }
+        let evidence = evidence_of(&learner, &cost, &self.space, yy, n)?;
         Ok(SyncParts {
             learner,
             cost,
             yy,
             n,
             fingerprint: self.fingerprint,
+            evidence,
         })
     }
+}
+
+/// The evidence vector of these statistics (see [`Policy::sync_export`]).
+fn evidence_of(
+    learner: &QualityLearner,
+    cost: &CostModel,
+    space: &Space,
+    yy: f64,
+    n: f64,
+) -> CoreResult<Vec<f64>> {
+    let ridge = learner.as_learner().config().ridge;
+    let mut out = Vec::new();
+    out.try_reserve_exact(layout_len(learner, space))
+        .map_err(|e| CoreError::Memory(e.to_string()))?;
+    for r in ridges(learner) {
+        push_upper(&mut out, &r.a, r.n, ridge);
+        out.extend_from_slice(&r.b);
+        out.push(r.n_updates as f64);
+    }
+    out.push(yy);
+    out.push(n);
+    let prior = cost_prior(space);
+    for (r, p) in cost.out_tokens.iter().zip(&prior.out_tokens) {
+        push_rls(&mut out, r, p);
+    }
+    for (r, p) in cost.latency.iter().zip(&prior.latency) {
+        push_rls(&mut out, r, p);
+    }
+    for uid in adaptive_uids(space) {
+        let (s, c) = match cost.adaptive_samples.binary_search_by_key(&uid, |e| e.0) {
+            Ok(i) => (cost.adaptive_samples[i].1, cost.adaptive_samples[i].2),
+            Err(_) => (0.0, 0.0),
+        };
+        out.push(s);
+        out.push(c);
+    }
+    Ok(out)
+}
+
+fn layout_len(learner: &QualityLearner, space: &Space) -> usize {
+    let rl: usize = ridges(learner).iter().map(|r| tri_len(r.n) + r.n + 1).sum();
+    let m = space.models.len();
+    rl + 2 + 4 * m * (3 + 2 + 1) + m * (6 + 3 + 1) + 2 * adaptive_uids(space).len()
 }
 
 fn state(e: CoreError) -> CoreError {

@@ -77,7 +77,8 @@ pub fn sync_apply<'py>(
     let add = f64_1d(add, "add")?;
     let p = &*policy;
     let r = py.detach(|| -> PyResult<Swapped> {
-        let (base, before) = {
+        // under the lock: one O(D^2) copy of the evidence, the learner's shape, the counts
+        let (base, before, counts) = {
             let g = p.inner.lock();
             if add.len() != g.sync_len() {
                 return Err(ShapeError::new_err(format!(
@@ -86,19 +87,23 @@ pub fn sync_apply<'py>(
                     g.sync_len()
                 )));
             }
-            (g.sync_base()?, g.sync_export()?)
+            (g.sync_base()?, g.sync_export()?, g.sync_counts())
         };
         let plus = |v: &[f64]| -> Vec<f64> { v.iter().zip(&add).map(|(a, b)| a + b).collect() };
+        // without it: the O(D^3) rebuild and the evidence of the result
         let parts = base.rebuild(&plus(&before))?;
         let mut g = p.inner.lock();
-        let now = g.sync_export()?;
-        let swapped: CoreResult<Swapped> = if now == before {
+        let swapped: CoreResult<Swapped> = if g.sync_counts() == counts {
+            // nothing was learned meanwhile: the swap is a few moves
+            let after = parts.evidence().to_vec();
             g.sync_swap(parts)?;
-            Ok(Some((before, g.sync_export()?)))
+            Ok(Some((before, after)))
         } else if force {
+            let now = g.sync_export()?;
             let parts = g.sync_base()?.rebuild(&plus(&now))?;
+            let after = parts.evidence().to_vec();
             g.sync_swap(parts)?;
-            Ok(Some((now, g.sync_export()?)))
+            Ok(Some((now, after)))
         } else {
             Ok(None)
         };
