@@ -434,3 +434,21 @@ def test_redis_cluster_keeps_a_policys_keys_in_one_slot(redis_cluster: str) -> N
     assert len({r.keyslot(k) for k in keys}) > 1
     with pytest.raises((RedisClusterException, ResponseError)):
         r.mget(keys)
+
+
+def test_corrupt_own_slot_does_not_stop_the_replica(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    import redis
+
+    r = redis.Redis.from_url(redis_server.url)
+    r.set(slot_key("ownbad", "a"), b"USSYNC\0\0garbage")
+    p = make_policy()
+    for row in stream(30):
+        feed(p, row)
+    s = RedisSync(p, redis_server.url, "ownbad", "a")
+    with caplog.at_level(logging.ERROR, logger="uniscale.sync"):
+        s.sync_once()
+    assert "unreadable" in caplog.text and not s.status().recovered
+    _, v = sync_decode(r.get(slot_key("ownbad", "a")))  # replaced by a valid slot
+    assert_same_evidence(v, sync_export(p.core))

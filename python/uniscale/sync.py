@@ -275,37 +275,25 @@ class RedisSync:
     # ------------------------------------------------------------------------------ rounds
     def _initialise(self) -> None:
         """At the first contact with Redis: take over this replica's slot if it exists (in
-        Redis, else in ``state_path``)."""
+        Redis, else in ``state_path``). An unreadable copy is skipped loudly (a file is moved
+        aside); a copy of another fingerprint is refused."""
+        found: tuple[str, Vector] | None = None
         blob = self._redis.get(self.own_key)
-        where = f"slot {self.own_key!r} in Redis"
-        if blob is None and self.state_path is not None and self.state_path.exists():
-            blob = self.state_path.read_bytes()
-            where = f"file {str(self.state_path)!r}"
-            try:
-                sync_decode(blob)
-            except StateError as e:
+        if blob is not None:
+            found = self._own_copy(bytes(blob), f"slot {self.own_key!r} in Redis")
+        if found is None and self.state_path is not None and self.state_path.exists():
+            found = self._own_copy(self.state_path.read_bytes(), f"file {str(self.state_path)!r}")
+            if found is None:
                 dest = self.state_path.with_name(
                     f"{self.state_path.name}.corrupt-{int(time.time() * 1000)}"
                 )
                 os.replace(self.state_path, dest)
-                log.error(
-                    "sync: %s is unreadable (%s); moved it to %s and starting as a new contributor",
-                    where,
-                    e,
-                    dest,
-                )
-                blob = None
-        if blob is None:
+                log.error("sync: moved the unreadable %s to %s", self.state_path, dest)
+        if found is None:
             self._own = self._at0.copy()
             self._remote = np.zeros_like(self._at0)
         else:
-            fp, v = sync_decode(bytes(blob))
-            if fp != self._fp or v.shape != self._at0.shape:
-                raise IncompatibleReplicaError(
-                    f"replica {self.replica_id!r}: its own {where} was written by a policy "
-                    "with another action space or configuration; refusing to take it over "
-                    "(use another replica_id or policy_key, or delete it)"
-                )
+            where, v = found
             self._own = v
             # the statistics held at construction are replaced by the slot (+ the others')
             self._remote = self._at0 - v
@@ -313,6 +301,20 @@ class RedisSync:
             log.info("replica %s recovered its own evidence from its %s", self.replica_id, where)
         self._at = self._at0
         self._initialised = True
+
+    def _own_copy(self, blob: bytes, where: str) -> tuple[str, Vector] | None:
+        try:
+            fp, v = sync_decode(blob)
+        except StateError as e:
+            log.error("sync: replica %s: its own %s is unreadable (%s)", self.replica_id, where, e)
+            return None
+        if fp != self._fp or v.shape != self._at0.shape:
+            raise IncompatibleReplicaError(
+                f"replica {self.replica_id!r}: its own {where} was written by a policy "
+                "with another action space or configuration; refusing to take it over "
+                "(use another replica_id or policy_key, or delete it)"
+            )
+        return where, v
 
     def sync_once(self) -> SyncStatus:
         """One round: push this replica's slot, pull the others', rebuild and swap.
