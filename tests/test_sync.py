@@ -452,3 +452,28 @@ def test_corrupt_own_slot_does_not_stop_the_replica(
     assert "unreadable" in caplog.text and not s.status().recovered
     _, v = sync_decode(r.get(slot_key("ownbad", "a")))  # replaced by a valid slot
     assert_same_evidence(v, sync_export(p.core))
+
+
+def test_every_updates_triggers_a_round_before_the_interval(redis_server: RedisServer) -> None:
+    p = make_policy()
+    s = RedisSync(p, redis_server.url, "nupd", "a", interval_s=60.0, every_updates=50).start()
+    try:
+        deadline = time.monotonic() + 10
+        while s.status().rounds < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for row in stream(40):
+            feed(p, row)
+        time.sleep(0.3)
+        assert s.status().rounds == 1  # 40 < 50 updates and far from 60 s: no round yet
+        for row in stream(20, seed=8):
+            feed(p, row)
+        while s.status().rounds < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert s.status().rounds == 2
+    finally:
+        s.stop(final_push=False)
+    fresh = make_policy()
+    RedisSync(fresh, redis_server.url, "nupd", "observer").sync_once()
+    assert n_updates(sync_export(fresh.core), fresh) == 60
+    with pytest.raises(SyncError, match="every_updates"):
+        RedisSync(p, redis_server.url, "nupd", "b", every_updates=0)

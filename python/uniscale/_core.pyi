@@ -719,6 +719,7 @@ __all__ += [
     "sync_export",
     "sync_fingerprint",
     "sync_len",
+    "sync_updates",
 ]
 
 SYNC_FORMAT_VERSION: Final[int]
@@ -746,3 +747,6 @@ def sync_apply(
     """Adds ``add`` to the policy's evidence and rebuilds its statistics (GIL released, the
     policy's lock held only to copy out and swap in). ``(before, after)`` evidence, or None
     when local learning raced the rebuild and ``force`` is false (nothing changed)."""
+
+def sync_updates(policy: PolicyCore) -> int:
+    """The quality learner's update count, O(K) (for "sync every N updates")."""

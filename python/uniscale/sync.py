@@ -36,6 +36,7 @@ from uniscale._core import (
     sync_encode,
     sync_export,
     sync_fingerprint,
+    sync_updates,
 )
 
 if TYPE_CHECKING:
@@ -155,7 +156,8 @@ def _connect(url: str, timeout_s: float, cluster: bool) -> Any:
 class RedisSync:
     """Shares a policy's learning with the other replicas of ``policy_key`` through Redis.
 
-    ``start()`` runs a daemon thread that calls `sync_once` every ``interval_s``; ``stop()``
+    ``start()`` runs a daemon thread that calls `sync_once` every ``interval_s`` (and, with
+    ``every_updates``, as soon as that many local learner updates have arrived); ``stop()``
     ends it after one last push. `sync_once` can also be called directly (tests, a scheduler
     of your own). If Redis is unreachable the policy keeps learning locally and nothing is
     lost: the slot is cumulative, so the next successful push carries everything learned
@@ -181,6 +183,7 @@ class RedisSync:
         replica_id: str,
         interval_s: float = 1.0,
         *,
+        every_updates: int | None = None,
         timeout_s: float = 0.5,
         failure_threshold: int = 3,
         backoff_initial_s: float = 0.5,
@@ -197,6 +200,8 @@ class RedisSync:
         ):
             if not (np.isfinite(v) and v > 0):
                 raise SyncError(f"{name} must be > 0, got {v!r}")
+        if every_updates is not None and every_updates < 1:
+            raise SyncError(f"every_updates must be >= 1, got {every_updates!r}")
         if failure_threshold < 1:
             raise SyncError(f"failure_threshold must be >= 1, got {failure_threshold!r}")
         if not policy_key or not replica_id or ":" in replica_id or "{" in replica_id:
@@ -208,6 +213,7 @@ class RedisSync:
         self.policy_key = policy_key
         self.replica_id = replica_id
         self.interval_s = float(interval_s)
+        self.every_updates = every_updates
         self.failure_threshold = failure_threshold
         self.backoff_initial_s = float(backoff_initial_s)
         self.backoff_max_s = float(backoff_max_s)
@@ -447,9 +453,22 @@ class RedisSync:
         return self
 
     def _run(self) -> None:
+        if self.every_updates is None:
+            while not self._stop.is_set():
+                self.step()
+                self._stop.wait(self.interval_s)
+            return
+        # a round every interval_s, or sooner once every_updates local updates have arrived
+        # (polled: the update count is O(K) under the lock)
+        tick = min(self.interval_s, 0.01)
         while not self._stop.is_set():
             self.step()
-            self._stop.wait(self.interval_s)
+            start, seen = time.monotonic(), sync_updates(self._core)
+            while not self._stop.wait(tick):
+                if time.monotonic() - start >= self.interval_s:
+                    break
+                if sync_updates(self._core) - seen >= self.every_updates:
+                    break
 
     def stop(self, final_push: bool = True, timeout_s: float = 5.0) -> None:
         """Ends the thread; with ``final_push`` one last round (tried even with the breaker

@@ -275,6 +275,13 @@ impl Policy {
         evidence_of(&self.learner, &self.cost, &self.space, ip.yy, ip.n)
     }
 
+    /// The quality learner's update count (summed over arms), O(K).
+    pub fn sync_update_count(&self) -> u64 {
+        ridges(&self.learner)
+            .iter()
+            .fold(0u64, |a, r| a.saturating_add(r.n_updates))
+    }
+
     /// Every count the evidence carries (learner updates, cost-model observations, adaptive
     /// and interaction-prior counts), O(K + models): every learning path that changes the
     /// statistics increments one of them, so equal counts mean equal statistics. What a merge

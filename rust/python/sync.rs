@@ -25,6 +25,13 @@ pub fn sync_len(policy: PyRef<'_, PyPolicyCore>) -> usize {
     policy.inner.lock().sync_len()
 }
 
+/// The quality learner's update count (O(K)): for "sync every N updates" without copying
+/// the statistics.
+#[pyfunction]
+pub fn sync_updates(policy: PyRef<'_, PyPolicyCore>) -> u64 {
+    policy.inner.lock().sync_update_count()
+}
+
 /// The policy's evidence vector (additive statistics minus the prior).
 #[pyfunction]
 pub fn sync_export<'py>(

@@ -253,6 +253,7 @@ class Server:
             sc.policy_key,
             sc.replica_id or socket.gethostname(),
             interval_s=sc.interval_s,
+            every_updates=sc.every_updates,
             timeout_s=sc.timeout_s,
             failure_threshold=sc.failure_threshold,
             backoff_max_s=sc.backoff_max_s,

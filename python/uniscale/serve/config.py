@@ -115,6 +115,8 @@ class SyncSettings:
     #: recovers it. Default: the host name.
     replica_id: str | None = None
     interval_s: float = 1.0
+    #: also sync as soon as this many local learner updates arrived (None: time only)
+    every_updates: int | None = None
     timeout_s: float = 0.5
     failure_threshold: int = 3
     backoff_max_s: float = 30.0
@@ -298,6 +300,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "policy_key": _str(),
         "replica_id": _str(),
         "interval_s": _float(0.0, strict=True),
+        "every_updates": _int(1),
         "timeout_s": _float(0.0, strict=True),
         "failure_threshold": _int(1, 1000),
         "backoff_max_s": _float(0.0, strict=True),
