@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -238,7 +239,11 @@ def main(argv: list[str] | None = None) -> int:
         return refused
     reps, n_select = (3, 200) if args.smoke else (30, 3000)
     t_n, seeds = (600, 1) if args.smoke else (args.requests, args.seeds)
-    print(f"bench_sync: uniscale {uniscale.__version__}; 4 replicas")
+    print(
+        f"bench_sync: uniscale {uniscale.__version__} ({uniscale.BUILD_PROFILE} build), "
+        f"python {sys.version.split()[0]}, numpy {np.__version__}, {os.cpu_count()} cpus; "
+        f"load average at start {' '.join(f'{v:.2f}' for v in os.getloadavg())}; 4 replicas"
+    )
     t_start = time.monotonic()
     with local_redis(args.redis_url) as url:
         if url is None:
