@@ -26,6 +26,7 @@ from uniscale.sync import (
     IncompatibleReplicaError,
     RedisSync,
     SyncError,
+    base_key,
     replicas_key,
     slot_key,
 )
@@ -477,3 +478,40 @@ def test_every_updates_triggers_a_round_before_the_interval(redis_server: RedisS
     assert n_updates(sync_export(fresh.core), fresh) == 60
     with pytest.raises(SyncError, match="every_updates"):
         RedisSync(p, redis_server.url, "nupd", "b", every_updates=0)
+
+
+def test_compaction_folds_departed_replicas_into_the_base(redis_server: RedisServer) -> None:
+    import redis
+
+    r = redis.Redis.from_url(redis_server.url)
+    rows = stream(600)
+    pols = [make_policy() for _ in range(3)]
+    syncs = [RedisSync(p, redis_server.url, "compact", f"r{i}") for i, p in enumerate(pols)]
+    for i, row in enumerate(rows[:300]):
+        feed(pols[i % 3], row)
+    for s in syncs:
+        s.sync_once()
+    syncs[2].close()  # r2 is gone for good
+    with pytest.raises(SyncError, match="its own slot"):
+        syncs[0].compact(["r0"])
+    assert syncs[0].compact(["r2"]) == 1
+    assert r.get(slot_key("compact", "r2")) is None
+    assert r.smembers(replicas_key("compact")) == {b"r0", b"r1"}
+    _, base = sync_decode(r.get(base_key("compact")))
+    assert_same_evidence(base, syncs[2].own_evidence())
+    # the others go on; what r2 learned keeps counting, from the base
+    for i, row in enumerate(rows[300:]):
+        feed(pols[i % 2], row)
+    for s in syncs[:2] + syncs[:2]:
+        s.sync_once()
+    want = single_process(600)
+    for p in pols[:2]:
+        assert_same_evidence(sync_export(p.core), want)
+    fresh = make_policy()
+    RedisSync(fresh, redis_server.url, "compact", "observer").sync_once()
+    assert_same_evidence(sync_export(fresh.core), want)
+    # compacting again adds to the base
+    assert syncs[0].compact(["observer"]) == 1
+    fresh2 = make_policy()
+    RedisSync(fresh2, redis_server.url, "compact", "observer2").sync_once()
+    assert_same_evidence(sync_export(fresh2.core), want)

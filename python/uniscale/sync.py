@@ -47,6 +47,8 @@ __all__ = [
     "RedisSync",
     "SyncError",
     "SyncStatus",
+    "base_key",
+    "replicas_key",
     "slot_key",
 ]
 
@@ -69,6 +71,12 @@ def slot_key(policy_key: str, replica_id: str) -> str:
     """The Redis key of one replica's slot. The hash tag ``{policy_key}`` keeps every key of
     one policy in one Redis Cluster slot, so the multi-key MGET never fails with CROSSSLOT."""
     return f"{{{policy_key}}}:slot:{replica_id}"
+
+
+def base_key(policy_key: str) -> str:
+    """The Redis key of the compacted base: the summed slots of replicas that are gone for
+    good (`RedisSync.compact`)."""
+    return f"{{{policy_key}}}:base"
 
 
 def replicas_key(policy_key: str) -> str:
@@ -352,11 +360,14 @@ class RedisSync:
                 _atomic_write(self.state_path, own_blob)
             ids = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
             ids = [i for i in ids if i != self.replica_id]
-            blobs = r.mget([slot_key(self.policy_key, i) for i in ids]) if ids else []
+            # one MGET, atomic: a compaction moves slots into the base between two commands,
+            # never inside one, so this sees each slot exactly once
+            keys = [base_key(self.policy_key)] + [slot_key(self.policy_key, i) for i in ids]
+            blobs = r.mget(keys)
             others = np.zeros_like(cur)
             merged, corrupt = 0, 0
             incompatible: list[str] = []
-            for rid, blob in zip(ids, blobs, strict=True):
+            for rid, blob in zip(["(base)", *ids], blobs, strict=True):
                 if blob is None:
                     continue
                 try:
@@ -369,7 +380,7 @@ class RedisSync:
                     incompatible.append(rid)
                     continue
                 others += v
-                merged += 1
+                merged += rid != "(base)"
             add = others - self._remote
             if np.any(add != 0.0):
                 res = None
@@ -405,6 +416,51 @@ class RedisSync:
                     "configuration); it keeps serving with the compatible ones"
                 )
             return self.status()
+
+    def compact(self, replica_ids: list[str]) -> int:
+        """Folds the slots of replicas that are gone for good into the base key, in one Redis
+        transaction (WATCH / MULTI, retried if a slot changes meanwhile), and forgets their ids:
+        what they learned keeps counting, from one key. Returns how many slots were folded.
+
+        Only for replicas that will not come back under the same id: a replica that restarts
+        after its slot was compacted finds no slot and starts as a new contributor (its local
+        copy, if any, would then count its old learning twice). Not available on Redis
+        Cluster (no WATCH across the cluster client)."""
+        if self.replica_id in replica_ids:
+            raise SyncError(f"replica {self.replica_id!r} cannot compact its own slot")
+        ids = sorted(set(replica_ids))
+        if not ids:
+            return 0
+        import redis
+
+        bkey = base_key(self.policy_key)
+        skeys = [slot_key(self.policy_key, i) for i in ids]
+        with self._redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(bkey, *skeys)
+                    blobs = pipe.mget([bkey, *skeys])
+                    total = np.zeros_like(self._at0)
+                    folded = 0
+                    for i, blob in enumerate(blobs):
+                        if blob is None:
+                            continue
+                        fp, v = sync_decode(bytes(blob))
+                        if fp != self._fp or v.shape != total.shape:
+                            raise IncompatibleReplicaError(
+                                f"{(['(base)', *ids])[i]!r} has another fingerprint; "
+                                "nothing compacted"
+                            )
+                        total += v
+                        folded += i > 0
+                    pipe.multi()
+                    pipe.set(bkey, sync_encode(self._fp, total))
+                    pipe.delete(*skeys)
+                    pipe.srem(replicas_key(self.policy_key), *ids)
+                    pipe.execute()
+                    return folded
+                except redis.WatchError:
+                    continue
 
     def _record_failure(self, e: BaseException) -> None:
         self._failures += 1
