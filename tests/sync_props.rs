@@ -81,12 +81,19 @@ proptest! {
         for sh in &shards {
             prop_assert_eq!(sh.sync_fingerprint(), fp);
             // through the blob, as Redis carries it
-            let (f, v) = decode_blob(&encode_blob(fp, &sh.sync_export().unwrap())).unwrap();
+            let (f, e, v) = decode_blob(&encode_blob(fp, 7, &sh.sync_export().unwrap())).unwrap();
+            prop_assert_eq!(e, 7);
             prop_assert_eq!(f, fp);
             for (t, x) in total.iter_mut().zip(&v) {
                 *t += x;
             }
         }
+        // counts are exactly the integer-valued entries the mask names
+        let mask = single.sync_count_mask();
+        prop_assert_eq!(mask.len(), total.len());
+        let ev = single.sync_export().unwrap();
+        let n = s.len() as f64;
+        prop_assert!(mask.iter().zip(&ev).all(|(m, v)| !m || (v.fract() == 0.0 && *v <= n)));
         let mut merged = build(mode, 99);
         let parts = merged.sync_rebuild(&total).unwrap();
         let predicted = parts.evidence().to_vec();
@@ -118,7 +125,7 @@ proptest! {
     fn corrupt_blobs_are_refused(cut in 0usize..400, flip in 0usize..400, bit in 0u8..8) {
         let mut p = build(Mode::Shared, 3);
         feed(&mut p, &(vec![0.5; DIM], 1, 0.7, 300.0, 100.0, 0.5, 2.0));
-        let blob = encode_blob(p.sync_fingerprint(), &p.sync_export().unwrap());
+        let blob = encode_blob(p.sync_fingerprint(), 0, &p.sync_export().unwrap());
         let short = &blob[..cut.min(blob.len() - 1)];
         prop_assert!(matches!(decode_blob(short), Err(CoreError::State(_))));
         let mut bad = blob.clone();

@@ -407,7 +407,7 @@ def test_corrupt_local_copy_is_moved_aside(redis_server: RedisServer, tmp_path: 
     s.sync_once()
     assert list(tmp_path.glob("a.sync.corrupt-*"))
     assert not s.status().recovered
-    _, v = sync_decode(side.read_bytes())  # rewritten by the round
+    _, v, _ = sync_decode(side.read_bytes())  # rewritten by the round
     assert v.shape == sync_export(make_policy().core).shape
 
 
@@ -451,7 +451,7 @@ def test_corrupt_own_slot_does_not_stop_the_replica(
     with caplog.at_level(logging.ERROR, logger="uniscale.sync"):
         s.sync_once()
     assert "unreadable" in caplog.text and not s.status().recovered
-    _, v = sync_decode(r.get(slot_key("ownbad", "a")))  # replaced by a valid slot
+    _, v, _ = sync_decode(r.get(slot_key("ownbad", "a")))  # replaced by a valid slot
     assert_same_evidence(v, sync_export(p.core))
 
 
@@ -497,7 +497,7 @@ def test_compaction_folds_departed_replicas_into_the_base(redis_server: RedisSer
     assert syncs[0].compact(["r2"]) == 1
     assert r.get(slot_key("compact", "r2")) is None
     assert r.smembers(replicas_key("compact")) == {b"r0", b"r1"}
-    _, base = sync_decode(r.get(base_key("compact")))
+    _, base, _ = sync_decode(r.get(base_key("compact")))
     assert_same_evidence(base, syncs[2].own_evidence())
     # the others go on; what r2 learned keeps counting, from the base
     for i, row in enumerate(rows[300:]):
@@ -515,3 +515,64 @@ def test_compaction_folds_departed_replicas_into_the_base(redis_server: RedisSer
     fresh2 = make_policy()
     RedisSync(fresh2, redis_server.url, "compact", "observer2").sync_once()
     assert_same_evidence(sync_export(fresh2.core), want)
+
+
+def decay(p: Any, factor: float) -> None:
+    """What an epoch boundary does to one policy: every entry but the counts times factor."""
+    from uniscale._core import sync_apply, sync_count_mask
+
+    v = sync_export(p.core)
+    mask = np.asarray(sync_count_mask(p.core))
+    assert sync_apply(p.core, np.where(mask, 0.0, (factor - 1.0) * v), force=True) is not None
+
+
+def test_epoch_discount_merges_like_one_discounted_process(redis_server: RedisServer) -> None:
+    """Discounting across replicas: at each epoch boundary (one clock for all) every slot's
+    statistics decay by epoch_decay; merged replicas equal one process decayed the same way."""
+    rows = stream(300)
+    now = [0.0]
+    kw: dict[str, Any] = dict(epoch_s=10.0, epoch_decay=0.5, clock=lambda: now[0])
+    pa, pb = make_policy(), make_policy()
+    sa = RedisSync(pa, redis_server.url, "epochs", "a", **kw)
+    sb = RedisSync(pb, redis_server.url, "epochs", "b", **kw)
+    ref = make_policy()
+    for epoch, part in enumerate((rows[:100], rows[100:200], rows[200:])):
+        if epoch:
+            now[0] = 10.0 * epoch + 1.0
+            for s in (sa, sb):  # the first round of the new epoch decays everything held
+                s.sync_once()
+            decay(ref, 0.5)
+        for i, row in enumerate(part):
+            feed(pa if i % 2 == 0 else pb, row)
+            feed(ref, row)
+        for s in (sa, sb, sa):
+            s.sync_once()
+    want = sync_export(ref.core)
+    for p in (pa, pb):
+        assert_same_evidence(sync_export(p.core), want)
+    # the counts never decay; the statistics did (not the undecayed sum)
+    assert n_updates(want, ref) == 300
+    assert not np.allclose(want, single_process(300))
+    # a replica that joins later merges the slots at their epochs
+    now[0] = 25.0
+    fresh = make_policy()
+    RedisSync(fresh, redis_server.url, "epochs", "late", **kw).sync_once()
+    assert_same_evidence(sync_export(fresh.core), want)
+    # a slot one epoch behind is scaled up to the reader's epoch
+    now[0] = 31.0
+    sa.sync_once()  # a moves to epoch 3, b's slot is still at epoch 2
+    decay(ref, 0.5)
+    assert_same_evidence(sync_export(pa.core), sync_export(ref.core))
+
+
+def test_epoch_settings_are_checked(redis_server: RedisServer) -> None:
+    p = make_policy()
+    with pytest.raises(SyncError, match="needs epoch_s"):
+        RedisSync(p, redis_server.url, "e", "a", epoch_decay=0.5)
+    with pytest.raises(SyncError, match="epoch_decay"):
+        RedisSync(p, redis_server.url, "e", "a", epoch_s=1.0, epoch_decay=1.5)
+    # the default clock is Redis's
+    s = RedisSync(p, redis_server.url, "e", "a", epoch_s=3600.0, epoch_decay=0.9)
+    s.sync_once()
+    _, _, epoch = sync_decode(__import__("redis").Redis.from_url(redis_server.url).get(s.own_key))
+    assert epoch == int(time.time() // 3600.0)

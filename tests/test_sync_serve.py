@@ -35,6 +35,10 @@ def test_sync_section_is_validated() -> None:
         parse_config("[sync]\ninterval_s = 0\n" + base)
     with pytest.raises(ServeConfigError, match=r"\[sync\] replica_id"):
         parse_config('[sync]\nreplica_id = "a:b"\n' + base)
+    with pytest.raises(ServeConfigError, match=r"\[sync\] epoch_decay: needs epoch_s"):
+        parse_config("[sync]\nepoch_decay = 0.5\n" + base)
+    cfg = parse_config("[sync]\nepoch_s = 3600\nepoch_decay = 0.9\n" + base)
+    assert cfg.sync.epoch_s == 3600 and cfg.sync.epoch_decay == 0.9
     with pytest.raises(ServeConfigError, match=r"\[sync\] redis_ur: unknown key"):
         parse_config('[sync]\nredis_ur = "x"\n' + base)
 

@@ -714,6 +714,7 @@ class PolicyCore:
 __all__ += [
     "SYNC_FORMAT_VERSION",
     "sync_apply",
+    "sync_count_mask",
     "sync_decode",
     "sync_encode",
     "sync_export",
@@ -735,11 +736,17 @@ def sync_export(policy: PolicyCore) -> NDArray[np.float64]:
     """The policy's additive statistics minus the prior; ``ConfigError`` for a policy that
     cannot be merged (discount < 1)."""
 
-def sync_encode(fingerprint: int, values: ArrayLike) -> bytes:
-    """An evidence vector as a sync blob (header, float64 little endian, CRC-32)."""
+def sync_encode(fingerprint: int, values: ArrayLike, epoch: int = 0) -> bytes:
+    """An evidence vector as a sync blob (header with the discount epoch, float64 little
+    endian, CRC-32)."""
 
-def sync_decode(blob: bytes) -> tuple[int, NDArray[np.float64]]:
-    """``(fingerprint, values)``; ``StateError`` for truncated, corrupt or foreign bytes."""
+def sync_decode(blob: bytes) -> tuple[int, NDArray[np.float64], int]:
+    """``(fingerprint, values, epoch)``; ``StateError`` for truncated, corrupt or foreign
+    bytes."""
+
+def sync_count_mask(policy: PolicyCore) -> NDArray[np.bool_]:
+    """Which entries of the evidence vector are integer counts (an epoch discount leaves
+    them)."""
 
 def sync_apply(
     policy: PolicyCore, add: ArrayLike, force: bool = False

@@ -20,6 +20,7 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -32,6 +33,7 @@ from uniscale._core import (
     StateError,
     UniScaleError,
     sync_apply,
+    sync_count_mask,
     sync_decode,
     sync_encode,
     sync_export,
@@ -192,6 +194,9 @@ class RedisSync:
         interval_s: float = 1.0,
         *,
         every_updates: int | None = None,
+        epoch_s: float | None = None,
+        epoch_decay: float = 1.0,
+        clock: Callable[[], float] | None = None,
         timeout_s: float = 0.5,
         failure_threshold: int = 3,
         backoff_initial_s: float = 0.5,
@@ -208,6 +213,12 @@ class RedisSync:
         ):
             if not (np.isfinite(v) and v > 0):
                 raise SyncError(f"{name} must be > 0, got {v!r}")
+        if epoch_s is not None and not (np.isfinite(epoch_s) and epoch_s > 0):
+            raise SyncError(f"epoch_s must be > 0, got {epoch_s!r}")
+        if not (0.0 < epoch_decay <= 1.0):
+            raise SyncError(f"epoch_decay must be in (0, 1], got {epoch_decay!r}")
+        if epoch_decay < 1.0 and epoch_s is None:
+            raise SyncError("epoch_decay < 1 needs epoch_s (the length of an epoch)")
         if every_updates is not None and every_updates < 1:
             raise SyncError(f"every_updates must be >= 1, got {every_updates!r}")
         if failure_threshold < 1:
@@ -222,6 +233,9 @@ class RedisSync:
         self.replica_id = replica_id
         self.interval_s = float(interval_s)
         self.every_updates = every_updates
+        self.epoch_s = epoch_s
+        self.epoch_decay = float(epoch_decay)
+        self._clock = clock
         self.failure_threshold = failure_threshold
         self.backoff_initial_s = float(backoff_initial_s)
         self.backoff_max_s = float(backoff_max_s)
@@ -234,6 +248,8 @@ class RedisSync:
         self._own: Vector = np.zeros_like(self._at0)
         self._at: Vector = self._at0.copy()
         self._remote: Vector = np.zeros_like(self._at0)
+        self._counts = np.asarray(sync_count_mask(self._core), dtype=bool)
+        self._epoch: int | None = None if epoch_s is not None else 0
         self._round_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -291,7 +307,7 @@ class RedisSync:
         """At the first contact with Redis: take over this replica's slot if it exists (in
         Redis, else in ``state_path``). An unreadable copy is skipped loudly (a file is moved
         aside); a copy of another fingerprint is refused."""
-        found: tuple[str, Vector] | None = None
+        found: tuple[str, Vector, int] | None = None
         blob = self._redis.get(self.own_key)
         if blob is not None:
             found = self._own_copy(bytes(blob), f"slot {self.own_key!r} in Redis")
@@ -307,8 +323,10 @@ class RedisSync:
             self._own = self._at0.copy()
             self._remote = np.zeros_like(self._at0)
         else:
-            where, v = found
+            where, v, epoch = found
             self._own = v
+            if self.epoch_s is not None:
+                self._epoch = epoch
             # the statistics held at construction are replaced by the slot (+ the others')
             self._remote = self._at0 - v
             self._recovered = True
@@ -316,9 +334,9 @@ class RedisSync:
         self._at = self._at0
         self._initialised = True
 
-    def _own_copy(self, blob: bytes, where: str) -> tuple[str, Vector] | None:
+    def _own_copy(self, blob: bytes, where: str) -> tuple[str, Vector, int] | None:
         try:
-            fp, v = sync_decode(blob)
+            fp, v, epoch = sync_decode(blob)
         except StateError as e:
             log.error("sync: replica %s: its own %s is unreadable (%s)", self.replica_id, where, e)
             return None
@@ -328,7 +346,25 @@ class RedisSync:
                 "with another action space or configuration; refusing to take it over "
                 "(use another replica_id or policy_key, or delete it)"
             )
-        return where, v
+        return where, v, epoch
+
+    # ------------------------------------------------------------------------------ epochs
+    def _epoch_now(self) -> int:
+        if self.epoch_s is None:
+            return 0
+        if self._clock is not None:
+            t = self._clock()
+        else:
+            sec, usec = self._redis.time()  # Redis's clock: one clock for every replica
+            t = float(sec) + float(usec) / 1e6
+        return int(t // self.epoch_s)
+
+    def _decayed(self, v: Vector, epochs: int) -> Vector:
+        """``v`` moved ``epochs`` epochs forward: every entry but the counts times
+        ``epoch_decay ** epochs``."""
+        if epochs <= 0 or self.epoch_decay == 1.0:
+            return v
+        return np.where(self._counts, v, v * self.epoch_decay**epochs)
 
     def sync_once(self) -> SyncStatus:
         """One round: push this replica's slot, pull the others', rebuild and swap.
@@ -350,7 +386,13 @@ class RedisSync:
             self._own = self._own + (cur - self._at)
             self._at = cur
             r = self._redis
-            own_blob = sync_encode(self._fp, self._own)
+            # Epoch discounting: at the first round of a new epoch everything this replica
+            # holds decays; committed only once the policy has decayed too (below).
+            epoch = self._epoch_now()
+            held = epoch if self._epoch is None else self._epoch
+            epoch = max(epoch, held)
+            own = self._decayed(self._own, epoch - held)
+            own_blob = sync_encode(self._fp, own, epoch)
             pipe = r.pipeline(transaction=False)
             pipe.set(self.own_key, own_blob)
             pipe.sadd(replicas_key(self.policy_key), self.replica_id)
@@ -364,24 +406,35 @@ class RedisSync:
             # never inside one, so this sees each slot exactly once
             keys = [base_key(self.policy_key)] + [slot_key(self.policy_key, i) for i in ids]
             blobs = r.mget(keys)
-            others = np.zeros_like(cur)
             merged, corrupt = 0, 0
             incompatible: list[str] = []
+            slots: list[tuple[Vector, int]] = []
             for rid, blob in zip(["(base)", *ids], blobs, strict=True):
                 if blob is None:
                     continue
                 try:
-                    fp, v = sync_decode(bytes(blob))
-                except StateError as e:
+                    fp, v, e = sync_decode(bytes(blob))
+                except StateError as err:
                     corrupt += 1
-                    log.error("sync: slot of replica %s is unreadable, skipped: %s", rid, e)
+                    log.error("sync: slot of replica %s is unreadable, skipped: %s", rid, err)
                     continue
                 if fp != self._fp or v.shape != cur.shape:
                     incompatible.append(rid)
                     continue
-                others += v
+                slots.append((v, e))
                 merged += rid != "(base)"
-            add = others - self._remote
+            if self.epoch_s is not None and slots:
+                # another replica already saw a later epoch: follow it
+                later = max(e for _, e in slots)
+                if later > epoch:
+                    own = self._decayed(own, later - epoch)
+                    epoch = later
+            others = np.zeros_like(cur)
+            for v, e in slots:
+                others += self._decayed(v, epoch - e)
+            # the policy's statistics decay with everything it holds (own and the others')
+            remote = self._decayed(self._remote, epoch - held)
+            add = others - remote + (self._decayed(cur, epoch - held) - cur)
             if np.any(add != 0.0):
                 res = None
                 for attempt in range(3):
@@ -393,9 +446,12 @@ class RedisSync:
                 if res is None:  # pragma: no cover - force=True always swaps or raises
                     raise SyncError("merge did not complete")
                 before, after = res
-                self._own = self._own + (before - self._at)
+                self._own = own + (before - self._at)
                 self._at = after
                 self._remote = others
+            else:
+                self._own = own
+            self._epoch = epoch
             self._slots_merged = merged
             self._corrupt = corrupt
             if incompatible and tuple(incompatible) != self._incompatible:
@@ -440,21 +496,25 @@ class RedisSync:
                 try:
                     pipe.watch(bkey, *skeys)
                     blobs = pipe.mget([bkey, *skeys])
-                    total = np.zeros_like(self._at0)
+                    found: list[tuple[Vector, int]] = []
                     folded = 0
                     for i, blob in enumerate(blobs):
                         if blob is None:
                             continue
-                        fp, v = sync_decode(bytes(blob))
-                        if fp != self._fp or v.shape != total.shape:
+                        fp, v, e = sync_decode(bytes(blob))
+                        if fp != self._fp or v.shape != self._at0.shape:
                             raise IncompatibleReplicaError(
                                 f"{(['(base)', *ids])[i]!r} has another fingerprint; "
                                 "nothing compacted"
                             )
-                        total += v
+                        found.append((v, e))
                         folded += i > 0
+                    epoch = max((e for _, e in found), default=0)
+                    total = np.zeros_like(self._at0)
+                    for v, e in found:
+                        total += self._decayed(v, epoch - e)
                     pipe.multi()
-                    pipe.set(bkey, sync_encode(self._fp, total))
+                    pipe.set(bkey, sync_encode(self._fp, total, epoch))
                     pipe.delete(*skeys)
                     pipe.srem(replicas_key(self.policy_key), *ids)
                     pipe.execute()

@@ -13,14 +13,16 @@
 //! random stream and decision ids stay local to the replica (they describe what *it* did, not
 //! what the world is like). The interaction prior's multiplier is a hyperparameter: it is not
 //! summed but re-estimated from the merged `A`, `b`, `yy`, `n` on the replica's own schedule.
-//! Not mergeable at all: a discount below 1 (a discounted sum depends on when each outcome
-//! arrived at which replica, so slot sums are not order-independent); `sync_export` refuses it
-//! with `ConfigError`.
+//! Not mergeable at all: a learner discount below 1 (a sum discounted per update depends on
+//! when each outcome arrived at which replica, so slot sums are not order-independent);
+//! `sync_export` refuses it with `ConfigError`. Discounting across replicas is done on the
+//! evidence instead, by epochs (`uniscale.sync`): every entry but the counts
+//! (`sync_count_mask`) is scaled at epoch boundaries, and blobs carry their epoch.
 //!
 //! The layout is guarded by a fingerprint (FNV-1a 64 of the action space with its models,
 //! prices and priors, the request dimension, learner kind and configuration, interaction scale,
 //! feature version, the layout length and [`SYNC_FORMAT_VERSION`]): a blob of another
-//! fingerprint must not be added. Blob: `b"USSYNC\0\0"`, format version (u32), reserved (u32),
+//! fingerprint must not be added. Blob: `b"USSYNC\0\0"`, format version (u32), epoch (u32),
 //! fingerprint (u64), value count (u64), the values (f64), CRC-32 of everything before it; all
 //! little endian.
 
@@ -282,6 +284,28 @@ impl Policy {
             .fold(0u64, |a, r| a.saturating_add(r.n_updates))
     }
 
+    /// Which entries of the evidence vector are integer counts of observations (learner
+    /// updates, cost-model observation counts): an epoch discount scales every other entry and
+    /// leaves these.
+    pub fn sync_count_mask(&self) -> Vec<bool> {
+        let mut out = Vec::with_capacity(self.sync_len());
+        for r in ridges(&self.learner) {
+            out.extend(std::iter::repeat_n(false, tri_len(r.n) + r.n));
+            out.push(true);
+        }
+        out.extend([false, false]);
+        for r in self.cost.out_tokens.iter().chain(&self.cost.latency) {
+            let n = r.b.len();
+            out.extend(std::iter::repeat_n(false, tri_len(n) + n));
+            out.push(true);
+        }
+        out.extend(std::iter::repeat_n(
+            false,
+            2 * adaptive_uids(&self.space).len(),
+        ));
+        out
+    }
+
     /// Every count the evidence carries (learner updates, cost-model observations, adaptive
     /// and interaction-prior counts), O(K + models): every learning path that changes the
     /// statistics increments one of them, so equal counts mean equal statistics. What a merge
@@ -485,12 +509,13 @@ fn state(e: CoreError) -> CoreError {
     }
 }
 
-/// One evidence vector as a blob (see the module docs for the layout).
-pub fn encode_blob(fingerprint: u64, values: &[f64]) -> Vec<u8> {
+/// One evidence vector as a blob (see the module docs for the layout), stamped with the
+/// discount epoch its values are expressed in (0 without epoch discounting).
+pub fn encode_blob(fingerprint: u64, epoch: u32, values: &[f64]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + 8 * values.len() + 4);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&SYNC_FORMAT_VERSION.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&epoch.to_le_bytes());
     out.extend_from_slice(&fingerprint.to_le_bytes());
     out.extend_from_slice(&(values.len() as u64).to_le_bytes());
     for v in values {
@@ -507,10 +532,10 @@ fn le_u64(b: &[u8]) -> u64 {
     u64::from_le_bytes(a)
 }
 
-/// `(fingerprint, values)` from a blob. Truncated, corrupt or foreign bytes and another format
-/// version are `State` errors; the values are checked finite. The caller compares the
+/// `(fingerprint, epoch, values)` from a blob. Truncated, corrupt or foreign bytes and another
+/// format version are `State` errors; the values are checked finite. The caller compares the
 /// fingerprint with its own.
-pub fn decode_blob(bytes: &[u8]) -> CoreResult<(u64, Vec<f64>)> {
+pub fn decode_blob(bytes: &[u8]) -> CoreResult<(u64, u32, Vec<f64>)> {
     let bad = |m: String| CoreError::State(format!("sync blob: {m}"));
     if bytes.len() < HEADER_LEN + 4 {
         return Err(bad(format!(
@@ -529,6 +554,8 @@ pub fn decode_blob(bytes: &[u8]) -> CoreResult<(u64, Vec<f64>)> {
             "format version {version}, this build reads {SYNC_FORMAT_VERSION}"
         )));
     }
+    v4.copy_from_slice(&bytes[12..16]);
+    let epoch = u32::from_le_bytes(v4);
     let fingerprint = le_u64(&bytes[16..24]);
     let n = le_u64(&bytes[24..32]);
     let body = (bytes.len() - HEADER_LEN - 4) as u64;
@@ -550,5 +577,5 @@ pub fn decode_blob(bytes: &[u8]) -> CoreResult<(u64, Vec<f64>)> {
     if let Some(i) = values.iter().position(|v| !v.is_finite()) {
         return Err(bad(format!("value {i} is not finite")));
     }
-    Ok((fingerprint, values))
+    Ok((fingerprint, epoch, values))
 }

@@ -164,5 +164,6 @@ fn uniscale_core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sync::sync_decode, m)?)?;
     m.add_function(wrap_pyfunction!(sync::sync_apply, m)?)?;
     m.add_function(wrap_pyfunction!(sync::sync_updates, m)?)?;
+    m.add_function(wrap_pyfunction!(sync::sync_count_mask, m)?)?;
     Ok(())
 }

@@ -43,26 +43,39 @@ pub fn sync_export<'py>(
     Ok(v.into_pyarray(py))
 }
 
-/// An evidence vector as a sync blob.
+/// An evidence vector as a sync blob, stamped with its discount epoch.
 #[pyfunction]
+#[pyo3(signature = (fingerprint, values, epoch=0))]
 pub fn sync_encode<'py>(
     py: Python<'py>,
     fingerprint: u64,
     values: &Bound<'py, PyAny>,
+    epoch: u32,
 ) -> PyResult<Bound<'py, PyBytes>> {
     let v = f64_1d(values, "values")?;
-    let b = py.detach(|| encode_blob(fingerprint, &v));
+    let b = py.detach(|| encode_blob(fingerprint, epoch, &v));
     Ok(PyBytes::new(py, &b))
 }
 
-/// `(fingerprint, values)` from a sync blob; `StateError` if it is truncated or corrupt.
+/// `(fingerprint, values, epoch)` from a sync blob; `StateError` if it is truncated or
+/// corrupt.
 #[pyfunction]
 pub fn sync_decode<'py>(
     py: Python<'py>,
     blob: &[u8],
-) -> PyResult<(u64, Bound<'py, PyArray1<f64>>)> {
-    let (f, v) = py.detach(|| decode_blob(blob))?;
-    Ok((f, v.into_pyarray(py)))
+) -> PyResult<(u64, Bound<'py, PyArray1<f64>>, u32)> {
+    let (f, e, v) = py.detach(|| decode_blob(blob))?;
+    Ok((f, v.into_pyarray(py), e))
+}
+
+/// Which entries of the evidence vector are integer counts (not scaled by an epoch discount).
+#[pyfunction]
+pub fn sync_count_mask<'py>(
+    py: Python<'py>,
+    policy: PyRef<'py, PyPolicyCore>,
+) -> Bound<'py, PyArray1<bool>> {
+    let m = policy.inner.lock().sync_count_mask();
+    m.into_pyarray(py)
 }
 
 type Swapped = Option<(Vec<f64>, Vec<f64>)>;

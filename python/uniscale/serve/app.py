@@ -254,6 +254,8 @@ class Server:
             sc.replica_id or socket.gethostname(),
             interval_s=sc.interval_s,
             every_updates=sc.every_updates,
+            epoch_s=sc.epoch_s,
+            epoch_decay=sc.epoch_decay,
             timeout_s=sc.timeout_s,
             failure_threshold=sc.failure_threshold,
             backoff_max_s=sc.backoff_max_s,

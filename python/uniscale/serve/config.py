@@ -117,6 +117,10 @@ class SyncSettings:
     interval_s: float = 1.0
     #: also sync as soon as this many local learner updates arrived (None: time only)
     every_updates: int | None = None
+    #: discounting across replicas: every statistic decays by epoch_decay per epoch_s
+    #: seconds of Redis's clock (docs/sync.md)
+    epoch_s: float | None = None
+    epoch_decay: float = 1.0
     timeout_s: float = 0.5
     failure_threshold: int = 3
     backoff_max_s: float = 30.0
@@ -301,6 +305,8 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "replica_id": _str(),
         "interval_s": _float(0.0, strict=True),
         "every_updates": _int(1),
+        "epoch_s": _float(0.0, strict=True),
+        "epoch_decay": _float(0.0, strict=True),
         "timeout_s": _float(0.0, strict=True),
         "failure_threshold": _int(1, 1000),
         "backoff_max_s": _float(0.0, strict=True),
@@ -452,6 +458,10 @@ def parse_config(text: str, source: str = "<config>", base_dir: Path | None = No
         raise rep.error("sync", None, "replica_id", "must be non-empty without ':' or '{'")
     if not sync.policy_key:
         raise rep.error("sync", None, "policy_key", "must not be empty")
+    if sync.epoch_decay > 1.0:
+        raise rep.error("sync", None, "epoch_decay", "must be in (0, 1]")
+    if sync.epoch_decay < 1.0 and sync.epoch_s is None:
+        raise rep.error("sync", None, "epoch_decay", "needs epoch_s (the length of an epoch)")
     cfg = ServeConfig(
         models=tuple(models),
         server=server,
