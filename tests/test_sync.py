@@ -579,3 +579,24 @@ def test_epoch_settings_are_checked(redis_server: RedisServer) -> None:
     s.sync_once()
     _, _, epoch = sync_decode(__import__("redis").Redis.from_url(redis_server.url).get(s.own_key))
     assert epoch == int(time.time() // 3600.0)
+
+
+def test_model_added_while_syncing_is_refused_loudly(redis_server: RedisServer) -> None:
+    """Add/remove changes the evidence layout: the replica stops merging (loudly) and keeps
+    serving; every replica restarts under a new policy_key to change the action space."""
+    p = make_policy()
+    s = RedisSync(p, redis_server.url, "grow", "a")
+    s.sync_once()
+    p.add_model(ModelSpec("huge", 20.0, 60.0))
+    with pytest.raises(IncompatibleReplicaError, match="changed since sync started"):
+        s.sync_once()
+    assert s.step() is True and "changed" in (s.status().last_error or "")
+    p.select(np.ones(DIM), 300.0)
+
+
+def test_another_blob_format_version_is_refused() -> None:
+    p = make_policy()
+    blob = bytearray(sync_encode(sync_fingerprint(p.core), sync_export(p.core)))
+    blob[8:12] = (99).to_bytes(4, "little")
+    with pytest.raises(StateError, match="format version 99"):
+        sync_decode(bytes(blob))
