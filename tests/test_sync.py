@@ -600,3 +600,23 @@ def test_another_blob_format_version_is_refused() -> None:
     blob[8:12] = (99).to_bytes(4, "little")
     with pytest.raises(StateError, match="format version 99"):
         sync_decode(bytes(blob))
+
+
+def test_feedback_forwarded_to_the_replica_that_decided(redis_server: RedisServer) -> None:
+    pa, pb = make_policy(), make_policy()
+    sa = RedisSync(pa, redis_server.url, "fwd", "a")
+    sb = RedisSync(pb, redis_server.url, "fwd", "b")
+    d = pa.select(np.ones(DIM), 300.0)
+    with pytest.raises(uniscale.UnknownDecisionError):
+        pb.update(d.id, 0.9)  # pending decisions stay where they were made
+    sb.forward_feedback("a", d.id, 0.9)
+    sb.forward_feedback("a", d.id, 0.9)  # a duplicate: refused at a, counted
+    sb.forward_feedback("a", 10_000, 0.5)  # never issued: refused at a, counted
+    st = sa.sync_once()
+    assert (st.forwarded_applied, st.forwarded_rejected) == (1, 2)
+    assert pa.n_pending == 0
+    assert n_updates(sync_export(pa.core), pa) == 1
+    sb.sync_once()  # and the learning reaches b through the slots
+    assert n_updates(sync_export(pb.core), pb) == 1
+    with pytest.raises(SyncError, match="finite"):
+        sb.forward_feedback("a", d.id, float("nan"))

@@ -80,9 +80,32 @@ def test_two_servers_share_learning(redis_server: RedisServer, tmp_path: Path) -
             scale = max(1.0, float(np.max(np.abs(want))))
             assert float(np.max(np.abs(got - want))) <= 1e-12 * scale
             assert np.any(want != 0)
-            # pending decisions stay local: feedback for a's decision at b is unknown there
+            # pending decisions stay local: feedback for a's decision at b is unknown there...
             fb = httpx.post(f"{b.base_url}/v1/feedback", json={"decision_id": ids[0], "quality": 1})
             assert fb.status_code == 404, fb.text
+            # ...unless it names the replica (x-uniscale-replica): then it is forwarded
+            r = httpx.post(
+                f"{a.base_url}/v1/chat/completions",
+                json={"model": "uniscale", "messages": MSGS},
+                timeout=30,
+            )
+            assert r.headers["x-uniscale-replica"] == "a"
+            late = int(r.headers["x-uniscale-decision-id"])
+            pending = a.server.policy.n_pending
+            fb = httpx.post(
+                f"{b.base_url}/v1/feedback",
+                json={"decision_id": late, "quality": 0.5, "replica": "a"},
+            )
+            assert fb.status_code == 202 and fb.json()["forwarded_to"] == "a", fb.text
+            deadline = time.monotonic() + 10
+            while a.server.policy.n_pending >= pending and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert a.server.policy.n_pending == pending - 1
+            assert a.server.sync.status().forwarded_applied == 1
+            assert (
+                'uniscale_feedback_total{result="forwarded"} 1.0'
+                in httpx.get(f"{a.base_url}/metrics").text
+            )
             metrics = httpx.get(f"{b.base_url}/metrics").text
             assert "uniscale_sync_slots_merged 1.0" in metrics
             assert "uniscale_sync_breaker_open 0.0" in metrics

@@ -15,7 +15,9 @@ Requires the ``[redis]`` extra (redis-py).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import math
 import os
 import tempfile
 import threading
@@ -50,6 +52,7 @@ __all__ = [
     "SyncError",
     "SyncStatus",
     "base_key",
+    "inbox_key",
     "replicas_key",
     "slot_key",
 ]
@@ -81,6 +84,11 @@ def base_key(policy_key: str) -> str:
     return f"{{{policy_key}}}:base"
 
 
+def inbox_key(policy_key: str, replica_id: str) -> str:
+    """The Redis list of feedback forwarded to one replica (`RedisSync.forward_feedback`)."""
+    return f"{{{policy_key}}}:feedback:{replica_id}"
+
+
 def replicas_key(policy_key: str) -> str:
     """The Redis set of the replica ids that have a slot (same hash tag as the slots)."""
     return f"{{{policy_key}}}:replicas"
@@ -109,6 +117,10 @@ class SyncStatus:
     locked_rebuilds: int
     #: Whether this replica's own slot was found in Redis (restart) and taken over.
     recovered: bool
+    #: Feedback other replicas forwarded here: applied, and refused by the policy (unknown,
+    #: expired or duplicate decision ids; malformed records).
+    forwarded_applied: int
+    forwarded_rejected: int
     last_error: str | None
 
 
@@ -197,6 +209,7 @@ class RedisSync:
         epoch_s: float | None = None,
         epoch_decay: float = 1.0,
         clock: Callable[[], float] | None = None,
+        on_feedback: Callable[[int, float], object] | None = None,
         timeout_s: float = 0.5,
         failure_threshold: int = 3,
         backoff_initial_s: float = 0.5,
@@ -236,6 +249,9 @@ class RedisSync:
         self.epoch_s = epoch_s
         self.epoch_decay = float(epoch_decay)
         self._clock = clock
+        self._on_feedback = on_feedback or (
+            lambda did, q: self._core.update(did, q, None, None, None, None, None)
+        )
         self.failure_threshold = failure_threshold
         self.backoff_initial_s = float(backoff_initial_s)
         self.backoff_max_s = float(backoff_max_s)
@@ -265,6 +281,8 @@ class RedisSync:
         self._corrupt = 0
         self._locked_rebuilds = 0
         self._recovered = False
+        self._forwarded_applied = 0
+        self._forwarded_rejected = 0
         self._last_error: str | None = None
 
     # ----------------------------------------------------------------------------- status
@@ -295,6 +313,8 @@ class RedisSync:
             corrupt=self._corrupt,
             locked_rebuilds=self._locked_rebuilds,
             recovered=self._recovered,
+            forwarded_applied=self._forwarded_applied,
+            forwarded_rejected=self._forwarded_rejected,
             last_error=self._last_error,
         )
 
@@ -382,6 +402,8 @@ class RedisSync:
                 )
             if not self._initialised:
                 self._initialise()
+            # feedback forwarded here first, so that this round's push carries it
+            self._drain_inbox()
             cur = sync_export(self._core)
             self._own = self._own + (cur - self._at)
             self._at = cur
@@ -472,6 +494,42 @@ class RedisSync:
                     "configuration); it keeps serving with the compatible ones"
                 )
             return self.status()
+
+    # ----------------------------------------------------------------------------- feedback
+    def forward_feedback(self, replica_id: str, decision_id: int, quality: float) -> None:
+        """Sends feedback for a decision another replica made (pending decisions stay with
+        the replica that made them) to that replica's inbox; it applies it at its next round
+        (`on_feedback`, by default the policy's ``update``). Raises what Redis raises: the
+        caller decides whether to retry (a request path should not wait on it)."""
+        if isinstance(decision_id, bool) or not isinstance(decision_id, int) or decision_id < 0:
+            raise SyncError(f"decision_id must be an integer >= 0, got {decision_id!r}")
+        if not math.isfinite(quality):
+            raise SyncError(f"quality must be finite, got {quality!r}")
+        if not replica_id or ":" in replica_id or "{" in replica_id:
+            raise SyncError(f"bad replica_id {replica_id!r}")
+        record = {"decision_id": decision_id, "quality": float(quality), "from": self.replica_id}
+        self._redis.rpush(inbox_key(self.policy_key, replica_id), json.dumps(record))
+
+    def _drain_inbox(self) -> None:
+        """Applies the feedback forwarded to this replica (LPOP with a count: atomic, so two
+        rounds never apply one record twice)."""
+        key = inbox_key(self.policy_key, self.replica_id)
+        while True:
+            batch = self._redis.lpop(key, 256)
+            if not batch:
+                return
+            for raw in batch:
+                try:
+                    rec = json.loads(raw)
+                    did, q = rec["decision_id"], rec["quality"]
+                    if isinstance(did, bool) or not isinstance(did, int):
+                        raise TypeError(f"decision_id {did!r}")
+                    self._on_feedback(did, float(q))
+                except (UniScaleError, ValueError, KeyError, TypeError) as e:
+                    self._forwarded_rejected += 1
+                    log.warning("sync: forwarded feedback %r refused: %s", raw, e)
+                else:
+                    self._forwarded_applied += 1
 
     def compact(self, replica_ids: list[str]) -> int:
         """Folds the slots of replicas that are gone for good into the base key, in one Redis

@@ -260,12 +260,21 @@ class Server:
             failure_threshold=sc.failure_threshold,
             backoff_max_s=sc.backoff_max_s,
             cluster=sc.cluster,
+            on_feedback=self._forwarded_feedback,
             # beside the snapshot: a restart after Redis lost its data must not count the
             # others' learning that the snapshot holds as this replica's own
             state_path=None
             if self.cfg.state.policy_path is None
             else self.cfg.state.policy_path.with_name(self.cfg.state.policy_path.name + ".sync"),
         )
+
+    def _forwarded_feedback(self, decision_id: int, quality: float) -> None:
+        """Feedback another replica received for one of this replica's decisions (applied by
+        the sync thread at its next round; errors are counted there)."""
+        upd = self.router.feedback(decision_id, quality)
+        self.metrics.feedback.labels("forwarded").inc()
+        if upd.learner_updated:
+            self.metrics.learner_updates.inc()
 
     async def save_snapshot(self) -> bool:
         path = self.cfg.state.policy_path
@@ -466,9 +475,12 @@ class Server:
         try:
             self._auth(request, admin=True)
             body = await self._json_body(request)
-            unknown = sorted(set(body) - {"decision_id", "quality"})
+            fields = {"decision_id", "quality"} | ({"replica"} if self.sync is not None else set())
+            unknown = sorted(set(body) - fields)
             if unknown:
-                raise HTTPError(400, f"unknown field(s) {unknown}; expected decision_id, quality")
+                raise HTTPError(
+                    400, f"unknown field(s) {unknown}; expected {', '.join(sorted(fields))}"
+                )
             did, quality = body.get("decision_id"), body.get("quality")
             if isinstance(did, bool) or not isinstance(did, int) or did < 0:
                 raise HTTPError(
@@ -478,6 +490,12 @@ class Server:
                 raise HTTPError(400, "quality must be a number", param="quality")
             if not math.isfinite(quality):
                 raise HTTPError(400, "quality must be finite", param="quality")
+            replica = body.get("replica")
+            if replica is not None and self.sync is not None:
+                if not isinstance(replica, str):
+                    raise HTTPError(400, "replica must be a string", param="replica")
+                if replica != self.sync.replica_id:
+                    return await self._forward_feedback(replica, did, float(quality))
             try:
                 upd = self.router.feedback(did, float(quality))
             except UnknownDecisionError:
@@ -514,6 +532,28 @@ class Server:
         return JSONResponse(
             {"decision_id": did, "reward": upd.reward, "learner_updated": upd.learner_updated}
         )
+
+    async def _forward_feedback(self, replica: str, did: int, quality: float) -> Response:
+        """Feedback for a decision of another replica (``x-uniscale-replica`` of its response):
+        queued in that replica's Redis inbox, applied at its next sync round. 202 when queued;
+        503 when Redis cannot take it (the client retries)."""
+        assert self.sync is not None
+        try:
+            await asyncio.to_thread(self.sync.forward_feedback, replica, did, quality)
+        except UniScaleError as exc:
+            self._count("feedback", 400)
+            return HTTPError(400, str(exc), param="replica").response()
+        except Exception as exc:  # Redis unreachable or slow
+            self.metrics.feedback.labels("forward_failed").inc()
+            self._count("feedback", 503)
+            return HTTPError(
+                503,
+                f"cannot forward to replica {replica!r}: {type(exc).__name__}",
+                code="sync_unavailable",
+            ).response()
+        self.metrics.feedback.labels("forwarded_out").inc()
+        self._count("feedback", 202)
+        return JSONResponse({"decision_id": did, "forwarded_to": replica}, status_code=202)
 
     # -- chat completions -----------------------------------------------------------------------
 
@@ -840,6 +880,9 @@ class Server:
     def _headers(self, slot: RequestSlot, result: RouterResult | None) -> dict[str, str]:
         d = slot.decision
         h: dict[str, str] = {"x-uniscale-mode": self.cfg.server.mode}
+        if self.sync is not None:
+            # where feedback for this decision belongs ("replica" in POST /v1/feedback)
+            h["x-uniscale-replica"] = self.sync.replica_id
         if d is None:
             return h
         names = self._action_names
