@@ -111,3 +111,12 @@ def test_two_servers_share_learning(redis_server: RedisServer, tmp_path: Path) -
             assert "uniscale_sync_breaker_open 0.0" in metrics
             status = httpx.get(f"{b.base_url}/admin/status").json()
             assert status["sync"]["replica_id"] == "b" and status["sync"]["rounds"] > 0
+
+
+def test_a_sync_that_cannot_start_is_a_configuration_error(tmp_path: Path) -> None:
+    from uniscale.serve.app import Server
+
+    cfg = config({"small": "http://127.0.0.1:1/v1"}, tmp=tmp_path)
+    bad = dataclasses.replace(cfg, sync=SyncSettings("redis://127.0.0.1:1/0", "k", "a:b"))
+    with pytest.raises(ServeConfigError, match=r"\[sync\] .*replica_id"):
+        Server(bad)

@@ -245,28 +245,31 @@ class Server:
         sc = self.cfg.sync
         if sc.redis_url is None:
             return None
-        from uniscale.sync import RedisSync
+        from uniscale.serve.config import ServeConfigError
+        from uniscale.sync import RedisSync, SyncError
 
-        return RedisSync(
-            self.policy,
-            sc.redis_url,
-            sc.policy_key,
-            sc.replica_id or socket.gethostname(),
-            interval_s=sc.interval_s,
-            every_updates=sc.every_updates,
-            epoch_s=sc.epoch_s,
-            epoch_decay=sc.epoch_decay,
-            timeout_s=sc.timeout_s,
-            failure_threshold=sc.failure_threshold,
-            backoff_max_s=sc.backoff_max_s,
-            cluster=sc.cluster,
-            on_feedback=self._forwarded_feedback,
-            # beside the snapshot: a restart after Redis lost its data must not count the
-            # others' learning that the snapshot holds as this replica's own
-            state_path=None
-            if self.cfg.state.policy_path is None
-            else self.cfg.state.policy_path.with_name(self.cfg.state.policy_path.name + ".sync"),
-        )
+        path = self.cfg.state.policy_path
+        try:
+            return RedisSync(
+                self.policy,
+                sc.redis_url,
+                sc.policy_key,
+                sc.replica_id or socket.gethostname(),
+                interval_s=sc.interval_s,
+                every_updates=sc.every_updates,
+                epoch_s=sc.epoch_s,
+                epoch_decay=sc.epoch_decay,
+                timeout_s=sc.timeout_s,
+                failure_threshold=sc.failure_threshold,
+                backoff_max_s=sc.backoff_max_s,
+                cluster=sc.cluster,
+                on_feedback=self._forwarded_feedback,
+                # beside the snapshot: a restart after Redis lost its data must not count the
+                # others' learning that the snapshot holds as this replica's own
+                state_path=None if path is None else path.with_name(path.name + ".sync"),
+            )
+        except SyncError as exc:  # e.g. redis-py missing: a configuration problem (exit 2)
+            raise ServeConfigError(f"{self.cfg.source}: [sync] {exc}") from None
 
     def _forwarded_feedback(self, decision_id: int, quality: float) -> None:
         """Feedback another replica received for one of this replica's decisions (applied by
