@@ -636,8 +636,9 @@ class RedisSync:
         # (polled: the update count is O(K) under the lock)
         tick = min(self.interval_s, 0.01)
         while not self._stop.is_set():
-            self.step()
+            # counted from the start of the round: updates during it count toward the next
             start, seen = time.monotonic(), sync_updates(self._core)
+            self.step()
             while not self._stop.wait(tick):
                 if time.monotonic() - start >= self.interval_s:
                     break
