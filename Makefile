@@ -25,7 +25,7 @@ venv: $(BIN)/python
 # serve) and the test tools; maturin builds the extension in release mode (pyproject: profile =
 # "release").
 install: venv
-	$(BIN)/pip install -q -e ".[lab,serve,test,compat]"
+	$(BIN)/pip install -q -e ".[lab,serve,test,compat,redis]"
 
 build: install
 
@@ -55,7 +55,7 @@ bench-smoke: install
 	$(BIN)/python benches/bench_learners.py --smoke
 	$(BIN)/python benches/bench_policy_sim.py --smoke
 	@for b in benches/bench_policy.py benches/bench_featurize.py benches/bench_plan.py \
-		benches/bench_serve.py; do \
+		benches/bench_serve.py benches/bench_sync.py; do \
 		if [ -f $$b ]; then $(BIN)/python $$b --smoke; fi; done
 
 test: install test-rust lint llm test-py bench-smoke
@@ -63,7 +63,8 @@ test: install test-rust lint llm test-py bench-smoke
 bench: install
 	$(BIN)/python benches/bench_learners.py
 	$(BIN)/python benches/bench_policy_sim.py
-	@for b in benches/bench_policy.py benches/bench_featurize.py benches/bench_plan.py; do \
+	@for b in benches/bench_policy.py benches/bench_featurize.py benches/bench_plan.py \
+		benches/bench_sync.py; do \
 		if [ -f $$b ]; then $(BIN)/python $$b; fi; done
 	# The proxy's latency targets are missed today (docs/serve.md): report, do not stop.
 	-$(BIN)/python benches/bench_serve.py

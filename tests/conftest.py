@@ -20,6 +20,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
+# the real redis-server of the sync tests (tests/redis_fixture.py)
+from redis_fixture import redis_cluster, redis_server  # noqa: F401
+
 import uniscale
 
 settings.register_profile(

@@ -720,3 +720,52 @@ class PolicyCore:
     @staticmethod
     def load(path: _Path) -> PolicyCore: ...
     def __reduce__(self) -> tuple[object, tuple[bytes]]: ...
+
+# ---- multi-replica merging (uniscale.sync; rust/policy/sync.rs) ----
+
+__all__ += [
+    "SYNC_FORMAT_VERSION",
+    "sync_apply",
+    "sync_count_mask",
+    "sync_decode",
+    "sync_encode",
+    "sync_export",
+    "sync_fingerprint",
+    "sync_len",
+    "sync_updates",
+]
+
+SYNC_FORMAT_VERSION: Final[int]
+
+def sync_fingerprint(policy: PolicyCore) -> int:
+    """Identifies the layout and meaning of the policy's evidence vector (action space, models,
+    dimension, learner kind and configuration, interaction scale, feature version)."""
+
+def sync_len(policy: PolicyCore) -> int:
+    """Length of the policy's evidence vector."""
+
+def sync_export(policy: PolicyCore) -> NDArray[np.float64]:
+    """The policy's additive statistics minus the prior; ``ConfigError`` for a policy that
+    cannot be merged (discount < 1)."""
+
+def sync_encode(fingerprint: int, values: ArrayLike, epoch: int = 0) -> bytes:
+    """An evidence vector as a sync blob (header with the discount epoch, float64 little
+    endian, CRC-32)."""
+
+def sync_decode(blob: bytes) -> tuple[int, NDArray[np.float64], int]:
+    """``(fingerprint, values, epoch)``; ``StateError`` for truncated, corrupt or foreign
+    bytes."""
+
+def sync_count_mask(policy: PolicyCore) -> NDArray[np.bool_]:
+    """Which entries of the evidence vector are integer counts (an epoch discount leaves
+    them)."""
+
+def sync_apply(
+    policy: PolicyCore, add: ArrayLike, force: bool = False
+) -> tuple[NDArray[np.float64], NDArray[np.float64]] | None:
+    """Adds ``add`` to the policy's evidence and rebuilds its statistics (GIL released, the
+    policy's lock held only to copy out and swap in). ``(before, after)`` evidence, or None
+    when local learning raced the rebuild and ``force`` is false (nothing changed)."""
+
+def sync_updates(policy: PolicyCore) -> int:
+    """The quality learner's update count, O(K) (for "sync every N updates")."""

@@ -41,12 +41,14 @@ mod pending;
 mod persist;
 mod quality;
 mod select;
+mod sync;
 #[cfg(test)]
 mod tests;
 
 pub use config::{Draw, Exploration, PolicyConfig, Weights};
 pub use pending::{Pending, PendingStore, COMPACT_SLACK};
 pub use quality::QualityLearner;
+pub use sync::{decode_blob, encode_blob, SyncBase, SyncParts, SYNC_FORMAT_VERSION};
 
 use config::check_interaction_scale;
 

@@ -151,7 +151,7 @@ impl Policy {
 }
 
 /// Model slots, the uid counter, the models and the actions.
-fn write_space(space: &Space, w: &mut Writer) {
+pub(super) fn write_space(space: &Space, w: &mut Writer) {
     w.usize(space.model_slots);
     w.u64(space.next_uid);
     w.usize(space.models.len());

@@ -13,6 +13,7 @@ mod learners;
 mod pareto;
 mod plan;
 mod policy;
+mod sync;
 
 create_exception!(
     uniscale._core,
@@ -155,5 +156,14 @@ fn uniscale_core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<plan::PyPlanEstimates>()?;
     m.add_class::<plan::PyPlanChoice>()?;
     m.add_class::<featurize::PyFeatureHasher>()?;
+    m.add("SYNC_FORMAT_VERSION", crate::policy::SYNC_FORMAT_VERSION)?;
+    m.add_function(wrap_pyfunction!(sync::sync_fingerprint, m)?)?;
+    m.add_function(wrap_pyfunction!(sync::sync_len, m)?)?;
+    m.add_function(wrap_pyfunction!(sync::sync_export, m)?)?;
+    m.add_function(wrap_pyfunction!(sync::sync_encode, m)?)?;
+    m.add_function(wrap_pyfunction!(sync::sync_decode, m)?)?;
+    m.add_function(wrap_pyfunction!(sync::sync_apply, m)?)?;
+    m.add_function(wrap_pyfunction!(sync::sync_updates, m)?)?;
+    m.add_function(wrap_pyfunction!(sync::sync_count_mask, m)?)?;
     Ok(())
 }

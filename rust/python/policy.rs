@@ -294,7 +294,7 @@ impl PyDecision {
 /// The numeric core of `uniscale.Policy` (use that class; this one takes raw tuples).
 #[pyclass(frozen, module = "uniscale._core", name = "PolicyCore")]
 pub struct PyPolicyCore {
-    inner: Mutex<Policy>,
+    pub(super) inner: Mutex<Policy>,
 }
 
 #[pymethods]

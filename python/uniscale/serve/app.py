@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import json
 import logging
 import math
 import os
+import socket
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
@@ -64,6 +66,9 @@ from uniscale.serve.hooks import CURRENT, RequestSlot, ServedPolicy, ShardedTran
 from uniscale.serve.metrics import CONTENT_TYPE_LATEST, Metrics
 from uniscale.serve.state import load_policy, snapshot
 from uniscale.space import Action, ActionSpace
+
+if TYPE_CHECKING:
+    from uniscale.sync import RedisSync
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +192,7 @@ class Server:
         self._snapshot_task: asyncio.Task[None] | None = None
         self._snapshot_lock = asyncio.Lock()
         self._closed = False
+        self.sync: RedisSync | None = self._make_sync()
         names = [str(a) for a in self.policy.actions]
         self._action_names = names
         self._model_names = {m.name for m in cfg.models}
@@ -234,6 +240,45 @@ class Server:
             else:
                 pol.set_baseline(want, delta=p.conservative_delta)
 
+    def _make_sync(self) -> RedisSync | None:
+        """The ``[sync]`` section's Redis sync (not started: `lifespan` starts it)."""
+        sc = self.cfg.sync
+        if sc.redis_url is None:
+            return None
+        from uniscale.serve.config import ServeConfigError
+        from uniscale.sync import RedisSync, SyncError
+
+        path = self.cfg.state.policy_path
+        try:
+            return RedisSync(
+                self.policy,
+                sc.redis_url,
+                sc.policy_key,
+                sc.replica_id or socket.gethostname(),
+                interval_s=sc.interval_s,
+                every_updates=sc.every_updates,
+                epoch_s=sc.epoch_s,
+                epoch_decay=sc.epoch_decay,
+                timeout_s=sc.timeout_s,
+                failure_threshold=sc.failure_threshold,
+                backoff_max_s=sc.backoff_max_s,
+                cluster=sc.cluster,
+                on_feedback=self._forwarded_feedback,
+                # beside the snapshot: a restart after Redis lost its data must not count the
+                # others' learning that the snapshot holds as this replica's own
+                state_path=None if path is None else path.with_name(path.name + ".sync"),
+            )
+        except SyncError as exc:  # e.g. redis-py missing: a configuration problem (exit 2)
+            raise ServeConfigError(f"{self.cfg.source}: [sync] {exc}") from None
+
+    def _forwarded_feedback(self, decision_id: int, quality: float) -> None:
+        """Feedback another replica received for one of this replica's decisions (applied by
+        the sync thread at its next round; errors are counted there)."""
+        upd = self.router.feedback(decision_id, quality)
+        self.metrics.feedback.labels("forwarded").inc()
+        if upd.learner_updated:
+            self.metrics.learner_updates.inc()
+
     async def save_snapshot(self) -> bool:
         path = self.cfg.state.policy_path
         if path is None:
@@ -260,6 +305,8 @@ class Server:
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         if self.cfg.state.policy_path is not None:
             self._snapshot_task = asyncio.create_task(self._snapshot_loop())
+        if self.sync is not None:
+            self.sync.start()
         self.ready = True
         try:
             yield
@@ -283,6 +330,10 @@ class Server:
             )
             for t in pending:
                 t.cancel()
+        if self.sync is not None:
+            # a last push of what was learned since the previous round, off the event loop
+            await asyncio.to_thread(self.sync.stop)
+            await asyncio.to_thread(self.sync.close)
         await self.save_snapshot()
         if self.log is not None:
             self.log.close()
@@ -377,6 +428,8 @@ class Server:
         m.pacing_lambda.set(self.policy.pacing_lambda)
         m.pacing_credit.set(self.policy.pacing_credit)
         m.log_failures.set(self.router.log_failures)
+        if self.sync is not None:
+            m.set_sync(self.sync.status())
         return Response(m.render(), media_type=CONTENT_TYPE_LATEST)
 
     async def admin_status(self, request: Request) -> Response:
@@ -399,6 +452,7 @@ class Server:
             "deferred": self.router.n_deferred,
             "learning_skipped": self.router.learning_skipped,
             "log_failures": self.router.log_failures,
+            "sync": None if self.sync is None else dataclasses.asdict(self.sync.status()),
             "decision_log": None if self.log is None else str(self.log.path),
             "policy_path": None
             if self.cfg.state.policy_path is None
@@ -424,9 +478,12 @@ class Server:
         try:
             self._auth(request, admin=True)
             body = await self._json_body(request)
-            unknown = sorted(set(body) - {"decision_id", "quality"})
+            fields = {"decision_id", "quality"} | ({"replica"} if self.sync is not None else set())
+            unknown = sorted(set(body) - fields)
             if unknown:
-                raise HTTPError(400, f"unknown field(s) {unknown}; expected decision_id, quality")
+                raise HTTPError(
+                    400, f"unknown field(s) {unknown}; expected {', '.join(sorted(fields))}"
+                )
             did, quality = body.get("decision_id"), body.get("quality")
             if isinstance(did, bool) or not isinstance(did, int) or did < 0:
                 raise HTTPError(
@@ -436,6 +493,12 @@ class Server:
                 raise HTTPError(400, "quality must be a number", param="quality")
             if not math.isfinite(quality):
                 raise HTTPError(400, "quality must be finite", param="quality")
+            replica = body.get("replica")
+            if replica is not None and self.sync is not None:
+                if not isinstance(replica, str):
+                    raise HTTPError(400, "replica must be a string", param="replica")
+                if replica != self.sync.replica_id:
+                    return await self._forward_feedback(replica, did, float(quality))
             try:
                 upd = self.router.feedback(did, float(quality))
             except UnknownDecisionError:
@@ -472,6 +535,28 @@ class Server:
         return JSONResponse(
             {"decision_id": did, "reward": upd.reward, "learner_updated": upd.learner_updated}
         )
+
+    async def _forward_feedback(self, replica: str, did: int, quality: float) -> Response:
+        """Feedback for a decision of another replica (``x-uniscale-replica`` of its response):
+        queued in that replica's Redis inbox, applied at its next sync round. 202 when queued;
+        503 when Redis cannot take it (the client retries)."""
+        assert self.sync is not None
+        try:
+            await asyncio.to_thread(self.sync.forward_feedback, replica, did, quality)
+        except UniScaleError as exc:
+            self._count("feedback", 400)
+            return HTTPError(400, str(exc), param="replica").response()
+        except Exception as exc:  # Redis unreachable or slow
+            self.metrics.feedback.labels("forward_failed").inc()
+            self._count("feedback", 503)
+            return HTTPError(
+                503,
+                f"cannot forward to replica {replica!r}: {type(exc).__name__}",
+                code="sync_unavailable",
+            ).response()
+        self.metrics.feedback.labels("forwarded_out").inc()
+        self._count("feedback", 202)
+        return JSONResponse({"decision_id": did, "forwarded_to": replica}, status_code=202)
 
     # -- chat completions -----------------------------------------------------------------------
 
@@ -798,6 +883,9 @@ class Server:
     def _headers(self, slot: RequestSlot, result: RouterResult | None) -> dict[str, str]:
         d = slot.decision
         h: dict[str, str] = {"x-uniscale-mode": self.cfg.server.mode}
+        if self.sync is not None:
+            # where feedback for this decision belongs ("replica" in POST /v1/feedback)
+            h["x-uniscale-replica"] = self.sync.replica_id
         if d is None:
             return h
         names = self._action_names

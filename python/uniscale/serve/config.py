@@ -104,6 +104,35 @@ class StateSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SyncSettings:
+    """``[sync]``: share what this replica learns with the others through Redis
+    (`uniscale.sync.RedisSync`, docs/sync.md). Off without ``redis_url``."""
+
+    redis_url: str | None = None
+    #: every replica of one policy uses the same key (Redis keys ``{policy_key}:...``)
+    policy_key: str = "uniscale"
+    #: this replica's slot; stable across restarts (a pod or host name), so that a restart
+    #: recovers it. Default: the host name.
+    replica_id: str | None = None
+    interval_s: float = 1.0
+    #: also sync as soon as this many local learner updates arrived (None: time only)
+    every_updates: int | None = None
+    #: discounting across replicas: every statistic decays by epoch_decay per epoch_s
+    #: seconds of Redis's clock (docs/sync.md)
+    epoch_s: float | None = None
+    epoch_decay: float = 1.0
+    timeout_s: float = 0.5
+    failure_threshold: int = 3
+    backoff_max_s: float = 30.0
+    #: ``redis_url`` names a node of a Redis Cluster
+    cluster: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.redis_url is not None
+
+
+@dataclass(frozen=True, slots=True)
 class ServeConfig:
     """A validated configuration (`load_config` / `parse_config`)."""
 
@@ -113,6 +142,7 @@ class ServeConfig:
     limits: LimitSettings = field(default_factory=LimitSettings)
     executor: ExecutorSettings = field(default_factory=ExecutorSettings)
     state: StateSettings = field(default_factory=StateSettings)
+    sync: SyncSettings = field(default_factory=SyncSettings)
     source: str = "<config>"
 
     def actions(self) -> list[Action]:
@@ -269,6 +299,19 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "decision_log_max_bytes": _int(4096),
         "decision_log_keep": _int(1, 1000),
     },
+    "sync": {
+        "redis_url": _str(),
+        "policy_key": _str(),
+        "replica_id": _str(),
+        "interval_s": _float(0.0, strict=True),
+        "every_updates": _int(1),
+        "epoch_s": _float(0.0, strict=True),
+        "epoch_decay": _float(0.0, strict=True),
+        "timeout_s": _float(0.0, strict=True),
+        "failure_threshold": _int(1, 1000),
+        "backoff_max_s": _float(0.0, strict=True),
+        "cluster": _bool,
+    },
 }
 
 MODEL_SCHEMA: dict[str, Check] = {
@@ -408,6 +451,17 @@ def parse_config(text: str, source: str = "<config>", base_dir: Path | None = No
             p = Path(st[key]).expanduser()
             st[key] = p if p.is_absolute() else base / p
     state = StateSettings(**st)
+    sync = SyncSettings(**sections["sync"])
+    if sync.replica_id is not None and (
+        not sync.replica_id or ":" in sync.replica_id or "{" in sync.replica_id
+    ):
+        raise rep.error("sync", None, "replica_id", "must be non-empty without ':' or '{'")
+    if not sync.policy_key:
+        raise rep.error("sync", None, "policy_key", "must not be empty")
+    if sync.epoch_decay > 1.0:
+        raise rep.error("sync", None, "epoch_decay", "must be in (0, 1]")
+    if sync.epoch_decay < 1.0 and sync.epoch_s is None:
+        raise rep.error("sync", None, "epoch_decay", "needs epoch_s (the length of an epoch)")
     cfg = ServeConfig(
         models=tuple(models),
         server=server,
@@ -415,6 +469,7 @@ def parse_config(text: str, source: str = "<config>", base_dir: Path | None = No
         limits=LimitSettings(**sections["limits"]),
         executor=executor,
         state=state,
+        sync=sync,
         source=source,
     )
     actions = cfg.actions()
@@ -490,6 +545,12 @@ policy_path = "state/policy.bin"
 decision_log = "state/decisions.jsonl"
 # decision_log_max_bytes = 100_000_000   # rotate to decisions.jsonl.1, .2, ... (keep 5)
 snapshot_interval_s = 60
+
+# [sync]                          # many replicas, one policy (docs/sync.md; uniscale[redis])
+# redis_url = "redis://127.0.0.1:6379/0"
+# policy_key = "uniscale"         # the same on every replica of this policy
+# replica_id = "gw-1"             # stable per replica (default: the host name)
+# interval_s = 1.0                # push own slot, pull the others', rebuild
 
 [[models]]
 name = "small"
