@@ -171,6 +171,25 @@ impl Ridge {
         Ok(me)
     }
 
+    /// This regression's prior with the given data statistics (`sum f f'`, `sum y f`, count):
+    /// what merging replicas rebuilds from summed statistics.
+    pub fn with_data(&self, count: u64, a: Vec<f64>, b: Vec<f64>) -> CoreResult<Ridge> {
+        let n = self.w0.len();
+        if a.len() != n * n || b.len() != n {
+            return Err(CoreError::State(format!(
+                "cost model regression statistics of the wrong size ({} and {}, expected {} and \
+                 {n})",
+                a.len(),
+                b.len(),
+                n * n
+            )));
+        }
+        let mut me = Ridge::new(&self.w0, self.kappa);
+        me.count = count;
+        me.set_data(a, b)?;
+        Ok(me)
+    }
+
     fn set_data(&mut self, a: Vec<f64>, b: Vec<f64>) -> CoreResult<()> {
         // a + kappa I must be positive definite, or the model could never be updated
         let (p, q) = self.solve(&a, &b).ok_or_else(|| {
@@ -509,6 +528,32 @@ impl CostModel {
         self.prior_out.push(out_prior(m));
         self.prior_latency.push(latency_prior(m));
         self.refresh();
+    }
+
+    /// Replaces the pooled log-ratio statistics and the per-action observation counts (merged
+    /// from replicas) and recomputes the pooled corrections.
+    pub fn set_pooled_stats(
+        &mut self,
+        out_log: Vec<LogStat>,
+        latency_log: Vec<LogStat>,
+        action_obs: Vec<(u64, u64)>,
+    ) -> Result<(), String> {
+        if out_log.len() != self.out_log.len() || latency_log.len() != self.latency_log.len() {
+            return Err("pooled cost statistics of the wrong size".into());
+        }
+        if out_log.iter().chain(&latency_log).any(|g| {
+            !(g.count.is_finite() && g.sum.is_finite() && g.sum_sq.is_finite()) || g.count < 0.0
+        }) {
+            return Err("pooled cost statistics are not finite or have a negative count".into());
+        }
+        if action_obs.windows(2).any(|w| w[0].0 >= w[1].0) {
+            return Err("action observation counts are not sorted by uid".into());
+        }
+        self.out_log = out_log;
+        self.latency_log = latency_log;
+        self.action_obs = action_obs;
+        self.refresh();
+        Ok(())
     }
 
     /// Recomputes the pooled corrections and variances from the per-group statistics.

@@ -118,6 +118,19 @@ proptest! {
         for (a, b) in p1.iter().zip(&p2) {
             assert_close(&[b.cost_usd, b.latency_s, b.samples], &[a.cost_usd, a.latency_s, a.samples], "prediction");
         }
+        // with cost exploration on, the pooled corrections and the optimism merge too
+        single.set_cost_exploration(true);
+        merged.set_cost_exploration(true);
+        prop_assert_eq!(single.action_observations(), merged.action_observations());
+        let e1 = single.estimate_all(700.0).unwrap();
+        let e2 = merged.estimate_all(700.0).unwrap();
+        for (a, b) in e1.iter().zip(&e2) {
+            assert_close(
+                &[b.point.cost_usd, b.point.latency_s, b.cost_usd_low, b.latency_s_low],
+                &[a.point.cost_usd, a.point.latency_s, a.cost_usd_low, a.latency_s_low],
+                "estimate with cost exploration",
+            );
+        }
     }
 
     /// A corrupted or truncated blob is an error, never a panic or a changed policy.

@@ -3,8 +3,10 @@
 //! What a replica learns is a sum over the outcomes it saw: the quality learner's `A - ridge I`
 //! and `b` (per arm for the disjoint learner, one joint model for the shared one) and update
 //! counts, the interaction prior's evidence sums (`yy`, `n`), and the cost model's regressions
-//! (`A - kappa I`, `b - kappa w0`, count per (model, strategy) and per model) and adaptive-sample
-//! sums. The *evidence vector* of a policy is all of these minus the prior, in one fixed order
+//! (data `sum f f'`, `sum y f`, count per (model, strategy) and per model; their priors live in
+//! the regressions, re-derived from the `ModelSpec`s), adaptive-sample sums, pooled log-ratio
+//! statistics (count, sum, sum of squares per (model, strategy) and per model) and per-action
+//! outcome counts. The *evidence vector* of a policy is all of these minus the prior, in one fixed order
 //! (the layout), so that the evidence of two replicas adds element by element and a policy
 //! rebuilt from `prior + sum of evidence vectors` equals one policy that saw every outcome, up
 //! to the reordering of float64 sums (about 1e-15 relative per entry; tests use 1e-12).
@@ -26,7 +28,7 @@
 //! fingerprint (u64), value count (u64), the values (f64), CRC-32 of everything before it; all
 //! little endian.
 
-use crate::cost::{CostModel, Rls};
+use crate::cost::{CostModel, LogStat, Ridge as CostRidge};
 use crate::error::{CoreError, CoreResult};
 use crate::learner::{Config, Learner};
 use crate::linalg;
@@ -188,48 +190,79 @@ fn cost_prior(space: &Space) -> CostModel {
     c
 }
 
-fn push_rls(out: &mut Vec<f64>, r: &Rls, prior: &Rls) {
+/// A cost-model regression's data statistics (the prior lives in the regression itself, not in
+/// its `A` and `b`): upper triangle of `sum f f'`, `sum y f`, count.
+fn push_rls(out: &mut Vec<f64>, r: &CostRidge) {
     let n = r.b.len();
     for i in 0..n {
         for j in i..n {
-            out.push(r.a[i * n + j] - prior.a[i * n + j]);
+            out.push(r.a[i * n + j]);
         }
     }
-    out.extend(r.b.iter().zip(&prior.b).map(|(b, p)| b - p));
+    out.extend_from_slice(&r.b);
     out.push(r.count as f64);
 }
 
-fn read_rls(c: &mut Cursor, prior: &Rls) -> CoreResult<Rls> {
+fn read_rls(c: &mut Cursor, prior: &CostRidge) -> CoreResult<CostRidge> {
     let n = prior.b.len();
     let u = c.take(tri_len(n))?;
-    let mut a = prior.a.clone();
+    let mut a = vec![0.0; n * n];
     let mut k = 0;
     for i in 0..n {
         for j in i..n {
-            a[i * n + j] += u[k];
-            if i != j {
-                a[j * n + i] += u[k];
-            }
+            a[i * n + j] = u[k];
+            a[j * n + i] = u[k];
             k += 1;
         }
     }
-    let b: Vec<f64> = c
-        .take(n)?
-        .iter()
-        .zip(&prior.b)
-        .map(|(d, p)| d + p)
-        .collect();
+    let b = c.take(n)?.to_vec();
     let count = c.count("cost model")?;
-    let inv = linalg::spd_inverse(&a, n)
-        .map_err(|e| CoreError::State(format!("merged cost model regression: {e}")))?;
-    let mut w = vec![0.0; n];
-    linalg::matvec(&inv, &b, &mut w);
-    if !w.iter().chain(&a).chain(&b).all(|v| v.is_finite()) {
-        return Err(CoreError::State(
-            "merged cost model regression is not finite".into(),
-        ));
+    prior
+        .with_data(count, a, b)
+        .map_err(|e| CoreError::State(format!("merged cost model regression: {e}")))
+}
+
+/// The pooled cost statistics: (count, sum, sum of squares) of the log ratios per (model,
+/// strategy) and per model, then the outcome count of every action in the space's order.
+fn push_pooled(out: &mut Vec<f64>, cost: &CostModel, space: &Space) {
+    for g in cost.out_log.iter().chain(&cost.latency_log) {
+        out.extend([g.count, g.sum, g.sum_sq]);
     }
-    Ok(Rls { a, b, w, count })
+    for a in &space.actions {
+        out.push(cost.action_observations(a.uid) as f64);
+    }
+}
+
+fn read_pooled(c: &mut Cursor, cost: &mut CostModel, space: &Space) -> CoreResult<()> {
+    let mut read = |k: usize| -> CoreResult<Vec<LogStat>> {
+        let mut v = Vec::with_capacity(k);
+        for _ in 0..k {
+            let g = c.take(3)?;
+            if g[0] < 0.0 || g[2] < 0.0 {
+                return Err(CoreError::State(
+                    "negative pooled cost-model statistics".into(),
+                ));
+            }
+            v.push(LogStat {
+                count: g[0],
+                sum: g[1],
+                sum_sq: g[2],
+            });
+        }
+        Ok(v)
+    };
+    let out_log = read(cost.out_log.len())?;
+    let latency_log = read(cost.latency_log.len())?;
+    let mut obs: Vec<(u64, u64)> = Vec::with_capacity(space.actions.len());
+    for a in &space.actions {
+        let n = c.count("action observation")?;
+        if n > 0 {
+            obs.push((a.uid, n));
+        }
+    }
+    obs.sort_unstable();
+    cost.set_pooled_stats(out_log, latency_log, obs)
+        .map_err(CoreError::State)
 }
 
 impl Policy {
@@ -303,6 +336,10 @@ impl Policy {
             false,
             2 * adaptive_uids(&self.space).len(),
         ));
+        // the log-ratio statistics decay as a whole (count included, so their means keep their
+        // meaning); the per-action outcome counts are counts
+        out.extend(std::iter::repeat_n(false, 3 * 5 * self.space.models.len()));
+        out.extend(std::iter::repeat_n(true, self.space.actions.len()));
         out
     }
 
@@ -315,6 +352,7 @@ impl Policy {
         out.extend(self.cost.out_tokens.iter().map(|r| r.count));
         out.extend(self.cost.latency.iter().map(|r| r.count));
         out.extend(self.cost.adaptive_samples.iter().map(|e| e.2.to_bits()));
+        out.extend(self.cost.action_obs.iter().map(|e| e.1));
         out.push(self.cfg.interaction_prior.n.to_bits());
         out
     }
@@ -444,6 +482,7 @@ impl SyncBase {
                 Err(i) => cost.adaptive_samples.insert(i, (uid, v[0], v[1])),
             }
         }
+        read_pooled(&mut c, &mut cost, &self.space)?;
         if c.at != evidence.len() {
             return Err(CoreError::State("evidence vector too long".into()));
         }
@@ -478,12 +517,8 @@ fn evidence_of(
     }
     out.push(yy);
     out.push(n);
-    let prior = cost_prior(space);
-    for (r, p) in cost.out_tokens.iter().zip(&prior.out_tokens) {
-        push_rls(&mut out, r, p);
-    }
-    for (r, p) in cost.latency.iter().zip(&prior.latency) {
-        push_rls(&mut out, r, p);
+    for r in cost.out_tokens.iter().chain(&cost.latency) {
+        push_rls(&mut out, r);
     }
     for uid in adaptive_uids(space) {
         let (s, c) = match cost.adaptive_samples.binary_search_by_key(&uid, |e| e.0) {
@@ -493,13 +528,19 @@ fn evidence_of(
         out.push(s);
         out.push(c);
     }
+    push_pooled(&mut out, cost, space);
     Ok(out)
 }
 
 fn layout_len(learner: &QualityLearner, space: &Space) -> usize {
     let rl: usize = ridges(learner).iter().map(|r| tri_len(r.n) + r.n + 1).sum();
     let m = space.models.len();
-    rl + 2 + 4 * m * (3 + 2 + 1) + m * (6 + 3 + 1) + 2 * adaptive_uids(space).len()
+    rl + 2
+        + 4 * m * (3 + 2 + 1)
+        + m * (6 + 3 + 1)
+        + 2 * adaptive_uids(space).len()
+        + 3 * 5 * m
+        + space.actions.len()
 }
 
 fn state(e: CoreError) -> CoreError {
