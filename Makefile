@@ -13,7 +13,7 @@ export HYPOTHESIS_PROFILE ?= $(if $(CI),ci,dev)
 export UNISCALE_REAL_LLM ?= 1
 export UNISCALE_CACHE ?= $(HOME)/.cache/uniscale
 
-.PHONY: venv install build demo lint test test-rust test-py llm bench bench-smoke clean
+.PHONY: venv install build demo lint test test-rust test-py llm redis bench bench-smoke clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -48,6 +48,18 @@ llm:
 	@if [ "$(UNISCALE_REAL_LLM)" = "1" ]; then bash scripts/llm/setup.sh smollm2 qwen05 llamacpp-python; \
 	else echo "UNISCALE_REAL_LLM=0: skipping llama.cpp setup"; fi
 
+# A real redis-server for the multi-replica sync tests (their fixture starts it on a free
+# 127.0.0.1 port). Installed from Debian when missing; under CI=true the sync tests fail, not
+# skip, without it.
+redis:
+	@if command -v redis-server >/dev/null 2>&1; then redis-server --version; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server; \
+	elif command -v sudo >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+		sudo apt-get update -q && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server; \
+	else echo "redis-server not found and cannot be installed here: the sync tests will skip" \
+		"(and fail under CI=true); install redis-server"; fi
+
 test-py: install
 	$(BIN)/python -m pytest -q
 
@@ -58,7 +70,7 @@ bench-smoke: install
 		benches/bench_serve.py benches/bench_sync.py; do \
 		if [ -f $$b ]; then $(BIN)/python $$b --smoke; fi; done
 
-test: install test-rust lint llm test-py bench-smoke
+test: install test-rust lint llm redis test-py bench-smoke
 
 bench: install
 	$(BIN)/python benches/bench_learners.py
