@@ -44,7 +44,7 @@ mod select;
 #[cfg(test)]
 mod tests;
 
-pub use config::{Draw, Exploration, PolicyConfig, Weights};
+pub use config::{Draw, Exploration, PolicyConfig, Weights, COST_SENSITIVE, PRESETS};
 pub use pending::{Pending, PendingStore, COMPACT_SLACK};
 pub use quality::QualityLearner;
 

@@ -254,14 +254,14 @@ class PolicyTarget:
     ) -> None:
         self._copy = Policy.from_bytes(policy.to_bytes(), list(policy.models.values()))
         self._copy.set_exploration("greedy")
-        acts = self._copy.core.actions()
-        ids = [int(a[3]) for a in acts] if action_ids is None else [int(i) for i in action_ids]
+        acts = self._copy.actions
+        ids = self._copy.action_uids if action_ids is None else [int(i) for i in action_ids]
         if len(ids) != len(acts):
             raise OPEError(f"action_ids has {len(ids)} entries for {len(acts)} actions")
         allowed = None if models is None else set(models)
         self._ids = ids
         self._index = {
-            aid: i for i, aid in enumerate(ids) if allowed is None or acts[i][0] in allowed
+            aid: i for i, aid in enumerate(ids) if allowed is None or acts[i].model in allowed
         }
         self.input_tokens = float(input_tokens)
         self.name = name
