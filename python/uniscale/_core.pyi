@@ -325,7 +325,7 @@ _Messages = str | Sequence[Mapping[str, object]]
 
 @final
 class FeatureHasher:
-    """The ``hash-v1`` request featurizer (``rust/featurize.rs``): signed feature hashing of word
+    """The ``hash-v1`` request featurizer (``rust/featurize/``): signed feature hashing of word
     unigrams/bigrams and character n-grams next to 12 dense length/structure signals,
     L2-normalised. Deterministic across processes and platforms. Immutable and thread-safe; the
     GIL is released while hashing.
