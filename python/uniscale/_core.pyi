@@ -827,23 +827,25 @@ class PolicyCore:
     def set_conservative(
         self,
         index: int | None,
-        delta: float = 0.05,
-        confidence: float = 0.95,
+        delta: float | None = None,
+        confidence: float | None = None,
         quality_sd: float = 0.5,
         quality_range: tuple[float, float] = ...,  # (0.0, 1.0)
         floor: float | None = None,
     ) -> None: ...
     def conservative_status(self) -> dict[str, Any] | None: ...
     def set_exploration(
-        self, kind: str, epsilon: float = 0.05, temperature: float = 0.1
-    ) -> None: ...
+        self, kind: str, epsilon: float | None = None, temperature: float | None = None
+    ) -> None:
+        """``None``: ``PolicyConfig``'s default."""
     def set_budget(
         self,
         budget_per_request_usd: float | None = None,
         budget_per_hour_usd: float | None = None,
-        pacing_step: float = 0.05,
-        pacing_carryover: float = 100.0,
-    ) -> None: ...
+        pacing_step: float | None = None,
+        pacing_carryover: float | None = None,
+    ) -> None:
+        """``None`` for the pacing settings: ``PolicyConfig``'s defaults."""
     @property
     def pacing_lambda(self) -> float: ...
     @property

@@ -283,8 +283,8 @@ class Policy:
         self,
         action: Action | int | None,
         *,
-        delta: float = 0.05,
-        confidence: float = 0.95,
+        delta: float | None = None,
+        confidence: float | None = None,
         quality_sd: float = 0.5,
         quality_range: tuple[float, float] = (0.0, 1.0),
     ) -> None:
@@ -305,7 +305,9 @@ class Policy:
         linear model's confidence sets; ``tests/test_conservative.py`` measures it on the real
         tables over many seeds. Changing the reward weights restarts the account, as does
         calling this again; ``None`` turns the mode off. If the baseline's model is retired the
-        mode is suspended (``conservative_status()["baseline"]`` is ``None``).
+        mode is suspended (``conservative_status()["baseline"]`` is ``None``). ``delta`` and
+        ``confidence`` default to `PolicyConfig`'s ``conservative_delta`` and
+        ``conservative_confidence``.
         """
         index = None if action is None else self._action_index(action)
         self._core.set_conservative(index, delta, confidence, quality_sd, quality_range)
@@ -371,9 +373,10 @@ class Policy:
         self,
         kind: Literal["greedy", "epsilon", "softmax"],
         *,
-        epsilon: float = 0.05,
-        temperature: float = 0.1,
+        epsilon: float | None = None,
+        temperature: float | None = None,
     ) -> None:
+        """Change the exploration rule (``None``: the `PolicyConfig` default)."""
         self._core.set_exploration(kind, epsilon, temperature)
 
     def set_budget(
@@ -381,15 +384,16 @@ class Policy:
         *,
         per_request_usd: float | None = None,
         per_hour_usd: float | None = None,
-        pacing_step: float = 0.05,
-        pacing_carryover: float = 100.0,
+        pacing_step: float | None = None,
+        pacing_carryover: float | None = None,
     ) -> None:
         """Set (or clear, with no arguments) a long-run spend target held by pacing.
 
         The multiplier on cost follows the running overspend relative to the target;
         ``pacing_carryover`` is how many requests' worth of unspent budget is kept as credit
         and spent later (0: unspent budget is forgotten, and spend tends to land below the
-        target when the policy sometimes spends less on its own). See ``rust/pacing.rs``."""
+        target when the policy sometimes spends less on its own). ``None``: the `PolicyConfig`
+        default. See ``rust/pacing.rs``."""
         self._core.set_budget(per_request_usd, per_hour_usd, pacing_step, pacing_carryover)
 
     def add_model(

@@ -97,16 +97,9 @@ class ModelSpec:
     @classmethod
     def from_info(cls, info: ModelInfo) -> ModelSpec:
         """A spec with ``info``'s model parameters and the default endpoint settings."""
-        return cls(
-            info.name,
-            price_in_per_mtok=info.price_in_per_mtok,
-            price_out_per_mtok=info.price_out_per_mtok,
-            parallelism=info.parallelism,
-            bills_prompt_once=info.bills_prompt_once,
-            latency_in_s_per_token=info.latency_in_s_per_token,
-            latency_out_s_per_token=info.latency_out_s_per_token,
-            prior_output_tokens=info.prior_output_tokens,
-        )
+        fields = info.to_dict()
+        del fields["retired"]
+        return cls(**fields)
 
     @property
     def request_model(self) -> str:

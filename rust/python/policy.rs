@@ -234,21 +234,34 @@ impl PyPolicyCore {
         (w.quality, w.cost, w.latency)
     }
 
-    /// Conservative mode around the action at `index`, or off with `None`.
+    /// Conservative mode around the action at `index`, or off with `None`; `delta` and
+    /// `confidence` default to `PolicyConfig`'s `conservative_delta` / `_confidence`.
     #[pyo3(signature = (
-        index, delta=0.05, confidence=0.95, quality_sd=0.5, quality_range=(0.0, 1.0),
+        index, delta=None, confidence=None, quality_sd=0.5, quality_range=(0.0, 1.0),
         floor=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn set_conservative(
         &self,
+        py: Python<'_>,
         index: Option<&Bound<'_, PyAny>>,
-        delta: f64,
-        confidence: f64,
+        delta: Option<f64>,
+        confidence: Option<f64>,
         quality_sd: f64,
         quality_range: (f64, f64),
         floor: Option<f64>,
     ) -> PyResult<()> {
+        let (delta, confidence) = match (delta, confidence) {
+            (Some(d), Some(c)) => (d, c),
+            _ => {
+                let dflt = PyPolicyConfig::default_bound(py)?;
+                let c = dflt.get();
+                (
+                    delta.unwrap_or(c.conservative_delta),
+                    confidence.unwrap_or(c.conservative_confidence),
+                )
+            }
+        };
         let i = match index {
             Some(v) if !v.is_none() => Some(action_index(v)?),
             _ => None,
@@ -301,29 +314,46 @@ impl PyPolicyCore {
         Ok(Some(d))
     }
 
-    #[pyo3(signature = (kind, epsilon=0.05, temperature=0.1))]
-    fn set_exploration(&self, kind: &str, epsilon: f64, temperature: f64) -> PyResult<()> {
-        let e = exploration(kind, epsilon, temperature)?;
+    /// `epsilon` and `temperature` default to `PolicyConfig`'s.
+    #[pyo3(signature = (kind, epsilon=None, temperature=None))]
+    fn set_exploration(
+        &self,
+        py: Python<'_>,
+        kind: &str,
+        epsilon: Option<f64>,
+        temperature: Option<f64>,
+    ) -> PyResult<()> {
+        let dflt = PyPolicyConfig::default_bound(py)?;
+        let c = dflt.get();
+        let e = exploration(
+            kind,
+            epsilon.unwrap_or(c.epsilon),
+            temperature.unwrap_or(c.temperature),
+        )?;
         Ok(self.inner.lock().set_exploration(e)?)
     }
 
+    /// `pacing_step` and `pacing_carryover` default to `PolicyConfig`'s.
     #[pyo3(signature = (
-        budget_per_request_usd=None, budget_per_hour_usd=None, pacing_step=0.05,
-        pacing_carryover=100.0
+        budget_per_request_usd=None, budget_per_hour_usd=None, pacing_step=None,
+        pacing_carryover=None
     ))]
     fn set_budget(
         &self,
+        py: Python<'_>,
         budget_per_request_usd: Option<f64>,
         budget_per_hour_usd: Option<f64>,
-        pacing_step: f64,
-        pacing_carryover: f64,
+        pacing_step: Option<f64>,
+        pacing_carryover: Option<f64>,
     ) -> PyResult<()> {
         let b = budget(budget_per_request_usd, budget_per_hour_usd)?;
-        Ok(self
-            .inner
-            .lock()
-            .pacer
-            .set_budget(b, pacing_step, pacing_carryover)?)
+        let dflt = PyPolicyConfig::default_bound(py)?;
+        let c = dflt.get();
+        let (step, carry) = (
+            pacing_step.unwrap_or(c.pacing_step),
+            pacing_carryover.unwrap_or(c.pacing_carryover),
+        );
+        Ok(self.inner.lock().pacer.set_budget(b, step, carry)?)
     }
 
     /// Unspent budget kept as credit, in requests' worth of the target (0 when over budget).
