@@ -42,7 +42,7 @@ REQUESTS: list[Any] = [
 
 
 def fnv_checksum(x: np.ndarray) -> int:
-    """FNV-1a over the little-endian bytes of the float64 values (as in rust/featurize.rs)."""
+    """FNV-1a over the little-endian bytes of the float64 values (as in rust/featurize/tests.rs)."""
     h = 0xCBF29CE484222325
     for b in np.ascontiguousarray(x, dtype="<f8").tobytes():
         h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
@@ -57,7 +57,7 @@ def cos(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_golden_vector_matches_the_rust_unit_test() -> None:
-    # Same input and pinned values as `golden_vector` in rust/featurize.rs: the bindings pass
+    # Same input and pinned values as `golden_vector` in rust/featurize/tests.rs: the bindings pass
     # the text through unchanged and the scheme has not drifted.
     x = Featurizer(64)([{"role": "user", "content": "What is 2 + 2?"}])
     assert [f"{v:.12f}" for v in x[:4]] == [

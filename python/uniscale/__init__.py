@@ -22,9 +22,12 @@ from uniscale._core import (
     DuplicateUpdateError,
     ExpiredDecisionError,
     LinUCB,
+    ModelInfo,
     NonFiniteError,
     NumericalError,
+    PolicyConfig,
     PolicyCore,
+    Prediction,
     ShapeError,
     SharedLinUCB,
     StateError,
@@ -112,13 +115,16 @@ __all__ = [
     "JudgeScorer",
     "LinUCB",
     "MeanLogprobScorer",
+    "ModelInfo",
     "ModelSpec",
     "NonFiniteError",
     "NumericalError",
     "Outcome",
     "Plan",
     "Policy",
+    "PolicyConfig",
     "PolicyCore",
+    "Prediction",
     "QualityFloor",
     "Realised",
     "RewardWeights",
@@ -149,23 +155,9 @@ __all__ = [
     "read_decision_log",
 ]
 
-#: Names that moved to `uniscale.lab`; ``uniscale.<name>`` still works and imports lazily, so
-#: code written before the split keeps running while ``import uniscale`` stays lean.
-_LAB_NAMES = frozenset(
-    {
-        "CheckResult",
-        "Estimate",
-        "LoggedDecision",
-        "OPEError",
-        "OPEResult",
-        "PolicyTarget",
-        "RidgeRewardModel",
-        "evaluate",
-        "fixed_action_target",
-        "ope_check",
-        "records_from_log",
-    }
-)
+#: Names that moved to `uniscale.lab` (its ``__all__``) and modules that moved there:
+#: ``uniscale.<name>`` still works and imports lazily, so code written before the split keeps
+#: running while ``import uniscale`` stays lean.
 _LAB_MODULES = frozenset(
     {
         "calibrate",
@@ -183,8 +175,13 @@ _LAB_MODULES = frozenset(
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAB_NAMES:
-        return getattr(importlib.import_module("uniscale.lab"), name)
     if name in _LAB_MODULES:
         return importlib.import_module(f"uniscale.lab.{name}")
+    if not name.startswith("_"):
+        try:
+            lab = importlib.import_module("uniscale.lab")
+        except ImportError:  # the [lab] extra is missing: still "no such attribute"
+            lab = None
+        if lab is not None and name in lab.__all__:
+            return getattr(lab, name)
     raise AttributeError(f"module 'uniscale' has no attribute {name!r}")

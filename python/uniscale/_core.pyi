@@ -1,7 +1,8 @@
 """Type stubs for the compiled core ``uniscale._core`` (Rust, PyO3).
 
 Sections: module constants; the exception tree; the learners (``LinUCB``, ``SharedLinUCB``);
-the policy core (``PolicyCore``, ``Decision``, ``action_features``).
+the policy core (``PolicyCore``, its settings ``PolicyConfig`` and the typed values it returns:
+``Decision``, ``ModelInfo``, ``Prediction``, ``UpdateResult``; ``action_features``).
 
 Array conventions: every array argument accepts any ``ArrayLike`` (lists, tuples, numpy arrays of
 any integer or float dtype, non-contiguous views) and is converted to float64 (int64 for action
@@ -12,7 +13,18 @@ are thread-safe; the GIL is released while the core computes.
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Final, Literal, Self, SupportsFloat, SupportsIndex, final
+from typing import (
+    Any,
+    ClassVar,
+    Final,
+    Literal,
+    Self,
+    SupportsFloat,
+    SupportsIndex,
+    TypedDict,
+    Unpack,
+    final,
+)
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -20,6 +32,7 @@ from numpy.typing import ArrayLike, NDArray
 __all__ = [
     "BUILD_PROFILE",
     "REFRESH_PERIOD",
+    "REWARD_PRESETS",
     "STATE_FORMAT_VERSION",
     "AllMaskedError",
     "ConfigError",
@@ -28,17 +41,21 @@ __all__ = [
     "DuplicateUpdateError",
     "ExpiredDecisionError",
     "LinUCB",
+    "ModelInfo",
     "NonFiniteError",
     "NumericalError",
     "PlanChoice",
     "PlanEstimates",
+    "PolicyConfig",
     "PolicyCore",
+    "Prediction",
     "ShapeError",
     "SharedLinUCB",
     "StateError",
     "UniScaleError",
     "UnknownActionError",
     "UnknownDecisionError",
+    "UpdateResult",
     "__version__",
     "action_features",
     "operating_point",
@@ -60,6 +77,9 @@ STATE_FORMAT_VERSION: Final[int]
 
 REFRESH_PERIOD: Final[int]
 """Rank-one updates between two exact recomputations of a learner's inverse from its matrix."""
+
+REWARD_PRESETS: Final[dict[str, tuple[float, float, float]]]
+"""The reward presets by name: ``(quality, cost, latency)`` weights (``uniscale.PRESETS``)."""
 
 # --- exceptions -----------------------------------------------------------------------------
 
@@ -305,7 +325,7 @@ _Messages = str | Sequence[Mapping[str, object]]
 
 @final
 class FeatureHasher:
-    """The ``hash-v1`` request featurizer (``rust/featurize.rs``): signed feature hashing of word
+    """The ``hash-v1`` request featurizer (``rust/featurize/``): signed feature hashing of word
     unigrams/bigrams and character n-grams next to 12 dense length/structure signals,
     L2-normalised. Deterministic across processes and platforms. Immutable and thread-safe; the
     GIL is released while hashing.
@@ -472,12 +492,225 @@ def plan_rules(
 # --- policy ---------------------------------------------------------------------------------
 
 _ModelTuple = tuple[str, float, float, int, bool, float, float, float]
-_CoreModels = list[tuple[_ModelTuple, list[tuple[str, int]]]]
+"""The older form of a model: (name, price_in, price_out, parallelism, bills_prompt_once,
+latency_in, latency_out, prior_output_tokens); ``ModelInfo`` is the typed one."""
+_CoreModels = Sequence[tuple[ModelInfo | _ModelTuple, Sequence[tuple[str, int]]]]
 
 def action_features(models: _CoreModels, model_slots: int | None = None) -> NDArray[np.float64]:
-    """Semantic action features psi (K, p) for models given as ((name, price_in, price_out,
-    parallelism, bills_prompt_once, latency_in, latency_out, prior_output_tokens),
-    [(strategy, n), ...]) tuples. Layout documented in ``rust/space.rs``."""
+    """Semantic action features psi (K, p) for models given as ``(ModelInfo, [(strategy, n),
+    ...])`` pairs. Layout documented in ``rust/space.rs``."""
+
+@final
+class ModelInfo:
+    """A model's parameters as the core keeps them (``uniscale.ModelSpec.info()``): prices in
+    dollars per million tokens, latency priors in seconds per token, the output-token prior,
+    and whether the model is retired. Immutable, comparable, hashable, picklable."""
+
+    def __new__(
+        cls,
+        name: str,
+        *,
+        price_in_per_mtok: float,
+        price_out_per_mtok: float,
+        parallelism: int,
+        bills_prompt_once: bool,
+        latency_in_s_per_token: float,
+        latency_out_s_per_token: float,
+        prior_output_tokens: float,
+        retired: bool = False,
+    ) -> Self: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def price_in_per_mtok(self) -> float: ...
+    @property
+    def price_out_per_mtok(self) -> float: ...
+    @property
+    def parallelism(self) -> int: ...
+    @property
+    def bills_prompt_once(self) -> bool: ...
+    @property
+    def latency_in_s_per_token(self) -> float: ...
+    @property
+    def latency_out_s_per_token(self) -> float: ...
+    @property
+    def prior_output_tokens(self) -> float: ...
+    @property
+    def retired(self) -> bool: ...
+    def to_dict(self) -> dict[str, Any]:
+        """Every field by name (the constructor's keyword arguments)."""
+    def __eq__(self, other: object, /) -> bool: ...
+    def __hash__(self) -> int: ...
+    def __reduce__(self) -> tuple[Any, ...]: ...
+
+@final
+class Prediction:
+    """The cost model's predictions for every action (action-index order) at one prompt size,
+    one (K,) float64 array per quantity. ``np.asarray(p)`` is ``p.as_array()``."""
+
+    COLUMNS: ClassVar[tuple[str, ...]]
+    """The quantities' names in ``as_array()`` column order."""
+    @property
+    def output_tokens_per_sample(self) -> NDArray[np.float64]: ...
+    @property
+    def samples(self) -> NDArray[np.float64]:
+        """Expected samples used (n, or the learned mean for adaptive strategies)."""
+    @property
+    def rounds(self) -> NDArray[np.float64]:
+        """ceil(samples / parallelism)."""
+    @property
+    def cost_usd(self) -> NDArray[np.float64]: ...
+    @property
+    def latency_s(self) -> NDArray[np.float64]: ...
+    @property
+    def cost_usd_low(self) -> NDArray[np.float64]:
+        """Optimistic cost (what scores and dominance pruning use; equal to `cost_usd` while
+        cost exploration is off)."""
+    @property
+    def latency_s_low(self) -> NDArray[np.float64]:
+        """Optimistic latency (as `cost_usd_low`)."""
+    @property
+    def cost_usd_for_limit(self) -> NDArray[np.float64]:
+        """The cost `max_cost_usd` is checked against: the point prediction once the action
+        has observations of its own, else the optimistic one."""
+    @property
+    def latency_s_for_limit(self) -> NDArray[np.float64]:
+        """The latency `max_latency_s` is checked against (as `cost_usd_for_limit`)."""
+    def to_dict(self) -> dict[str, NDArray[np.float64]]:
+        """``{name: (K,) array}`` in ``COLUMNS`` order."""
+    def as_array(self) -> NDArray[np.float64]:
+        """(K, 9), the columns in ``COLUMNS`` order."""
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> NDArray[Any]: ...
+    def __len__(self) -> int: ...
+
+@final
+class UpdateResult:
+    """What an update (or observation) learned from: the realised reward under the current
+    weights, the cost and latency charged, and whether the quality learner changed (False
+    when feedback came back without a quality it can learn from). Immutable, comparable."""
+
+    def __new__(
+        cls, reward: float, cost_usd: float, latency_s: float, learner_updated: bool
+    ) -> Self: ...
+    @property
+    def reward(self) -> float: ...
+    @property
+    def cost_usd(self) -> float: ...
+    @property
+    def latency_s(self) -> float: ...
+    @property
+    def learner_updated(self) -> bool: ...
+    def __eq__(self, other: object, /) -> bool: ...
+    def __hash__(self) -> int: ...
+    def __reduce__(self) -> tuple[Any, ...]: ...
+
+class _PolicySettings(TypedDict, total=False):
+    """``PolicyConfig``'s fields as keyword arguments (its defaults are in Rust)."""
+
+    learner: Literal["shared", "disjoint"]
+    alpha: float
+    ridge: float
+    discount: float
+    prior_mean: float
+    reward: str | tuple[float, float, float] | Any
+    cost_scale: float | None
+    latency_scale: float | None
+    exploration: Literal["greedy", "epsilon", "softmax"]
+    epsilon: float
+    temperature: float
+    budget_per_request_usd: float | None
+    budget_per_hour_usd: float | None
+    pacing_step: float
+    pacing_carryover: float
+    ttl_s: float
+    capacity: int
+    seed: int
+    model_slots: int | None
+    feature_version: str
+    baseline: Any
+    conservative_delta: float
+    conservative_confidence: float
+    quality_floor: Any
+    interaction_scale: float
+    interaction_prior: float | Literal["auto"] | None
+    cost_exploration: bool
+
+@final
+class PolicyConfig:
+    """Every setting of ``uniscale.Policy``, each default set once (in Rust; ``help`` shows
+    them). Immutable, comparable, hashable, picklable; ``replace(**changes)`` returns a
+    changed copy. See ``uniscale.Policy`` for what each setting does."""
+
+    def __new__(cls, **settings: Unpack[_PolicySettings]) -> Self: ...
+    @property
+    def learner(self) -> Literal["shared", "disjoint"]: ...
+    @property
+    def alpha(self) -> float: ...
+    @property
+    def ridge(self) -> float: ...
+    @property
+    def discount(self) -> float: ...
+    @property
+    def prior_mean(self) -> float: ...
+    @property
+    def reward(self) -> str | tuple[float, float, float]:
+        """A preset name or ``(quality, cost, latency)``, as given."""
+    @property
+    def weights(self) -> tuple[float, float, float]:
+        """``(quality, cost, latency)``: the reward weights, a preset resolved."""
+    @property
+    def cost_scale(self) -> float | None: ...
+    @property
+    def latency_scale(self) -> float | None: ...
+    @property
+    def exploration(self) -> Literal["greedy", "epsilon", "softmax"]: ...
+    @property
+    def epsilon(self) -> float: ...
+    @property
+    def temperature(self) -> float: ...
+    @property
+    def budget_per_request_usd(self) -> float | None: ...
+    @property
+    def budget_per_hour_usd(self) -> float | None: ...
+    @property
+    def pacing_step(self) -> float: ...
+    @property
+    def pacing_carryover(self) -> float: ...
+    @property
+    def ttl_s(self) -> float: ...
+    @property
+    def capacity(self) -> int: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def model_slots(self) -> int | None: ...
+    @property
+    def feature_version(self) -> str: ...
+    @property
+    def baseline(self) -> Any:
+        """The conservative-mode baseline (an ``Action`` or an index), or None."""
+    @property
+    def conservative_delta(self) -> float: ...
+    @property
+    def conservative_confidence(self) -> float: ...
+    @property
+    def quality_floor(self) -> Any:
+        """A ``uniscale.QualityFloor``, or None."""
+    @property
+    def interaction_scale(self) -> float: ...
+    @property
+    def interaction_prior(self) -> float | Literal["auto"] | None: ...
+    @property
+    def cost_exploration(self) -> bool:
+        """Pooled cost/latency model with optimism for arms with little data (off by
+        default)."""
+    def to_dict(self) -> dict[str, Any]:
+        """Every setting by name, in signature order (``PolicyConfig(**c.to_dict()) == c``)."""
+    def replace(self, **changes: Unpack[_PolicySettings]) -> PolicyConfig:
+        """A copy with ``changes`` applied (like ``dataclasses.replace``), validated anew."""
+    def __eq__(self, other: object, /) -> bool: ...
+    def __hash__(self) -> int: ...
+    def __reduce__(self) -> tuple[Any, ...]: ...
 
 @final
 class Decision:
@@ -574,33 +807,7 @@ class PolicyCore:
     """Numeric core of ``uniscale.Policy`` (use that class; this one takes raw tuples)."""
 
     def __new__(
-        cls,
-        models: _CoreModels,
-        dim: SupportsIndex,
-        *,
-        learner: str = "shared",
-        alpha: float = 1.0,
-        ridge: float = 1.0,
-        discount: float = 1.0,
-        prior_mean: float = 0.0,
-        weights: tuple[float, float, float] = ...,
-        cost_scale: float | None = None,
-        latency_scale: float | None = None,
-        exploration: str = "greedy",
-        epsilon: float = 0.05,
-        temperature: float = 0.1,
-        budget_per_request_usd: float | None = None,
-        budget_per_hour_usd: float | None = None,
-        pacing_step: float = 0.05,
-        pacing_carryover: float = 100.0,
-        ttl_s: float = 3600.0,
-        capacity: SupportsIndex = 65536,
-        seed: SupportsIndex = 0,
-        model_slots: SupportsIndex | None = None,
-        feature_version: str = ...,
-        interaction_scale: float = 1.0,
-        interaction_prior: float = 1.0,
-        interaction_auto: bool = False,
+        cls, models: _CoreModels, dim: SupportsIndex, config: PolicyConfig | None = None
     ) -> Self: ...
     def select(
         self,
@@ -621,8 +828,8 @@ class PolicyCore:
         output_tokens: float | None = None,
         samples_used: float | None = None,
         now: float | None = None,
-    ) -> tuple[float, float, float, bool]:
-        """Feedback; returns (reward, cost_usd, latency_s, learner_updated)."""
+    ) -> UpdateResult:
+        """Feedback for a decision (see ``uniscale.Policy.update``)."""
     def observe(
         self,
         x: ArrayLike,
@@ -634,7 +841,7 @@ class PolicyCore:
         output_tokens: float | None = None,
         samples_used: float | None = None,
         weight: float = 1.0,
-    ) -> tuple[float, float, float, bool]:
+    ) -> UpdateResult:
         """Learns from an outcome no decision asked for (see ``uniscale.Policy.observe``)."""
     def set_weights(self, quality: float, cost: float, latency: float) -> None: ...
     @property
@@ -642,16 +849,17 @@ class PolicyCore:
     def set_conservative(
         self,
         index: int | None,
-        delta: float = 0.05,
-        confidence: float = 0.95,
+        delta: float | None = None,
+        confidence: float | None = None,
         quality_sd: float = 0.5,
         quality_range: tuple[float, float] = ...,  # (0.0, 1.0)
         floor: float | None = None,
     ) -> None: ...
     def conservative_status(self) -> dict[str, Any] | None: ...
     def set_exploration(
-        self, kind: str, epsilon: float = 0.05, temperature: float = 0.1
-    ) -> None: ...
+        self, kind: str, epsilon: float | None = None, temperature: float | None = None
+    ) -> None:
+        """``None``: ``PolicyConfig``'s default."""
     def set_cost_exploration(self, on: bool) -> None:
         """Cost exploration on or off (see `Policy.set_cost_exploration`)."""
     @property
@@ -660,9 +868,10 @@ class PolicyCore:
         self,
         budget_per_request_usd: float | None = None,
         budget_per_hour_usd: float | None = None,
-        pacing_step: float = 0.05,
-        pacing_carryover: float = 100.0,
-    ) -> None: ...
+        pacing_step: float | None = None,
+        pacing_carryover: float | None = None,
+    ) -> None:
+        """``None`` for the pacing settings: ``PolicyConfig``'s defaults."""
     @property
     def pacing_lambda(self) -> float: ...
     @property
@@ -694,21 +903,20 @@ class PolicyCore:
     def learner(self) -> str: ...
     def actions(self) -> list[tuple[str, str, int, int]]:
         """(model, strategy, n, uid) per action, in index order."""
-    def model_table(self) -> list[tuple[str, float, float, int, bool, float, float, float, bool]]:
-        """Every registered model's parameters plus a retired flag."""
+    def model_table(self) -> list[ModelInfo]:
+        """Every registered model, retired ones included, in registration order."""
+    def action_uids(self) -> list[int]:
+        """Stable identity of each current action, in index order."""
     def models(self) -> list[str]:
         """Names of active models."""
     def action_features(self) -> NDArray[np.float64]: ...
-    def predict(self, input_tokens: float) -> NDArray[np.float64]:
-        """(K, 5): output_tokens_per_sample, samples, rounds, cost_usd, latency_s."""
-    def predict_bounds(self, input_tokens: float) -> NDArray[np.float64]:
-        """(K, 4): cost_usd_low, latency_s_low (optimistic), cost_usd_for_limit,
-        latency_s_for_limit (what max_cost_usd / max_latency_s are checked against)."""
+    def predict(self, input_tokens: float) -> Prediction:
+        """Cost-model predictions for every action at this prompt size."""
     def action_observations(self) -> NDArray[np.uint64]:
         """(K,): outcomes observed per action (decisions and side observations)."""
     def quality_scores(self, x: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]: ...
     def add_model(
-        self, model: _ModelTuple, actions: list[tuple[str, int]]
+        self, model: ModelInfo | _ModelTuple, actions: Sequence[tuple[str, int]]
     ) -> NDArray[np.int64]: ...
     def retire_model(self, name: str) -> NDArray[np.int64]: ...
     def to_bytes(self) -> bytes:

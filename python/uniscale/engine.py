@@ -382,21 +382,20 @@ class Engine:
     ) -> RewardComponents | None:
         if upd is None or quality is None:
             return None
-        core = self.policy.core
         return RewardComponents(
             quality=float(quality),
             cost_usd=upd.cost_usd,
             latency_s=upd.latency_s,
             weights=self.policy.reward_weights,
-            cost_scale=core.cost_scale,
-            latency_scale=core.latency_scale,
+            cost_scale=self.policy.cost_scale,
+            latency_scale=self.policy.latency_scale,
             learner_updated=upd.learner_updated,
         )
 
     def _decision_record(self, choice: Choice, **outcome: Any) -> DecisionRecord:
         d = choice.decision.to_dict()
         cands = tuple(int(i) for i in d.pop("candidates"))
-        uids = [int(a[3]) for a in self.policy.core.actions()]
+        uids = self.policy.action_uids
         return DecisionRecord(
             decision_id=int(d.pop("id")),
             time_s=choice.time_s,

@@ -8,7 +8,7 @@ tokenizer-free prompt-token estimate for the cost model.
 Backends:
 
 `HashingFeaturizer` (default)
-    The ``hash-v1`` scheme of ``rust/featurize.rs``: signed feature hashing of word unigrams and
+    The ``hash-v1`` scheme of ``rust/featurize/``: signed feature hashing of word unigrams and
     bigrams (all turns; the last user turn weighted 1, the rest 0.5) and character n-grams of the
     last user turn, next to dense length and structure signals, L2-normalised. Microseconds per
     request, no network, deterministic across processes and platforms. Layout of ``x``:

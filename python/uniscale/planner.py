@@ -805,7 +805,7 @@ def candidates_from_policy(
     if len(np.asarray(x)) != policy.dim:
         raise ConfigError(f"x has {len(np.asarray(x))} features, the policy {policy.dim}")
     pred = policy.predict(float(input_tokens))
-    mean, bonus = policy.core.quality_scores(np.asarray(x, dtype=np.float64))
+    mean, bonus = policy.quality_scores(np.asarray(x, dtype=np.float64))
     z = np.array([NormalDist().inv_cdf((j + 0.5) / replicates) for j in range(replicates)])
     out = []
     for i, a in enumerate(policy.actions):

@@ -17,13 +17,34 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, SupportsIndex
 
 import numpy as np
-from numpy.typing import ArrayLike
+from numpy.typing import ArrayLike, NDArray
 
-from uniscale._core import ConfigError, Decision, PolicyCore, UnknownActionError
-from uniscale.space import STRATEGIES, Action, ActionSpace, ModelSpec, Strategy, _model_tuple
+from uniscale._core import (
+    REWARD_PRESETS,
+    ConfigError,
+    Decision,
+    PolicyConfig,
+    PolicyCore,
+    UnknownActionError,
+    UpdateResult,
+)
+from uniscale.space import STRATEGIES, Action, ActionSpace, ModelSpec, Strategy
 
 if TYPE_CHECKING:
+    from typing import Unpack
+
+    from uniscale._core import _PolicySettings
     from uniscale.planner import Plan
+
+__all__ = [
+    "PRESETS",
+    "Policy",
+    "PolicyConfig",
+    "QualityFloor",
+    "RewardWeights",
+    "UpdateResult",
+    "resolve_reward",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,12 +62,8 @@ class RewardWeights:
                 raise ConfigError(f"RewardWeights.{key} must be a finite number >= 0, got {v!r}")
 
 
-#: The presets named as in the UniScale paper (plus a middle ground).
-PRESETS: dict[str, RewardWeights] = {
-    "quality_priority": RewardWeights(quality=1.0, cost=0.1, latency=0.05),
-    "cost_sensitive": RewardWeights(quality=1.0, cost=1.0, latency=0.2),
-    "balanced": RewardWeights(quality=1.0, cost=0.4, latency=0.1),
-}
+#: The presets named as in the UniScale paper (plus a middle ground); defined in Rust.
+PRESETS: dict[str, RewardWeights] = {name: RewardWeights(*w) for name, w in REWARD_PRESETS.items()}
 
 
 def resolve_reward(reward: str | RewardWeights | tuple[float, float, float]) -> RewardWeights:
@@ -74,26 +91,13 @@ class QualityFloor:
     confidence: float = 0.95
 
 
-@dataclass(frozen=True, slots=True)
-class UpdateResult:
-    """What `Policy.update` learned from: the realised reward under the current weights."""
-
-    reward: float
-    cost_usd: float
-    latency_s: float
-    learner_updated: bool
-
-
 class Policy:
     """Selects ``(model, strategy, n)`` per request and learns from delayed feedback.
 
-    Defaults: the shared learner (what is learned transfers across actions) with
-    ``alpha = 0.3``, the exploration width that did best across seeds on the simulated
-    benchmark (``benches/bench_policy_sim.py``): smaller widths sometimes lock in on an early
-    wrong estimate, larger ones pay for more exploration. ``prior_mean = 0.5`` suits qualities
-    in [0, 1] (untried actions start in the middle, not at 0). With a budget, up to
-    ``pacing_carryover = 100`` requests' worth of unspent budget is spent later rather than
-    forgotten (see `set_budget`).
+    Settings come as one `PolicyConfig` (``config=``) or as its fields by keyword (they
+    build one, on top of ``config`` if both are given); its defaults are set once, in Rust,
+    and `PolicyConfig`'s docstring says why they are what they are. ``policy.config`` is the
+    config it was built with.
 
     ``interaction_scale`` (in [0, 1], default 1) multiplies the request features inside the
     quality learner: with the shared learner that is a ridge ``1 / s**2`` times stronger on the
@@ -127,93 +131,37 @@ class Policy:
     waiting). Thread-safe: the core is locked inside Rust with the GIL released.
     """
 
-    __slots__ = ("_core", "_specs")
+    __slots__ = ("_config", "_core", "_specs")
 
     def __init__(
         self,
         space: ActionSpace,
         dim: int,
         *,
-        learner: Literal["shared", "disjoint"] = "shared",
-        alpha: float = 0.3,
-        ridge: float = 1.0,
-        discount: float = 1.0,
-        prior_mean: float = 0.5,
-        reward: str | RewardWeights | tuple[float, float, float] = "cost_sensitive",
-        cost_scale: float | None = None,
-        latency_scale: float | None = None,
-        exploration: Literal["greedy", "epsilon", "softmax"] = "greedy",
-        epsilon: float = 0.05,
-        temperature: float = 0.1,
-        budget_per_request_usd: float | None = None,
-        budget_per_hour_usd: float | None = None,
-        pacing_step: float = 0.05,
-        pacing_carryover: float = 100.0,
-        ttl_s: float = 3600.0,
-        capacity: int = 65536,
-        seed: int = 0,
-        model_slots: int | None = None,
-        feature_version: str = "",
-        baseline: Action | int | None = None,
-        conservative_delta: float = 0.05,
-        conservative_confidence: float = 0.95,
-        quality_floor: QualityFloor | None = None,
-        interaction_scale: float = 1.0,
-        interaction_prior: float | Literal["auto"] | None = None,
-        cost_exploration: bool = False,
+        config: PolicyConfig | None = None,
+        **settings: Unpack[_PolicySettings],
     ) -> None:
         if not isinstance(space, ActionSpace):
             raise ConfigError(f"space must be an ActionSpace, got {type(space).__name__}")
-        w = resolve_reward(reward)
-        if interaction_prior is None:
-            # the default: empirical Bayes where it applies (docs/interaction_prior.md)
-            interaction_prior = "auto" if learner == "shared" and discount == 1.0 else 1.0
-        auto = interaction_prior == "auto"
-        if isinstance(interaction_prior, str) and not auto:
-            raise ConfigError(
-                f"interaction_prior must be a number >= 1 or 'auto', got {interaction_prior!r}"
-            )
+        if config is None:
+            config = PolicyConfig(**settings)
+        elif settings:
+            config = config.replace(**settings)
         self._specs: dict[str, ModelSpec] = space.models
-        self._core = PolicyCore(
-            space.core_models(),
-            dim,
-            learner=learner,
-            alpha=alpha,
-            ridge=ridge,
-            discount=discount,
-            prior_mean=prior_mean,
-            weights=(w.quality, w.cost, w.latency),
-            cost_scale=cost_scale,
-            latency_scale=latency_scale,
-            exploration=exploration,
-            epsilon=epsilon,
-            temperature=temperature,
-            budget_per_request_usd=budget_per_request_usd,
-            budget_per_hour_usd=budget_per_hour_usd,
-            pacing_step=pacing_step,
-            pacing_carryover=pacing_carryover,
-            ttl_s=ttl_s,
-            capacity=capacity,
-            seed=seed,
-            model_slots=model_slots,
-            feature_version=feature_version,
-            interaction_scale=interaction_scale,
-            interaction_prior=1.0 if auto else float(interaction_prior),
-            interaction_auto=auto,
-        )
-        if cost_exploration:
-            self._core.set_cost_exploration(True)
-        if baseline is not None and quality_floor is not None:
-            raise ConfigError("give at most one of baseline and quality_floor")
-        if baseline is not None:
+        self._config: PolicyConfig | None = config
+        self._core = PolicyCore(space.core_models(), dim, config)
+        if config.baseline is not None:
             self.set_baseline(
-                baseline, delta=conservative_delta, confidence=conservative_confidence
+                config.baseline,
+                delta=config.conservative_delta,
+                confidence=config.conservative_confidence,
             )
-        if quality_floor is not None:
+        floor = config.quality_floor
+        if floor is not None:
+            if not isinstance(floor, QualityFloor):
+                raise ConfigError(f"quality_floor must be a QualityFloor, got {floor!r}")
             self.set_quality_floor(
-                quality_floor.reference,
-                tolerance=quality_floor.tolerance,
-                confidence=quality_floor.confidence,
+                floor.reference, tolerance=floor.tolerance, confidence=floor.confidence
             )
 
     # ---- the per-request loop ----
@@ -255,10 +203,9 @@ class Policy:
         Raises `UnknownDecisionError`, `ExpiredDecisionError` or `DuplicateUpdateError`
         (nothing is learned twice); invalid values are rejected before any state changes.
         """
-        r = self._core.update(
+        return self._core.update(
             decision_id, quality, cost_usd, latency_s, output_tokens, samples_used, now
         )
-        return UpdateResult(*r)
 
     def observe(
         self,
@@ -288,7 +235,7 @@ class Policy:
         confident than they are worth.
         """
         index = self._action_index(action)
-        r = self._core.observe(
+        return self._core.observe(
             x,
             index,
             quality,
@@ -299,7 +246,6 @@ class Policy:
             samples_used,
             weight,
         )
-        return UpdateResult(*r)
 
     def _action_index(self, action: SupportsIndex | Action) -> int:
         if isinstance(action, Action):
@@ -341,8 +287,8 @@ class Policy:
         self,
         action: Action | int | None,
         *,
-        delta: float = 0.05,
-        confidence: float = 0.95,
+        delta: float | None = None,
+        confidence: float | None = None,
         quality_sd: float = 0.5,
         quality_range: tuple[float, float] = (0.0, 1.0),
     ) -> None:
@@ -363,7 +309,9 @@ class Policy:
         linear model's confidence sets; ``tests/test_conservative.py`` measures it on the real
         tables over many seeds. Changing the reward weights restarts the account, as does
         calling this again; ``None`` turns the mode off. If the baseline's model is retired the
-        mode is suspended (``conservative_status()["baseline"]`` is ``None``).
+        mode is suspended (``conservative_status()["baseline"]`` is ``None``). ``delta`` and
+        ``confidence`` default to `PolicyConfig`'s ``conservative_delta`` and
+        ``conservative_confidence``.
         """
         index = None if action is None else self._action_index(action)
         self._core.set_conservative(index, delta, confidence, quality_sd, quality_range)
@@ -429,9 +377,10 @@ class Policy:
         self,
         kind: Literal["greedy", "epsilon", "softmax"],
         *,
-        epsilon: float = 0.05,
-        temperature: float = 0.1,
+        epsilon: float | None = None,
+        temperature: float | None = None,
     ) -> None:
+        """Change the exploration rule (``None``: the `PolicyConfig` default)."""
         self._core.set_exploration(kind, epsilon, temperature)
 
     def set_cost_exploration(self, on: bool = True) -> None:
@@ -462,15 +411,16 @@ class Policy:
         *,
         per_request_usd: float | None = None,
         per_hour_usd: float | None = None,
-        pacing_step: float = 0.05,
-        pacing_carryover: float = 100.0,
+        pacing_step: float | None = None,
+        pacing_carryover: float | None = None,
     ) -> None:
         """Set (or clear, with no arguments) a long-run spend target held by pacing.
 
         The multiplier on cost follows the running overspend relative to the target;
         ``pacing_carryover`` is how many requests' worth of unspent budget is kept as credit
         and spent later (0: unspent budget is forgotten, and spend tends to land below the
-        target when the policy sometimes spends less on its own). See ``rust/pacing.rs``."""
+        target when the policy sometimes spends less on its own). ``None``: the `PolicyConfig`
+        default. See ``rust/pacing.rs``."""
         self._core.set_budget(per_request_usd, per_hour_usd, pacing_step, pacing_carryover)
 
     def add_model(
@@ -490,7 +440,7 @@ class Policy:
                 if a.model != model.name:
                     raise ConfigError(f"action {a} is not for model {model.name!r}")
             acts = [(a.strategy, a.n) for a in actions]
-        idx = self._core.add_model(_model_tuple(model), acts)
+        idx = self._core.add_model(model.info(), acts)
         self._specs[model.name] = model
         return [int(i) for i in idx]
 
@@ -512,7 +462,49 @@ class Policy:
 
     @property
     def core(self) -> PolicyCore:
+        """The Rust core (for tests and tools; everything else has a method here)."""
         return self._core
+
+    @property
+    def config(self) -> PolicyConfig | None:
+        """The settings this policy was built with (run-time changes such as `set_reward` are
+        not reflected); ``None`` for a policy restored from bytes, whose state keeps the
+        settings but not the config object."""
+        return self._config
+
+    @property
+    def action_uids(self) -> list[int]:
+        """Stable identity of each current action, in index order (``decision.action_uid``)."""
+        return self._core.action_uids()
+
+    def quality_scores(self, x: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Quality posterior ``(mean, bonus)`` per action for request features ``x``."""
+        return self._core.quality_scores(x)
+
+    @property
+    def alpha(self) -> float:
+        """The quality learner's exploration width."""
+        return self._core.alpha
+
+    @property
+    def feature_version(self) -> str:
+        """The featurizer version this policy was trained on ("" = unchecked)."""
+        return self._core.feature_version
+
+    @property
+    def cost_scale(self) -> float:
+        """Dollars per unit of reward (set from the action space when not given)."""
+        return self._core.cost_scale
+
+    @property
+    def latency_scale(self) -> float:
+        """Seconds per unit of reward (set from the action space when not given)."""
+        return self._core.latency_scale
+
+    @property
+    def total_cost_usd(self) -> float:
+        """Dollars charged to the budget pacer so far."""
+        return self._core.total_cost_usd
 
     @property
     def dim(self) -> int:
@@ -557,13 +549,7 @@ class Policy:
         ``max_latency_s`` are checked against (the point prediction once the action has
         observations of its own, else the optimistic one).
         """
-        p = self._core.predict(input_tokens)
-        cols = ("output_tokens_per_sample", "samples", "rounds", "cost_usd", "latency_s")
-        out = {c: np.ascontiguousarray(p[:, i]) for i, c in enumerate(cols)}
-        b = self._core.predict_bounds(input_tokens)
-        bounds = ("cost_usd_low", "latency_s_low", "cost_usd_for_limit", "latency_s_for_limit")
-        out.update({c: np.ascontiguousarray(b[:, i]) for i, c in enumerate(bounds)})
-        return out
+        return self._core.predict(input_tokens).to_dict()
 
     @property
     def action_observations(self) -> np.ndarray[Any, np.dtype[np.uint64]]:
@@ -639,27 +625,24 @@ class Policy:
         )
 
     @classmethod
-    def _wrap(cls, core: PolicyCore, models: Sequence[ModelSpec] | None) -> Policy:
+    def _wrap(
+        cls,
+        core: PolicyCore,
+        models: Sequence[ModelSpec] | None,
+        config: PolicyConfig | None = None,
+    ) -> Policy:
         self = cls.__new__(cls)
         self._core = core
+        self._config = config
         given = {m.name: m for m in (models or [])}
-        specs: dict[str, ModelSpec] = {}
-        for name, pin, pout, par, once, lin, lout, prior, _retired in core.model_table():
-            specs[name] = given.get(name) or ModelSpec(
-                name,
-                price_in_per_mtok=pin,
-                price_out_per_mtok=pout,
-                parallelism=par,
-                bills_prompt_once=once,
-                latency_in_s_per_token=lin,
-                latency_out_s_per_token=lout,
-                prior_output_tokens=prior,
-            )
-        self._specs = specs
+        self._specs = {
+            info.name: given.get(info.name) or ModelSpec.from_info(info)
+            for info in core.model_table()
+        }
         return self
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_restore_policy, (self.to_bytes(), list(self._specs.values())))
+        return (_restore_policy, (self.to_bytes(), list(self._specs.values()), self._config))
 
     def __repr__(self) -> str:
         return (
@@ -668,5 +651,7 @@ class Policy:
         )
 
 
-def _restore_policy(data: bytes, models: list[ModelSpec]) -> Policy:
-    return Policy.from_bytes(data, models)
+def _restore_policy(
+    data: bytes, models: list[ModelSpec], config: PolicyConfig | None = None
+) -> Policy:
+    return Policy._wrap(PolicyCore.from_bytes(data), models, config)

@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from uniscale._core import ConfigError
+from uniscale._core import ConfigError, ModelInfo
 
 Strategy = Literal["single", "self_consistency", "best_of_n", "adaptive_consistency"]
 STRATEGIES: tuple[Strategy, ...] = (
@@ -81,6 +81,26 @@ class ModelSpec:
                 f"ModelSpec.endpoint must be 'chat' or 'completions', got {self.endpoint!r}"
             )
 
+    def info(self) -> ModelInfo:
+        """What the Rust core keeps of this model (prices, parallelism, latency priors)."""
+        return ModelInfo(
+            self.name,
+            price_in_per_mtok=float(self.price_in_per_mtok),
+            price_out_per_mtok=float(self.price_out_per_mtok),
+            parallelism=int(self.parallelism),
+            bills_prompt_once=bool(self.bills_prompt_once),
+            latency_in_s_per_token=float(self.latency_in_s_per_token),
+            latency_out_s_per_token=float(self.latency_out_s_per_token),
+            prior_output_tokens=float(self.prior_output_tokens),
+        )
+
+    @classmethod
+    def from_info(cls, info: ModelInfo) -> ModelSpec:
+        """A spec with ``info``'s model parameters and the default endpoint settings."""
+        fields = info.to_dict()
+        del fields["retired"]
+        return cls(**fields)
+
     @property
     def request_model(self) -> str:
         """The ``model`` field sent to the endpoint."""
@@ -113,24 +133,6 @@ class Action:
 
     def __str__(self) -> str:
         return f"{self.model}/{self.strategy}/n={self.n}"
-
-
-#: (name, price_in, price_out, parallelism, bills_prompt_once, latency_in, latency_out,
-#: prior_output_tokens): the form `uniscale._core` takes a model in.
-ModelTuple = tuple[str, float, float, int, bool, float, float, float]
-
-
-def _model_tuple(m: ModelSpec) -> ModelTuple:
-    return (
-        m.name,
-        float(m.price_in_per_mtok),
-        float(m.price_out_per_mtok),
-        int(m.parallelism),
-        bool(m.bills_prompt_once),
-        float(m.latency_in_s_per_token),
-        float(m.latency_out_s_per_token),
-        float(m.prior_output_tokens),
-    )
 
 
 class ActionSpace:
@@ -190,24 +192,24 @@ class ActionSpace:
     def __len__(self) -> int:
         return len(self._actions)
 
-    def core_models(self) -> list[tuple[ModelTuple, list[tuple[str, int]]]]:
-        """The models and their actions in the tuple form `uniscale._core` takes."""
+    def core_models(self) -> list[tuple[ModelInfo, list[tuple[str, int]]]]:
+        """The models and their ``(strategy, n)`` actions in the form `uniscale._core` takes."""
         out = []
         for name, m in self._models.items():
             acts: list[tuple[str, int]] = [
                 (a.strategy, a.n) for a in self._actions if a.model == name
             ]
             if acts:
-                out.append((_model_tuple(m), acts))
+                out.append((m.info(), acts))
         return out
 
     def ordered_actions(self) -> list[Action]:
         """Actions in the order the core indexes them (grouped by model, in model order)."""
         return [
             Action(name, s, n)  # type: ignore[arg-type]
-            for (t, acts) in self.core_models()
+            for (info, acts) in self.core_models()
             for (s, n) in acts
-            for name in (t[0],)
+            for name in (info.name,)
         ]
 
     def features(self, model_slots: int | None = None) -> NDArray[np.float64]:

@@ -13,17 +13,46 @@ pub struct Weights {
     pub latency: f64,
 }
 
+/// The default reward weights (the `cost_sensitive` preset).
+pub const COST_SENSITIVE: Weights = Weights {
+    quality: 1.0,
+    cost: 1.0,
+    latency: 0.2,
+};
+
+/// The paper's presets (plus a middle ground), by name; `uniscale.PRESETS` is built from this.
+pub const PRESETS: [(&str, Weights); 3] = [
+    (
+        "quality_priority",
+        Weights {
+            quality: 1.0,
+            cost: 0.1,
+            latency: 0.05,
+        },
+    ),
+    ("cost_sensitive", COST_SENSITIVE),
+    (
+        "balanced",
+        Weights {
+            quality: 1.0,
+            cost: 0.4,
+            latency: 0.1,
+        },
+    ),
+];
+
 impl Weights {
-    /// The paper's presets.
+    /// One of the `PRESETS`.
     pub fn preset(name: &str) -> CoreResult<Weights> {
-        match name {
-            "quality_priority" => Ok(Weights { quality: 1.0, cost: 0.1, latency: 0.05 }),
-            "cost_sensitive" => Ok(Weights { quality: 1.0, cost: 1.0, latency: 0.2 }),
-            "balanced" => Ok(Weights { quality: 1.0, cost: 0.4, latency: 0.1 }),
-            _ => Err(CoreError::Config(format!(
-                "unknown reward preset {name:?}; expected quality_priority, cost_sensitive or balanced"
-            ))),
-        }
+        PRESETS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, w)| *w)
+            .ok_or_else(|| {
+                CoreError::Config(format!(
+                    "unknown reward preset {name:?}; expected quality_priority, cost_sensitive or balanced"
+                ))
+            })
     }
     pub fn validate(&self) -> CoreResult<()> {
         for (what, v) in [

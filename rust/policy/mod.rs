@@ -45,7 +45,7 @@ mod sync;
 #[cfg(test)]
 mod tests;
 
-pub use config::{Draw, Exploration, PolicyConfig, Weights};
+pub use config::{Draw, Exploration, PolicyConfig, Weights, COST_SENSITIVE, PRESETS};
 pub use pending::{Pending, PendingStore, COMPACT_SLACK};
 pub use quality::QualityLearner;
 pub use sync::{decode_blob, encode_blob, SyncBase, SyncParts, SYNC_FORMAT_VERSION};

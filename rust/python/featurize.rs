@@ -167,7 +167,7 @@ fn request(obj: &Bound<'_, PyAny>, at: &str) -> PyResult<OwnedRequest> {
     Ok(OwnedRequest { turns, bare: false })
 }
 
-/// The `hash-v1` featurizer of `rust/featurize.rs` (immutable, so thread-safe without a lock).
+/// The `hash-v1` featurizer of `rust/featurize/` (immutable, so thread-safe without a lock).
 #[pyclass(frozen, module = "uniscale._core", name = "FeatureHasher")]
 pub struct PyFeatureHasher {
     inner: Featurizer,
@@ -270,7 +270,7 @@ impl PyFeatureHasher {
         flat.into_pyarray(py).reshape([n, dim])
     }
 
-    /// Estimated prompt tokens (a tokenizer-free heuristic; see `rust/featurize.rs`).
+    /// Estimated prompt tokens (a tokenizer-free heuristic; see `rust/featurize/`).
     fn estimate_tokens(&self, py: Python<'_>, messages: &Bound<'_, PyAny>) -> PyResult<u64> {
         let req = request(messages, "messages")?;
         Ok(py.detach(|| {

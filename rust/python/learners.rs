@@ -35,7 +35,7 @@ fn count(value: i64, what: &str) -> Result<usize, CoreError> {
 }
 
 /// Mask argument of `select`: `None` or a (K,) boolean array.
-fn mask_1d(mask: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Vec<bool>>> {
+pub(super) fn mask_1d(mask: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Vec<bool>>> {
     match mask {
         None => Ok(None),
         Some(m) if m.is_none() => Ok(None),

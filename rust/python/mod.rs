@@ -13,6 +13,8 @@ mod learners;
 mod pareto;
 mod plan;
 mod policy;
+mod policy_config;
+mod policy_types;
 mod sync;
 
 create_exception!(
@@ -147,7 +149,16 @@ fn uniscale_core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<learners::PyLinUcb>()?;
     m.add_class::<learners::PySharedLinUcb>()?;
     m.add_class::<policy::PyPolicyCore>()?;
-    m.add_class::<policy::PyDecision>()?;
+    m.add_class::<policy_types::PyDecision>()?;
+    m.add_class::<policy_types::PyModelInfo>()?;
+    m.add_class::<policy_types::PyPrediction>()?;
+    m.add_class::<policy_types::PyUpdateResult>()?;
+    m.add_class::<policy_config::PyPolicyConfig>()?;
+    let presets = pyo3::types::PyDict::new(py);
+    for (name, w) in crate::policy::PRESETS {
+        presets.set_item(name, (w.quality, w.cost, w.latency))?;
+    }
+    m.add("REWARD_PRESETS", presets)?;
     m.add_function(wrap_pyfunction!(policy::action_features, m)?)?;
     m.add_function(wrap_pyfunction!(pareto::pareto_front, m)?)?;
     m.add_function(wrap_pyfunction!(pareto::operating_point, m)?)?;

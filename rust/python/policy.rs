@@ -1,43 +1,27 @@
-//! `PolicyCore` and `Decision` pyclasses: the per-request decision engine.
+//! `PolicyCore`: the per-request decision engine (the typed values it returns are in
+//! `policy_types.rs`, its settings in `policy_config.rs`).
 
 use std::path::PathBuf;
 
 use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods};
 use parking_lot::Mutex;
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyTuple};
 
-use super::convert::{action_index, bool_nd, f64_1d};
-use super::learners::{reduce, save_with, verified_bytes, ArrayPair};
-use super::{ShapeError, UnknownDecisionError};
-use crate::cost::Prediction;
+use super::convert::{action_index, f64_1d};
+use super::learners::{mask_1d, reduce, save_with, verified_bytes, ArrayPair};
+use super::policy_config::{budget, exploration, PyPolicyConfig};
+use super::policy_types::{ModelArg, PyDecision, PyModelInfo, PyPrediction, PyUpdateResult};
+use super::UnknownDecisionError;
 use crate::error::CoreError;
 use crate::evidence::InteractionPrior;
 use crate::learner::Config;
-use crate::pacing::Budget;
-use crate::policy::{Decision, Exploration, Feedback, NewModel, Policy, PolicyConfig, Weights};
-use crate::space::{ModelInfo, Space, Strategy};
+use crate::policy::{Feedback, NewModel, Policy, PolicyConfig, Weights};
+use crate::space::{Space, Strategy};
 use crate::state;
 
-/// (name, price_in, price_out, parallelism, bills_prompt_once, latency_in, latency_out,
-///  prior_output_tokens)
-type ModelTuple = (String, f64, f64, u32, bool, f64, f64, f64);
-
-fn model_info(t: ModelTuple) -> ModelInfo {
-    ModelInfo {
-        name: t.0,
-        price_in_per_mtok: t.1,
-        price_out_per_mtok: t.2,
-        parallelism: t.3,
-        bills_prompt_once: t.4,
-        latency_in_s_per_token: t.5,
-        latency_out_s_per_token: t.6,
-        prior_output_tokens: t.7,
-        slot: 0,
-        retired: false,
-    }
-}
+/// A model with its actions, as `PolicyCore` and `action_features` take them.
+type ModelWithActions = (ModelArg, Vec<(String, u32)>);
 
 fn actions_of(acts: Vec<(String, u32)>) -> Result<Vec<(Strategy, u32)>, CoreError> {
     acts.into_iter()
@@ -54,244 +38,8 @@ fn now_or(now: Option<f64>) -> f64 {
     })
 }
 
-fn exploration(kind: &str, epsilon: f64, temperature: f64) -> Result<Exploration, CoreError> {
-    match kind {
-        "greedy" => Ok(Exploration::Greedy),
-        "epsilon" => Ok(Exploration::Epsilon(epsilon)),
-        "softmax" => Ok(Exploration::Softmax(temperature)),
-        other => Err(CoreError::Config(format!(
-            "unknown exploration {other:?}; expected greedy, epsilon or softmax"
-        ))),
-    }
-}
-
-fn budget(per_request: Option<f64>, per_hour: Option<f64>) -> Result<Budget, CoreError> {
-    match (per_request, per_hour) {
-        (None, None) => Ok(Budget::None),
-        (Some(t), None) => Ok(Budget::PerRequest(t)),
-        (None, Some(t)) => Ok(Budget::PerHour(t)),
-        (Some(_), Some(_)) => Err(CoreError::Config(
-            "give at most one of budget_per_request_usd and budget_per_hour_usd".into(),
-        )),
-    }
-}
-
-fn mask_arg(mask: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Vec<bool>>> {
-    match mask {
-        None => Ok(None),
-        Some(m) if m.is_none() => Ok(None),
-        Some(m) => {
-            let (v, shape) = bool_nd(m, "mask")?;
-            if shape.len() != 1 {
-                return Err(ShapeError::new_err(format!(
-                    "mask must be 1-D (n_actions,), got shape {shape:?}"
-                )));
-            }
-            Ok(Some(v))
-        }
-    }
-}
-
-static ACTION_CLASS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-
-fn prediction_dict<'py>(py: Python<'py>, p: &Prediction) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    d.set_item("output_tokens_per_sample", p.output_tokens_per_sample)?;
-    d.set_item("samples", p.samples)?;
-    d.set_item("rounds", p.rounds)?;
-    d.set_item("cost_usd", p.cost_usd)?;
-    d.set_item("latency_s", p.latency_s)?;
-    Ok(d)
-}
-
-/// One decision: the chosen action with everything that explains it.
-#[pyclass(frozen, module = "uniscale._core", name = "Decision")]
-pub struct PyDecision {
-    d: Decision,
-}
-
-#[pymethods]
-impl PyDecision {
-    #[getter]
-    fn id(&self) -> u64 {
-        self.d.id
-    }
-    #[getter]
-    fn index(&self) -> usize {
-        self.d.index
-    }
-    #[getter]
-    fn action_uid(&self) -> u64 {
-        self.d.uid
-    }
-    #[getter]
-    fn model(&self) -> &str {
-        &self.d.model
-    }
-    #[getter]
-    fn strategy(&self) -> &'static str {
-        self.d.strategy.name()
-    }
-    #[getter]
-    fn n(&self) -> u32 {
-        self.d.n
-    }
-    /// The chosen action as a `uniscale.Action`.
-    #[getter]
-    fn action<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let cls = ACTION_CLASS.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
-            Ok(py.import("uniscale.space")?.getattr("Action")?.unbind())
-        })?;
-        cls.bind(py)
-            .call1((self.d.model.as_str(), self.d.strategy.name(), self.d.n))
-    }
-    #[getter]
-    fn quality_mean(&self) -> f64 {
-        self.d.quality_mean
-    }
-    #[getter]
-    fn quality_bonus(&self) -> f64 {
-        self.d.quality_bonus
-    }
-    #[getter]
-    fn mean(&self) -> f64 {
-        self.d.mean
-    }
-    #[getter]
-    fn bonus(&self) -> f64 {
-        self.d.bonus
-    }
-    #[getter]
-    fn score(&self) -> f64 {
-        self.d.score
-    }
-    #[getter]
-    fn cost_usd(&self) -> f64 {
-        self.d.prediction.cost_usd
-    }
-    #[getter]
-    fn latency_s(&self) -> f64 {
-        self.d.prediction.latency_s
-    }
-    #[getter]
-    fn output_tokens(&self) -> f64 {
-        self.d.prediction.output_tokens_per_sample
-    }
-    #[getter]
-    fn samples(&self) -> f64 {
-        self.d.prediction.samples
-    }
-    #[getter]
-    fn rounds(&self) -> f64 {
-        self.d.prediction.rounds
-    }
-    #[getter]
-    fn input_tokens(&self) -> f64 {
-        self.d.input_tokens
-    }
-    #[getter]
-    fn propensity(&self) -> f64 {
-        self.d.propensity
-    }
-    #[getter]
-    fn explored(&self) -> bool {
-        self.d.explored
-    }
-    #[getter]
-    fn fallback(&self) -> bool {
-        self.d.fallback
-    }
-    /// Conservative mode replaced the learner's choice by the baseline action (a quality
-    /// floor's guard: by the best allowed candidate).
-    #[getter]
-    fn conservative(&self) -> bool {
-        self.d.conservative
-    }
-    #[getter]
-    fn pacing_lambda(&self) -> f64 {
-        self.d.lambda
-    }
-    /// Quality-floor mode's price on quality for this decision (None in other modes).
-    #[getter]
-    fn quality_multiplier(&self) -> Option<f64> {
-        self.d.quality_multiplier
-    }
-    #[getter]
-    fn created_s(&self) -> f64 {
-        self.d.created_s
-    }
-    #[getter]
-    fn candidates<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<i64>> {
-        self.d
-            .candidates
-            .iter()
-            .map(|&c| c as i64)
-            .collect::<Vec<_>>()
-            .into_pyarray(py)
-    }
-    #[getter]
-    fn probabilities<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f64>> {
-        self.d.probabilities.clone().into_pyarray(py)
-    }
-    /// `{action index: reason}` with reason "masked", "cost", "latency" or "dominated:<index>".
-    #[getter]
-    fn pruned<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let d = PyDict::new(py);
-        for (i, r) in &self.d.pruned {
-            d.set_item(i, r.describe())?;
-        }
-        Ok(d)
-    }
-    /// A JSON-ready dict of the whole decision (for decision logs).
-    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let d = PyDict::new(py);
-        let x = &self.d;
-        d.set_item("id", x.id)?;
-        d.set_item("index", x.index)?;
-        d.set_item("action_uid", x.uid)?;
-        d.set_item("model", &x.model)?;
-        d.set_item("strategy", x.strategy.name())?;
-        d.set_item("n", x.n)?;
-        d.set_item("quality_mean", x.quality_mean)?;
-        d.set_item("quality_bonus", x.quality_bonus)?;
-        d.set_item("mean", x.mean)?;
-        d.set_item("bonus", x.bonus)?;
-        d.set_item("score", x.score)?;
-        d.set_item("prediction", prediction_dict(py, &x.prediction)?)?;
-        d.set_item("input_tokens", x.input_tokens)?;
-        d.set_item("propensity", x.propensity)?;
-        d.set_item("explored", x.explored)?;
-        d.set_item("fallback", x.fallback)?;
-        d.set_item("conservative", x.conservative)?;
-        d.set_item("pacing_lambda", x.lambda)?;
-        d.set_item("quality_multiplier", x.quality_multiplier)?;
-        d.set_item("candidates", x.candidates.clone())?;
-        d.set_item("probabilities", x.probabilities.clone())?;
-        let pr = PyDict::new(py);
-        for (i, r) in &x.pruned {
-            pr.set_item(i.to_string(), r.describe())?;
-        }
-        d.set_item("pruned", pr)?;
-        d.set_item("created_s", x.created_s)?;
-        Ok(d)
-    }
-    fn __repr__(&self) -> String {
-        format!(
-            "Decision(id={}, action={}/{}/n={}, score={:.4}, cost_usd={:.3e}, latency_s={:.3}, propensity={:.3}{})",
-            self.d.id,
-            self.d.model,
-            self.d.strategy.name(),
-            self.d.n,
-            self.d.score,
-            self.d.prediction.cost_usd,
-            self.d.prediction.latency_s,
-            self.d.propensity,
-            if self.d.fallback { ", fallback" } else if self.d.conservative { ", conservative" } else { "" }
-        )
-    }
-}
-
-/// The numeric core of `uniscale.Policy` (use that class; this one takes raw tuples).
+/// The numeric core of `uniscale.Policy` (use that class; it adds the `ActionSpace`, the
+/// `ModelSpec`s' endpoint settings and the `Action` objects).
 #[pyclass(frozen, module = "uniscale._core", name = "PolicyCore")]
 pub struct PyPolicyCore {
     pub(super) inner: Mutex<Policy>,
@@ -299,61 +47,31 @@ pub struct PyPolicyCore {
 
 #[pymethods]
 impl PyPolicyCore {
+    /// A policy over `models` (each a `ModelInfo` with its `(strategy, n)` actions) for
+    /// request features of length `dim`, with the settings of `config` (`PolicyConfig()`
+    /// when omitted).
     #[new]
-    #[pyo3(signature = (
-        models, dim, *, learner="shared", alpha=1.0, ridge=1.0, discount=1.0, prior_mean=0.0,
-        weights=(1.0, 1.0, 0.2), cost_scale=None, latency_scale=None, exploration="greedy",
-        epsilon=0.05, temperature=0.1, budget_per_request_usd=None, budget_per_hour_usd=None,
-        pacing_step=0.05, pacing_carryover=100.0, ttl_s=3600.0, capacity=65536,
-        seed=0, model_slots=None, feature_version=String::new(), interaction_scale=1.0,
-        interaction_prior=1.0, interaction_auto=false
-    ))]
-    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (models, dim, config=None))]
     fn new(
-        models: Vec<(ModelTuple, Vec<(String, u32)>)>,
+        py: Python<'_>,
+        models: Vec<ModelWithActions>,
         dim: i64,
-        learner: &str,
-        alpha: f64,
-        ridge: f64,
-        discount: f64,
-        prior_mean: f64,
-        weights: (f64, f64, f64),
-        cost_scale: Option<f64>,
-        latency_scale: Option<f64>,
-        exploration: &str,
-        epsilon: f64,
-        temperature: f64,
-        budget_per_request_usd: Option<f64>,
-        budget_per_hour_usd: Option<f64>,
-        pacing_step: f64,
-        pacing_carryover: f64,
-        ttl_s: f64,
-        capacity: i64,
-        seed: u64,
-        model_slots: Option<i64>,
-        feature_version: String,
-        interaction_scale: f64,
-        interaction_prior: f64,
-        interaction_auto: bool,
+        config: Option<Bound<'_, PyPolicyConfig>>,
     ) -> PyResult<Self> {
-        let shared = match learner {
-            "shared" => true,
-            "disjoint" => false,
-            other => {
-                return Err(CoreError::Config(format!(
-                    "learner must be 'shared' or 'disjoint', got {other:?}"
-                ))
-                .into())
-            }
+        let config = match config {
+            Some(c) => c,
+            None => PyPolicyConfig::default_bound(py)?,
         };
+        let c = config.get();
+        let shared = c.learner == "shared";
         let dim = usize::try_from(dim)
             .ok()
             .filter(|d| *d >= 1)
             .ok_or_else(|| CoreError::Config(format!("dim must be >= 1, got {dim}")))?;
-        let capacity = usize::try_from(capacity)
-            .map_err(|_| CoreError::Config(format!("capacity must be >= 1, got {capacity}")))?;
+        let capacity = usize::try_from(c.capacity)
+            .map_err(|_| CoreError::Config(format!("capacity must be >= 1, got {}", c.capacity)))?;
         let n_models = models.len();
-        let slots = match model_slots {
+        let slots = match c.model_slots {
             // One spare slot for a model added while serving (each slot widens the shared
             // learner's joint dimension by d + 1; pass model_slots to reserve more).
             None => n_models.max(1) + 1,
@@ -362,50 +80,38 @@ impl PyPolicyCore {
         };
         let mut new_models: Vec<NewModel> = Vec::with_capacity(n_models);
         for (m, acts) in models {
-            new_models.push((model_info(m), actions_of(acts)?));
+            new_models.push((m.0, actions_of(acts)?));
         }
-        for (what, v) in [("cost_scale", cost_scale), ("latency_scale", latency_scale)] {
-            if let Some(v) = v {
-                if !(v.is_finite() && v > 0.0) {
-                    return Err(CoreError::Config(format!(
-                        "{what} must be finite and > 0, got {v}"
-                    ))
-                    .into());
-                }
-            }
-        }
+        let (mult, auto) = c.interaction();
         let cfg = PolicyConfig {
-            cost_scale: cost_scale.unwrap_or(f64::NAN),
-            latency_scale: latency_scale.unwrap_or(f64::NAN),
-            exploration: self::exploration(exploration, epsilon, temperature)?,
-            ttl_s,
+            cost_scale: c.cost_scale.unwrap_or(f64::NAN),
+            latency_scale: c.latency_scale.unwrap_or(f64::NAN),
+            exploration: c.exploration_rule()?,
+            ttl_s: c.ttl_s,
             capacity,
-            feature_version,
-            interaction_scale,
-            interaction_prior: InteractionPrior::new(interaction_prior, interaction_auto)?,
+            feature_version: c.feature_version.clone(),
+            interaction_scale: c.interaction_scale,
+            interaction_prior: InteractionPrior::new(mult, auto)?,
         };
-        let p = Policy::new(
+        let mut p = Policy::new(
             new_models,
             slots,
             dim,
             shared,
             Config {
-                alpha,
-                ridge,
-                discount,
-                prior_mean,
+                alpha: c.alpha,
+                ridge: c.ridge,
+                discount: c.discount,
+                prior_mean: c.prior_mean,
             },
-            Weights {
-                quality: weights.0,
-                cost: weights.1,
-                latency: weights.2,
-            },
+            c.weights(),
             cfg,
-            budget(budget_per_request_usd, budget_per_hour_usd)?,
-            pacing_step,
-            pacing_carryover,
-            seed,
+            c.budget_rule()?,
+            c.pacing_step,
+            c.pacing_carryover,
+            c.seed,
         )?;
+        p.set_cost_exploration(c.cost_exploration);
         Ok(PyPolicyCore {
             inner: Mutex::new(p),
         })
@@ -424,7 +130,7 @@ impl PyPolicyCore {
         now: Option<f64>,
     ) -> PyResult<PyDecision> {
         let x = f64_1d(x, "x")?;
-        let mask = mask_arg(mask)?;
+        let mask = mask_1d(mask)?;
         let now = now_or(now);
         let d = py.detach(|| {
             self.inner.lock().select(
@@ -439,7 +145,7 @@ impl PyPolicyCore {
         Ok(PyDecision { d })
     }
 
-    /// Feedback for a decision; returns (reward, cost_usd, latency_s, learner_updated).
+    /// Feedback for a decision.
     #[pyo3(signature = (decision_id, quality, cost_usd=None, latency_s=None, output_tokens=None, samples_used=None, now=None))]
     #[allow(clippy::too_many_arguments)]
     fn update(
@@ -452,7 +158,7 @@ impl PyPolicyCore {
         output_tokens: Option<f64>,
         samples_used: Option<f64>,
         now: Option<f64>,
-    ) -> PyResult<(f64, f64, f64, bool)> {
+    ) -> PyResult<PyUpdateResult> {
         // Ids are u64 in the core; anything else (negative, huge, not an int, a bool) was never
         // issued.
         let extracted: PyResult<u64> = if decision_id.is_instance_of::<PyBool>() {
@@ -478,11 +184,11 @@ impl PyPolicyCore {
         };
         let now = now_or(now);
         let r = py.detach(|| self.inner.lock().update(id, fb, now))?;
-        Ok((r.reward, r.cost_usd, r.latency_s, r.learner_updated))
+        Ok(PyUpdateResult { r })
     }
 
     /// Learns from an outcome no decision asked for (a sub-action seen inside a larger run, a
-    /// warm start, another replica); returns (reward, cost_usd, latency_s, learner_updated).
+    /// warm start, another replica).
     #[pyo3(signature = (x, action, quality, input_tokens=0.0, cost_usd=None, latency_s=None, output_tokens=None, samples_used=None, weight=1.0))]
     #[allow(clippy::too_many_arguments)]
     fn observe(
@@ -497,7 +203,7 @@ impl PyPolicyCore {
         output_tokens: Option<f64>,
         samples_used: Option<f64>,
         weight: f64,
-    ) -> PyResult<(f64, f64, f64, bool)> {
+    ) -> PyResult<PyUpdateResult> {
         let action = action_index(action)?;
         let x = f64_1d(x, "x")?;
         let fb = Feedback {
@@ -512,7 +218,7 @@ impl PyPolicyCore {
                 .lock()
                 .observe(&x, action, input_tokens, fb, weight)
         })?;
-        Ok((r.reward, r.cost_usd, r.latency_s, r.learner_updated))
+        Ok(PyUpdateResult { r })
     }
 
     fn set_weights(&self, quality: f64, cost: f64, latency: f64) -> PyResult<()> {
@@ -529,21 +235,34 @@ impl PyPolicyCore {
         (w.quality, w.cost, w.latency)
     }
 
-    /// Conservative mode around the action at `index`, or off with `None`.
+    /// Conservative mode around the action at `index`, or off with `None`; `delta` and
+    /// `confidence` default to `PolicyConfig`'s `conservative_delta` / `_confidence`.
     #[pyo3(signature = (
-        index, delta=0.05, confidence=0.95, quality_sd=0.5, quality_range=(0.0, 1.0),
+        index, delta=None, confidence=None, quality_sd=0.5, quality_range=(0.0, 1.0),
         floor=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn set_conservative(
         &self,
+        py: Python<'_>,
         index: Option<&Bound<'_, PyAny>>,
-        delta: f64,
-        confidence: f64,
+        delta: Option<f64>,
+        confidence: Option<f64>,
         quality_sd: f64,
         quality_range: (f64, f64),
         floor: Option<f64>,
     ) -> PyResult<()> {
+        let (delta, confidence) = match (delta, confidence) {
+            (Some(d), Some(c)) => (d, c),
+            _ => {
+                let dflt = PyPolicyConfig::default_bound(py)?;
+                let c = dflt.get();
+                (
+                    delta.unwrap_or(c.conservative_delta),
+                    confidence.unwrap_or(c.conservative_confidence),
+                )
+            }
+        };
         let i = match index {
             Some(v) if !v.is_none() => Some(action_index(v)?),
             _ => None,
@@ -596,39 +315,46 @@ impl PyPolicyCore {
         Ok(Some(d))
     }
 
-    #[pyo3(signature = (kind, epsilon=0.05, temperature=0.1))]
-    fn set_exploration(&self, kind: &str, epsilon: f64, temperature: f64) -> PyResult<()> {
-        let e = exploration(kind, epsilon, temperature)?;
+    /// `epsilon` and `temperature` default to `PolicyConfig`'s.
+    #[pyo3(signature = (kind, epsilon=None, temperature=None))]
+    fn set_exploration(
+        &self,
+        py: Python<'_>,
+        kind: &str,
+        epsilon: Option<f64>,
+        temperature: Option<f64>,
+    ) -> PyResult<()> {
+        let dflt = PyPolicyConfig::default_bound(py)?;
+        let c = dflt.get();
+        let e = exploration(
+            kind,
+            epsilon.unwrap_or(c.epsilon),
+            temperature.unwrap_or(c.temperature),
+        )?;
         Ok(self.inner.lock().set_exploration(e)?)
     }
 
-    /// Cost exploration on or off (see `Policy.set_cost_exploration`).
-    fn set_cost_exploration(&self, on: bool) {
-        self.inner.lock().set_cost_exploration(on);
-    }
-
-    #[getter]
-    fn cost_exploration(&self) -> bool {
-        self.inner.lock().cost_exploration()
-    }
-
+    /// `pacing_step` and `pacing_carryover` default to `PolicyConfig`'s.
     #[pyo3(signature = (
-        budget_per_request_usd=None, budget_per_hour_usd=None, pacing_step=0.05,
-        pacing_carryover=100.0
+        budget_per_request_usd=None, budget_per_hour_usd=None, pacing_step=None,
+        pacing_carryover=None
     ))]
     fn set_budget(
         &self,
+        py: Python<'_>,
         budget_per_request_usd: Option<f64>,
         budget_per_hour_usd: Option<f64>,
-        pacing_step: f64,
-        pacing_carryover: f64,
+        pacing_step: Option<f64>,
+        pacing_carryover: Option<f64>,
     ) -> PyResult<()> {
         let b = budget(budget_per_request_usd, budget_per_hour_usd)?;
-        Ok(self
-            .inner
-            .lock()
-            .pacer
-            .set_budget(b, pacing_step, pacing_carryover)?)
+        let dflt = PyPolicyConfig::default_bound(py)?;
+        let c = dflt.get();
+        let (step, carry) = (
+            pacing_step.unwrap_or(c.pacing_step),
+            pacing_carryover.unwrap_or(c.pacing_carryover),
+        );
+        Ok(self.inner.lock().pacer.set_budget(b, step, carry)?)
     }
 
     /// Unspent budget kept as credit, in requests' worth of the target (0 when over budget).
@@ -708,27 +434,20 @@ impl PyPolicyCore {
             .collect()
     }
 
-    /// Every registered model as (name, price_in, price_out, parallelism, bills_prompt_once,
-    /// latency_in, latency_out, prior_output_tokens, retired).
-    #[allow(clippy::type_complexity)]
-    fn model_table(&self) -> Vec<(String, f64, f64, u32, bool, f64, f64, f64, bool)> {
+    /// Every registered model, retired ones included, in registration order.
+    fn model_table(&self) -> Vec<PyModelInfo> {
         let p = self.inner.lock();
-        p.space
-            .models
+        p.space.models.iter().map(PyModelInfo::from_core).collect()
+    }
+
+    /// Stable identity of each current action, in index order (`Decision.action_uid`).
+    fn action_uids(&self) -> Vec<u64> {
+        self.inner
+            .lock()
+            .space
+            .actions
             .iter()
-            .map(|m| {
-                (
-                    m.name.clone(),
-                    m.price_in_per_mtok,
-                    m.price_out_per_mtok,
-                    m.parallelism,
-                    m.bills_prompt_once,
-                    m.latency_in_s_per_token,
-                    m.latency_out_s_per_token,
-                    m.prior_output_tokens,
-                    m.retired,
-                )
-            })
+            .map(|a| a.uid)
             .collect()
     }
 
@@ -751,56 +470,25 @@ impl PyPolicyCore {
         psi.into_pyarray(py).reshape([k, w])
     }
 
-    /// Cost-model predictions for every action: (K, 5) columns output_tokens_per_sample,
-    /// samples, rounds, cost_usd, latency_s.
-    fn predict<'py>(
-        &self,
-        py: Python<'py>,
-        input_tokens: f64,
-    ) -> PyResult<Bound<'py, PyArray2<f64>>> {
-        let preds = self.inner.lock().predict_all(input_tokens)?;
-        let k = preds.len();
-        let flat: Vec<f64> = preds
-            .iter()
-            .flat_map(|p| {
-                [
-                    p.output_tokens_per_sample,
-                    p.samples,
-                    p.rounds,
-                    p.cost_usd,
-                    p.latency_s,
-                ]
-            })
-            .collect();
-        flat.into_pyarray(py).reshape([k, 5])
-    }
-
-    /// Optimistic estimates and the values limits are checked against for every action:
-    /// (K, 4) columns cost_usd_low, latency_s_low, cost_usd_for_limit, latency_s_for_limit.
-    fn predict_bounds<'py>(
-        &self,
-        py: Python<'py>,
-        input_tokens: f64,
-    ) -> PyResult<Bound<'py, PyArray2<f64>>> {
-        let est = self.inner.lock().estimate_all(input_tokens)?;
-        let k = est.len();
-        let flat: Vec<f64> = est
-            .iter()
-            .flat_map(|e| {
-                [
-                    e.cost_usd_low,
-                    e.latency_s_low,
-                    e.cost_usd_for_limit(),
-                    e.latency_s_for_limit(),
-                ]
-            })
-            .collect();
-        flat.into_pyarray(py).reshape([k, 4])
+    /// Cost-model predictions for every action at this prompt size.
+    fn predict(&self, input_tokens: f64) -> PyResult<PyPrediction> {
+        let rows = self.inner.lock().estimate_all(input_tokens)?;
+        Ok(PyPrediction { rows })
     }
 
     /// Outcomes observed per action (decisions and side observations), (K,).
     fn action_observations<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<u64>> {
         self.inner.lock().action_observations().into_pyarray(py)
+    }
+
+    /// Cost exploration on or off (see `Policy.set_cost_exploration`).
+    fn set_cost_exploration(&self, on: bool) {
+        self.inner.lock().set_cost_exploration(on);
+    }
+
+    #[getter]
+    fn cost_exploration(&self) -> bool {
+        self.inner.lock().cost_exploration()
     }
 
     /// Quality posterior (mean, bonus) per action for request features x.
@@ -818,11 +506,11 @@ impl PyPolicyCore {
     fn add_model<'py>(
         &self,
         py: Python<'py>,
-        model: ModelTuple,
+        model: ModelArg,
         actions: Vec<(String, u32)>,
     ) -> PyResult<Bound<'py, PyArray1<i64>>> {
         let acts = actions_of(actions)?;
-        let idx = self.inner.lock().add_model(model_info(model), &acts)?;
+        let idx = self.inner.lock().add_model(model.0, &acts)?;
         Ok(idx
             .into_iter()
             .map(|i| i as i64)
@@ -883,12 +571,12 @@ impl PyPolicyCore {
 #[pyo3(signature = (models, model_slots=None))]
 pub fn action_features<'py>(
     py: Python<'py>,
-    models: Vec<(ModelTuple, Vec<(String, u32)>)>,
+    models: Vec<ModelWithActions>,
     model_slots: Option<usize>,
 ) -> PyResult<Bound<'py, PyArray2<f64>>> {
     let mut space = Space::new(model_slots.unwrap_or(models.len().max(1) + 1))?;
     for (m, acts) in models {
-        let mi = space.add_model(model_info(m))?;
+        let mi = space.add_model(m.0)?;
         for (s, n) in actions_of(acts)? {
             space.add_action(mi, s, n)?;
         }

@@ -555,7 +555,7 @@ def _models(args: argparse.Namespace) -> list[CollectModel]:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from uniscale.cli import _parse_prices
+    from uniscale.lab.cli_common import parse_prices
 
     for noisy in ("httpx", "httpcore"):  # one INFO line per request drowns the progress bar
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -593,7 +593,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         table = calibration_table(
             summary.table,
             args.items,
-            prices=_parse_prices(args.price),
+            prices=parse_prices(args.price),
             parallelism=args.parallelism,
         )
     except CollectError as exc:

@@ -170,7 +170,7 @@ def _policy_candidates(state: str, prompt: str) -> tuple[list[Any], str]:
 
     policy = Policy.load(state)
     featurizer = Featurizer(policy.dim)
-    wanted = policy.core.feature_version
+    wanted = policy.feature_version
     if wanted and wanted != featurizer.version:
         raise SystemExit(
             f"error: {state} was trained on {wanted!r} features; `uniscale plan --policy` "
@@ -178,6 +178,6 @@ def _policy_candidates(state: str, prompt: str) -> tuple[list[Any], str]:
             "uniscale.planner.candidates_from_policy and your featurizer)"
         )
     x, tokens = featurizer.featurize_with_tokens(prompt)
-    alpha = policy.core.alpha
+    alpha = policy.alpha
     candidates = planner.candidates_from_policy(policy, x, float(tokens), alpha=alpha)
     return list(candidates), f"policy {state} for a {tokens}-token prompt"
