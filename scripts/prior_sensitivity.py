@@ -104,8 +104,9 @@ def main(argv: list[str] | None = None) -> int:
                             fixed.append(next(r for r in res if r.name == "best_fixed").reward)
                 for pname in PRIORS:
                     mean = [r.mean() for r in rewards[pname]]
-                    diff = [(a - b).mean() for a, b in zip(rewards[pname], rewards["x1"])]
-                    vs_fixed = [(a - b).mean() for a, b in zip(rewards[pname], fixed)]
+                    ref = rewards["x1"]
+                    diff = [(a - b).mean() for a, b in zip(rewards[pname], ref, strict=True)]
+                    vs_fixed = [(a - b).mean() for a, b in zip(rewards[pname], fixed, strict=True)]
                     lines.append(
                         f"| {tname} | {preset} | {'on' if on else 'off'} | {pname} | "
                         f"{np.mean(mean):+.4f} | {np.mean(diff):+.4f} ± {np.std(diff):.4f} | "

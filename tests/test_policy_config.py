@@ -131,7 +131,8 @@ def test_prediction_is_named_once() -> None:
     pred = p.core.predict(700.0)
     assert isinstance(pred, Prediction) and len(pred) == p.n_actions
     arr = pred.as_array()
-    assert arr.shape == (p.n_actions, 5) and np.array_equal(np.asarray(pred), arr)
+    assert arr.shape == (p.n_actions, len(Prediction.COLUMNS)) == (p.n_actions, 9)
+    assert np.array_equal(np.asarray(pred), arr)
     for j, name in enumerate(Prediction.COLUMNS):
         assert np.array_equal(getattr(pred, name), arr[:, j])
         assert np.array_equal(p.predict(700.0)[name], arr[:, j])
