@@ -851,8 +851,8 @@ class PolicyCore:
         index: int | None,
         delta: float | None = None,
         confidence: float | None = None,
-        quality_sd: float = 0.5,
-        quality_range: tuple[float, float] = ...,  # (0.0, 1.0)
+        quality_sd: float | None = None,
+        quality_range: tuple[float, float] | None = None,
         floor: float | None = None,
     ) -> None: ...
     def conservative_status(self) -> dict[str, Any] | None: ...

@@ -91,6 +91,10 @@ class QualityFloor:
     confidence: float = 0.95
 
 
+#: `QualityFloor`'s defaults, which `Policy.set_quality_floor` shares.
+_FLOOR_DEFAULTS = QualityFloor(reference=0)
+
+
 class Policy:
     """Selects ``(model, strategy, n)`` per request and learns from delayed feedback.
 
@@ -289,8 +293,8 @@ class Policy:
         *,
         delta: float | None = None,
         confidence: float | None = None,
-        quality_sd: float = 0.5,
-        quality_range: tuple[float, float] = (0.0, 1.0),
+        quality_sd: float | None = None,
+        quality_range: tuple[float, float] | None = None,
     ) -> None:
         """Conservative mode: ``action`` is what the team serves today, and exploration is
         constrained so that, with probability about ``confidence``, the cumulative reward never
@@ -311,7 +315,8 @@ class Policy:
         calling this again; ``None`` turns the mode off. If the baseline's model is retired the
         mode is suspended (``conservative_status()["baseline"]`` is ``None``). ``delta`` and
         ``confidence`` default to `PolicyConfig`'s ``conservative_delta`` and
-        ``conservative_confidence``.
+        ``conservative_confidence``; ``quality_sd`` and ``quality_range`` to 0.5 and (0, 1)
+        (set in ``PolicyCore.set_conservative``).
         """
         index = None if action is None else self._action_index(action)
         self._core.set_conservative(index, delta, confidence, quality_sd, quality_range)
@@ -320,10 +325,10 @@ class Policy:
         self,
         reference: Action | int | None,
         *,
-        tolerance: float = 0.01,
-        confidence: float = 0.95,
-        quality_sd: float = 0.5,
-        quality_range: tuple[float, float] = (0.0, 1.0),
+        tolerance: float | None = None,
+        confidence: float | None = None,
+        quality_sd: float | None = None,
+        quality_range: tuple[float, float] | None = None,
     ) -> None:
         """Quality-floor mode: keep the quality of ``reference`` (the action a team serves
         today) and spend as little as possible. The promise is about the stream: with
@@ -356,9 +361,14 @@ class Policy:
         The reference's quality is learned from the requests served by it; no labels beyond
         the usual feedback. Unlike `set_baseline`, a change of reward weights keeps the
         account (qualities do not depend on them). ``None`` turns the mode off. Measured in
-        docs/quality_floor.md.
+        docs/quality_floor.md. ``tolerance`` and ``confidence`` default to `QualityFloor`'s;
+        ``quality_sd`` and ``quality_range`` as in `set_baseline`.
         """
         index = None if reference is None else self._action_index(reference)
+        if tolerance is None:
+            tolerance = _FLOOR_DEFAULTS.tolerance
+        if confidence is None:
+            confidence = _FLOOR_DEFAULTS.confidence
         self._core.set_conservative(
             index, 0.0, confidence, quality_sd, quality_range, float(tolerance)
         )

@@ -238,8 +238,7 @@ impl PyPolicyCore {
     /// Conservative mode around the action at `index`, or off with `None`; `delta` and
     /// `confidence` default to `PolicyConfig`'s `conservative_delta` / `_confidence`.
     #[pyo3(signature = (
-        index, delta=None, confidence=None, quality_sd=0.5, quality_range=(0.0, 1.0),
-        floor=None
+        index, delta=None, confidence=None, quality_sd=None, quality_range=None, floor=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn set_conservative(
@@ -248,10 +247,14 @@ impl PyPolicyCore {
         index: Option<&Bound<'_, PyAny>>,
         delta: Option<f64>,
         confidence: Option<f64>,
-        quality_sd: f64,
-        quality_range: (f64, f64),
+        quality_sd: Option<f64>,
+        quality_range: Option<(f64, f64)>,
         floor: Option<f64>,
     ) -> PyResult<()> {
+        // The noise scale of one quality and the range its bounds are clipped to: qualities in
+        // [0, 1] unless told otherwise.
+        let quality_sd = quality_sd.unwrap_or(0.5);
+        let quality_range = quality_range.unwrap_or((0.0, 1.0));
         let (delta, confidence) = match (delta, confidence) {
             (Some(d), Some(c)) => (d, c),
             _ => {
