@@ -842,7 +842,7 @@ class Server:
     def _log_shadow(self, served: Decision, shadow: Decision) -> None:
         if self.log is None:
             return
-        uids = [a[3] for a in self.policy.core.actions()]
+        uids = self.policy.action_uids
         sd = shadow.to_dict()
         record = {
             "schema": 1,
