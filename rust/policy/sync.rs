@@ -193,28 +193,14 @@ fn cost_prior(space: &Space) -> CostModel {
 /// A cost-model regression's data statistics (the prior lives in the regression itself, not in
 /// its `A` and `b`): upper triangle of `sum f f'`, `sum y f`, count.
 fn push_rls(out: &mut Vec<f64>, r: &CostRidge) {
-    let n = r.b.len();
-    for i in 0..n {
-        for j in i..n {
-            out.push(r.a[i * n + j]);
-        }
-    }
+    push_upper(out, &r.a, r.b.len(), 0.0);
     out.extend_from_slice(&r.b);
     out.push(r.count as f64);
 }
 
 fn read_rls(c: &mut Cursor, prior: &CostRidge) -> CoreResult<CostRidge> {
     let n = prior.b.len();
-    let u = c.take(tri_len(n))?;
-    let mut a = vec![0.0; n * n];
-    let mut k = 0;
-    for i in 0..n {
-        for j in i..n {
-            a[i * n + j] = u[k];
-            a[j * n + i] = u[k];
-            k += 1;
-        }
-    }
+    let a = c.matrix(n, 0.0)?;
     let b = c.take(n)?.to_vec();
     let count = c.count("cost model")?;
     prior
