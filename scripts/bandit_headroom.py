@@ -33,7 +33,9 @@ F64 = NDArray[np.float64]
 PRIOR_OBS = 20.0
 
 
-def etc(r: F64, kind_ix: NDArray[np.int64], m: int, per_kind: bool, rng: np.random.Generator) -> F64:
+def etc(
+    r: F64, kind_ix: NDArray[np.int64], m: int, per_kind: bool, rng: np.random.Generator
+) -> F64:
     t_n, k = r.shape
     m = min(m, t_n)
     explore = rng.integers(0, k, m)
@@ -114,11 +116,15 @@ def main() -> None:
                 runs["ts_kind"] = thompson(r, kind_ix, True, rng)
                 for key, run in runs.items():
                     rows.setdefault(key, []).append(float((run - fixed).mean()))
-            print(f"\n{name} / {preset}: mean reward per request minus best fixed, {args.seeds} seeds")
+            print(
+                f"\n{name} / {preset}: mean reward per request minus best fixed, {args.seeds} seeds"
+            )
             for key, diffs in rows.items():
                 d = np.array(diffs)
                 ci = 1.96 * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else 0.0
-                print(f"  {key:26} {d.mean():+.4f} ± {ci:.4f}  (ahead {int((d > 0).sum())}/{len(d)})")
+                print(
+                    f"  {key:26} {d.mean():+.4f} ± {ci:.4f}  (ahead {int((d > 0).sum())}/{len(d)})"
+                )
 
 
 if __name__ == "__main__":
