@@ -4,6 +4,7 @@ mid-response. The proxy answers within its deadline with the fallback action or 
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -24,6 +25,7 @@ def _post(base: str, model: str = "small", **kw: object) -> httpx.Response:
     return httpx.post(f"{base}/v1/chat/completions", json=body, timeout=30)
 
 
+@pytest.mark.parametrize("upstream_http", ["aiohttp", "httpx"])
 @pytest.mark.parametrize(
     ("mode", "status", "kind"),
     [
@@ -34,12 +36,14 @@ def _post(base: str, model: str = "small", **kw: object) -> httpx.Response:
     ],
 )
 def test_fault_gives_a_clean_error_and_a_logged_decision(
-    tmp_path: Path, mode: str, status: int, kind: str
+    tmp_path: Path, mode: str, status: int, kind: str, upstream_http: str
 ) -> None:
+    """Both connection layers under httpx map every fault to the same error."""
     with Upstream(mode=mode, hang_s=3.0) as up:
         cfg = config(
             {"small": up.base_url},
             tmp=tmp_path,
+            server=f'upstream_http = "{upstream_http}"',
             executor="timeout_s = 0.5\ndeadline_s = 1.0\nretries = 0",
         )
         with running_server(cfg) as run:
@@ -164,3 +168,30 @@ def test_deadline_knob_bounds_a_slow_upstream(tmp_path: Path) -> None:
     assert elapsed < 2.5
     (rec,) = read_log(tmp_path / "decisions.jsonl")
     assert rec["error"]["type"] in ("DeadlineExceeded", "AllSamplesFailed")
+
+
+def test_upstream_http_setting_picks_the_connection_layer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from httpx_aiohttp import AiohttpTransport
+
+    from uniscale._core import ConfigError
+    from uniscale.serve.hooks import ShardedTransport, upstream_transport
+
+    assert isinstance(upstream_transport("aiohttp", 8), AiohttpTransport)
+    assert isinstance(upstream_transport("auto", 8), AiohttpTransport)
+    assert isinstance(upstream_transport("httpx", 8), ShardedTransport)
+    with pytest.raises(ConfigError, match="upstream_http"):
+        upstream_transport("curl", 8)
+    # without the package: auto falls back to httpx, an explicit aiohttp says what to install
+    monkeypatch.setitem(sys.modules, "httpx_aiohttp", None)
+    assert isinstance(upstream_transport("auto", 8), ShardedTransport)
+    with pytest.raises(ConfigError, match=r"uniscale\[serve\]"):
+        upstream_transport("aiohttp", 8)
+
+
+def test_upstream_http_bad_value_names_the_key() -> None:
+    from uniscale.serve.config import ServeConfigError
+
+    with pytest.raises(ServeConfigError, match="upstream_http"):
+        config({"small": "http://127.0.0.1:9/v1"}, server='upstream_http = "curl"')

@@ -62,7 +62,7 @@ from uniscale.router import (
     json_safe,
 )
 from uniscale.serve.config import ServeConfig
-from uniscale.serve.hooks import CURRENT, RequestSlot, ServedPolicy, ShardedTransport, StreamTap
+from uniscale.serve.hooks import CURRENT, RequestSlot, ServedPolicy, StreamTap, upstream_transport
 from uniscale.serve.metrics import CONTENT_TYPE_LATEST, Metrics
 from uniscale.serve.state import load_policy, snapshot
 from uniscale.space import Action, ActionSpace
@@ -156,7 +156,9 @@ class Server:
             cfg.state.policy_path, self._fresh_policy, cfg.models, grid, cfg.policy.dim
         )
         self._configure_policy()
-        inner = transport or ShardedTransport(8, 4 * cfg.server.max_inflight + 16)
+        inner = transport or upstream_transport(
+            cfg.server.upstream_http, 4 * cfg.server.max_inflight + 16
+        )
         ex = cfg.executor
         self.executor = Executor(
             list(cfg.models),

@@ -35,6 +35,7 @@ Mode = Literal["normal", "shadow", "conservative"]
 #: in-flight requests per model when ``[[models]] max_concurrency`` is not given
 DEFAULT_MODEL_CONCURRENCY = 32
 FeedbackKind = Literal["deferred", "confidence"]
+UpstreamHTTP = Literal["auto", "aiohttp", "httpx"]
 
 
 class ServeConfigError(ConfigError):
@@ -53,6 +54,7 @@ class ServerSettings:
     client_token_env: str | None = None
     admin_token_env: str | None = None
     graceful_shutdown_s: float = 30.0
+    upstream_http: UpstreamHTTP = "auto"
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +262,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "client_token_env": _env,
         "admin_token_env": _env,
         "graceful_shutdown_s": _float(0.0),
+        "upstream_http": _str(("auto", "aiohttp", "httpx")),
     },
     "policy": {
         "dim": _int(1, 4096),
@@ -515,6 +518,7 @@ mode = "normal"                   # normal | shadow | conservative (both need [p
 max_body_bytes = 1000000
 max_inflight = 64                 # routed requests executing at once (server-wide)
 max_samples = 64                  # no action drawing more samples than this per request
+upstream_http = "auto"            # auto | aiohttp | httpx: the connection layer under httpx
 # client_token_env = "UNISCALE_CLIENT_TOKEN"   # bearer token clients must send
 # admin_token_env = "UNISCALE_ADMIN_TOKEN"     # bearer token for /v1/feedback, /metrics, /admin
 
