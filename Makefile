@@ -25,7 +25,7 @@ venv: $(BIN)/python
 # serve) and the test tools; maturin builds the extension in release mode (pyproject: profile =
 # "release").
 install: venv
-	$(BIN)/pip install -q -e ".[lab,serve,test,compat,redis]"
+	$(BIN)/pip install -q -e ".[lab,serve,test,compat,redis,embed]"
 
 build: install
 

@@ -255,26 +255,31 @@ class SentenceEmbeddingFeaturizer:
     def version(self) -> str:
         return self._version
 
-    def _text_of(self, messages: Messages) -> str:
-        if isinstance(messages, str):
-            return messages
-        texts = [_content_text(m.get("content")) for m in messages]
-        if self._text == "all":
-            return "\n".join(texts)
-        for m, t in zip(reversed(messages), reversed(texts), strict=True):
-            if m.get("role") == "user":
-                return t
-        return texts[-1] if texts else ""
-
     def featurize(self, messages: Messages) -> FloatArray:
         row: FloatArray = self.featurize_many([messages])[0]
         return row
 
     def featurize_many(self, batch: Sequence[Messages]) -> FloatArray:
         emb = self._model.encode(
-            [self._text_of(m) for m in batch], normalize_embeddings=True, convert_to_numpy=True
+            [text_of(m, self._text) for m in batch],
+            normalize_embeddings=True,
+            convert_to_numpy=True,
         )
         return np.asarray(emb, dtype=np.float64).reshape(len(batch), self._dim)
+
+
+def text_of(messages: Messages, which: Literal["last_user", "all"] = "last_user") -> str:
+    """What an embedding backend embeds: the last user turn (else the last message), or every
+    message's content joined by newlines."""
+    if isinstance(messages, str):
+        return messages
+    texts = [_content_text(m.get("content")) for m in messages]
+    if which == "all":
+        return "\n".join(texts)
+    for m, t in zip(reversed(messages), reversed(texts), strict=True):
+        if m.get("role") == "user":
+            return t
+    return texts[-1] if texts else ""
 
 
 def _content_text(content: object) -> str:

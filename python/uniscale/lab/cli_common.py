@@ -40,14 +40,22 @@ def source(args: argparse.Namespace, models: str | None = None) -> Source:
     input exits with a one-line error."""
     from uniscale.lab import datasets
 
+    features: str = getattr(args, "features", "default")
     if args.table == "sim":
+        if features != "default":
+            raise SystemExit("error: --features: the simulator has its own features")
         return datasets.sim_source(args.requests or 3000)
+    if features == "embed+category" and args.table != "mmlu-pro":
+        raise SystemExit("error: --features embed+category: only for --table mmlu-pro")
     if args.table == "mmlu-pro":
         try:
             return datasets.mmlu_pro_source(
                 prices=parse_prices(args.price),
                 models=models.split(",") if models else None,
                 n_requests=args.requests,
+                features="category"
+                if features == "default"
+                else ("embed" if features == "embed" else "embed+category"),
             )
         except datasets.DataError as exc:
             raise SystemExit(f"error: --table {args.table}: {exc}") from None
@@ -60,6 +68,7 @@ def source(args: argparse.Namespace, models: str | None = None) -> Source:
             models=models.split(",") if models else None,
             parallelism=args.parallelism,
             n_requests=args.requests,
+            features="hash" if features == "default" else "embed",
         )
     except datasets.DataError as exc:
         raise SystemExit(f"error: --table {args.table}: {exc}") from None
@@ -97,4 +106,13 @@ def add_table_args(p: argparse.ArgumentParser) -> None:
         default=1,
         help="samples an endpoint runs at once in replay (default 1, as measured on the "
         "recording CPU servers)",
+    )
+    p.add_argument(
+        "--features",
+        default="default",
+        choices=["default", "embed", "embed+category"],
+        help="request features the learners see: default (collected tables: 64 hashed "
+        "features; mmlu-pro: the category, one-hot), embed (a 16-dimensional static sentence "
+        "embedding of the prompt, uniscale.embed; needs the tokenizers package), "
+        "embed+category (mmlu-pro only: both)",
     )

@@ -34,6 +34,7 @@ stream generating that many tokens, fitted to the greedy requests) and replay us
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -44,6 +45,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -61,6 +63,12 @@ logger = logging.getLogger(__name__)
 
 REAL_TABLE = DATA_DIR / "real_v1.jsonl.gz"
 MMLU_PRO_TABLE = DATA_DIR / "mmlu_pro_v1.json.gz"
+#: request features of a collected table (`collected_source`)
+CollectedFeatures = Literal["hash", "embed"]
+COLLECTED_FEATURES: tuple[str, ...] = ("hash", "embed")
+#: request features of a routing table (`RoutingTable.features`)
+RoutingFeatures = Literal["category", "embed", "embed+category"]
+ROUTING_FEATURES: tuple[str, ...] = ("category", "embed", "embed+category")
 #: the ``--table`` names of the built-in tables (anything else is a path)
 BUILTIN_TABLES = ("real", "sim", "mmlu-pro")
 
@@ -118,6 +126,7 @@ def collected_source(
     n_requests: int | None = None,
     min_coverage: float = MIN_COVERAGE,
     n_values: Sequence[int] = (1, 2, 4, 8, 16, 32),
+    features: CollectedFeatures = "hash",
 ) -> Source:
     """A table recorded by ``uniscale collect`` as a replay source: each seed streams the items
     (those recorded for every chosen model) in its own order, with the samples shuffled.
@@ -127,7 +136,12 @@ def collected_source(
     ``prices`` (USD per million input, output tokens) override `DEFAULT_PRICES` per model; a
     price for a model the table lacks is an error (a typo would otherwise be ignored); a model
     with no price costs 0, with a warning. ``n_values`` are capped at the samples recorded.
+    ``features``: the request features, ``hash`` (`uniscale.Featurizer()`, 64 hashed
+    dimensions) or ``embed`` (`uniscale.embed.StaticEmbeddingFeaturizer`, 16 dimensions; needs
+    the ``tokenizers`` package).
     """
+    if features not in COLLECTED_FEATURES:
+        raise DataError(f"features must be one of {COLLECTED_FEATURES}, got {features!r}")
     p = Path(path).expanduser()
     if not p.exists():
         raise DataError(f"outcome table {str(p)!r}: no such file")
@@ -167,7 +181,13 @@ def collected_source(
             "latency only",
             unpriced,
         )
-    requests = load_requests(p, items, models=chosen, latency="solo")
+    featurizer = None
+    if features == "embed":
+        from uniscale.embed import StaticEmbeddingFeaturizer
+        from uniscale.featurize import Featurizer
+
+        featurizer = Featurizer(backend=StaticEmbeddingFeaturizer())
+    requests = load_requests(p, items, models=chosen, latency="solo", featurizer=featurizer)
     if len(requests) < 2:
         raise DataError(f"{p}: {len(requests)} items recorded for all of {chosen}; need >= 2")
     recorded = min(len(s) for r in requests for s in r.samples.values())
@@ -224,15 +244,49 @@ class RoutingTable:
         """Each item's category name: its task type for the per-type baselines."""
         return [self.categories[int(c)] for c in self.category]
 
-    def features(self) -> NDArray[np.float64]:
-        """``(T, 2 + C)``: a bias, the log prompt length (``log1p(tokens) / log1p(4096)``) and a
-        one-hot of the category. The table ships no question text, so this is what a learner
-        can tell requests apart by: their task type, made explicit, and their length."""
-        x = np.zeros((self.n_items, 2 + len(self.categories)))
-        x[:, 0] = 1.0
-        x[:, 1] = np.log1p(self.input_tokens) / math.log1p(4096)
-        x[np.arange(self.n_items), 2 + self.category] = 1.0
-        return x
+    def features(
+        self, kind: RoutingFeatures = "category", embed: NDArray[np.float64] | None = None
+    ) -> NDArray[np.float64]:
+        """A bias and the log prompt length (``log1p(tokens) / log1p(4096)``), then, by
+        ``kind``: ``category``, a one-hot of the category, ``(T, 2 + C)`` (the table ships no
+        question text, so by default a learner tells requests apart by their task type, made
+        explicit, and their length); ``embed``, the questions' static embedding ``embed``
+        (`load_routing_embedding`), ``(T, 2 + E)``: what a learner sees in production, where
+        no request carries a label; ``embed+category``, both."""
+        if kind not in ROUTING_FEATURES:
+            raise DataError(f"features must be one of {ROUTING_FEATURES}, got {kind!r}")
+        parts = [
+            np.ones((self.n_items, 1)),
+            np.log1p(self.input_tokens)[:, None] / math.log1p(4096),
+        ]
+        if kind.startswith("embed"):
+            if embed is None or embed.shape[0] != self.n_items:
+                raise DataError(
+                    f"features {kind!r} need the table's embedding, one row per question"
+                )
+            parts.append(np.asarray(embed, dtype=np.float64))
+        if kind.endswith("category"):
+            onehot = np.zeros((self.n_items, len(self.categories)))
+            onehot[np.arange(self.n_items), self.category] = 1.0
+            parts.append(onehot)
+        return np.hstack(parts)
+
+
+def load_routing_embedding(path: str | Path = MMLU_PRO_TABLE) -> NDArray[np.float64]:
+    """The static-embedding features of a routing table's questions, ``<name>.embed16.npz``
+    beside it (``scripts/make_mmlu_pro_embed.py``), ``(T, 16)``; `DataError` when missing or
+    unreadable."""
+    p = Path(path)
+    name = p.name.removesuffix(".gz").removesuffix(".json")
+    side = p.with_name(f"{name}.embed16.npz")
+    try:
+        with np.load(side, allow_pickle=False) as z:
+            x = np.asarray(z["x"], dtype=np.float64)
+    except (OSError, KeyError, ValueError) as exc:
+        raise DataError(f"{side}: cannot read the question embeddings: {exc}") from None
+    if x.ndim != 2 or not np.isfinite(x).all():
+        raise DataError(f"{side}: expected a finite (T, E) matrix, got shape {x.shape}")
+    return x
 
 
 def _meta_path(path: Path) -> Path:
@@ -355,12 +409,16 @@ def mmlu_pro_source(
     prices: Mapping[str, tuple[float, float]] | None = None,
     models: Sequence[str] | None = None,
     n_requests: int | None = None,
+    features: RoutingFeatures = "category",
 ) -> Source:
     """The packaged MMLU-Pro routing table as a replay source: each seed streams the questions
     in its own order (the first ``n_requests`` of it); actions are ``(model, "single", 1)`` per
     model (one answer each was recorded). ``models`` defaults to all; ``prices`` override the
-    sidecar's list prices per model (a name the table lacks is an error)."""
+    sidecar's list prices per model (a name the table lacks is an error); ``features`` as in
+    `RoutingTable.features`."""
     rt = load_routing_table(path)
+    embed = load_routing_embedding(path) if features.startswith("embed") else None
+    x = rt.features(features, embed)
     stray = sorted(set(prices or {}) - set(rt.models))
     if stray:
         raise DataError(f"--price for models not in the table: {stray}; it has {list(rt.models)}")
@@ -383,7 +441,7 @@ def mmlu_pro_source(
         )
         for m in chosen
     }
-    full = routing_outcomes(rt, specs, chosen)
+    full = dataclasses.replace(routing_outcomes(rt, specs, chosen), X=x)
     count = rt.n_items if n_requests is None else max(2, min(n_requests, rt.n_items))
 
     def table(seed: int) -> OutcomeTable:
