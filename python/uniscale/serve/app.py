@@ -49,7 +49,6 @@ from uniscale.execute import (
     RequestTimeout,
 )
 from uniscale.extract import available_extractors
-from uniscale.featurize import Featurizer
 from uniscale.policy import PRESETS
 from uniscale.router import (
     ConfidenceFeedback,
@@ -61,7 +60,7 @@ from uniscale.router import (
     RouterResult,
     json_safe,
 )
-from uniscale.serve.config import ServeConfig
+from uniscale.serve.config import ServeConfig, make_featurizer
 from uniscale.serve.hooks import CURRENT, RequestSlot, ServedPolicy, StreamTap, upstream_transport
 from uniscale.serve.metrics import CONTENT_TYPE_LATEST, Metrics
 from uniscale.serve.state import load_policy, snapshot
@@ -150,7 +149,7 @@ class Server:
         self.metrics = Metrics()
         self.client_token = _env_token(cfg.server.client_token_env, "client bearer token")
         self.admin_token = _env_token(cfg.server.admin_token_env, "admin bearer token")
-        self.featurizer = Featurizer(cfg.policy.dim)
+        self.featurizer = make_featurizer(cfg.policy)
         grid = cfg.actions()
         self.policy, self.policy_source = load_policy(
             cfg.state.policy_path, self._fresh_policy, cfg.models, grid, cfg.policy.dim

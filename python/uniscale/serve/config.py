@@ -15,12 +15,15 @@ import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from uniscale._core import ConfigError
 from uniscale.extract import available_extractors
 from uniscale.policy import PRESETS
 from uniscale.space import STRATEGIES, Action, ModelSpec
+
+if TYPE_CHECKING:
+    from uniscale.featurize import Featurizer
 
 __all__ = [
     "ServeConfig",
@@ -36,6 +39,9 @@ Mode = Literal["normal", "shadow", "conservative"]
 DEFAULT_MODEL_CONCURRENCY = 32
 FeedbackKind = Literal["deferred", "confidence"]
 UpstreamHTTP = Literal["auto", "aiohttp", "httpx"]
+FeaturizerKind = Literal["hash", "embed"]
+#: request dimensions of the ``embed`` featurizer (`uniscale.embed.StaticEmbeddingFeaturizer`)
+EMBED_DIM = 16
 
 
 class ServeConfigError(ConfigError):
@@ -74,6 +80,7 @@ class PolicySettings:
     budget_per_request_usd: float | None = None
     baseline: Action | None = None
     conservative_delta: float = 0.05
+    featurizer: FeaturizerKind = "hash"
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +287,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "budget_per_request_usd": _float(0.0, strict=True),
         "baseline": _action,
         "conservative_delta": _float(0.0),
+        "featurizer": _str(("hash", "embed")),
     },
     "limits": {
         "max_cost_usd": _float(0.0, strict=True),
@@ -443,6 +451,11 @@ def parse_config(text: str, source: str = "<config>", base_dir: Path | None = No
     if clash:
         raise rep.error("server", None, "route_names", f"{sorted(clash)} are also model names")
     pol = dict(sections["policy"])
+    if pol.get("featurizer") == "embed":
+        if pol.setdefault("dim", EMBED_DIM) != EMBED_DIM:
+            raise rep.error(
+                "policy", None, "dim", f"the embed featurizer has {EMBED_DIM} dimensions"
+            )
     if "n_values" in pol:
         pol["n_values"] = tuple(sorted(pol["n_values"]))
     policy = PolicySettings(**pol)
@@ -523,7 +536,8 @@ upstream_http = "auto"            # auto | aiohttp | httpx: the connection layer
 # admin_token_env = "UNISCALE_ADMIN_TOKEN"     # bearer token for /v1/feedback, /metrics, /admin
 
 [policy]
-dim = 64
+dim = 64                          # request features (hash); the embed featurizer has 16
+# featurizer = "embed"            # hash (default) | embed: 16-dim static sentence embedding
 reward = "cost_sensitive"         # cost_sensitive | quality_priority | balanced
 exploration = "epsilon"
 epsilon = 0.05
@@ -572,3 +586,20 @@ price_in_per_mtok = 2.0
 price_out_per_mtok = 6.0
 parallelism = 4
 """
+
+
+def make_featurizer(policy: PolicySettings) -> Featurizer:
+    """The request featurizer ``[policy] featurizer`` names: ``hash`` (`uniscale.Featurizer`
+    with ``dim`` hashed features) or ``embed`` (`uniscale.embed.StaticEmbeddingFeaturizer`,
+    16 dimensions; needs the ``embed`` extra, a `ConfigError` saying so when it is missing)."""
+    from uniscale.featurize import Featurizer
+
+    if policy.featurizer == "hash":
+        return Featurizer(policy.dim)
+    try:
+        from uniscale.embed import StaticEmbeddingFeaturizer
+
+        backend = StaticEmbeddingFeaturizer()
+    except ImportError as exc:
+        raise ConfigError(f"[policy] featurizer = 'embed': {exc}") from None
+    return Featurizer(backend=backend)
