@@ -10,7 +10,10 @@ minimal asyncio HTTP client, so the load generator costs little CPU), it alterna
 direct calls to the upstream and calls through the proxy, and prints requests/s through the
 proxy, the latency percentiles of both paths, and the proxy's added latency (proxy p50 minus
 direct p50, and the same at p99), against the targets p50 < 1 ms and p99 < 5 ms added at 16
-clients, with zero errors.
+clients, with zero errors. Closed-loop clients queue behind each other (added latency ~
+clients / throughput), so it then also runs both paths open loop: Poisson arrivals at a
+quarter of the 16-client throughput (``--rate``) over 16 connections, latency counted from
+each request's scheduled arrival, which is the proxy's cost to a request below saturation.
 
 Bounded: a fixed number of requests per round, every round under a time limit, every
 subprocess stopped at the end (also on errors and Ctrl-C). Refuses to time a debug build
@@ -154,6 +157,50 @@ async def _round(
     return lat, errors, time.perf_counter() - t0
 
 
+async def _open_round(
+    port: int, body: bytes, conns: int, rate: float, requests: int, limit_s: float, seed: int
+) -> tuple[list[float], int]:
+    """Open loop: ``requests`` POSTs arriving as a Poisson process of ``rate`` per second,
+    dealt round-robin over ``conns`` keep-alive connections. A request's latency runs from its
+    scheduled arrival, so time spent waiting behind a slow one counts (no coordinated
+    omission). Latencies (s) and errors."""
+    import random
+
+    rng = random.Random(seed)
+    arrivals, t = [], 0.0
+    for _ in range(requests):
+        t += rng.expovariate(rate)
+        arrivals.append(t)
+    lat: list[float] = []
+    errors = 0
+    start = time.perf_counter() + 0.05
+
+    async def worker(k: int) -> None:
+        nonlocal errors
+        conn = _Conn("127.0.0.1", port)
+        try:
+            for a in arrivals[k::conns]:
+                due = start + a
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                try:
+                    status, _ = await conn.post("/v1/chat/completions", body)
+                except (OSError, asyncio.IncompleteReadError, ValueError):
+                    errors += 1
+                    conn.close()
+                    conn = _Conn("127.0.0.1", port)
+                    continue
+                lat.append(time.perf_counter() - due)
+                if status != 200:
+                    errors += 1
+        finally:
+            conn.close()
+
+    await asyncio.wait_for(asyncio.gather(*(worker(k) for k in range(conns))), limit_s)
+    return lat, errors
+
+
 def _pct(xs: list[float], q: float) -> float:
     s = sorted(xs)
     return s[min(len(s) - 1, int(q * len(s)))] * 1000.0
@@ -203,6 +250,13 @@ def main() -> int:
     ap.add_argument("--smoke", action="store_true", help="a short run for CI (< 30 s)")
     ap.add_argument("--requests", type=int, default=None, help="requests per round and path")
     ap.add_argument("--rounds", type=int, default=None, help="rounds per level and path")
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="offered load of the open-loop run over 16 connections, requests/s (default: a "
+        "quarter of the 16-client closed-loop throughput just measured)",
+    )
     ap.add_argument("--role", choices=["upstream"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.role == "upstream":
@@ -219,6 +273,7 @@ def main() -> int:
     direct_body = json.dumps({"model": "small", "messages": messages}).encode()
     proxy_body = json.dumps({"model": "uniscale", "messages": messages}).encode()
     rows = []
+    open_row: list[float] = []
     failed = 0
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
@@ -262,6 +317,19 @@ def main() -> int:
                                 errs,
                             )
                         )
+                    # open loop below saturation: what a request pays for the proxy when it
+                    # does not queue behind the others (closed-loop clients always do)
+                    rate = args.rate or 0.25 * next(r[1] for r in rows if r[0] == TARGET_CLIENTS)
+                    n_open = max(50, min(per_round, int(rate * (4 if args.smoke else 15))))
+                    d_lat, e1 = await _open_round(
+                        up_port, direct_body, TARGET_CLIENTS, rate, n_open, 120, 1
+                    )
+                    p_lat, e2 = await _open_round(
+                        px_port, proxy_body, TARGET_CLIENTS, rate, n_open, 120, 1
+                    )
+                    failed += e1 + e2
+                    open_row.extend((rate, n_open, _pct(d_lat, 0.5), _pct(d_lat, 0.99)))
+                    open_row.extend((_pct(p_lat, 0.5), _pct(p_lat, 0.99), e1 + e2))
 
                 asyncio.run(run_all())
     elapsed = time.perf_counter() - t_start
@@ -292,6 +360,14 @@ def main() -> int:
                 f"errors {errs}"
             )
     print(target_line)
+    if open_row:
+        rate, n_open, dp50, dp99, pp50, pp99, errs = open_row
+        print(
+            f"open loop, {rate:.0f} req/s Poisson over {TARGET_CLIENTS} connections "
+            f"({n_open:.0f} requests per path): direct p50 {dp50:.2f} ms p99 {dp99:.2f} ms, "
+            f"proxy p50 {pp50:.2f} ms p99 {pp99:.2f} ms, added p50 {pp50 - dp50:.2f} ms "
+            f"p99 {pp99 - dp99:.2f} ms, errors {errs:.0f}"
+        )
     if args.smoke:
         print(f"verdict: smoke ({'no errors' if failed == 0 else f'{failed} ERRORS'})")
         return 0 if failed == 0 else 1
