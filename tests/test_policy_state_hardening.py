@@ -62,6 +62,12 @@ def learner_span(blob: bytes) -> tuple[int, int]:
         pos += 8 + name_len + 8 + 8 + 4 + 1 + 8 * 3 + 1
     (n_actions,) = struct.unpack_from("<Q", blob, pos)
     pos += 8 + n_actions * (8 + 1 + 4 + 8)
+    if struct.unpack_from("<I", blob, 8)[0] >= 7:  # the strategy list: name and three flags each
+        (n_strategies,) = struct.unpack_from("<Q", blob, pos)
+        pos += 8
+        for _ in range(n_strategies):
+            (name_len,) = struct.unpack_from("<Q", blob, pos)
+            pos += 8 + name_len + 3
     start = pos
     kind = blob[pos]
     pos += 1

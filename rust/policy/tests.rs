@@ -26,13 +26,14 @@ fn policy(shared: bool, budget: Budget) -> Policy {
         vec![
             (
                 model("a", 1.0),
-                vec![(Strategy::Single, 1), (Strategy::SelfConsistency, 4)],
+                vec![(Strategy::SINGLE, 1), (Strategy::SELF_CONSISTENCY, 4)],
             ),
             (
                 model("b", 5.0),
-                vec![(Strategy::Single, 1), (Strategy::BestOfN, 8)],
+                vec![(Strategy::SINGLE, 1), (Strategy::BEST_OF_N, 8)],
             ),
         ],
+        StrategyDef::builtins(),
         3,
         2,
         shared,
@@ -245,7 +246,7 @@ fn invariants_hold_for_valid_policies_and_catch_a_narrow_learner() {
     let mut p = policy(true, Budget::None);
     p.select(&[0.1, 0.2], 100.0, None, None, None, 0.0).unwrap();
     p.check_invariants().unwrap();
-    p.add_model(model("c", 2.0), &[(Strategy::Adaptive, 4)])
+    p.add_model(model("c", 2.0), &[(Strategy::ADAPTIVE, 4)])
         .unwrap();
     p.retire_model("a").unwrap();
     p.check_invariants().unwrap();
