@@ -28,7 +28,8 @@ from uniscale._core import (
     UnknownActionError,
     UpdateResult,
 )
-from uniscale.space import STRATEGIES, Action, ActionSpace, ModelSpec, Strategy
+from uniscale.space import STRATEGIES, Action, ActionSpace, ModelSpec, Strategy, strategy_infos
+from uniscale.strategies import get_strategy
 
 if TYPE_CHECKING:
     from typing import Unpack
@@ -129,6 +130,10 @@ class Policy:
     pooled cost/latency corrections across models and optimism about arms with little data, so
     a `ModelSpec` prior wrong by 10x cannot freeze a model out (``docs/cost_uncertainty.md``).
 
+    ``strategies`` names the strategies the action features have room for (default: every
+    registered one, `uniscale.strategies`); the core derives its feature layout from them and
+    saves them with its state. Actions, including those of models added later, use these.
+
     ``select`` returns a `Decision` (id, action, predicted cost and latency, propensity,
     candidates, pruning reasons); ``update(decision.id, quality=..., ...)`` may come later, out of
     order, or never (pending decisions expire after ``ttl_s`` or when more than ``capacity`` are
@@ -143,6 +148,7 @@ class Policy:
         dim: int,
         *,
         config: PolicyConfig | None = None,
+        strategies: Sequence[str] | None = None,
         **settings: Unpack[_PolicySettings],
     ) -> None:
         if not isinstance(space, ActionSpace):
@@ -153,7 +159,7 @@ class Policy:
             config = config.replace(**settings)
         self._specs: dict[str, ModelSpec] = space.models
         self._config: PolicyConfig | None = config
-        self._core = PolicyCore(space.core_models(), dim, config)
+        self._core = PolicyCore(space.core_models(), dim, config, strategy_infos(strategies))
         if config.baseline is not None:
             self.set_baseline(
                 config.baseline,
@@ -444,7 +450,9 @@ class Policy:
         """Add a model (and its actions) while serving; returns the new action indices."""
         acts: list[tuple[str, int]]
         if actions is None:
-            acts = [(s, n) for s in strategies for n in n_values if (s == "single") == (n == 1)]
+            acts = [
+                (s, n) for s in strategies for n in n_values if get_strategy(s).greedy == (n == 1)
+            ]
         else:
             for a in actions:
                 if a.model != model.name:

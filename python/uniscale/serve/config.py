@@ -21,6 +21,7 @@ from uniscale._core import ConfigError
 from uniscale.extract import available_extractors
 from uniscale.policy import PRESETS
 from uniscale.space import STRATEGIES, Action, ModelSpec
+from uniscale.strategies import get_strategy, strategy_names
 
 __all__ = [
     "ServeConfig",
@@ -151,7 +152,7 @@ class ServeConfig:
         for m in self.models:
             for s in self.policy.strategies:
                 for n in self.policy.n_values:
-                    if (s == "single") == (n == 1):
+                    if get_strategy(s).greedy == (n == 1):
                         out.append(Action(m.name, s, n))  # type: ignore[arg-type]
         return out
 
@@ -226,12 +227,13 @@ def parse_action(text: str) -> Action:
         return Action(parts[0], "single", 1)
     if len(parts) == 3 and parts[2].startswith("n="):
         parts[2] = parts[2][2:]  # str(Action) spells it "model/strategy/n=4"
-    if len(parts) != 3 or parts[1] not in STRATEGIES or not parts[2].isdigit():
+    names = strategy_names()
+    if len(parts) != 3 or parts[1] not in names or not parts[2].isdigit():
         raise ValueError(
-            f"expected 'MODEL' or 'MODEL/STRATEGY/N' with STRATEGY in {', '.join(STRATEGIES)}, "
+            f"expected 'MODEL' or 'MODEL/STRATEGY/N' with STRATEGY in {', '.join(names)}, "
             f"got {text!r}"
         )
-    return Action(parts[0], parts[1], int(parts[2]))
+    return Action(parts[0], parts[1], int(parts[2]))  # type: ignore[arg-type]
 
 
 def _action(v: Any) -> Action:
