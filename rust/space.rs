@@ -367,3 +367,93 @@ fn slots_of(strategies: &[StrategyDef]) -> Vec<Option<usize>> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(name: &str, price_out: f64) -> ModelInfo {
+        ModelInfo {
+            name: name.into(),
+            price_in_per_mtok: 1.0,
+            price_out_per_mtok: price_out,
+            parallelism: 1,
+            bills_prompt_once: true,
+            latency_in_s_per_token: 1e-4,
+            latency_out_s_per_token: 1e-2,
+            prior_output_tokens: 100.0,
+            slot: 0,
+            retired: false,
+        }
+    }
+
+    /// The layout before strategies were data (format 6 and older), spelled out.
+    fn old_psi(slots: usize, slot: usize, price_out: f64, strategy: u8, n: u32) -> Vec<f64> {
+        let mut v = vec![0.0; slots + 9];
+        v[slot] = 1.0;
+        let lp = (1.0 + price_out).ln();
+        v[slots] = lp;
+        let l2n = (n as f64).log2() / 4.0;
+        if strategy > 0 {
+            let i = strategy as usize - 1;
+            v[slots + 1 + i] = 1.0;
+            v[slots + 5 + i] = l2n;
+        }
+        v[slots + 4] = l2n;
+        v[slots + 8] = l2n * lp;
+        v
+    }
+
+    #[test]
+    fn builtins_give_the_old_layout() {
+        let mut space = Space::new(3).unwrap();
+        assert_eq!(space.p(), 3 + 9);
+        space.add_model(model("a", 2.0)).unwrap();
+        space.add_model(model("b", 7.0)).unwrap();
+        for m in 0..2 {
+            space.add_action(m, Strategy::SINGLE, 1).unwrap();
+            for s in 1..4u8 {
+                for n in [2, 8] {
+                    space.add_action(m, Strategy(s), n).unwrap();
+                }
+            }
+        }
+        for a in &space.actions {
+            let price = space.models[a.model].price_out_per_mtok;
+            assert_eq!(space.psi(a), old_psi(3, a.model, price, a.strategy.0, a.n));
+        }
+    }
+
+    #[test]
+    fn a_fifth_strategy_gets_its_own_slot() {
+        let mut list = StrategyDef::builtins();
+        list.push(StrategyDef::new("longest", false, true, false));
+        let mut space = Space::with_strategies(2, list).unwrap();
+        assert_eq!(space.p(), 2 + 3 + 2 * 4);
+        let m = space.add_model(model("a", 0.0)).unwrap();
+        let s = space.parse_strategy("longest").unwrap();
+        assert_eq!(s, Strategy(4));
+        let i = space.add_action(m, s, 4).unwrap();
+        let v = space.psi(&space.actions[i]);
+        // slot one-hot at S + 1 + 3, log2(n)/4 at S + 1 + K, its interaction at S + 2 + K + 3
+        assert_eq!((v[2 + 4], v[2 + 5], v[2 + 9]), (1.0, 0.5, 0.5));
+        assert!(space.parse_strategy("beam").is_err());
+        assert!(space.add_action(m, Strategy::SINGLE, 2).is_err());
+        assert!(space.add_action(m, Strategy(9), 2).is_err());
+        assert!(space.strategy_from_u8(5).is_err());
+    }
+
+    #[test]
+    fn bad_strategy_lists_are_refused() {
+        assert!(Space::with_strategies(2, vec![]).is_err());
+        let twice = vec![
+            StrategyDef::new("x", false, true, false),
+            StrategyDef::new("x", false, true, false),
+        ];
+        assert!(Space::with_strategies(2, twice).is_err());
+        let many = (0..=MAX_STRATEGIES)
+            .map(|i| StrategyDef::new(&format!("s{i}"), false, true, false))
+            .collect();
+        assert!(Space::with_strategies(2, many).is_err());
+    }
+}

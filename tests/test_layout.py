@@ -34,6 +34,7 @@ RUNTIME_MODULES = [
     "uniscale.policy",
     "uniscale.records",
     "uniscale.responses",
+    "uniscale.reward",
     "uniscale.router",
     "uniscale.scorers",
     "uniscale.space",

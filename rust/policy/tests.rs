@@ -285,3 +285,49 @@ fn overflowing_floor_bound_refuses_before_the_draw() {
         assert_same(&p, &before);
     }
 }
+
+#[test]
+fn a_custom_strategy_list_round_trips() {
+    // the built-in policy's state (format 7) carries the built-in list
+    let p = policy(true, Budget::None);
+    let builtin = Policy::from_bytes(&p.to_bytes()).unwrap();
+    assert_eq!(builtin.space.strategies, StrategyDef::builtins());
+    let mut list = StrategyDef::builtins();
+    list.push(StrategyDef::new("longest", false, true, false));
+    let cfg = p.cfg.clone();
+    let mut q = Policy::new(
+        vec![(
+            model("a", 1.0),
+            vec![(Strategy::SINGLE, 1), (Strategy(4), 4)],
+        )],
+        list.clone(),
+        2,
+        2,
+        true,
+        Config {
+            alpha: 1.0,
+            ridge: 1.0,
+            discount: 1.0,
+            prior_mean: 0.0,
+        },
+        Weights {
+            quality: 1.0,
+            cost: 1.0,
+            latency: 0.0,
+        },
+        cfg,
+        Budget::None,
+        0.05,
+        0.0,
+        3,
+    )
+    .unwrap();
+    assert_eq!(q.space.p(), 2 + 3 + 2 * 4);
+    assert_eq!(q.cost.n_strategies(), 5);
+    let d = q.select(&[0.1, 0.2], 100.0, None, None, None, 1.0).unwrap();
+    assert!(d.strategy == "single" || d.strategy == "longest");
+    let bytes = q.to_bytes();
+    let back = Policy::from_bytes(&bytes).unwrap();
+    assert_eq!(back.space.strategies, list);
+    assert!(back.to_bytes() == bytes);
+}
