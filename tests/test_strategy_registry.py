@@ -166,6 +166,20 @@ def test_toy_strategy_gets_a_feature_slot_and_survives_save_and_load(
     assert Action("c", "longest", 2) in policy.actions  # type: ignore[arg-type]
 
 
+def test_serve_config_accepts_a_registered_strategy(longest: Strategy) -> None:
+    from uniscale.serve.config import ServeConfigError, example_config, parse_action, parse_config
+
+    text = example_config().replace(
+        'strategies = ["single", "self_consistency"]', 'strategies = ["single", "longest"]'
+    )
+    cfg = parse_config(text, "x.toml")
+    assert {a.strategy for a in cfg.actions()} == {"single", "longest"}
+    assert parse_action("m/longest/n=4") == Action("m", "longest", 4)  # type: ignore[arg-type]
+    bad = text.replace('"longest"]', '"beam"]')
+    with pytest.raises(ServeConfigError, match=r"expected one of single, .*, longest"):
+        parse_config(bad, "x.toml")
+
+
 def test_builtin_list_keeps_todays_layout() -> None:
     models = [ModelSpec(name="a", price_out_per_mtok=3.0)]
     space = ActionSpace.grid(models, STRATEGIES, (1, 2, 8))

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from uniscale._core import ConfigError
 from uniscale.extract import available_extractors
 from uniscale.policy import PRESETS
-from uniscale.space import STRATEGIES, Action, ModelSpec
+from uniscale.space import Action, ModelSpec
 from uniscale.strategies import get_strategy, strategy_names
 
 __all__ = [
@@ -200,6 +200,13 @@ def _str(choices: Sequence[str] | None = None) -> Check:
     return check
 
 
+def _strategy(v: Any) -> str:
+    """A registered strategy's name (checked when the config is read, so a strategy registered
+    before is accepted)."""
+    name: str = _str(strategy_names())(v)
+    return name
+
+
 def _bool(v: Any) -> bool:
     if not isinstance(v, bool):
         raise ValueError(f"expected true or false, got {type(v).__name__} {v!r}")
@@ -270,7 +277,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "exploration": _str(("greedy", "epsilon", "softmax")),
         "epsilon": _float(0.0),
         "seed": _int(0),
-        "strategies": _list(_str(STRATEGIES)),
+        "strategies": _list(_strategy),
         "n_values": _list(_int(1, 128)),
         "ttl_s": _float(0.0, strict=True),
         "capacity": _int(1),
