@@ -239,7 +239,7 @@ class ResponseParser:
         n_choices: int,
         completion_tokens: Any,
     ) -> list[tuple[int, TokenCountMethod]]:
-        """Output tokens per parsed choice, by the rule in the module docstring."""
+        """Output tokens per parsed choice, by the rule in docs/architecture.md ("Execution")."""
         out: list[tuple[int, TokenCountMethod] | None] = [None] * len(parsed)
         pending: list[int] = []
         for j, (_, lps) in enumerate(parsed):

@@ -17,7 +17,7 @@ from uniscale.exec_types import Failure, Messages, Sample, SampleBatch, Scores
 from uniscale.space import ModelSpec
 
 if TYPE_CHECKING:
-    from uniscale.transport import Transport
+    from uniscale.execute import Executor
 
 __all__ = ["JudgeScorer", "MeanLogprobScorer", "Scorer", "parse_grade"]
 
@@ -26,7 +26,7 @@ class Scorer(Protocol):
     """Scores best-of-n candidates; higher is better, ``None`` where it cannot score."""
 
     async def score(
-        self, executor: Transport, messages: Messages, samples: Sequence[Sample]
+        self, executor: Executor, messages: Messages, samples: Sequence[Sample]
     ) -> Scores: ...
 
 
@@ -34,7 +34,7 @@ class MeanLogprobScorer:
     """Score = ``exp(mean token logprob)``: the geometric-mean token probability, in (0, 1]."""
 
     async def score(
-        self, executor: Transport, messages: Messages, samples: Sequence[Sample]
+        self, executor: Executor, messages: Messages, samples: Sequence[Sample]
     ) -> Scores:
         return Scores(
             tuple(None if s.mean_logprob is None else math.exp(s.mean_logprob) for s in samples)
@@ -91,7 +91,7 @@ class JudgeScorer:
         self.temperature = temperature
 
     async def score(
-        self, executor: Transport, messages: Messages, samples: Sequence[Sample]
+        self, executor: Executor, messages: Messages, samples: Sequence[Sample]
     ) -> Scores:
         if isinstance(self.judge, ModelSpec):
             executor.add_model(self.judge)
