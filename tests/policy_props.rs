@@ -36,19 +36,19 @@ fn model_info() -> impl Strategy<Value = ModelInfo> {
 
 fn strategy() -> impl Strategy<Value = Tts> {
     prop_oneof![
-        Just(Tts::Single),
-        Just(Tts::SelfConsistency),
-        Just(Tts::BestOfN),
-        Just(Tts::Adaptive),
+        Just(Tts::SINGLE),
+        Just(Tts::SELF_CONSISTENCY),
+        Just(Tts::BEST_OF_N),
+        Just(Tts::ADAPTIVE),
     ]
 }
 
 /// A space with one model and one action of it.
 fn one_action(m: ModelInfo, s: Tts, n: u32) -> (Space, CostModel, ActionDef) {
-    let n = if s == Tts::Single { 1 } else { n };
+    let n = if s == Tts::SINGLE { 1 } else { n };
     let mut space = Space::new(1).unwrap();
     let mi = space.add_model(m).unwrap();
-    let mut cost = CostModel::new();
+    let mut cost = CostModel::new(&space.strategies);
     cost.add_model(&space.models[mi]);
     let ai = space.add_action(mi, s, n).unwrap();
     let a = space.actions[ai];
@@ -92,7 +92,7 @@ proptest! {
         }
         prop_assert!(p.output_tokens_per_sample >= 1.0);
         prop_assert!((1.0..=nf).contains(&p.samples), "{:?}", p);
-        if s != Tts::Adaptive {
+        if s != Tts::ADAPTIVE {
             prop_assert_eq!(p.samples, nf);
         }
         let par = space.models[0].parallelism as f64;

@@ -25,6 +25,7 @@ RUNTIME_MODULES = [
     "uniscale",
     "uniscale._core",
     "uniscale.engine",
+    "uniscale.exec_types",
     "uniscale.execute",
     "uniscale.extract",
     "uniscale.featurize",
@@ -32,8 +33,13 @@ RUNTIME_MODULES = [
     "uniscale.planner",
     "uniscale.policy",
     "uniscale.records",
+    "uniscale.responses",
+    "uniscale.reward",
     "uniscale.router",
+    "uniscale.scorers",
     "uniscale.space",
+    "uniscale.strategies",
+    "uniscale.transport",
     "uniscale.vote",
 ]
 
@@ -106,8 +112,8 @@ def test_one_exception_tree() -> None:
     # the known roots of each area are among them: a rename would make this check vacuous
     for name in (
         "uniscale._core.ConfigError",
-        "uniscale.execute.ExecutionError",
-        "uniscale.execute.AllSamplesFailed",
+        "uniscale.exec_types.ExecutionError",
+        "uniscale.exec_types.AllSamplesFailed",
         "uniscale.lab.collect.CollectError",
         "uniscale.lab.datasets.DataError",
         "uniscale.lab.ope.OPEError",

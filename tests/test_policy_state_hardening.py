@@ -62,6 +62,12 @@ def learner_span(blob: bytes) -> tuple[int, int]:
         pos += 8 + name_len + 8 + 8 + 4 + 1 + 8 * 3 + 1
     (n_actions,) = struct.unpack_from("<Q", blob, pos)
     pos += 8 + n_actions * (8 + 1 + 4 + 8)
+    if struct.unpack_from("<I", blob, 8)[0] >= 7:  # the strategy list: name and three flags each
+        (n_strategies,) = struct.unpack_from("<Q", blob, pos)
+        pos += 8
+        for _ in range(n_strategies):
+            (name_len,) = struct.unpack_from("<Q", blob, pos)
+            pos += 8 + name_len + 3
     start = pos
     kind = blob[pos]
     pos += 1
@@ -440,3 +446,24 @@ def test_cost_model_statistics_must_be_valid() -> None:
         struct.pack_into(fmt, b, at, value)
         with pytest.raises(StateError, match=match):
             Policy.from_bytes(reseal(bytes(b)))
+
+
+def test_strategy_list_must_fit_the_actions_and_the_layout() -> None:
+    """Format 7's strategy list (name, adaptive, feature slot, single sample each) sits between
+    the actions and the learner; flags that contradict the saved actions or the learner's
+    feature width are a StateError."""
+    for learner in ("shared", "disjoint"):
+        blob = make(learner).to_bytes()
+        start, _ = learner_span(blob)
+        name = b"self_consistency"
+        flags = blob.rindex(name, 0, start) + len(name)
+        assert blob[flags : flags + 3] == b"\x00\x01\x00"
+        b = bytearray(blob[:-4])
+        b[flags + 2] = 1  # "single sample": the saved n = 4 action contradicts it
+        with pytest.raises(StateError, match=r"invalid \(self_consistency, n = 4\)"):
+            Policy.from_bytes(reseal(bytes(b)))
+        b = bytearray(blob[:-4])
+        b[flags + 1] = 0  # no feature slot: psi is two columns narrower than the learner's
+        if learner == "shared":
+            with pytest.raises(StateError, match=r"action features"):
+                Policy.from_bytes(reseal(bytes(b)))

@@ -245,7 +245,7 @@ def test_policy_of_format_version_1_loads_and_behaves_as_before() -> None:
     on.set_cost_exploration()
     assert on.select(np.array([0.1, -0.2, 0.3]), 500.0, now=41.0).score > d.score
     assert uniscale.Policy.from_bytes(on.to_bytes()).cost_exploration
-    assert struct.unpack_from("<I", again, 8)[0] == uniscale._core.STATE_FORMAT_VERSION == 6
+    assert struct.unpack_from("<I", again, 8)[0] == uniscale._core.STATE_FORMAT_VERSION == 7
     assert uniscale.Policy.from_bytes(again).to_bytes() == again
 
 

@@ -52,6 +52,7 @@ __all__ = [
     "ShapeError",
     "SharedLinUCB",
     "StateError",
+    "StrategyInfo",
     "UniScaleError",
     "UnknownActionError",
     "UnknownDecisionError",
@@ -496,9 +497,43 @@ _ModelTuple = tuple[str, float, float, int, bool, float, float, float]
 latency_in, latency_out, prior_output_tokens); ``ModelInfo`` is the typed one."""
 _CoreModels = Sequence[tuple[ModelInfo | _ModelTuple, Sequence[tuple[str, int]]]]
 
-def action_features(models: _CoreModels, model_slots: int | None = None) -> NDArray[np.float64]:
+def action_features(
+    models: _CoreModels,
+    model_slots: int | None = None,
+    strategies: Sequence[StrategyInfo] | None = None,
+) -> NDArray[np.float64]:
     """Semantic action features psi (K, p) for models given as ``(ModelInfo, [(strategy, n),
-    ...])`` pairs. Layout documented in ``rust/space.rs``."""
+    ...])`` pairs over ``strategies`` (the four built-ins when omitted). Layout documented in
+    ``rust/space.rs``."""
+
+@final
+class StrategyInfo:
+    """A test-time-scaling strategy as the policy's core sees it
+    (``uniscale.strategies.Strategy.info()``): its name, whether it may stop before ``n``
+    samples (``adaptive``), whether it has its own action-feature slot (``feature``), and
+    whether it is one sample (``single_sample``, ``n == 1``). The core derives the feature
+    layout from the list of these and stores the list in the saved state. Immutable,
+    comparable, hashable, picklable."""
+
+    def __new__(
+        cls,
+        name: str,
+        *,
+        adaptive: bool = False,
+        feature: bool = True,
+        single_sample: bool = False,
+    ) -> Self: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def adaptive(self) -> bool: ...
+    @property
+    def feature(self) -> bool: ...
+    @property
+    def single_sample(self) -> bool: ...
+    def __eq__(self, other: object, /) -> bool: ...
+    def __hash__(self) -> int: ...
+    def __reduce__(self) -> tuple[Any, ...]: ...
 
 @final
 class ModelInfo:
@@ -807,7 +842,11 @@ class PolicyCore:
     """Numeric core of ``uniscale.Policy`` (use that class; this one takes raw tuples)."""
 
     def __new__(
-        cls, models: _CoreModels, dim: SupportsIndex, config: PolicyConfig | None = None
+        cls,
+        models: _CoreModels,
+        dim: SupportsIndex,
+        config: PolicyConfig | None = None,
+        strategies: Sequence[StrategyInfo] | None = None,
     ) -> Self: ...
     def select(
         self,
@@ -901,6 +940,8 @@ class PolicyCore:
     def feature_version(self) -> str: ...
     @property
     def learner(self) -> str: ...
+    def strategies(self) -> list[StrategyInfo]:
+        """The strategies, in index order (the feature layout follows from them)."""
     def actions(self) -> list[tuple[str, str, int, int]]:
         """(model, strategy, n, uid) per action, in index order."""
     def model_table(self) -> list[ModelInfo]:

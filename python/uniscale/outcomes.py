@@ -10,7 +10,8 @@ it live:
 * ``self_consistency``: majority vote over the first n samples (earliest-first tie rule);
 * ``best_of_n``: the highest-scoring of the first n samples;
 * ``adaptive_consistency``: samples drawn in order in rounds (2, 4, 6, ...) until the stopping
-  rule fires; cost and latency count only the samples used.
+  rule fires; cost and latency count only the samples used;
+* any registered strategy: its own `uniscale.strategies.Strategy.replay`.
 
 Cost is token counts times the model's prices (prompt billed once when the model bills it once,
 else once per sample). Latency: samples run in rounds of ``parallelism``; a round takes as long
@@ -29,7 +30,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from uniscale.space import Action, ModelSpec
-from uniscale.vote import majority_vote, replay_adaptive
+from uniscale.strategies import get_strategy
 
 F64 = NDArray[np.float64]
 
@@ -131,26 +132,22 @@ def action_outcome(
 ) -> tuple[float, float, float, float, float]:
     """(quality, cost_usd, latency_s, output_tokens, samples_used) of one action on one request."""
     n = action.n
-    if action.strategy == "single":
-        chosen = greedy if greedy is not None else samples[0]
-        used = [chosen]
-        correct = chosen.correct
+    strategy = get_strategy(action.strategy)
+    if strategy.greedy:
+        pool = [greedy if greedy is not None else samples[0]]
     else:
         if len(samples) < n:
             raise ValueError(f"{action} needs {n} samples but only {len(samples)} were recorded")
-        pool = samples[:n]
-        if action.strategy == "self_consistency":
-            v = majority_vote([s.answer for s in pool])
-            correct = v.answer is not None and v.answer == gold
-            used = list(pool)
-        elif action.strategy == "best_of_n":
-            best = max(range(n), key=lambda i: (pool[i].score, -i))
-            correct = pool[best].correct
-            used = list(pool)
-        else:
-            r = replay_adaptive([s.answer for s in pool], n)
-            correct = r.vote.answer is not None and r.vote.answer == gold
-            used = list(pool[: r.used])
+        pool = list(samples[:n])
+    r = strategy.replay([s.answer for s in pool], [s.score for s in pool], n)
+    if r is None:
+        raise ValueError(f"{action} cannot be replayed from recorded samples")
+    if r.by_answer:
+        answer = pool[r.index].answer
+        correct = answer is not None and answer == gold
+    else:
+        correct = pool[r.index].correct
+    used = pool[: r.used]
     cost, latency, out = run_usage(model, input_tokens, used)
     return (1.0 if correct else 0.0, cost, latency, out, float(len(used)))
 
@@ -192,22 +189,14 @@ SIDE_OBSERVATION_WEIGHT = 0.5
 
 
 def sub_actions(executed: Action, samples_used: float, actions: Sequence[Action]) -> list[int]:
-    """Indices into ``actions`` of the runs contained in ``executed``: the same model, a sampled
-    strategy (not ``single``, which is one greedy answer) and ``n`` no larger than the samples
-    ``executed`` actually drew, other than ``executed`` itself. Their outcomes follow from a
-    prefix of the executed run's samples (self-consistency n' votes over the first n' samples,
-    best-of-n' scores them, adaptive n' draws them in order), so a policy can learn from all of
-    them for the price of one run (`Policy.observe`)."""
-    if executed.strategy == "single":
-        return []
-    return [
-        i
-        for i, a in enumerate(actions)
-        if a.model == executed.model
-        and a.strategy != "single"
-        and a.n <= samples_used
-        and a != executed
-    ]
+    """Indices into ``actions`` of the runs contained in ``executed`` (its strategy's
+    `Strategy.sub_runs`): for the built-ins, the same model, a sampled strategy (not ``single``,
+    which is one greedy answer) and ``n`` no larger than the samples ``executed`` actually drew,
+    other than ``executed`` itself. Their outcomes follow from a prefix of the executed run's
+    samples (self-consistency n' votes over the first n' samples, best-of-n' scores them,
+    adaptive n' draws them in order), so a policy can learn from all of them for the price of
+    one run (`Policy.observe`)."""
+    return get_strategy(executed.strategy).sub_runs(executed, samples_used, actions)
 
 
 def build_table(

@@ -8,11 +8,9 @@ immediately and keeps every statistic learned so far valid.
 
 from __future__ import annotations
 
-import math
 import operator
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, SupportsIndex
 
@@ -20,7 +18,6 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from uniscale._core import (
-    REWARD_PRESETS,
     ConfigError,
     Decision,
     PolicyConfig,
@@ -28,7 +25,9 @@ from uniscale._core import (
     UnknownActionError,
     UpdateResult,
 )
-from uniscale.space import STRATEGIES, Action, ActionSpace, ModelSpec, Strategy
+from uniscale.reward import _FLOOR_DEFAULTS, PRESETS, QualityFloor, RewardWeights, resolve_reward
+from uniscale.space import STRATEGIES, Action, ActionSpace, ModelSpec, Strategy, strategy_infos
+from uniscale.strategies import get_strategy
 
 if TYPE_CHECKING:
     from typing import Unpack
@@ -45,54 +44,6 @@ __all__ = [
     "UpdateResult",
     "resolve_reward",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class RewardWeights:
-    """``r = quality * q - cost * cost_usd / cost_scale - latency * latency_s / latency_scale``."""
-
-    quality: float = 1.0
-    cost: float = 1.0
-    latency: float = 0.2
-
-    def __post_init__(self) -> None:
-        for key in ("quality", "cost", "latency"):
-            v = getattr(self, key)
-            if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
-                raise ConfigError(f"RewardWeights.{key} must be a finite number >= 0, got {v!r}")
-
-
-#: The presets named as in the UniScale paper (plus a middle ground); defined in Rust.
-PRESETS: dict[str, RewardWeights] = {name: RewardWeights(*w) for name, w in REWARD_PRESETS.items()}
-
-
-def resolve_reward(reward: str | RewardWeights | tuple[float, float, float]) -> RewardWeights:
-    if isinstance(reward, RewardWeights):
-        return reward
-    if isinstance(reward, str):
-        try:
-            return PRESETS[reward]
-        except KeyError:
-            raise ConfigError(
-                f"unknown reward preset {reward!r}; expected one of {sorted(PRESETS)}"
-            ) from None
-    if isinstance(reward, tuple) and len(reward) == 3:
-        return RewardWeights(*(float(v) for v in reward))
-    raise ConfigError(f"reward must be a preset name, RewardWeights or a 3-tuple, got {reward!r}")
-
-
-@dataclass(frozen=True, slots=True)
-class QualityFloor:
-    """Quality-floor objective: "as good as ``reference`` (the action a team trusts today), for
-    as little as possible". See `Policy.set_quality_floor`."""
-
-    reference: Action | int
-    tolerance: float = 0.01
-    confidence: float = 0.95
-
-
-#: `QualityFloor`'s defaults, which `Policy.set_quality_floor` shares.
-_FLOOR_DEFAULTS = QualityFloor(reference=0)
 
 
 class Policy:
@@ -129,6 +80,10 @@ class Policy:
     pooled cost/latency corrections across models and optimism about arms with little data, so
     a `ModelSpec` prior wrong by 10x cannot freeze a model out (``docs/cost_uncertainty.md``).
 
+    ``strategies`` names the strategies the action features have room for (default: every
+    registered one, `uniscale.strategies`); the core derives its feature layout from them and
+    saves them with its state. Actions, including those of models added later, use these.
+
     ``select`` returns a `Decision` (id, action, predicted cost and latency, propensity,
     candidates, pruning reasons); ``update(decision.id, quality=..., ...)`` may come later, out of
     order, or never (pending decisions expire after ``ttl_s`` or when more than ``capacity`` are
@@ -143,6 +98,7 @@ class Policy:
         dim: int,
         *,
         config: PolicyConfig | None = None,
+        strategies: Sequence[str] | None = None,
         **settings: Unpack[_PolicySettings],
     ) -> None:
         if not isinstance(space, ActionSpace):
@@ -153,7 +109,7 @@ class Policy:
             config = config.replace(**settings)
         self._specs: dict[str, ModelSpec] = space.models
         self._config: PolicyConfig | None = config
-        self._core = PolicyCore(space.core_models(), dim, config)
+        self._core = PolicyCore(space.core_models(), dim, config, strategy_infos(strategies))
         if config.baseline is not None:
             self.set_baseline(
                 config.baseline,
@@ -444,7 +400,9 @@ class Policy:
         """Add a model (and its actions) while serving; returns the new action indices."""
         acts: list[tuple[str, int]]
         if actions is None:
-            acts = [(s, n) for s in strategies for n in n_values if (s == "single") == (n == 1)]
+            acts = [
+                (s, n) for s in strategies for n in n_values if get_strategy(s).greedy == (n == 1)
+            ]
         else:
             for a in actions:
                 if a.model != model.name:

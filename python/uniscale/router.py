@@ -54,7 +54,6 @@ from uniscale.outcomes import run_usage
 from uniscale.policy import Policy, UpdateResult
 from uniscale.records import SCHEMA_VERSION, DecisionRecord, ErrorInfo, FeedbackInfo, FeedbackRecord
 from uniscale.space import Action, ModelSpec
-from uniscale.vote import majority_vote
 
 __all__ = [
     "ConfidenceFeedback",
@@ -776,10 +775,11 @@ def _outcome_summary(o: Outcome) -> dict[str, Any]:
 
 
 class _VotingSubRuns:
-    """The voting sub-runs of a live run scored against a ground truth (see `Router`): the
-    first ``n'`` of its samples, in draw order, voted as self-consistency or adaptive
-    consistency would, billed by `run_usage`. Best-of-n sub-runs are not told (they need the
-    scorer's verdict on the prefix). Nothing is computed before the engine asks, inside its
+    """The sub-runs of a live run scored against a ground truth (see `Router`): the first
+    ``n'`` of its samples, in draw order, decided as the sub-run's strategy would
+    (`Strategy.replay`: self-consistency and adaptive consistency vote), billed by `run_usage`.
+    Best-of-n sub-runs are not told (a strategy that ``needs_scorer`` would need the scorer's
+    verdict on the prefix). Nothing is computed before the engine asks, inside its
     guard: a failure here costs the side observations only, never the answer."""
 
     __slots__ = ("_answers", "_executor", "_gold", "_outcome", "_policy", "_samples", "_spec")
@@ -798,7 +798,8 @@ class _VotingSubRuns:
         return float(len(self._outcome.samples))
 
     def result(self, action: Action) -> SubRun | None:
-        if action.strategy not in ("self_consistency", "adaptive_consistency"):
+        strategy = self._executor.strategy(action.strategy)
+        if strategy.greedy or strategy.needs_scorer:
             return None
         if self._samples is None or self._spec is None:
             self._spec = self._policy.models[self._outcome.action.model]
@@ -807,12 +808,11 @@ class _VotingSubRuns:
                 None if s.answer is None else normalize_answer(s.answer) for s in self._samples
             ]
             self._gold = normalize_answer(self._gold)
-        if action.strategy == "self_consistency":
-            vote, used = majority_vote(self._answers[: action.n]), action.n
-        else:
-            r = self._executor.adaptive.replay(self._answers[: action.n], action.n)
-            vote, used = r.vote, r.used
+        r = strategy.replay(self._answers[: action.n], None, action.n)
+        if r is None:
+            return None
+        answer, used = self._answers[r.index], r.used
         prompt = self._samples[0].input_tokens
         cost, latency, out_tokens = run_usage(self._spec, prompt, self._samples[:used])
-        quality = 1.0 if vote.answer is not None and vote.answer == self._gold else 0.0
+        quality = 1.0 if answer is not None and answer == self._gold else 0.0
         return SubRun(quality, cost, latency, out_tokens, float(used), float(prompt))

@@ -16,8 +16,12 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from uniscale._core import ConfigError, ModelInfo
+from uniscale._core import ConfigError, ModelInfo, StrategyInfo
+from uniscale.strategies import get_strategy, registered_strategies
 
+#: The built-in strategies' names. A strategy added with `uniscale.strategies.register_strategy`
+#: is accepted wherever these are (`Action` checks the registry at run time); its name is not in
+#: this type (``cast`` it, or annotate with ``str``).
 Strategy = Literal["single", "self_consistency", "best_of_n", "adaptive_consistency"]
 STRATEGIES: tuple[Strategy, ...] = (
     "single",
@@ -124,12 +128,10 @@ class Action:
     n: int
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"unknown strategy {self.strategy!r}; expected one of {STRATEGIES}")
+        strategy = get_strategy(self.strategy)
         if not (isinstance(self.n, int) and self.n >= 1):
             raise ConfigError(f"Action.n must be an int >= 1, got {self.n!r}")
-        if self.strategy == "single" and self.n != 1:
-            raise ConfigError("strategy 'single' requires n == 1")
+        strategy.check_n(self.n)
 
     def __str__(self) -> str:
         return f"{self.model}/{self.strategy}/n={self.n}"
@@ -171,13 +173,14 @@ class ActionSpace:
         strategies: Sequence[Strategy] = STRATEGIES,
         n_values: Sequence[int] = (1, 2, 4, 8),
     ) -> ActionSpace:
-        """Every model x strategy x n, with ``single`` only at n = 1 and the others at n >= 2."""
+        """Every model x strategy x n, with ``single`` (a greedy strategy) only at n = 1 and
+        the others at n >= 2."""
         actions = [
             Action(m.name, s, n)
             for m in models
             for s in strategies
             for n in n_values
-            if (s == "single") == (n == 1)
+            if get_strategy(s).greedy == (n == 1)
         ]
         return cls(models, actions)
 
@@ -212,15 +215,26 @@ class ActionSpace:
             for name in (info.name,)
         ]
 
-    def features(self, model_slots: int | None = None) -> NDArray[np.float64]:
+    def features(
+        self, model_slots: int | None = None, strategies: Sequence[str] | None = None
+    ) -> NDArray[np.float64]:
         """Semantic action features psi, one row per action in :meth:`ordered_actions` order.
 
         See ``rust/space.rs`` for the layout: model slot one-hot, log price, strategy one-hot,
-        log2 n and its interactions with strategy and price.
+        log2 n and its interactions with strategy and price. ``strategies`` names the strategies
+        the layout has slots for (default: every registered one).
         """
         from uniscale._core import action_features
 
-        return action_features(self.core_models(), model_slots)
+        return action_features(self.core_models(), model_slots, strategy_infos(strategies))
 
     def __repr__(self) -> str:
         return f"ActionSpace({len(self._models)} models, {len(self._actions)} actions)"
+
+
+def strategy_infos(names: Sequence[str] | None = None) -> list[StrategyInfo]:
+    """What the policy's core receives about ``names`` (default: every registered strategy, in
+    registration order, which starts with the four built-ins)."""
+    if names is None:
+        return [s.info() for s in registered_strategies()]
+    return [get_strategy(n).info() for n in names]

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::space::{ActionDef, Strategy};
+use crate::space::ActionDef;
 
 use super::quality::close;
 use super::Policy;
@@ -32,11 +32,16 @@ impl Policy {
             if a.model >= space.models.len() {
                 return Err(format!("an action refers to unknown model {}", a.model));
             }
-            if a.n == 0 || a.n > 4096 || (a.strategy == Strategy::Single && a.n != 1) {
+            let Some(def) = space.strategy_def(a.strategy) else {
+                return Err(format!(
+                    "an action refers to unknown strategy {}",
+                    a.strategy.0
+                ));
+            };
+            if a.n == 0 || a.n > 4096 || (def.single_sample && a.n != 1) {
                 return Err(format!(
                     "an action has an invalid ({}, n = {})",
-                    a.strategy.name(),
-                    a.n
+                    def.name, a.n
                 ));
             }
             if a.uid >= space.next_uid {

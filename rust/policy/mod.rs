@@ -31,7 +31,7 @@ use crate::learner::Config;
 use crate::pacing::{Budget, Pacer};
 use crate::prune::PruneReason;
 use crate::rng::SplitMix64;
-use crate::space::{ActionDef, ModelInfo, Space, Strategy};
+use crate::space::{ActionDef, ModelInfo, Space, Strategy, StrategyDef};
 
 mod config;
 mod feedback;
@@ -59,7 +59,7 @@ pub struct Decision {
     pub index: usize,
     pub uid: u64,
     pub model: String,
-    pub strategy: Strategy,
+    pub strategy: String,
     pub n: u32,
     pub quality_mean: f64,
     pub quality_bonus: f64,
@@ -120,13 +120,17 @@ pub struct Policy {
     pub conservative: Option<Conservative>,
 }
 
-/// A model to add, with the (strategy, n) pairs to create for it.
+/// A model to add, with the (strategy, n) pairs to create for it (strategies as indices into
+/// the policy's strategy list).
 pub type NewModel = (ModelInfo, Vec<(Strategy, u32)>);
 
 impl Policy {
+    /// A policy over `strategies` (`StrategyDef::builtins()` for the four built-ins; the
+    /// feature layout follows from the list, see `crate::space`) and `models`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         models: Vec<NewModel>,
+        strategies: Vec<StrategyDef>,
         model_slots: usize,
         dim: usize,
         shared: bool,
@@ -166,8 +170,8 @@ impl Policy {
                     .into(),
             ));
         }
-        let mut space = Space::new(model_slots.max(models.len()))?;
-        let mut cost = CostModel::new();
+        let mut space = Space::with_strategies(model_slots.max(models.len()), strategies)?;
+        let mut cost = CostModel::new(&space.strategies);
         for (info, acts) in models {
             let mi = space.add_model(info)?;
             cost.add_model(&space.models[mi]);
@@ -187,7 +191,7 @@ impl Policy {
         for a in &space.actions {
             let one = ActionDef {
                 n: 1,
-                strategy: Strategy::Single,
+                strategy: Strategy::SINGLE,
                 ..*a
             };
             let p = cost.predict(&space, &one, 500.0);

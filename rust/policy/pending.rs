@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use crate::cost::Prediction;
 use crate::error::{CoreError, CoreResult};
-use crate::space::{ActionDef, Strategy};
+use crate::space::{ActionDef, Space};
 use crate::state::{Reader, Writer};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -146,7 +146,7 @@ impl PendingStore {
                 w.f64s(&p.x);
                 w.u64(p.action.uid);
                 w.usize(p.action.model);
-                w.u8(p.action.strategy as u8);
+                w.u8(p.action.strategy.0);
                 w.u32(p.action.n);
                 w.f64s(&p.psi);
                 w.f64(p.input_tokens);
@@ -170,14 +170,14 @@ impl PendingStore {
     }
 
     /// Reads what `write` wrote into a fresh store: `dim` request features and `psi_len`
-    /// action features per decision, every id below `next_id`, every model below `n_models`.
+    /// action features per decision, every id below `next_id`, every model and strategy in `space`.
     pub(super) fn read(
         r: &mut Reader,
         capacity: usize,
         ttl_s: f64,
         dim: usize,
         psi_len: usize,
-        n_models: usize,
+        space: &Space,
         next_id: u64,
     ) -> CoreResult<Self> {
         let mut store = PendingStore::new(capacity.max(1), ttl_s);
@@ -187,9 +187,9 @@ impl PendingStore {
             let x = r.f64s("pending.x", dim)?;
             let uid = r.u64()?;
             let model = r.usize()?;
-            let strategy = Strategy::from_u8(r.u8()?)?;
+            let strategy = space.strategy_from_u8(r.u8()?)?;
             let n = r.u32()?;
-            if model >= n_models || n == 0 || id >= next_id {
+            if model >= space.models.len() || n == 0 || id >= next_id {
                 return Err(CoreError::State("pending decision is inconsistent".into()));
             }
             let psi = r.f64s("pending.psi", psi_len)?;

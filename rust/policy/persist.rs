@@ -7,7 +7,7 @@ use crate::error::{check_finite, CoreError, CoreResult};
 use crate::evidence::InteractionPrior;
 use crate::pacing::Pacer;
 use crate::rng::SplitMix64;
-use crate::space::{ActionDef, ModelInfo, Space, Strategy};
+use crate::space::{ActionDef, ModelInfo, Space, Strategy, StrategyDef};
 use crate::state::{Kind, Reader, Writer};
 
 use super::config::check_interaction_scale;
@@ -21,6 +21,9 @@ impl Policy {
         let mut w = Writer::new();
         w.usize(self.dim);
         write_space(&self.space, &mut w);
+        // format 7: the strategy list (the actions' codes, the cost model's groups and the
+        // pending decisions refer to it)
+        write_strategies(&self.space.strategies, &mut w);
         self.learner.write(&mut w);
         self.cost.write(&mut w);
         self.pacer.write(&mut w);
@@ -55,7 +58,24 @@ impl Policy {
         let mut r = Reader::open(bytes, Kind::Policy)?;
         let st = |e: CoreError| CoreError::State(e.to_string());
         let dim = r.dim("dim", 1 << 16)?;
-        let space = read_space(&mut r)?;
+        let mut space = read_space(&mut r)?;
+        if r.version >= 7 {
+            space
+                .set_strategies(read_strategies(&mut r)?)
+                .map_err(|e| CoreError::State(e.to_string()))?;
+        }
+        // every action's strategy code is in the list (the cost model and the learner's
+        // features index by it)
+        if let Some(a) = space
+            .actions
+            .iter()
+            .find(|a| a.strategy.index() >= space.strategies.len())
+        {
+            return Err(CoreError::State(format!(
+                "unknown strategy code {}",
+                a.strategy.0
+            )));
+        }
         let learner = QualityLearner::read(&mut r)?;
         {
             let l = learner.as_learner();
@@ -65,7 +85,7 @@ impl Policy {
                 ));
             }
         }
-        let cost = CostModel::read(&mut r, &space.models)?;
+        let cost = CostModel::read(&mut r, &space.models, &space.strategies)?;
         let pacer = Pacer::read(&mut r)?;
         let weights = Weights {
             quality: r.f64()?,
@@ -87,7 +107,7 @@ impl Policy {
             ttl_s,
             dim,
             learner.psi_len(&space),
-            space.models.len(),
+            &space,
             next_id,
         )?;
         let conservative = if r.version >= 3 {
@@ -150,6 +170,40 @@ impl Policy {
     }
 }
 
+/// The strategy list (format 7): count, then per strategy its name and three flags.
+fn write_strategies(list: &[StrategyDef], w: &mut Writer) {
+    w.usize(list.len());
+    for s in list {
+        w.str(&s.name);
+        w.bool(s.adaptive);
+        w.bool(s.feature);
+        w.bool(s.single_sample);
+    }
+}
+
+fn read_strategies(r: &mut Reader) -> CoreResult<Vec<StrategyDef>> {
+    let n = r.dim("n_strategies", crate::space::MAX_STRATEGIES)?;
+    let mut list = Vec::with_capacity(n);
+    for _ in 0..n {
+        list.push(StrategyDef {
+            name: r.str()?,
+            adaptive: r.bool()?,
+            feature: r.bool()?,
+            single_sample: r.bool()?,
+        });
+    }
+    StrategyDef::validate_list(&list).map_err(|e| CoreError::State(e.to_string()))?;
+    Ok(list)
+}
+
+/// The strategy list when it is not the built-in one (sync fingerprints; a space over the
+/// built-ins hashes as before format 7).
+pub(super) fn write_custom_strategies(space: &Space, w: &mut Writer) {
+    if !space.has_builtin_strategies() {
+        write_strategies(&space.strategies, w);
+    }
+}
+
 /// Model slots, the uid counter, the models and the actions.
 pub(super) fn write_space(space: &Space, w: &mut Writer) {
     w.usize(space.model_slots);
@@ -169,12 +223,14 @@ pub(super) fn write_space(space: &Space, w: &mut Writer) {
     w.usize(space.actions.len());
     for a in &space.actions {
         w.usize(a.model);
-        w.u8(a.strategy as u8);
+        w.u8(a.strategy.0);
         w.u32(a.n);
         w.u64(a.uid);
     }
 }
 
+/// The space as `write_space` wrote it, over the built-in strategies (format 7 stores the
+/// strategy list after it: the caller sets it and checks the actions' codes).
 fn read_space(r: &mut Reader) -> CoreResult<Space> {
     let st = |e: CoreError| CoreError::State(e.to_string());
     let model_slots = r.dim("model_slots", 1024)?;
@@ -204,7 +260,7 @@ fn read_space(r: &mut Reader) -> CoreResult<Space> {
     let n_actions = r.dim("n_actions", 1 << 16)?;
     for _ in 0..n_actions {
         let model = r.usize()?;
-        let strategy = Strategy::from_u8(r.u8()?)?;
+        let strategy = Strategy(r.u8()?);
         let n = r.u32()?;
         let uid = r.u64()?;
         if model >= space.models.len() || n == 0 || uid >= next_uid {

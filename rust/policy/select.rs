@@ -139,7 +139,7 @@ impl Policy {
             index: chosen,
             uid: a.uid,
             model: self.space.models[a.model].name.clone(),
-            strategy: a.strategy,
+            strategy: self.space.strategy_name(a.strategy).to_string(),
             n: a.n,
             quality_mean: est.qmean[chosen],
             quality_bonus: est.qbonus[chosen],

@@ -35,10 +35,10 @@ use crate::linalg;
 use crate::linucb::LinUcb;
 use crate::ridge::{Ridge, MAGNITUDE_LIMIT};
 use crate::shared::SharedLinUcb;
-use crate::space::{Space, Strategy};
+use crate::space::Space;
 use crate::state::{Kind, Writer};
 
-use super::persist::write_space;
+use super::persist::{write_custom_strategies, write_space};
 use super::{Policy, QualityLearner};
 
 /// Version of the evidence layout and blob format.
@@ -176,14 +176,14 @@ fn adaptive_uids(space: &Space) -> Vec<u64> {
     space
         .actions
         .iter()
-        .filter(|a| a.strategy == Strategy::Adaptive)
+        .filter(|a| space.is_adaptive(a.strategy))
         .map(|a| a.uid)
         .collect()
 }
 
 /// The cost model a fresh policy over `space` starts from (what the evidence is relative to).
 fn cost_prior(space: &Space) -> CostModel {
-    let mut c = CostModel::new();
+    let mut c = CostModel::new(&space.strategies);
     for m in &space.models {
         c.add_model(m);
     }
@@ -276,6 +276,7 @@ impl Policy {
         let mut w = Writer::new();
         w.u32(SYNC_FORMAT_VERSION);
         write_space(&self.space, &mut w);
+        write_custom_strategies(&self.space, &mut w);
         w.usize(self.dim);
         w.str(self.learner.kind());
         let c: &Config = self.learner.as_learner().config();
@@ -522,7 +523,7 @@ fn layout_len(learner: &QualityLearner, space: &Space) -> usize {
     let rl: usize = ridges(learner).iter().map(|r| tri_len(r.n) + r.n + 1).sum();
     let m = space.models.len();
     rl + 2
-        + 4 * m * (3 + 2 + 1)
+        + space.strategies.len() * m * (3 + 2 + 1)
         + m * (6 + 3 + 1)
         + 2 * adaptive_uids(space).len()
         + 3 * 5 * m

@@ -26,13 +26,14 @@ fn policy(shared: bool, budget: Budget) -> Policy {
         vec![
             (
                 model("a", 1.0),
-                vec![(Strategy::Single, 1), (Strategy::SelfConsistency, 4)],
+                vec![(Strategy::SINGLE, 1), (Strategy::SELF_CONSISTENCY, 4)],
             ),
             (
                 model("b", 5.0),
-                vec![(Strategy::Single, 1), (Strategy::BestOfN, 8)],
+                vec![(Strategy::SINGLE, 1), (Strategy::BEST_OF_N, 8)],
             ),
         ],
+        StrategyDef::builtins(),
         3,
         2,
         shared,
@@ -245,7 +246,7 @@ fn invariants_hold_for_valid_policies_and_catch_a_narrow_learner() {
     let mut p = policy(true, Budget::None);
     p.select(&[0.1, 0.2], 100.0, None, None, None, 0.0).unwrap();
     p.check_invariants().unwrap();
-    p.add_model(model("c", 2.0), &[(Strategy::Adaptive, 4)])
+    p.add_model(model("c", 2.0), &[(Strategy::ADAPTIVE, 4)])
         .unwrap();
     p.retire_model("a").unwrap();
     p.check_invariants().unwrap();
@@ -283,4 +284,50 @@ fn overflowing_floor_bound_refuses_before_the_draw() {
         ));
         assert_same(&p, &before);
     }
+}
+
+#[test]
+fn a_custom_strategy_list_round_trips() {
+    // the built-in policy's state (format 7) carries the built-in list
+    let p = policy(true, Budget::None);
+    let builtin = Policy::from_bytes(&p.to_bytes()).unwrap();
+    assert_eq!(builtin.space.strategies, StrategyDef::builtins());
+    let mut list = StrategyDef::builtins();
+    list.push(StrategyDef::new("longest", false, true, false));
+    let cfg = p.cfg.clone();
+    let mut q = Policy::new(
+        vec![(
+            model("a", 1.0),
+            vec![(Strategy::SINGLE, 1), (Strategy(4), 4)],
+        )],
+        list.clone(),
+        2,
+        2,
+        true,
+        Config {
+            alpha: 1.0,
+            ridge: 1.0,
+            discount: 1.0,
+            prior_mean: 0.0,
+        },
+        Weights {
+            quality: 1.0,
+            cost: 1.0,
+            latency: 0.0,
+        },
+        cfg,
+        Budget::None,
+        0.05,
+        0.0,
+        3,
+    )
+    .unwrap();
+    assert_eq!(q.space.p(), 2 + 3 + 2 * 4);
+    assert_eq!(q.cost.n_strategies(), 5);
+    let d = q.select(&[0.1, 0.2], 100.0, None, None, None, 1.0).unwrap();
+    assert!(d.strategy == "single" || d.strategy == "longest");
+    let bytes = q.to_bytes();
+    let back = Policy::from_bytes(&bytes).unwrap();
+    assert_eq!(back.space.strategies, list);
+    assert!(back.to_bytes() == bytes);
 }

@@ -15,6 +15,7 @@ mod plan;
 mod policy;
 mod policy_config;
 mod policy_types;
+mod strategy;
 mod sync;
 
 create_exception!(
@@ -151,6 +152,7 @@ fn uniscale_core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<policy::PyPolicyCore>()?;
     m.add_class::<policy_types::PyDecision>()?;
     m.add_class::<policy_types::PyModelInfo>()?;
+    m.add_class::<strategy::PyStrategyInfo>()?;
     m.add_class::<policy_types::PyPrediction>()?;
     m.add_class::<policy_types::PyUpdateResult>()?;
     m.add_class::<policy_config::PyPolicyConfig>()?;

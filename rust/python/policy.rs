@@ -17,15 +17,23 @@ use crate::error::CoreError;
 use crate::evidence::InteractionPrior;
 use crate::learner::Config;
 use crate::policy::{Feedback, NewModel, Policy, PolicyConfig, Weights};
-use crate::space::{Space, Strategy};
+use crate::space::{Space, Strategy, StrategyDef};
+
+use super::strategy::{strategy_list, PyStrategyInfo};
 use crate::state;
 
 /// A model with its actions, as `PolicyCore` and `action_features` take them.
 type ModelWithActions = (ModelArg, Vec<(String, u32)>);
 
-fn actions_of(acts: Vec<(String, u32)>) -> Result<Vec<(Strategy, u32)>, CoreError> {
+/// `(strategy name, n)` pairs resolved against `strategies` (the space's list).
+fn actions_of(
+    strategies: &[StrategyDef],
+    acts: Vec<(String, u32)>,
+) -> Result<Vec<(Strategy, u32)>, CoreError> {
+    // parse against an empty space over the list (one place spells the error)
+    let space = Space::with_strategies(1, strategies.to_vec())?;
     acts.into_iter()
-        .map(|(s, n)| Ok((Strategy::parse(&s)?, n)))
+        .map(|(s, n)| Ok((space.parse_strategy(&s)?, n)))
         .collect()
 }
 
@@ -49,15 +57,18 @@ pub struct PyPolicyCore {
 impl PyPolicyCore {
     /// A policy over `models` (each a `ModelInfo` with its `(strategy, n)` actions) for
     /// request features of length `dim`, with the settings of `config` (`PolicyConfig()`
-    /// when omitted).
+    /// when omitted). `strategies` lists the strategies the feature layout has room for (a
+    /// `StrategyInfo` each; the four built-ins when omitted).
     #[new]
-    #[pyo3(signature = (models, dim, config=None))]
+    #[pyo3(signature = (models, dim, config=None, strategies=None))]
     fn new(
         py: Python<'_>,
         models: Vec<ModelWithActions>,
         dim: i64,
         config: Option<Bound<'_, PyPolicyConfig>>,
+        strategies: Option<Vec<PyRef<'_, PyStrategyInfo>>>,
     ) -> PyResult<Self> {
+        let strategies = strategy_list(strategies);
         let config = match config {
             Some(c) => c,
             None => PyPolicyConfig::default_bound(py)?,
@@ -80,7 +91,7 @@ impl PyPolicyCore {
         };
         let mut new_models: Vec<NewModel> = Vec::with_capacity(n_models);
         for (m, acts) in models {
-            new_models.push((m.0, actions_of(acts)?));
+            new_models.push((m.0, actions_of(&strategies, acts)?));
         }
         let (mult, auto) = c.interaction();
         let cfg = PolicyConfig {
@@ -95,6 +106,7 @@ impl PyPolicyCore {
         };
         let mut p = Policy::new(
             new_models,
+            strategies,
             slots,
             dim,
             shared,
@@ -421,7 +433,7 @@ impl PyPolicyCore {
     }
 
     /// Current actions as (model, strategy, n, uid) tuples, in index order.
-    fn actions(&self) -> Vec<(String, &'static str, u32, u64)> {
+    fn actions(&self) -> Vec<(String, String, u32, u64)> {
         let p = self.inner.lock();
         p.space
             .actions
@@ -429,11 +441,21 @@ impl PyPolicyCore {
             .map(|a| {
                 (
                     p.space.models[a.model].name.clone(),
-                    a.strategy.name(),
+                    p.space.strategy_name(a.strategy).to_string(),
                     a.n,
                     a.uid,
                 )
             })
+            .collect()
+    }
+
+    /// The strategies, in index order (what the feature layout was derived from).
+    fn strategies(&self) -> Vec<PyStrategyInfo> {
+        let p = self.inner.lock();
+        p.space
+            .strategies
+            .iter()
+            .map(|s| PyStrategyInfo { s: s.clone() })
             .collect()
     }
 
@@ -512,8 +534,9 @@ impl PyPolicyCore {
         model: ModelArg,
         actions: Vec<(String, u32)>,
     ) -> PyResult<Bound<'py, PyArray1<i64>>> {
-        let acts = actions_of(actions)?;
-        let idx = self.inner.lock().add_model(model.0, &acts)?;
+        let mut p = self.inner.lock();
+        let acts = actions_of(&p.space.strategies, actions)?;
+        let idx = p.add_model(model.0, &acts)?;
         Ok(idx
             .into_iter()
             .map(|i| i as i64)
@@ -571,16 +594,20 @@ impl PyPolicyCore {
 
 /// psi for an explicit action list (what `ActionSpace.features()` shows).
 #[pyfunction]
-#[pyo3(signature = (models, model_slots=None))]
+#[pyo3(signature = (models, model_slots=None, strategies=None))]
 pub fn action_features<'py>(
     py: Python<'py>,
     models: Vec<ModelWithActions>,
     model_slots: Option<usize>,
+    strategies: Option<Vec<PyRef<'_, PyStrategyInfo>>>,
 ) -> PyResult<Bound<'py, PyArray2<f64>>> {
-    let mut space = Space::new(model_slots.unwrap_or(models.len().max(1) + 1))?;
+    let mut space = Space::with_strategies(
+        model_slots.unwrap_or(models.len().max(1) + 1),
+        strategy_list(strategies),
+    )?;
     for (m, acts) in models {
         let mi = space.add_model(m.0)?;
-        for (s, n) in actions_of(acts)? {
+        for (s, n) in actions_of(&space.strategies, acts)? {
             space.add_action(mi, s, n)?;
         }
     }

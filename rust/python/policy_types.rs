@@ -437,8 +437,8 @@ impl PyDecision {
         &self.d.model
     }
     #[getter]
-    fn strategy(&self) -> &'static str {
-        self.d.strategy.name()
+    fn strategy(&self) -> &str {
+        &self.d.strategy
     }
     #[getter]
     fn n(&self) -> u32 {
@@ -451,7 +451,7 @@ impl PyDecision {
             Ok(py.import("uniscale.space")?.getattr("Action")?.unbind())
         })?;
         cls.bind(py)
-            .call1((self.d.model.as_str(), self.d.strategy.name(), self.d.n))
+            .call1((self.d.model.as_str(), self.d.strategy.as_str(), self.d.n))
     }
     #[getter]
     fn quality_mean(&self) -> f64 {
@@ -558,7 +558,7 @@ impl PyDecision {
         d.set_item("index", x.index)?;
         d.set_item("action_uid", x.uid)?;
         d.set_item("model", &x.model)?;
-        d.set_item("strategy", x.strategy.name())?;
+        d.set_item("strategy", &x.strategy)?;
         d.set_item("n", x.n)?;
         d.set_item("quality_mean", x.quality_mean)?;
         d.set_item("quality_bonus", x.quality_bonus)?;
@@ -588,7 +588,7 @@ impl PyDecision {
             "Decision(id={}, action={}/{}/n={}, score={:.4}, cost_usd={:.3e}, latency_s={:.3}, propensity={:.3}{})",
             self.d.id,
             self.d.model,
-            self.d.strategy.name(),
+            self.d.strategy,
             self.d.n,
             self.d.score,
             self.d.prediction.cost_usd,

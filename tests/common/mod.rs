@@ -5,7 +5,7 @@
 use uniscale::evidence::InteractionPrior;
 use uniscale::pacing::Budget;
 use uniscale::policy::{Decision, Exploration, Feedback, NewModel, Policy, PolicyConfig, Weights};
-use uniscale::space::{ModelInfo, Strategy};
+use uniscale::space::{ModelInfo, Strategy, StrategyDef};
 use uniscale::Config;
 
 pub const DIM: usize = 3;
@@ -30,16 +30,16 @@ pub fn models() -> Vec<NewModel> {
         (
             model("small", 0.5, 4),
             vec![
-                (Strategy::Single, 1),
-                (Strategy::SelfConsistency, 4),
-                (Strategy::Adaptive, 8),
+                (Strategy::SINGLE, 1),
+                (Strategy::SELF_CONSISTENCY, 4),
+                (Strategy::ADAPTIVE, 8),
             ],
         ),
         (
             model("mid", 2.0, 2),
-            vec![(Strategy::Single, 1), (Strategy::BestOfN, 4)],
+            vec![(Strategy::SINGLE, 1), (Strategy::BEST_OF_N, 4)],
         ),
-        (model("large", 8.0, 1), vec![(Strategy::Single, 1)]),
+        (model("large", 8.0, 1), vec![(Strategy::SINGLE, 1)]),
     ]
 }
 
@@ -90,6 +90,7 @@ pub fn build(mode: Mode, seed: u64) -> Policy {
     };
     let mut p = Policy::new(
         models(),
+        StrategyDef::builtins(),
         4,
         DIM,
         shared,
@@ -212,7 +213,7 @@ pub fn drive(p: &mut Policy, steps: usize, seed: u64) -> Vec<Decision> {
         if t == steps / 2 && p.space.model_index("late").is_none() {
             p.add_model(
                 model("late", 1.0, 8),
-                &[(Strategy::Single, 1), (Strategy::Adaptive, 4)],
+                &[(Strategy::SINGLE, 1), (Strategy::ADAPTIVE, 4)],
             )
             .unwrap();
             // keep the baseline of the conservative modes alive: "small" single (index 0) or

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from uniscale._core import ConfigError
 from uniscale.extract import available_extractors
 from uniscale.policy import PRESETS
-from uniscale.space import STRATEGIES, Action, ModelSpec
+from uniscale.space import Action, ModelSpec
+from uniscale.strategies import get_strategy, strategy_names
 
 if TYPE_CHECKING:
     from uniscale.featurize import Featurizer
@@ -160,7 +161,7 @@ class ServeConfig:
         for m in self.models:
             for s in self.policy.strategies:
                 for n in self.policy.n_values:
-                    if (s == "single") == (n == 1):
+                    if get_strategy(s).greedy == (n == 1):
                         out.append(Action(m.name, s, n))  # type: ignore[arg-type]
         return out
 
@@ -208,6 +209,13 @@ def _str(choices: Sequence[str] | None = None) -> Check:
     return check
 
 
+def _strategy(v: Any) -> str:
+    """A registered strategy's name (checked when the config is read, so a strategy registered
+    before is accepted)."""
+    name: str = _str(strategy_names())(v)
+    return name
+
+
 def _bool(v: Any) -> bool:
     if not isinstance(v, bool):
         raise ValueError(f"expected true or false, got {type(v).__name__} {v!r}")
@@ -235,12 +243,13 @@ def parse_action(text: str) -> Action:
         return Action(parts[0], "single", 1)
     if len(parts) == 3 and parts[2].startswith("n="):
         parts[2] = parts[2][2:]  # str(Action) spells it "model/strategy/n=4"
-    if len(parts) != 3 or parts[1] not in STRATEGIES or not parts[2].isdigit():
+    names = strategy_names()
+    if len(parts) != 3 or parts[1] not in names or not parts[2].isdigit():
         raise ValueError(
-            f"expected 'MODEL' or 'MODEL/STRATEGY/N' with STRATEGY in {', '.join(STRATEGIES)}, "
+            f"expected 'MODEL' or 'MODEL/STRATEGY/N' with STRATEGY in {', '.join(names)}, "
             f"got {text!r}"
         )
-    return Action(parts[0], parts[1], int(parts[2]))
+    return Action(parts[0], parts[1], int(parts[2]))  # type: ignore[arg-type]
 
 
 def _action(v: Any) -> Action:
@@ -278,7 +287,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "exploration": _str(("greedy", "epsilon", "softmax")),
         "epsilon": _float(0.0),
         "seed": _int(0),
-        "strategies": _list(_str(STRATEGIES)),
+        "strategies": _list(_strategy),
         "n_values": _list(_int(1, 128)),
         "ttl_s": _float(0.0, strict=True),
         "capacity": _int(1),
