@@ -23,6 +23,24 @@ from uniscale.lab.collect_status import table_status
 logger = logging.getLogger(__name__)
 
 
+def add_request_args(p: argparse.ArgumentParser) -> None:
+    """``--concurrency``, ``--timeout-s`` and ``--retries`` (shared with ``uniscale calibrate``)."""
+    p.add_argument("--concurrency", type=int, default=1, help="pairs in flight per model (1)")
+    p.add_argument("--timeout-s", type=float, default=900.0, help="per HTTP request (900)")
+    p.add_argument("--retries", type=int, default=2, help="retries per request on 5xx/network")
+
+
+def models_from_args(args: argparse.Namespace) -> list[CollectModel]:
+    """The endpoints of ``--config FILE`` then of every ``--model NAME=URL[,k=v]``."""
+    models: list[CollectModel] = []
+    if args.config:
+        models.extend(load_model_config(args.config))
+    models.extend(parse_model_arg(a) for a in args.model)
+    if not models:
+        raise CollectError("give at least one --model NAME=URL or --config FILE")
+    return models
+
+
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--items", default=None, help="item JSONL (default: the packaged items)")
     p.add_argument("--out", required=True, help="table to append to (JSONL, created if missing)")
@@ -53,9 +71,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
         default="interleave",
         help="interleave kinds round-robin (default) or keep file order",
     )
-    p.add_argument("--concurrency", type=int, default=1, help="pairs in flight per model (1)")
-    p.add_argument("--timeout-s", type=float, default=900.0, help="per HTTP request (900)")
-    p.add_argument("--retries", type=int, default=2, help="retries per request on 5xx/network")
+    add_request_args(p)
     p.add_argument("--topups", type=int, default=2, help="re-requests for missing samples (2)")
     p.add_argument(
         "--server-wait-s",
@@ -76,12 +92,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    models: list[CollectModel] = []
-    if args.config:
-        models.extend(load_model_config(args.config))
-    models.extend(parse_model_arg(a) for a in args.model)
-    if not models:
-        raise CollectError("give at least one --model NAME=URL or --config FILE")
+    models = models_from_args(args)
     overrides: dict[str, int] = {}
     for a in args.max_tokens:
         k, sep, v = a.partition("=")
