@@ -20,7 +20,8 @@ from uniscale.lab.collect_export import export_table
 from uniscale.lab.collect_items import ITEMS, CollectError
 from uniscale.lab.collect_status import table_status
 
-logger = logging.getLogger(__name__)
+# The collector logs under one name, as before the split (its run logs show %(name)s).
+logger = logging.getLogger("uniscale.lab.collect")
 
 
 def add_request_args(p: argparse.ArgumentParser) -> None:

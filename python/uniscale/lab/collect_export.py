@@ -38,7 +38,8 @@ from uniscale.lab.collect_table import (
 from uniscale.outcomes import Request
 from uniscale.outcomes import Sample as OutcomeSample
 
-logger = logging.getLogger(__name__)
+# The collector logs under one name, as before the split (its run logs show %(name)s).
+logger = logging.getLogger("uniscale.lab.collect")
 
 
 def _fallback_features(item: Item, input_tokens: int) -> F64:

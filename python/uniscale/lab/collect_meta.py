@@ -22,7 +22,8 @@ from uniscale.lab.collect_items import FORMAT_VERSION, CollectError, Item
 from uniscale.lab.collect_monitor import _root_url
 from uniscale.lab.collect_table import _write_json_atomic, meta_path
 
-logger = logging.getLogger(__name__)
+# The collector logs under one name, as before the split (its run logs show %(name)s).
+logger = logging.getLogger("uniscale.lab.collect")
 
 
 def _sha256_file(path: Path) -> str:

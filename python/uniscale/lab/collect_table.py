@@ -16,7 +16,8 @@ from typing import IO, Any
 
 from uniscale.lab.collect_items import CollectError, Record
 
-logger = logging.getLogger(__name__)
+# The collector logs under one name, as before the split (its run logs show %(name)s).
+logger = logging.getLogger("uniscale.lab.collect")
 
 
 def meta_path(path: str | Path) -> Path:
