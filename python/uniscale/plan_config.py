@@ -9,13 +9,10 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from uniscale._core import ConfigError
 from uniscale.planner import CallModel, Candidate, LatencyModel, Risk, Scenario
-
-if TYPE_CHECKING:
-    pass
 
 
 @dataclass(frozen=True, slots=True)

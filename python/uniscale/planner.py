@@ -29,9 +29,6 @@ from numpy.typing import NDArray
 
 from uniscale._core import ConfigError, plan_rules, simulate_plan
 
-if TYPE_CHECKING:
-    pass
-
 F64 = NDArray[np.float64]
 
 #: The rules in the order tables show them (``knee_paper`` is the reference code's knee).

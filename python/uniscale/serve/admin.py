@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -15,9 +14,6 @@ from uniscale.router import json_safe
 from uniscale.serve.http import HTTPError, ServerBase
 from uniscale.serve.metrics import CONTENT_TYPE_LATEST
 from uniscale.serve.state import snapshot
-
-if TYPE_CHECKING:
-    pass
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -27,9 +27,6 @@ from uniscale.router import DecisionLog, GroundTruthFeedback, RouterResult
 from uniscale.serve.chat_parse import ChatParsing, _ChatRequest
 from uniscale.serve.hooks import CURRENT, RequestSlot
 from uniscale.serve.http import HTTPError
-
-if TYPE_CHECKING:
-    pass
 
 logger = logging.getLogger(__name__)
 

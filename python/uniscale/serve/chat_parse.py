@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from starlette.requests import Request
@@ -15,10 +15,6 @@ from uniscale.extract import available_extractors
 from uniscale.policy import PRESETS
 from uniscale.serve.http import HTTPError, ServerBase
 from uniscale.space import Action
-
-if TYPE_CHECKING:
-    pass
-
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 _UNSUPPORTED = ("tools", "functions", "tool_choice", "function_call", "response_format")

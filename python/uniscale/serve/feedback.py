@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -18,9 +17,6 @@ from uniscale._core import (
     UnknownDecisionError,
 )
 from uniscale.serve.http import HTTPError, ServerBase
-
-if TYPE_CHECKING:
-    pass
 
 
 class FeedbackRoutes(ServerBase):
