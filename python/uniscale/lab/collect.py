@@ -145,12 +145,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The packaged data (``uniscale/data``): benchmark items, outcome tables and their sidecars.
-
-
-# --------------------------------------------------------------------------------------------
-# Collection
-
 
 def pair_seed(seed: int, item_id: str, model: str) -> int:
     digest = hashlib.sha256(f"{seed}:{item_id}:{model}".encode()).digest()
