@@ -18,11 +18,9 @@ load inside the functions that need them.
 
 from __future__ import annotations
 
-import json
 import math
-import tomllib
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -30,11 +28,6 @@ import numpy as np
 from numpy.typing import NDArray
 
 from uniscale._core import ConfigError, plan_rules, simulate_plan
-
-if TYPE_CHECKING:
-    from uniscale.outcomes import OutcomeTable
-    from uniscale.policy import Policy
-    from uniscale.space import Action, ModelSpec
 
 F64 = NDArray[np.float64]
 
@@ -408,541 +401,66 @@ def plan(
     )
 
 
-# ---- configuration -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class PlanConfig:
-    """A plan's configuration (a TOML file: see ``uniscale/data/plan_paper.toml``)."""
-
-    candidates: tuple[Candidate, ...]
-    scenarios: tuple[Scenario, ...]
-    trials: int = 1000
-    seed: int = 0
-    level: float = 0.95
-    quantile: float = 0.9
-    risk: Risk = "mean"
-    latency: LatencyModel = "rounds"
-    strategies: tuple[str, ...] = ()
-    bootstrap: int = 500
-
-
-def _num(d: Mapping[str, Any], key: str, where: str, default: float | None = None) -> float:
-    v = d.get(key, default)
-    if v is None:
-        raise ConfigError(f"{where}: missing key {key!r}")
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-        raise ConfigError(f"{where}: {key} must be a finite number, got {v!r}")
-    return float(v)
-
-
-def _pair(
-    d: Mapping[str, Any], key: str, where: str, default: tuple[float, float]
-) -> tuple[float, float]:
-    v = d.get(key, list(default))
-    if not (
-        isinstance(v, list)
-        and len(v) == 2
-        and all(isinstance(x, int | float) and not isinstance(x, bool) for x in v)
-    ):
-        raise ConfigError(f"{where}: {key} must be [mean, sd], got {v!r}")
-    return float(v[0]), float(v[1])
-
-
-_PLAN_KEYS = {
-    "trials",
-    "seed",
-    "level",
-    "quantile",
-    "risk",
-    "latency",
-    "k",
-    "parallelism",
-    "strategies",
-    "bootstrap",
-}
-_MODEL_KEYS = {
-    "name",
-    "price_in_per_mtok",
-    "price_out_per_mtok",
-    "latency_in_s_per_token",
-    "latency_out_s_per_token",
-    "input_tokens",
-    "output_tokens",
-    "accuracy",
-    "parallelism",
-    "k",
-}
-_SCENARIO_KEYS = {
-    "name",
-    "max_cost_usd",
-    "max_latency_s",
-    "min_accuracy",
-    "max_cost_share",
-    "max_latency_share",
-    "min_accuracy_gap",
-    "description",
-}
-
-
-def _check_keys(d: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    extra = sorted(set(d) - allowed)
-    if extra:
-        raise ConfigError(f"{where}: unknown key(s) {extra}; allowed: {sorted(allowed)}")
-
-
-def _ks(v: Any, where: str) -> tuple[int, ...]:
-    """``k`` is a list of ints, or a table {start, stop, step} (inclusive stop)."""
-    if isinstance(v, dict):
-        _check_keys(v, {"start", "stop", "step"}, f"{where}.k")
-        try:
-            ks = tuple(range(int(v["start"]), int(v["stop"]) + 1, int(v.get("step", 1))))
-        except (KeyError, ValueError, TypeError) as exc:
-            raise ConfigError(f"{where}.k: needs integer start, stop (and step): {exc}") from None
-    elif isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v):
-        ks = tuple(v)
-    else:
-        raise ConfigError(f"{where}: k must be a list of ints or {{start, stop, step}}")
-    if not ks or any(k < 1 for k in ks):
-        raise ConfigError(f"{where}: k values must be >= 1 and not empty, got {list(ks)}")
-    return ks
-
-
-def parse_config(data: Mapping[str, Any], where: str = "config") -> PlanConfig:
-    """Validates a parsed TOML document; every error names the bad key."""
-    _check_keys(data, {"plan", "model", "scenario"}, where)
-    p = data.get("plan", {})
-    if not isinstance(p, dict):
-        raise ConfigError(f"{where}: [plan] must be a table")
-    _check_keys(p, _PLAN_KEYS, f"{where}: [plan]")
-    risk = p.get("risk", "mean")
-    if risk not in ("mean", "quantile"):
-        raise ConfigError(f"{where}: [plan] risk must be 'mean' or 'quantile', got {risk!r}")
-    latency = p.get("latency", "rounds")
-    if latency not in ("rounds", "paper_mean"):
-        raise ConfigError(f"{where}: [plan] latency must be 'rounds' or 'paper_mean'")
-    trials = p.get("trials", 1000)
-    bootstrap = p.get("bootstrap", 500)
-    seed = p.get("seed", 0)
-    for key, v in (("trials", trials), ("bootstrap", bootstrap), ("seed", seed)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < (0 if key == "seed" else 1):
-            raise ConfigError(f"{where}: [plan] {key} must be a non-negative int, got {v!r}")
-    default_k = _ks(p.get("k", [1]), f"{where}: [plan]")
-    default_par = p.get("parallelism", 1)
-    strategies = p.get("strategies", [])
-    if not isinstance(strategies, list) or not all(isinstance(s, str) for s in strategies):
-        raise ConfigError(f"{where}: [plan] strategies must be a list of strategy names")
-    candidates: list[Candidate] = []
-    models = data.get("model", [])
-    if not isinstance(models, list):
-        raise ConfigError(f"{where}: [[model]] must be an array of tables")
-    for j, m in enumerate(models):
-        w = f"{where}: model[{j}]"
-        if not isinstance(m, dict):
-            raise ConfigError(f"{w} must be a table")
-        _check_keys(m, _MODEL_KEYS, w)
-        name = m.get("name")
-        if not isinstance(name, str) or not name:
-            raise ConfigError(f"{w}: name must be a non-empty string")
-        w = f"{where}: model {name!r}"
-        call = CallModel(
-            _num(m, "price_in_per_mtok", w),
-            _num(m, "price_out_per_mtok", w),
-            _num(m, "latency_in_s_per_token", w),
-            _num(m, "latency_out_s_per_token", w),
-            _pair(m, "input_tokens", w, (1024.0, 64.0)),
-            _pair(m, "output_tokens", w, (2048.0, 128.0)),
-        )
-        if min(call.row()) < 0:
-            raise ConfigError(f"{w}: prices, latencies and token counts must be >= 0")
-        acc = _pair(m, "accuracy", w, (math.nan, math.nan))
-        if not (0 <= acc[0] <= 1 and acc[1] >= 0):
-            raise ConfigError(f"{w}: accuracy must be [mean in [0, 1], sd >= 0], got {list(acc)}")
-        par = m.get("parallelism", default_par)
-        if not isinstance(par, int) or isinstance(par, bool) or par < 1:
-            raise ConfigError(f"{w}: parallelism must be an int >= 1, got {par!r}")
-        for k in _ks(m["k"], w) if "k" in m else default_k:
-            candidates.append(
-                Candidate(name, "best_of_k", k, call, par, acc[0], accuracy_sd=acc[1])
-            )
-    scenarios = []
-    raw = data.get("scenario", [])
-    if not isinstance(raw, list) or not raw:
-        raise ConfigError(f"{where}: needs at least one [[scenario]]")
-    for j, s in enumerate(raw):
-        w = f"{where}: scenario[{j}]"
-        if not isinstance(s, dict):
-            raise ConfigError(f"{w} must be a table")
-        _check_keys(s, _SCENARIO_KEYS, w)
-        if not isinstance(s.get("name"), str):
-            raise ConfigError(f"{w}: name must be a string")
-        try:
-            scenarios.append(Scenario(**s))
-        except TypeError as exc:
-            raise ConfigError(f"{w}: {exc}") from None
-    return PlanConfig(
-        tuple(candidates),
-        tuple(scenarios),
-        trials=trials,
-        seed=seed,
-        level=_num(p, "level", f"{where}: [plan]", 0.95),
-        quantile=_num(p, "quantile", f"{where}: [plan]", 0.9),
-        risk=risk,
-        latency=latency,
-        strategies=tuple(strategies),
-        bootstrap=bootstrap,
-    )
-
-
-def load_config(path: str | Path) -> PlanConfig:
-    p = Path(path)
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
-    return parse_config(data, str(p))
-
-
 # ---- measured curves from an outcome table -------------------------------------------------
 
 
-def bootstrap_means(values: F64, replicates: int, seed: int, chunk: int = 64) -> F64:
-    """(K, B) bootstrap replicates of the column means of ``values`` (T, K): the same resampled
-    rows for every column (paired), drawn as multinomial counts so memory is O(chunk x T)."""
-    t = values.shape[0]
-    rng = np.random.default_rng([seed, 0x706C616E])  # "plan"
-    out = np.empty((values.shape[1], replicates))
-    done = 0
-    while done < replicates:
-        b = min(chunk, replicates - done)
-        counts = rng.multinomial(t, np.full(t, 1.0 / t), size=b).astype(np.float64)
-        out[:, done : done + b] = (counts @ values).T / t
-        done += b
-    return out
+# The configuration, the measured candidates and the plan-seeded policy live in plan_config.py,
+# plan_curves.py and plan_seed.py. Their names resolve from here on first use (PEP 562), so that
+# ``import uniscale`` (which imports `plan` from this module) loads none of them.
+_LAZY: dict[str, str] = {
+    **dict.fromkeys(
+        ("PlanConfig", "_num", "_pair", "_PLAN_KEYS", "_MODEL_KEYS", "_SCENARIO_KEYS"),
+        "uniscale.plan_config",
+    ),
+    **dict.fromkeys(("_check_keys", "_ks", "parse_config", "load_config"), "uniscale.plan_config"),
+    **dict.fromkeys(
+        ("bootstrap_means", "clipped_normal_mean", "matched_normal", "_per_model_calls"),
+        "uniscale.plan_curves",
+    ),
+    **dict.fromkeys(
+        ("_whole_calls", "_call_prices", "candidates_from_table", "candidates_from_policy"),
+        "uniscale.plan_curves",
+    ),
+    **dict.fromkeys(
+        ("plan_actions", "seed_with_plan", "policy_from_plan", "write_json"), "uniscale.plan_seed"
+    ),
+}
+
+if TYPE_CHECKING:
+    from uniscale.plan_config import _MODEL_KEYS as _MODEL_KEYS
+    from uniscale.plan_config import _PLAN_KEYS as _PLAN_KEYS
+    from uniscale.plan_config import _SCENARIO_KEYS as _SCENARIO_KEYS
+    from uniscale.plan_config import PlanConfig as PlanConfig
+    from uniscale.plan_config import _check_keys as _check_keys
+    from uniscale.plan_config import _ks as _ks
+    from uniscale.plan_config import _num as _num
+    from uniscale.plan_config import _pair as _pair
+    from uniscale.plan_config import load_config as load_config
+    from uniscale.plan_config import parse_config as parse_config
+    from uniscale.plan_curves import _call_prices as _call_prices
+    from uniscale.plan_curves import _per_model_calls as _per_model_calls
+    from uniscale.plan_curves import _whole_calls as _whole_calls
+    from uniscale.plan_curves import bootstrap_means as bootstrap_means
+    from uniscale.plan_curves import candidates_from_policy as candidates_from_policy
+    from uniscale.plan_curves import candidates_from_table as candidates_from_table
+    from uniscale.plan_curves import clipped_normal_mean as clipped_normal_mean
+    from uniscale.plan_curves import matched_normal as matched_normal
+    from uniscale.plan_seed import plan_actions as plan_actions
+    from uniscale.plan_seed import policy_from_plan as policy_from_plan
+    from uniscale.plan_seed import seed_with_plan as seed_with_plan
+    from uniscale.plan_seed import write_json as write_json
 
 
-def clipped_normal_mean(mu: float, sd: float, floor: float = 1.0) -> float:
-    """E[max(X, floor)] for X ~ N(mu, sd^2)."""
-    if sd <= 0:
-        return max(mu, floor)
-    a = (floor - mu) / sd
-    cdf = 0.5 * (1.0 + math.erf(a / math.sqrt(2.0)))
-    return floor * cdf + mu * (1.0 - cdf) + sd * math.exp(-0.5 * a * a) / math.sqrt(2 * math.pi)
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 
-def matched_normal(mean: float, sd: float) -> tuple[float, float]:
-    """(mu, sd) of a normal whose clipping at one token has expectation ``mean``: token counts
-    with a spread near their mean (short answers next to long ones) would otherwise come out
-    of the clip up to ~20% longer on average than measured."""
-    if sd <= 0 or mean <= 1:
-        return max(mean, 1.0), max(sd, 0.0)
-    lo, hi = mean - 10 * sd - 1, mean
-    for _ in range(100):
-        mid = 0.5 * (lo + hi)
-        if clipped_normal_mean(mid, sd) < mean:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi), sd
-
-
-def _per_model_calls(
-    table: OutcomeTable, models: Mapping[str, ModelSpec]
-) -> dict[tuple[str, bool], CallModel]:
-    """Per (model, sampled?): token distributions and per-token latencies from the table.
-
-    Input tokens: mean and sd over requests. Output tokens of a greedy call (``single``):
-    mean and sd over requests of the one-sample action. Sampled calls (every other strategy)
-    are as long as the recorded samples: their mean is output tokens per sample used over the
-    model's sampled actions, with the greedy coefficient of variation (the table keeps only
-    per-run totals of samples). Both as normals moment-matched to the clip at one token
-    (`matched_normal`). Per-token latencies: non-negative least squares of the one-sample
-    latency on (input, output) tokens (zero when the table recorded no latency, as for
-    MMLU-Pro)."""
-    calls: dict[tuple[str, bool], CallModel] = {}
-    lin = np.asarray(table.input_tokens, dtype=np.float64)
-    in_tokens = matched_normal(float(lin.mean()), float(lin.std()))
-    for name in dict.fromkeys(a.model for a in table.actions):
-        cols = [i for i, a in enumerate(table.actions) if a.model == name]
-        col = min(cols, key=lambda i: (table.actions[i].n, table.actions[i].strategy != "single"))
-        used = np.maximum(table.samples_used[:, col], 1.0)
-        lout = table.output_tokens[:, col] / used
-        lat = table.latency_s[:, col] / np.ceil(used / max(models[name].parallelism, 1))
-        t_in = t_out = 0.0
-        if np.any(lat > 0):
-            design = np.column_stack([lin, lout])
-            coef, *_ = np.linalg.lstsq(design, lat, rcond=None)
-            t_in, t_out = (float(max(c, 0.0)) for c in coef)
-            if coef.min() < 0:  # one coefficient negative: refit the other alone
-                j = int(np.argmax(coef))
-                x = design[:, j]
-                v = max(float(x @ lat) / max(float(x @ x), 1e-300), 0.0)
-                t_in, t_out = (v, 0.0) if j == 0 else (0.0, v)
-        spec = models[name]
-        greedy_mean, greedy_sd = float(lout.mean()), float(lout.std())
-        sampled = [i for i in cols if table.actions[i].strategy != "single"]
-        sampled_mean = (
-            float(table.output_tokens[:, sampled].sum() / table.samples_used[:, sampled].sum())
-            if sampled
-            else greedy_mean
-        )
-        cv = greedy_sd / greedy_mean if greedy_mean > 0 else 0.0
-        for is_sampled, mean_out in ((False, greedy_mean), (True, sampled_mean)):
-            calls[(name, is_sampled)] = CallModel(
-                spec.price_in_per_mtok,
-                spec.price_out_per_mtok,
-                t_in,
-                t_out,
-                in_tokens,
-                matched_normal(mean_out, cv * mean_out),
-            )
-    return calls
-
-
-def _whole_calls(samples: float) -> tuple[int, float]:
-    """Whole calls for the simulation of ``samples`` expected samples, and the share of the
-    price each is charged so that the expected cost stays that of ``samples`` (an adaptive
-    action expected to use 3.4 samples runs 4 calls at 0.85 of the price)."""
-    k = max(1, math.ceil(samples - 1e-9))
-    return k, min(samples / k, 1.0)
-
-
-def _call_prices(
-    price_in: float, price_out: float, calls: int, share: float, bills_prompt_once: bool
-) -> tuple[float, float]:
-    """(input, output) price per call of a run of ``calls`` calls charged ``share`` each; a
-    model that bills the prompt once for the run is charged ``1 / calls`` of the input price
-    per call (the same expectation)."""
-    if bills_prompt_once and calls > 1:
-        return price_in / calls, price_out * share
-    return price_in * share, price_out * share
-
-
-def candidates_from_table(
-    table: OutcomeTable,
-    models: Mapping[str, ModelSpec],
-    *,
-    strategies: Sequence[str] = (),
-    bootstrap: int = 500,
-    seed: int = 0,
-) -> list[Candidate]:
-    """One candidate per action of ``table`` (restricted to ``strategies`` when given):
-    accuracy measured (mean quality over the requests, paired bootstrap replicates), cost and
-    latency simulated from per-call models estimated from the table (`_per_model_calls`).
-
-    A model that bills the prompt once for n samples is charged ``1/k`` of the input price per
-    call (the same expectation). An ``adaptive_consistency`` action is planned at the samples
-    it was measured to use: its mean samples used rounded up to whole calls, each priced at
-    ``mean / calls`` of the model's price, so the expected cost is the measured one (latency
-    counts the rounded-up calls, a slight overestimate)."""
-    if bootstrap < 1:
-        raise ConfigError(f"bootstrap must be >= 1, got {bootstrap}")
-    cols = [i for i, a in enumerate(table.actions) if not strategies or a.strategy in strategies]
-    if not cols:
-        raise ConfigError(f"no action of the table has a strategy in {list(strategies)}")
-    calls = _per_model_calls(table, models)
-    q = np.asarray(table.quality[:, cols], dtype=np.float64)
-    reps = bootstrap_means(q, bootstrap, seed)
-    est = q.mean(axis=0)
-    out = []
-    for j, i in enumerate(cols):
-        a = table.actions[i]
-        spec = models[a.model]
-        call = calls[(a.model, a.strategy != "single")]
-        n_calls, share = a.n, 1.0
-        if a.strategy == "adaptive_consistency":
-            used = float(np.mean(table.samples_used[:, i]))
-            if math.isfinite(used) and used > 0:
-                n_calls, share = _whole_calls(min(used, a.n))
-        price_in, price_out = _call_prices(
-            call.price_in_per_mtok, call.price_out_per_mtok, n_calls, share, spec.bills_prompt_once
-        )
-        call = replace(call, price_in_per_mtok=price_in, price_out_per_mtok=price_out)
-        out.append(
-            Candidate(
-                a.model,
-                a.strategy,
-                a.n,
-                call,
-                spec.parallelism,
-                float(est[j]),
-                accuracy_replicates=reps[j],
-                calls=None if n_calls == a.n else n_calls,
-            )
-        )
-    return out
-
-
-def candidates_from_policy(
-    policy: Policy,
-    x: NDArray[np.float64] | Sequence[float],
-    input_tokens: float,
-    *,
-    alpha: float = 0.3,
-    quality_sd: float = 0.5,
-    input_tokens_sd: float = 0.0,
-    output_cv: float = 0.5,
-    replicates: int = 200,
-) -> list[Candidate]:
-    """One candidate per action of a live `Policy`, for a request with features ``x`` and
-    ``input_tokens`` prompt tokens: what the policy currently believes.
-
-    Accuracy: the learner's quality mean for ``x`` (clipped to [0, 1]), with "replicates"
-    at the deterministic normal quantiles of its posterior spread, ``quality_sd * bonus /
-    alpha`` (the bonus is ``alpha * sqrt(x' A^-1 x)``; pass the policy's ``alpha``;
-    ``quality_sd = 0.5`` is the noise scale of a quality in [0, 1], as in
-    `Policy.set_baseline`). Cost and latency: the cost model's `Policy.predict` at this prompt
-    size -- output tokens per sample (spread ``output_cv`` times the mean), the expected
-    samples used rounded up to whole calls with prices scaled so that the expected cost is the
-    prediction's (adaptive actions are planned at what they were seen to use), the model's
-    parallelism, and a per-token latency that reproduces the predicted seconds. The Monte
-    Carlo's means then match the cost model's predictions (latency a little above, from
-    waiting for the slowest call of a round)."""
-    from statistics import NormalDist
-
-    if not (alpha > 0 and quality_sd >= 0 and output_cv >= 0 and replicates >= 1):
-        raise ConfigError("alpha must be > 0, quality_sd and output_cv >= 0, replicates >= 1")
-    if len(np.asarray(x)) != policy.dim:
-        raise ConfigError(f"x has {len(np.asarray(x))} features, the policy {policy.dim}")
-    pred = policy.predict(float(input_tokens))
-    mean, bonus = policy.quality_scores(np.asarray(x, dtype=np.float64))
-    z = np.array([NormalDist().inv_cdf((j + 0.5) / replicates) for j in range(replicates)])
-    out = []
-    for i, a in enumerate(policy.actions):
-        spec = policy.models[a.model]
-        samples = max(float(pred["samples"][i]), 1.0)
-        k, share = _whole_calls(samples)
-        per_sample = max(float(pred["output_tokens_per_sample"][i]), 0.0)
-        rounds = math.ceil(k / spec.parallelism)
-        per_round_s = max(float(pred["latency_s"][i]), 0.0) / rounds
-        t_in, t_out = 0.0, 0.0
-        if per_sample > 0:
-            t_out = per_round_s / per_sample
-        elif input_tokens > 0:
-            t_in = per_round_s / input_tokens
-        call = CallModel(
-            *_call_prices(
-                spec.price_in_per_mtok, spec.price_out_per_mtok, k, share, spec.bills_prompt_once
-            ),
-            t_in,
-            t_out,
-            matched_normal(float(input_tokens), input_tokens_sd),
-            matched_normal(per_sample, output_cv * per_sample),
-        )
-        q = float(np.clip(mean[i], 0.0, 1.0))
-        spread = quality_sd * float(bonus[i]) / alpha
-        reps = np.clip(mean[i] + spread * z, 0.0, 1.0)
-        out.append(
-            Candidate(
-                a.model,
-                a.strategy,
-                a.n,
-                call,
-                spec.parallelism,
-                q,
-                accuracy_replicates=reps,
-                calls=k,
-            )
-        )
-    return out
-
-
-# ---- the policy seeded by a plan -----------------------------------------------------------
-
-
-def plan_actions(
-    plan: Plan, scenario: str, keep: Literal["front", "picks"] = "front"
-) -> list[Action]:
-    """The actions a plan keeps for ``scenario``: its Pareto front, or only the rules'
-    picks. Candidates of the paper's best-of-k model map to ``best_of_n``."""
-    from uniscale.space import Action
-
-    chosen = plan.front_candidates(scenario) if keep == "front" else plan.picked(scenario)
-    if not chosen:
-        raise ConfigError(f"scenario {scenario!r}: nothing feasible, so nothing to keep")
-    out = []
-    for c in chosen:
-        strategy = "best_of_n" if c.strategy == "best_of_k" else c.strategy
-        if strategy == "best_of_n" and c.k == 1:
-            strategy = "single"
-        a = Action(c.model, strategy, c.k)  # type: ignore[arg-type]
-        if a not in out:
-            out.append(a)
-    return out
-
-
-def seed_with_plan(
-    policy: Policy,
-    plan_: Plan,
-    *,
-    weight: float = 1.0,
-    x: NDArray[np.float64] | None = None,
-    input_tokens: float = 0.0,
-) -> int:
-    """Pre-weights ``policy`` with the plan: every candidate that is an action of the policy
-    is observed once (`Policy.observe`, weight ``weight``) with its planned accuracy as the
-    quality and its expected cost and latency, at request features ``x`` (default zeros:
-    with the shared learner that informs each action's main effect only, not how it varies
-    with the request). Returns the number of actions seeded."""
-    from uniscale.space import Action
-
-    actions = set(policy.actions)
-    x0 = np.zeros(policy.dim) if x is None else np.asarray(x, dtype=np.float64)
-    seeded = 0
-    for i, c in enumerate(plan_.candidates):
-        strategy = "best_of_n" if c.strategy == "best_of_k" else c.strategy
-        a = Action(c.model, strategy, c.k)  # type: ignore[arg-type]
-        if a in actions:
-            policy.observe(
-                x0,
-                a,
-                float(np.clip(plan_.mean[i, 2], 0.0, 1.0)),
-                input_tokens,
-                cost_usd=float(plan_.mean[i, 0]),
-                latency_s=float(plan_.mean[i, 1]),
-                weight=weight,
-            )
-            seeded += 1
-    return seeded
-
-
-def policy_from_plan(
-    plan_: Plan,
-    scenario: str,
-    models: Mapping[str, ModelSpec] | Sequence[ModelSpec],
-    dim: int,
-    *,
-    mode: Literal["restrict", "prior"] = "restrict",
-    keep: Literal["front", "picks"] = "front",
-    actions: Sequence[Action] | None = None,
-    prior_weight: float = 1.0,
-    **policy_kwargs: Any,
-) -> Policy:
-    """`Policy.from_plan`: see there."""
-    from uniscale.policy import Policy
-    from uniscale.space import ActionSpace
-
-    specs = {m.name: m for m in models} if not isinstance(models, Mapping) else dict(models)
-    if mode == "restrict":
-        acts = plan_actions(plan_, scenario, keep)
-    elif mode == "prior":
-        if actions is None:
-            raise ConfigError("mode='prior' needs the full action space in actions=")
-        acts = list(actions)
-    else:
-        raise ConfigError(f"mode must be 'restrict' or 'prior', got {mode!r}")
-    missing = sorted({a.model for a in acts} - set(specs))
-    if missing:
-        raise ConfigError(f"no ModelSpec for planned model(s) {missing}")
-    names = list(dict.fromkeys(a.model for a in acts))
-    policy = Policy(ActionSpace([specs[n] for n in names], acts), dim, **policy_kwargs)
-    if mode == "prior":
-        seed_with_plan(policy, plan_, weight=prior_weight)
-    return policy
-
-
-def write_json(plan_: Plan, path: str | Path) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(plan_.to_json(), indent=2) + "\n", encoding="utf-8")
-    return p
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

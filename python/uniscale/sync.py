@@ -14,21 +14,17 @@ Requires the ``[redis]`` extra (redis-py).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import numpy.typing as npt
 
 from uniscale._core import (
     PolicyCore,
@@ -42,6 +38,22 @@ from uniscale._core import (
     sync_fingerprint,
     sync_updates,
 )
+
+# The errors, key layout, status record and helpers live in sync_common (re-exported here).
+from uniscale.sync_common import BreakerState as BreakerState
+from uniscale.sync_common import (
+    IncompatibleReplicaError,
+    SyncError,
+    SyncStatus,
+    base_key,
+    inbox_key,
+    replicas_key,
+    slot_key,
+)
+from uniscale.sync_common import Vector as Vector
+from uniscale.sync_common import _atomic_write as _atomic_write
+from uniscale.sync_common import _connect as _connect
+from uniscale.sync_common import _core_of as _core_of
 
 if TYPE_CHECKING:
     from uniscale.policy import Policy
@@ -58,121 +70,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-Vector = npt.NDArray[np.float64]
-BreakerState = Literal["closed", "open", "half_open"]
-
-
-class SyncError(UniScaleError):
-    """Base class of multi-replica synchronisation errors."""
-
-
-class IncompatibleReplicaError(SyncError):
-    """A slot was written by a replica whose action space, featurizer or learner configuration
-    differs (another fingerprint): it is not merged; this replica keeps serving."""
-
-
-def slot_key(policy_key: str, replica_id: str) -> str:
-    """The Redis key of one replica's slot. The hash tag ``{policy_key}`` keeps every key of
-    one policy in one Redis Cluster slot, so the multi-key MGET never fails with CROSSSLOT."""
-    return f"{{{policy_key}}}:slot:{replica_id}"
-
-
-def base_key(policy_key: str) -> str:
-    """The Redis key of the compacted base: the summed slots of replicas that are gone for
-    good (`RedisSync.compact`)."""
-    return f"{{{policy_key}}}:base"
-
-
-def inbox_key(policy_key: str, replica_id: str) -> str:
-    """The Redis list of feedback forwarded to one replica (`RedisSync.forward_feedback`)."""
-    return f"{{{policy_key}}}:feedback:{replica_id}"
-
-
-def replicas_key(policy_key: str) -> str:
-    """The Redis set of the replica ids that have a slot (same hash tag as the slots)."""
-    return f"{{{policy_key}}}:replicas"
-
-
-@dataclass(frozen=True, slots=True)
-class SyncStatus:
-    """A snapshot of a `RedisSync`'s state, for metrics and health checks."""
-
-    replica_id: str
-    #: Unix time of the last successful round (None: none yet).
-    last_sync_s: float | None
-    #: Duration of the last successful round (push, pull, rebuild, swap).
-    last_round_s: float | None
-    rounds: int
-    failures: int
-    consecutive_failures: int
-    breaker: BreakerState
-    #: Other replicas' slots merged in the last successful round.
-    slots_merged: int
-    #: Replica ids whose slots were refused in the last round (another fingerprint).
-    incompatible: tuple[str, ...]
-    #: Unreadable (corrupt, truncated) slots skipped in the last round.
-    corrupt: int
-    #: Rebuilds that had to hold the policy's lock (local learning raced the rebuild).
-    locked_rebuilds: int
-    #: Whether this replica's own slot was found in Redis (restart) and taken over.
-    recovered: bool
-    #: Feedback other replicas forwarded here: applied, and refused by the policy (unknown,
-    #: expired or duplicate decision ids; malformed records).
-    forwarded_applied: int
-    forwarded_rejected: int
-    last_error: str | None
-
-
-def _core_of(policy: Policy | PolicyCore) -> PolicyCore:
-    if isinstance(policy, PolicyCore):
-        return policy
-    core = getattr(policy, "core", None)
-    if not isinstance(core, PolicyCore):
-        raise TypeError(f"expected a uniscale.Policy or PolicyCore, got {type(policy).__name__}")
-    return core
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Temp file, fsync, rename: the file is always a whole blob."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _connect(url: str, timeout_s: float, cluster: bool) -> Any:
-    try:
-        import redis
-        from redis.backoff import NoBackoff
-        from redis.cluster import RedisCluster
-        from redis.retry import Retry
-    except ImportError as e:  # pragma: no cover - exercised only without the extra
-        raise SyncError("uniscale.sync needs redis-py: pip install 'uniscale[redis]'") from e
-    # No client-side retries: the breaker below decides when to try again, and a retry loop
-    # inside redis-py would hide outages from the metrics.
-    if cluster:
-        return RedisCluster.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
-        )
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        retry=Retry(NoBackoff(), 0),
-        retry_on_timeout=False,
-    )
 
 
 class RedisSync:

@@ -1,4 +1,4 @@
-//! Bindings for the planner: Monte Carlo estimates (`rust/plan.rs`) and the rules
+//! Bindings for the planner: Monte Carlo estimates (`rust/plan/`) and the rules
 //! (`rust/pareto.rs::plan_choice`).
 
 use numpy::{IntoPyArray, PyArray1, PyArray2};

@@ -50,41 +50,46 @@ each seed's stream as the calibration and replays the rest cold and warm (paired
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
-import math
 import sys
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, TextIO
-
-import httpx
-import numpy as np
-from numpy.typing import NDArray
+from typing import Any
 
 from uniscale._core import ConfigError
+
+# The parts live in calibrate_collect, calibrate_warm and calibrate_compare (re-exported here).
+from uniscale.lab.calibrate_collect import (
+    DEFAULT_K,
+    DEFAULT_M,
+    DEFAULT_PSEUDO_OBSERVATIONS,
+    TABLE_NAME,
+    CalibrationSummary,
+    calibrate,
+    calibration_items,
+    calibration_table,
+)
+from uniscale.lab.calibrate_collect import F64 as F64
+from uniscale.lab.calibrate_collect import PREFIXES as PREFIXES
+from uniscale.lab.calibrate_compare import WarmStartComparison, compare_warm_start
+from uniscale.lab.calibrate_compare import _collection_cost as _collection_cost
+from uniscale.lab.calibrate_compare import _t95 as _t95
+from uniscale.lab.calibrate_warm import (
+    ActionStats,
+    PriorObservation,
+    WarmStartReport,
+    action_stats,
+    format_stats,
+    warm_start,
+)
 from uniscale.lab.collect import (
     CollectConfig,
     CollectError,
-    CollectModel,
-    Item,
-    Record,
-    collect,
-    latest_ok,
-    load_items,
-    load_model_config,
-    load_requests,
-    order_items,
-    parse_model_arg,
-    read_records,
 )
-from uniscale.lab.datasets import DEFAULT_PRICES, ITEMS, Source
+from uniscale.lab.collect_cli import add_request_args, models_from_args
+from uniscale.lab.datasets import Source
 from uniscale.lab.progress import progress_bar
-from uniscale.outcomes import OutcomeTable, build_table
-from uniscale.policy import Policy
-from uniscale.space import Action, ActionSpace, ModelSpec
 
 __all__ = [
     "DEFAULT_K",
@@ -108,451 +113,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-F64 = NDArray[np.float64]
-
-#: Calibration items by default: enough for a mean per action, cheap to collect.
-DEFAULT_K = 30
-#: Samples per (item, model): the largest n of the default action grid (1, 2, 4, 8).
-DEFAULT_M = 8
-#: Observations per action the warm-start prior is worth, whatever K is.
-DEFAULT_PSEUDO_OBSERVATIONS = 1
-#: The calibration table's file name inside ``--out``.
-TABLE_NAME = "calibration.jsonl"
-#: Prefix lengths the warm-vs-cold comparison reports (where a prior matters most).
-PREFIXES = (50, 100)
-
-
-# --------------------------------------------------------------------------------------------
-# Collection
-
-
-def calibration_items(items: Sequence[Item], k: int) -> list[Item]:
-    """The first ``k`` items in round-robin kind order: every kind is represented, and the same
-    file and ``k`` always give the same items (so a rerun resumes rather than starts over)."""
-    if k < 1:
-        raise CollectError(f"k must be >= 1, got {k}")
-    return order_items(items, "interleave")[:k]
-
-
-@dataclass(frozen=True, slots=True)
-class CalibrationSummary:
-    """What a `calibrate` run did."""
-
-    table: Path
-    items: int
-    models: list[str]
-    already_done: int
-    collected: int
-    failed: int
-    wall_s: float
-
-    @property
-    def complete(self) -> bool:
-        return self.failed == 0
-
-
-def calibrate(
-    models: Sequence[CollectModel],
-    out_dir: str | Path,
-    *,
-    k: int = DEFAULT_K,
-    items_path: str | Path | None = None,
-    config: CollectConfig | None = None,
-    progress: bool = True,
-    stream: TextIO | None = None,
-    transport: httpx.AsyncBaseTransport | None = None,
-    on_record: Callable[[Record], None] | None = None,
-) -> CalibrationSummary:
-    """Collect (or resume) ``k`` calibration items x every model into ``out_dir/calibration.jsonl``
-    with ``config`` (default ``m = 8`` samples and a greedy answer per pair); see the module
-    docstring. ``on_record`` is called after each line is written (tests interrupt with it)."""
-    cfg = config or CollectConfig(m=DEFAULT_M)
-    ipath = Path(items_path) if items_path is not None else ITEMS
-    chosen = calibration_items(load_items(ipath), k)
-    out = Path(out_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
-    table = out / TABLE_NAME
-    ids = {it.id for it in chosen}
-    names = {m.name for m in models}
-    done = sum(1 for i, m in latest_ok(read_records(table)) if i in ids and m in names)
-    todo = len(chosen) * len(models) - done
-    label = f"calibrate ({done} done before)" if done else "calibrate"
-    with progress_bar(todo, label, stream=stream, enabled=progress) as bar:
-
-        def record(rec: Record) -> None:
-            if rec.get("status") == "ok":
-                bar.update(1)
-            if on_record is not None:
-                on_record(rec)
-
-        summary = asyncio.run(
-            collect(
-                chosen,
-                models,
-                table,
-                cfg,
-                items_path=ipath,
-                progress=False,
-                on_record=record,
-                transport=transport,
-            )
-        )
-    return CalibrationSummary(
-        table=table,
-        items=len(chosen),
-        models=[m.name for m in models],
-        already_done=summary.skipped_done,
-        collected=summary.ok,
-        failed=summary.failed,
-        wall_s=summary.wall_s,
-    )
-
-
-def calibration_table(
-    path: str | Path,
-    items_path: str | Path | None = None,
-    *,
-    specs: Mapping[str, ModelSpec] | None = None,
-    prices: Mapping[str, tuple[float, float]] | None = None,
-    parallelism: int = 1,
-    n_values: Sequence[int] = (1, 2, 4, 8, 16, 32),
-) -> OutcomeTable:
-    """Every action's outcome on every calibration item of a table written by `calibrate` (or
-    any collected table): the items recorded for every model, samples in recorded order,
-    latency as replay prices it (``latency="solo"``). ``specs`` prices the models (what a
-    replay source uses); otherwise ``prices`` (USD per million input, output tokens) over
-    `uniscale.lab.datasets.DEFAULT_PRICES`, 0 for an unknown model. ``n`` values are capped at the
-    samples recorded."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise CollectError(f"calibration table {str(p)!r}: no such file")
-    present = sorted({m for _, m in latest_ok(read_records(p))})
-    wanted = [m for m in present if specs is None or m in specs]
-    if not wanted:
-        raise CollectError(f"{p}: no complete records for the models asked for")
-    requests = load_requests(p, items_path or ITEMS, models=wanted, latency="solo")
-    if not requests:
-        raise CollectError(f"{p}: no item is recorded for every one of {wanted}")
-    table_prices = {**DEFAULT_PRICES, **(prices or {})}
-    use: dict[str, ModelSpec] = {}
-    for m in wanted:
-        if specs is not None:
-            use[m] = specs[m]
-        else:
-            pin, pout = table_prices.get(m, (0.0, 0.0))
-            use[m] = ModelSpec(
-                m, price_in_per_mtok=pin, price_out_per_mtok=pout, parallelism=parallelism
-            )
-    recorded = min(len(s) for r in requests for s in r.samples.values())
-    grid = tuple(v for v in n_values if v <= recorded) or (1,)
-    actions = ActionSpace.grid(list(use.values()), n_values=grid).ordered_actions()
-    return build_table(requests, actions, use)
-
-
-# --------------------------------------------------------------------------------------------
-# Per-action summary
-
-
-@dataclass(frozen=True, slots=True)
-class ActionStats:
-    """One action's mean outcome over the calibration items."""
-
-    action: Action
-    items: int
-    quality: float
-    cost_usd: float
-    latency_s: float
-    output_tokens: float
-    samples_used: float
-
-
-def action_stats(table: OutcomeTable) -> list[ActionStats]:
-    """Mean outcome of every action of ``table`` over its items, in the table's action order."""
-    if table.n_requests < 1:
-        raise ConfigError("the calibration table has no items")
-    return [
-        ActionStats(
-            action=a,
-            items=table.n_requests,
-            quality=float(table.quality[:, j].mean()),
-            cost_usd=float(table.cost_usd[:, j].mean()),
-            latency_s=float(table.latency_s[:, j].mean()),
-            output_tokens=float(table.output_tokens[:, j].mean()),
-            samples_used=float(table.samples_used[:, j].mean()),
-        )
-        for j, a in enumerate(table.actions)
-    ]
-
-
-def format_stats(stats: Sequence[ActionStats]) -> str:
-    """A fixed-width table: one line per action, best quality first within each model."""
-    head = f"{'action':<36} {'items':>5} {'quality':>7} {'$/request':>10} {'latency s':>9} "
-    head += f"{'out tok':>8} {'samples':>7}"
-    lines = [head, "-" * len(head)]
-    for s in stats:
-        lines.append(
-            f"{s.action!s:<36} {s.items:>5} {s.quality:>7.3f} {s.cost_usd:>10.3e} "
-            f"{s.latency_s:>9.2f} {s.output_tokens:>8.1f} {s.samples_used:>7.2f}"
-        )
-    return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------
-# Warm start
-
-
-@dataclass(frozen=True, slots=True)
-class PriorObservation:
-    """What `warm_start` observed for one action, and with which weight (pseudo-observations:
-    the model's ``pseudo_observations`` shared by its actions)."""
-
-    action: Action
-    weight: float
-    quality: float
-    cost_usd: float
-    latency_s: float
-    output_tokens: float
-    samples_used: float
-
-
-@dataclass(frozen=True, slots=True)
-class WarmStartReport:
-    """What a warm start transferred: per action its mean outcome and the number of
-    pseudo-observations (the same for every action, whatever ``items`` is), at the mean
-    request ``x`` / ``input_tokens``; ``cold`` are the policy's actions the table lacks."""
-
-    items: int
-    pseudo_observations: int
-    x: F64
-    input_tokens: float
-    transferred: list[PriorObservation]
-    cold: list[Action]
-
-
-def warm_start(
-    policy: Policy,
-    table: OutcomeTable,
-    pseudo_observations: int = DEFAULT_PSEUDO_OBSERVATIONS,
-) -> WarmStartReport:
-    """Give ``policy`` a prior from a calibration ``table``: for every action of the policy the
-    table prices, its mean outcome over the table's items, observed `Policy.observe`
-    ``pseudo_observations`` times at the mean request. The prior's strength does not grow
-    with the number of items (module docstring: what is transferred, and why it cannot lock
-    the policy in more than that many real outcomes would). ``pseudo_observations = 0`` is a
-    no-op. Raises `ConfigError` for a negative count, an empty table or a feature dimension
-    that is not the policy's."""
-    if isinstance(pseudo_observations, bool) or not isinstance(pseudo_observations, int):
-        raise ConfigError(f"pseudo_observations must be an int, got {pseudo_observations!r}")
-    if pseudo_observations < 0:
-        raise ConfigError(f"pseudo_observations must be >= 0, got {pseudo_observations}")
-    if table.n_requests < 1:
-        raise ConfigError("the calibration table has no items")
-    if table.X.shape[1] != policy.dim:
-        raise ConfigError(
-            f"the calibration table has {table.X.shape[1]} request features but the policy "
-            f"has dim={policy.dim}; featurize the calibration items as the policy's requests"
-        )
-    x = np.ascontiguousarray(table.X.mean(axis=0), dtype=np.float64)
-    input_tokens = float(table.input_tokens.mean())
-    by_action = {s.action: s for s in action_stats(table)}
-    plan = [by_action[a] for a in policy.actions if a in by_action]
-    cold = [a for a in policy.actions if a not in by_action]
-    per_model: dict[str, int] = {}
-    for s in plan:
-        per_model[s.action.model] = per_model.get(s.action.model, 0) + 1
-    if pseudo_observations > 0:
-        for s in plan:
-            policy.observe(
-                x,
-                s.action,
-                s.quality,
-                input_tokens,
-                cost_usd=s.cost_usd,
-                latency_s=s.latency_s,
-                output_tokens=s.output_tokens,
-                samples_used=s.samples_used,
-                weight=pseudo_observations / per_model[s.action.model],
-            )
-    return WarmStartReport(
-        items=table.n_requests,
-        pseudo_observations=pseudo_observations,
-        x=x,
-        input_tokens=input_tokens,
-        transferred=[
-            PriorObservation(
-                action=s.action,
-                weight=(
-                    pseudo_observations / per_model[s.action.model] if pseudo_observations else 0.0
-                ),
-                quality=s.quality,
-                cost_usd=s.cost_usd,
-                latency_s=s.latency_s,
-                output_tokens=s.output_tokens,
-                samples_used=s.samples_used,
-            )
-            for s in plan
-        ],
-        cold=cold,
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# Warm vs cold on a replay source
-
-
-@dataclass(frozen=True, slots=True)
-class WarmStartComparison:
-    """Paired per-seed differences, warm minus cold, of mean reward per request: over the
-    whole stream and over its first ``PREFIXES`` requests; plus each run's summary rows."""
-
-    seeds: list[int]
-    calibration_items: int
-    stream_requests: list[int]
-    diff: list[float]
-    diff_prefix: dict[int, list[float]]
-    calibration_cost_usd: list[float]
-    per_seed: list[list[dict[str, Any]]]
-
-    def lines(self) -> list[str]:
-        out = [
-            f"warm start ({self.calibration_items} calibration items held out of each stream) "
-            "minus cold start, mean reward per request, paired by seed:"
-        ]
-        rows = [("whole stream", self.diff)] + [
-            (f"first {p} requests", d) for p, d in self.diff_prefix.items()
-        ]
-        for name, d in rows:
-            a = np.asarray(d)
-            half = _t95(len(a)) * a.std(ddof=1) / math.sqrt(len(a)) if len(a) > 1 else math.nan
-            out.append(
-                f"  {name:<18} {a.mean():+.4f} (95% CI {a.mean() - half:+.4f} .. "
-                f"{a.mean() + half:+.4f}); warm ahead on {int((a > 0).sum())}/{len(a)} seeds; "
-                f"per seed {', '.join(f'{v:+.4f}' for v in a)}"
-            )
-        out.append(
-            "  calibration cost (every model, m samples + greedy, on the held-out items): "
-            f"${np.mean(self.calibration_cost_usd):.3e} per seed"
-        )
-        return out
-
-
-def _t95(n: int) -> float:
-    """Two-sided 95% Student-t quantile for ``n`` paired differences (n - 1 degrees of freedom)."""
-    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306}
-    table |= {9: 2.262, 10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}
-    # between tabulated degrees of freedom take the next smaller one (a wider interval, never a
-    # narrower one); beyond 30, 30's quantile (2.042, above the normal's 1.96)
-    df = max(n - 1, 1)
-    return table[max(k for k in table if k <= df)]
-
-
-def _collection_cost(table: OutcomeTable) -> float:
-    """Dollars the calibration collection costs: per model, its largest sampled action (all m
-    samples) plus its greedy answer, on every item."""
-    total = 0.0
-    for model in dict.fromkeys(a.model for a in table.actions):
-        cols = [j for j, a in enumerate(table.actions) if a.model == model]
-        big = max(cols, key=lambda j: (table.actions[j].n, table.actions[j].strategy != "single"))
-        single = [j for j in cols if table.actions[j].strategy == "single"]
-        total += float(table.cost_usd[:, big].sum())
-        total += float(table.cost_usd[:, single[0]].sum()) if single else 0.0
-    return total
-
-
-def compare_warm_start(
-    source: Source,
-    *,
-    k: int = DEFAULT_K,
-    calibration: OutcomeTable | None = None,
-    seeds: Sequence[int] = (0, 1, 2, 3, 4),
-    reward: str = "cost_sensitive",
-    pseudo_observations: int = DEFAULT_PSEUDO_OBSERVATIONS,
-    request_features: bool = True,
-    progress: Callable[[int], object] | None = None,
-    **policy_kwargs: Any,
-) -> tuple[WarmStartComparison, list[list[Any]]]:
-    """Cold vs warm-started UniScale on the same streams of ``source``. With ``calibration`` =
-    None, each seed's first ``k`` requests are its calibration and the rest its stream (the
-    calibration is out of sample, and a different draw per seed); otherwise ``calibration`` is
-    used for every seed and its items are removed from each stream. Returns the comparison and
-    each seed's `uniscale.lab.replay.compare` results (baselines, ``uniscale``, ``uniscale_warm``).
-    """
-    from uniscale.lab.replay import LearnerSpec, Scales, compare
-
-    diffs: list[float] = []
-    prefix: dict[int, list[float]] = {p: [] for p in PREFIXES}
-    cal_cost: list[float] = []
-    lengths: list[int] = []
-    per_seed_rows: list[list[dict[str, Any]]] = []
-    per_seed: list[list[Any]] = []
-    n_cal = 0
-    for seed in seeds:
-        full = source.table(seed)
-        scales = Scales.from_table(full)
-        if calibration is None:
-            if not 1 <= k < full.n_requests - 1:
-                raise ConfigError(f"k must be in [1, {full.n_requests - 2}], got {k}")
-            cal, stream = full.subset(range(k)), full.subset(range(k, full.n_requests))
-        else:
-            held = set(calibration.ids)
-            cal = calibration
-            stream = full.subset([i for i, rid in enumerate(full.ids) if rid not in held])
-            if stream.n_requests < 2:
-                raise ConfigError("the calibration table holds (almost) every item of the stream")
-        if not request_features:
-            cal, stream = cal.without_request_features(), stream.without_request_features()
-        n_cal = cal.n_requests
-        cal_cost.append(_collection_cost(cal))
-
-        def prepare(policy: Policy, cal: OutcomeTable = cal) -> WarmStartReport:
-            return warm_start(policy, cal, pseudo_observations)
-
-        learners = [
-            LearnerSpec("uniscale", stream.actions, policy_kwargs),
-            LearnerSpec("uniscale_warm", stream.actions, policy_kwargs, prepare=prepare),
-        ]
-        results = compare(
-            stream,
-            source.models,
-            reward=reward,
-            learners=learners,
-            seed=seed,
-            scales=scales,
-            progress=progress,
-        )
-        cold = next(r for r in results if r.name == "uniscale")
-        warm = next(r for r in results if r.name == "uniscale_warm")
-        diffs.append(float(warm.reward.mean() - cold.reward.mean()))
-        for p in PREFIXES:
-            prefix[p].append(float(warm.reward[:p].mean() - cold.reward[:p].mean()))
-        lengths.append(stream.n_requests)
-        per_seed.append(results)
-        per_seed_rows.append([r.summary() for r in results])
-    comp = WarmStartComparison(
-        seeds=list(seeds),
-        calibration_items=n_cal,
-        stream_requests=lengths,
-        diff=diffs,
-        diff_prefix=prefix,
-        calibration_cost_usd=cal_cost,
-        per_seed=per_seed_rows,
-    )
-    return comp, per_seed
-
-
-# --------------------------------------------------------------------------------------------
-# CLI
-
-
-def _models(args: argparse.Namespace) -> list[CollectModel]:
-    models: list[CollectModel] = []
-    if args.config:
-        models.extend(load_model_config(args.config))
-    models.extend(parse_model_arg(a) for a in args.model)
-    if not models:
-        raise CollectError("give at least one --model NAME=URL or --config FILE")
-    return models
-
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from uniscale.lab.cli_common import parse_prices
@@ -560,7 +120,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     for noisy in ("httpx", "httpcore"):  # one INFO line per request drowns the progress bar
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        models = _models(args)
+        models = models_from_args(args)
         cfg = CollectConfig(
             m=args.samples,
             temperature=args.temperature,
@@ -656,9 +216,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (0.7)")
     p.add_argument("--seed", type=int, default=0, help="base seed; each pair derives its own")
-    p.add_argument("--concurrency", type=int, default=1, help="pairs in flight per model (1)")
-    p.add_argument("--timeout-s", type=float, default=900.0, help="per HTTP request (900)")
-    p.add_argument("--retries", type=int, default=2, help="retries per request on 5xx/network")
+    add_request_args(p)
     p.add_argument(
         "--price",
         action="append",

@@ -1,0 +1,102 @@
+//! The `LinUCB` pyclass: disjoint LinUCB, one ridge-regression model per action.
+
+use std::path::PathBuf;
+
+use numpy::{IntoPyArray, PyArray1};
+use parking_lot::RwLock;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyTuple};
+
+use super::{
+    config, count, matrix, reduce, save_with, scores_impl, select_impl, select_many_impl,
+    update_impl, update_many_impl, verified_bytes, ArrayPair,
+};
+use crate::error::CoreError;
+use crate::learner::Learner;
+use crate::linucb::LinUcb;
+use crate::python::convert::{action_index, i64_1d};
+use crate::state;
+
+/// Disjoint LinUCB: one ridge-regression model per action.
+#[pyclass(frozen, module = "uniscale._core", name = "LinUCB")]
+pub struct PyLinUcb {
+    inner: RwLock<LinUcb>,
+}
+
+learner_pymethods!(PyLinUcb, LinUcb {
+    #[new]
+    #[pyo3(signature = (n_actions, dim, alpha=1.0, ridge=1.0, discount=1.0, prior_mean=0.0))]
+    fn new(
+        n_actions: i64,
+        dim: i64,
+        alpha: f64,
+        ridge: f64,
+        discount: f64,
+        prior_mean: f64,
+    ) -> PyResult<Self> {
+        let l = LinUcb::new(
+            count(n_actions, "n_actions")?,
+            count(dim, "dim")?,
+            config(alpha, ridge, discount, prior_mean),
+        )?;
+        Ok(PyLinUcb {
+            inner: RwLock::new(l),
+        })
+    }
+
+    #[getter]
+    fn n_updates(&self) -> u64 {
+        self.inner.read().arms.iter().map(|a| a.n_updates).sum()
+    }
+
+    #[pyo3(signature = (action=None))]
+    fn theta<'py>(
+        &self,
+        py: Python<'py>,
+        action: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let action = action
+            .filter(|a| !a.is_none())
+            .map(action_index)
+            .transpose()?;
+        let l = self.inner.read();
+        match action {
+            Some(a) => {
+                let a = l.check_action(a)?;
+                Ok(l.theta(a).into_pyarray(py).into_any())
+            }
+            None => {
+                let (k, d) = (l.n_actions(), l.dim);
+                let flat: Vec<f64> = l
+                    .arms
+                    .iter()
+                    .flat_map(|arm| arm.theta.iter().copied())
+                    .collect();
+                Ok(matrix(py, flat, k, d)?.into_any())
+            }
+        }
+    }
+
+    /// Appends `count` untrained actions; returns their indices.
+    fn add_actions<'py>(&self, py: Python<'py>, count: i64) -> PyResult<Bound<'py, PyArray1<i64>>> {
+        let c = usize::try_from(count)
+            .map_err(|_| CoreError::Config(format!("count must be >= 0, got {count}")))?;
+        let first = self.inner.write().add_actions(c)?;
+        Ok(((first as i64)..(first + c) as i64)
+            .collect::<Vec<_>>()
+            .into_pyarray(py))
+    }
+
+    fn __repr__(&self) -> String {
+        let l = self.inner.read();
+        format!(
+            "LinUCB(n_actions={}, dim={}, alpha={}, ridge={}, discount={}, prior_mean={})",
+            l.n_actions(),
+            l.dim,
+            l.cfg.alpha,
+            l.cfg.ridge,
+            l.cfg.discount,
+            l.cfg.prior_mean
+        )
+    }
+});

@@ -1,0 +1,359 @@
+//! `LinUCB` (linucb.rs) and `SharedLinUCB` (shared.rs) pyclasses and what they share. Both are `frozen`; the learner sits behind a
+//! `parking_lot::RwLock` that is only taken inside `py.detach`, so concurrent Python threads
+//! never see "Already borrowed" and never deadlock against the GIL.
+
+use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods};
+use parking_lot::RwLock;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyTuple};
+
+use super::convert::{action_index, bool_nd, f64_1d, f64_2d, i64_1d};
+use super::ShapeError;
+use crate::error::CoreError;
+use crate::learner::{Config, Learner, Mask};
+use crate::state;
+
+/// (mean, bonus) arrays.
+pub type ArrayPair<'py> = (Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<f64>>);
+
+fn config(alpha: f64, ridge: f64, discount: f64, prior_mean: f64) -> Config {
+    Config {
+        alpha,
+        ridge,
+        discount,
+        prior_mean,
+    }
+}
+
+fn count(value: i64, what: &str) -> Result<usize, CoreError> {
+    usize::try_from(value)
+        .map_err(|_| CoreError::Config(format!("{what} must be >= 1, got {value}")))
+}
+
+/// Mask argument of `select`: `None` or a (K,) boolean array.
+pub(super) fn mask_1d(mask: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Vec<bool>>> {
+    match mask {
+        None => Ok(None),
+        Some(m) if m.is_none() => Ok(None),
+        Some(m) => {
+            let (v, shape) = bool_nd(m, "mask")?;
+            if shape.len() != 1 {
+                return Err(ShapeError::new_err(format!(
+                    "mask must be 1-D (n_actions,), got shape {shape:?}"
+                )));
+            }
+            Ok(Some(v))
+        }
+    }
+}
+
+/// Mask argument of `select_many`: `None`, (K,) shared by every row, or (n, K) per row;
+/// returns the values and, for a per-row mask, its shape (checked against (n, K) later).
+type BatchMask = (Option<Vec<bool>>, Option<(usize, usize)>);
+
+fn mask_batch(mask: Option<&Bound<'_, PyAny>>) -> PyResult<BatchMask> {
+    match mask {
+        None => Ok((None, None)),
+        Some(m) if m.is_none() => Ok((None, None)),
+        Some(m) => {
+            let (v, shape) = bool_nd(m, "mask")?;
+            match shape[..] {
+                [_] => Ok((Some(v), None)),
+                [r, c] => Ok((Some(v), Some((r, c)))),
+                _ => Err(ShapeError::new_err(format!(
+                    "mask must be (n_actions,) or (n_rows, n_actions), got shape {shape:?}"
+                ))),
+            }
+        }
+    }
+}
+
+fn select_impl<L: Learner + Send + Sync>(
+    py: Python<'_>,
+    lock: &RwLock<L>,
+    x: &Bound<'_, PyAny>,
+    mask: Option<&Bound<'_, PyAny>>,
+) -> PyResult<usize> {
+    let x = f64_1d(x, "x")?;
+    let mask = mask_1d(mask)?;
+    Ok(py.detach(|| lock.read().select(&x, mask.as_deref()))?)
+}
+
+fn scores_impl<'py, L: Learner + Send + Sync>(
+    py: Python<'py>,
+    lock: &RwLock<L>,
+    x: &Bound<'py, PyAny>,
+) -> PyResult<ArrayPair<'py>> {
+    let x = f64_1d(x, "x")?;
+    let (m, b) = py.detach(|| lock.read().scores(&x))?;
+    Ok((m.into_pyarray(py), b.into_pyarray(py)))
+}
+
+fn update_impl<L: Learner + Send + Sync>(
+    py: Python<'_>,
+    lock: &RwLock<L>,
+    action: &Bound<'_, PyAny>,
+    x: &Bound<'_, PyAny>,
+    reward: f64,
+) -> PyResult<()> {
+    let action = action_index(action)?;
+    let x = f64_1d(x, "x")?;
+    Ok(py.detach(|| lock.write().update(action, &x, reward))?)
+}
+
+fn select_many_impl<'py, L: Learner + Send + Sync>(
+    py: Python<'py>,
+    lock: &RwLock<L>,
+    xs: &Bound<'py, PyAny>,
+    mask: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyArray1<i64>>> {
+    let (xs, rows, cols) = f64_2d(xs, "X")?;
+    let (mask, per_row) = mask_batch(mask)?;
+    let chosen = py.detach(|| {
+        let l = lock.read();
+        if cols != l.dim() {
+            return Err(CoreError::Shape(format!(
+                "X has {cols} columns, expected dim = {}",
+                l.dim()
+            )));
+        }
+        let m = match (&mask, per_row) {
+            (None, _) => Mask::All,
+            (Some(v), None) => Mask::Shared(v),
+            (Some(v), Some((r, c))) => {
+                // Exactly (n_rows, n_actions): a transposed (K, n) mask has the right number of
+                // entries and would otherwise be read row-major as something else.
+                let k = l.n_actions();
+                if (r, c) != (rows, k) {
+                    return Err(CoreError::Shape(format!(
+                        "mask has length {}, expected {}: shape ({r}, {c}), expected (n_rows, n_actions) = ({rows}, {k})",
+                        r * c,
+                        rows * k
+                    )));
+                }
+                Mask::PerRow(v)
+            }
+        };
+        l.select_many(&xs, rows, m)
+    })?;
+    Ok(chosen
+        .into_iter()
+        .map(|a| a as i64)
+        .collect::<Vec<_>>()
+        .into_pyarray(py))
+}
+
+fn update_many_impl<L: Learner + Send + Sync>(
+    py: Python<'_>,
+    lock: &RwLock<L>,
+    actions: &Bound<'_, PyAny>,
+    xs: &Bound<'_, PyAny>,
+    rewards: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let actions = i64_1d(actions, "actions")?;
+    let (xs, rows, cols) = f64_2d(xs, "X")?;
+    let rewards = f64_1d(rewards, "rewards")?;
+    if rows != actions.len() {
+        return Err(ShapeError::new_err(format!(
+            "X has {rows} rows but {} actions were given",
+            actions.len()
+        )));
+    }
+    Ok(py.detach(|| {
+        let mut l = lock.write();
+        if cols != l.dim() {
+            return Err(CoreError::Shape(format!(
+                "X has {cols} columns, expected dim = {}",
+                l.dim()
+            )));
+        }
+        l.update_many(&actions, &xs, &rewards)
+    })?)
+}
+
+fn matrix<'py>(
+    py: Python<'py>,
+    v: Vec<f64>,
+    rows: usize,
+    cols: usize,
+) -> PyResult<Bound<'py, PyArray2<f64>>> {
+    v.into_pyarray(py).reshape([rows, cols])
+}
+
+/// Serialises (under the caller's lock), checks with `load` (the loader `from_bytes` uses,
+/// every validation included) that the bytes read back, and only then writes them atomically
+/// (`state::atomic_write`), with the GIL released. The lock is not held while verifying.
+pub(super) fn save_with<T>(
+    py: Python<'_>,
+    path: &std::path::Path,
+    to_bytes: impl FnOnce() -> Vec<u8> + Send,
+    load: impl FnOnce(&[u8]) -> Result<T, CoreError> + Send,
+) -> PyResult<()> {
+    Ok(py.detach(|| {
+        let bytes = to_bytes();
+        state::save_verified(path, &bytes, |b| state::verify_loads(b, load))
+    })?)
+}
+
+/// Serialises (under the caller's lock) and returns the bytes once `load` accepted them: what
+/// `to_bytes` and pickle hand out always loads. The GIL is released.
+pub(super) fn verified_bytes<T>(
+    py: Python<'_>,
+    to_bytes: impl FnOnce() -> Vec<u8> + Send,
+    load: impl FnOnce(&[u8]) -> Result<T, CoreError> + Send,
+) -> PyResult<Vec<u8>> {
+    Ok(py.detach(|| {
+        let bytes = to_bytes();
+        state::verify_loads(&bytes, load).map(|()| bytes)
+    })?)
+}
+
+/// Pickle support shared by every stateful pyclass: `(type(self).from_bytes, (bytes,))`, with
+/// `bytes` from `verified_bytes`.
+pub(super) fn reduce<'py, T: pyo3::PyClass>(
+    slf: &Bound<'py, T>,
+    bytes: Vec<u8>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let py = slf.py();
+    let ctor = slf.as_any().get_type().getattr("from_bytes")?;
+    let args = PyTuple::new(py, [PyBytes::new(py, &bytes)])?;
+    PyTuple::new(py, [ctor, args.into_any()])
+}
+
+/// The `#[pymethods]` of a learner pyclass `$py` wrapping `inner: RwLock<$core>`: the methods
+/// both learners share line for line (configuration getters, `select`, `scores`, `update`, the
+/// batch variants, `remove_actions` and the state methods), then the class's own items. One
+/// `#[pymethods]` block per class, so no `multiple-pymethods` feature is needed.
+macro_rules! learner_pymethods {
+    ($py:ident, $core:ident { $($own:tt)* }) => {
+        #[pymethods]
+        impl $py {
+            $($own)*
+
+            #[getter]
+            fn n_actions(&self) -> usize {
+                self.inner.read().n_actions()
+            }
+            #[getter]
+            fn dim(&self) -> usize {
+                self.inner.read().dim
+            }
+            #[getter]
+            fn alpha(&self) -> f64 {
+                self.inner.read().cfg.alpha
+            }
+            #[getter]
+            fn ridge(&self) -> f64 {
+                self.inner.read().cfg.ridge
+            }
+            #[getter]
+            fn discount(&self) -> f64 {
+                self.inner.read().cfg.discount
+            }
+            #[getter]
+            fn prior_mean(&self) -> f64 {
+                self.inner.read().cfg.prior_mean
+            }
+
+            #[pyo3(signature = (x, mask=None))]
+            fn select(
+                &self,
+                py: Python<'_>,
+                x: &Bound<'_, PyAny>,
+                mask: Option<&Bound<'_, PyAny>>,
+            ) -> PyResult<usize> {
+                select_impl(py, &self.inner, x, mask)
+            }
+
+            fn scores<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<ArrayPair<'py>> {
+                scores_impl(py, &self.inner, x)
+            }
+
+            fn update(
+                &self,
+                py: Python<'_>,
+                action: &Bound<'_, PyAny>,
+                x: &Bound<'_, PyAny>,
+                reward: f64,
+            ) -> PyResult<()> {
+                update_impl(py, &self.inner, action, x, reward)
+            }
+
+            #[pyo3(signature = (X, mask=None))]
+            #[allow(non_snake_case)]
+            fn select_many<'py>(
+                &self,
+                py: Python<'py>,
+                X: &Bound<'py, PyAny>,
+                mask: Option<&Bound<'py, PyAny>>,
+            ) -> PyResult<Bound<'py, PyArray1<i64>>> {
+                select_many_impl(py, &self.inner, X, mask)
+            }
+
+            #[allow(non_snake_case)]
+            fn update_many(
+                &self,
+                py: Python<'_>,
+                actions: &Bound<'_, PyAny>,
+                X: &Bound<'_, PyAny>,
+                rewards: &Bound<'_, PyAny>,
+            ) -> PyResult<()> {
+                update_many_impl(py, &self.inner, actions, X, rewards)
+            }
+
+            /// Removes actions; returns `mapping` with `mapping[old] = new index` or -1 if removed.
+            fn remove_actions<'py>(
+                &self,
+                py: Python<'py>,
+                indices: &Bound<'py, PyAny>,
+            ) -> PyResult<Bound<'py, PyArray1<i64>>> {
+                let idx = i64_1d(indices, "indices")?;
+                let mapping = self.inner.write().remove_actions(&idx)?;
+                Ok(mapping.into_pyarray(py))
+            }
+
+            /// The state blob; verified to load back before it is returned.
+            fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+                let bytes = verified_bytes(py, || self.inner.read().to_bytes(), $core::from_bytes)?;
+                Ok(PyBytes::new(py, &bytes))
+            }
+
+            #[staticmethod]
+            fn from_bytes(py: Python<'_>, data: Vec<u8>) -> PyResult<Self> {
+                let l = py.detach(|| $core::from_bytes(&data))?;
+                Ok(Self {
+                    inner: RwLock::new(l),
+                })
+            }
+
+            fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+                save_with(
+                    py,
+                    &path,
+                    || self.inner.read().to_bytes(),
+                    $core::from_bytes,
+                )
+            }
+
+            #[staticmethod]
+            fn load(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
+                let l = py.detach(|| $core::from_bytes(&state::read_file(&path)?))?;
+                Ok(Self {
+                    inner: RwLock::new(l),
+                })
+            }
+
+            fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyTuple>> {
+                let me = slf.get();
+                let bytes = verified_bytes(slf.py(), || me.inner.read().to_bytes(), $core::from_bytes)?;
+                reduce(slf, bytes)
+            }
+        }
+    };
+}
+
+mod linucb;
+mod shared;
+
+pub use linucb::PyLinUcb;
+pub use shared::PySharedLinUcb;

@@ -1,0 +1,122 @@
+//! The `SharedLinUCB` pyclass: one LinUCB over joint features `kron([1, x], [1, psi_a])`.
+
+use std::path::PathBuf;
+
+use numpy::{IntoPyArray, PyArray1, PyArray2};
+use parking_lot::RwLock;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyTuple};
+
+use super::{
+    config, count, matrix, reduce, save_with, scores_impl, select_impl, select_many_impl,
+    update_impl, update_many_impl, verified_bytes, ArrayPair,
+};
+use crate::learner::Learner;
+use crate::python::convert::{action_index, f64_1d, f64_2d, i64_1d};
+use crate::python::ShapeError;
+use crate::shared::SharedLinUcb;
+use crate::state;
+
+/// Shared LinUCB over joint features `kron([1, x], [1, psi_a])`.
+#[pyclass(frozen, module = "uniscale._core", name = "SharedLinUCB")]
+pub struct PySharedLinUcb {
+    inner: RwLock<SharedLinUcb>,
+}
+
+learner_pymethods!(PySharedLinUcb, SharedLinUcb {
+    #[new]
+    #[pyo3(signature = (action_features, dim, alpha=1.0, ridge=1.0, discount=1.0, prior_mean=0.0))]
+    fn new(
+        action_features: &Bound<'_, PyAny>,
+        dim: i64,
+        alpha: f64,
+        ridge: f64,
+        discount: f64,
+        prior_mean: f64,
+    ) -> PyResult<Self> {
+        let (psi, k, p) = f64_2d(action_features, "action_features")?;
+        let l = SharedLinUcb::new(
+            psi,
+            k,
+            p,
+            count(dim, "dim")?,
+            config(alpha, ridge, discount, prior_mean),
+        )?;
+        Ok(PySharedLinUcb {
+            inner: RwLock::new(l),
+        })
+    }
+
+    #[getter]
+    fn n_action_features(&self) -> usize {
+        self.inner.read().p
+    }
+    #[getter]
+    fn joint_dim(&self) -> usize {
+        self.inner.read().joint_dim()
+    }
+
+    #[getter]
+    fn n_updates(&self) -> u64 {
+        self.inner.read().model.n_updates
+    }
+
+    /// theta as a flat (D,) vector in `kron([1, x], [1, psi])` order.
+    fn theta<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f64>> {
+        self.inner.read().model.theta.clone().into_pyarray(py)
+    }
+
+    /// The joint feature vector phi(x, psi_a) (a copy).
+    fn phi<'py>(
+        &self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+        action: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyArray1<f64>>> {
+        let action = action_index(action)?;
+        let x = f64_1d(x, "x")?;
+        let l = self.inner.read();
+        l.check_x(&x)?;
+        let a = l.check_action(action)?;
+        Ok(l.phi(&x, a).into_pyarray(py))
+    }
+
+    fn action_features<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<f64>>> {
+        let l = self.inner.read();
+        matrix(py, l.psi.clone(), l.n_actions(), l.p)
+    }
+
+    /// Appends actions with features `psi_new` (m, p); returns their indices.
+    fn add_actions<'py>(
+        &self,
+        py: Python<'py>,
+        psi_new: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyArray1<i64>>> {
+        let (psi, rows, cols) = f64_2d(psi_new, "action_features")?;
+        let mut l = self.inner.write();
+        if cols != l.p {
+            return Err(ShapeError::new_err(format!(
+                "new action features have {cols} columns, expected p = {}",
+                l.p
+            )));
+        }
+        let first = l.add_actions(&psi)?;
+        Ok(((first as i64)..(first + rows) as i64)
+            .collect::<Vec<_>>()
+            .into_pyarray(py))
+    }
+
+    fn __repr__(&self) -> String {
+        let l = self.inner.read();
+        format!(
+            "SharedLinUCB(n_actions={}, dim={}, n_action_features={}, alpha={}, ridge={}, discount={}, prior_mean={})",
+            l.n_actions(),
+            l.dim,
+            l.p,
+            l.cfg.alpha,
+            l.cfg.ridge,
+            l.cfg.discount,
+            l.cfg.prior_mean
+        )
+    }
+});
