@@ -24,11 +24,13 @@ PKG = Path(uniscale.__file__).resolve().parent
 RUNTIME_MODULES = [
     "uniscale",
     "uniscale._core",
+    "uniscale.decision_log",
     "uniscale.engine",
     "uniscale.exec_types",
     "uniscale.execute",
     "uniscale.extract",
     "uniscale.featurize",
+    "uniscale.feedback_sources",
     "uniscale.outcomes",
     "uniscale.planner",
     "uniscale.policy",

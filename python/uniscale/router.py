@@ -15,41 +15,45 @@ described in docs/architecture.md, section "Router and decision log".
 
 from __future__ import annotations
 
-import codecs
-import contextlib
-import json
 import logging
 import math
 import os
-import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
-from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
 from numpy.typing import ArrayLike
 
-from uniscale._core import (
-    ConfigError,
-    Decision,
-    StateError,
+from uniscale._core import ConfigError
+
+# the decision log and the feedback sources live in their own modules (re-exported here)
+from uniscale.decision_log import (
+    DecisionLog,
+    encode_record,
+    json_safe,
+    read_decision_log,
 )
 from uniscale.engine import Engine, Realised, SubRun
 from uniscale.execute import (
     ExecutionConfigError,
     ExecutionError,
     Executor,
-    JudgeScorer,
     Messages,
     Outcome,
     Sample,
 )
 from uniscale.extract import Extractor, normalize_answer
 from uniscale.featurize import Featurizer
+from uniscale.feedback_sources import (
+    ConfidenceFeedback,
+    DeferredFeedback,
+    FeedbackContext,
+    FeedbackSource,
+    GroundTruthFeedback,
+    JudgeFeedback,
+)
 from uniscale.outcomes import run_usage
 from uniscale.policy import Policy, UpdateResult
 from uniscale.records import SCHEMA_VERSION, DecisionRecord, ErrorInfo, FeedbackInfo, FeedbackRecord
@@ -74,390 +78,6 @@ logger = logging.getLogger(__name__)
 
 #: The decision-log schema version written (`uniscale.records.SCHEMA_VERSION`).
 LOG_SCHEMA = SCHEMA_VERSION
-
-# --------------------------------------------------------------------------------------------
-# Feedback sources
-
-
-@dataclass(frozen=True, slots=True)
-class FeedbackContext:
-    """What a feedback source may look at."""
-
-    messages: Messages
-    outcome: Outcome
-    ground_truth: str | None
-    executor: Executor
-    decision: Decision
-
-
-class FeedbackSource(Protocol):
-    """Turns an outcome into a quality (higher is better, typically in [0, 1]) or ``None`` to
-    defer the update to ``Router.feedback``."""
-
-    async def quality(self, ctx: FeedbackContext) -> float | None: ...
-
-
-class DeferredFeedback:
-    """No quality now; the caller reports it later with ``router.feedback(decision_id, q)``."""
-
-    async def quality(self, ctx: FeedbackContext) -> float | None:
-        return None
-
-    def __repr__(self) -> str:
-        return "DeferredFeedback()"
-
-
-class ConfidenceFeedback:
-    """The strategy's confidence signal as a label-free quality proxy (see the module docs)."""
-
-    __slots__ = ("single_default", "use_logprob")
-
-    def __init__(self, *, single_default: float | None = 0.5, use_logprob: bool = True) -> None:
-        if single_default is not None and not (
-            math.isfinite(single_default) and 0.0 <= single_default <= 1.0
-        ):
-            raise ConfigError(f"single_default must be in [0, 1] or None, got {single_default!r}")
-        self.single_default = single_default
-        self.use_logprob = use_logprob
-
-    async def quality(self, ctx: FeedbackContext) -> float | None:
-        out = ctx.outcome
-        if out.confidence is not None and math.isfinite(out.confidence):
-            return min(1.0, max(0.0, out.confidence))
-        if self.use_logprob:
-            chosen = _chosen_sample(out)
-            if chosen is not None and chosen.mean_logprob is not None:
-                return min(1.0, max(0.0, math.exp(chosen.mean_logprob)))
-        return self.single_default
-
-    def __repr__(self) -> str:
-        return (
-            f"ConfidenceFeedback(single_default={self.single_default!r}, "
-            f"use_logprob={self.use_logprob!r})"
-        )
-
-
-class GroundTruthFeedback:
-    """1.0 when ``normalize_answer(outcome.answer) == normalize_answer(ground_truth)``, else 0.0
-    (also when no answer could be extracted). Without a ground truth: ``otherwise`` decides, or
-    the update is deferred."""
-
-    __slots__ = ("otherwise",)
-
-    def __init__(self, otherwise: FeedbackSource | None = None) -> None:
-        self.otherwise = otherwise
-
-    async def quality(self, ctx: FeedbackContext) -> float | None:
-        if ctx.ground_truth is None:
-            return None if self.otherwise is None else await self.otherwise.quality(ctx)
-        answer = ctx.outcome.answer
-        if answer is None:
-            return 0.0
-        return 1.0 if normalize_answer(answer) == normalize_answer(ctx.ground_truth) else 0.0
-
-    def __repr__(self) -> str:
-        return f"GroundTruthFeedback(otherwise={self.otherwise!r})"
-
-
-class JudgeFeedback:
-    """A judge model grades the chosen answer 0-10 (`uniscale.execute.JudgeScorer`); the grade
-    / 10 is the quality. A judge failure or an unparseable grade defers the update."""
-
-    __slots__ = ("_scorer",)
-
-    def __init__(
-        self, judge: ModelSpec | str, *, template: str | None = None, max_tokens: int = 16
-    ) -> None:
-        if template is None:
-            self._scorer = JudgeScorer(judge, max_tokens=max_tokens)
-        else:
-            self._scorer = JudgeScorer(judge, template=template, max_tokens=max_tokens)
-
-    async def quality(self, ctx: FeedbackContext) -> float | None:
-        chosen = _chosen_sample(ctx.outcome) or _synthetic_sample(ctx.outcome)
-        try:
-            scores = await self._scorer.score(ctx.executor, ctx.messages, [chosen])
-        except ExecutionError as exc:
-            logger.warning("judge feedback failed (%s); deferring the update", exc)
-            return None
-        grade = scores.scores[0] if scores.scores else None
-        if grade is None or not math.isfinite(grade):
-            return None
-        return min(1.0, max(0.0, grade))
-
-    def __repr__(self) -> str:
-        return f"JudgeFeedback({self._scorer.judge!r})"
-
-
-def _chosen_sample(out: Outcome) -> Sample | None:
-    for s in out.samples:
-        if s.text == out.text:
-            return s
-    return None
-
-
-def _synthetic_sample(out: Outcome) -> Sample:
-    return Sample(
-        text=out.text,
-        answer=out.answer,
-        index=0,
-        model=out.action.model,
-        input_tokens=0,
-        output_tokens=0,
-        token_count_method="chars",
-        mean_logprob=None,
-        finish_reason=None,
-        latency_s=0.0,
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# Decision log
-
-
-class DecisionLog:
-    """Append-only JSON-lines decision log, one object per line, flushed per line.
-
-    ``include_features`` writes the feature vector ``x`` into each decision record (its SHA-256
-    is always written). ``fsync=True`` also syncs each line to disk. Lines are strict ASCII
-    JSON (`json_safe`: non-finite floats become ``null``, lone surrogates are escaped), so every
-    line parses anywhere.
-
-    Several threads and processes may append to one file: each line is written with one
-    ``write`` under an exclusive ``flock`` of the file (plus a thread lock), and starts on a
-    fresh line (a newline is written first when the file does not end in one, e.g. after a
-    writer was killed mid-line). Opening an existing file checks that it is a decision log
-    (`StateError` otherwise, and the file is left untouched) and, under the same lock, cuts off
-    an incomplete last line left by a crash.
-    """
-
-    def __init__(
-        self, path: str | os.PathLike[str], *, include_features: bool = True, fsync: bool = False
-    ) -> None:
-        self.path = Path(path)
-        self.include_features = include_features
-        self.fsync = fsync
-        self._lock = threading.Lock()
-        # Unbuffered binary append: each record is one write(2) at the end of the file.
-        self._fh = self.path.open("a+b", buffering=0)
-        try:
-            fd = self._fh.fileno()
-            with _file_lock(fd):
-                _check_is_decision_log(self.path, fd)
-                _repair_tail(self.path, fd)
-        except BaseException:
-            self._fh.close()
-            raise
-
-    def write(self, record: DecisionRecord | FeedbackRecord | Mapping[str, Any]) -> None:
-        """Append one record as one line: a `DecisionRecord` or `FeedbackRecord` (its
-        ``to_json()``; without the features unless ``include_features``), or any
-        JSON-serialisable mapping, written as it is.
-
-        Raises ``TypeError`` for a value JSON cannot hold, ``ValueError`` on a closed log and
-        ``OSError`` when the disk refuses the write.
-        """
-        if isinstance(record, DecisionRecord):
-            if not self.include_features and record.x is not None:
-                record = replace(record, x=None)
-            record = record.to_json()
-        elif isinstance(record, FeedbackRecord):
-            record = record.to_json()
-        line = encode_record(record)
-        with self._lock:
-            if self._fh.closed:
-                raise ValueError(f"decision log {self.path} is closed")
-            fd = self._fh.fileno()
-            with _file_lock(fd):
-                size = os.fstat(fd).st_size
-                if size > 0 and os.pread(fd, 1, size - 1) != b"\n":
-                    line = b"\n" + line  # a writer died mid-line: start a line of our own
-                _write_all(fd, line)
-                if self.fsync:
-                    os.fsync(fd)
-
-    def close(self) -> None:
-        with self._lock:
-            self._fh.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._fh.closed
-
-    def __enter__(self) -> DecisionLog:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"DecisionLog({str(self.path)!r}, include_features={self.include_features})"
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with every non-finite float (inf, -inf, NaN) replaced by ``None``, tuples as
-    lists and NumPy scalars and arrays as Python values: what strict JSON can hold."""
-    if isinstance(value, float | np.floating):
-        f = float(value)
-        return f if math.isfinite(f) else None
-    if isinstance(value, Mapping):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return json_safe(value.tolist())
-    if isinstance(value, np.integer | np.bool_):
-        return value.item()
-    return value
-
-
-def encode_record(record: Mapping[str, Any]) -> bytes:
-    """One decision-log line: strict JSON (``allow_nan=False`` after `json_safe`), ASCII only
-    (a lone surrogate in an answer becomes the escape ``\\udxxx``, still valid JSON), with the
-    newline."""
-    text = json.dumps(json_safe(record), separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-    return text.encode("ascii") + b"\n"
-
-
-if sys.platform == "win32":  # pragma: no cover - no flock; the thread lock still applies
-
-    @contextlib.contextmanager
-    def _file_lock(fd: int) -> Iterator[None]:
-        yield
-
-else:
-    import fcntl
-
-    @contextlib.contextmanager
-    def _file_lock(fd: int) -> Iterator[None]:
-        """Exclusive advisory lock on the whole file, between processes."""
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-
-
-_SNIFF_BYTES = 65536
-_SNIFF_LINES = 8
-
-
-def _is_log_record(obj: object) -> bool:
-    return isinstance(obj, dict) and ("decision_id" in obj or ("schema" in obj and "type" in obj))
-
-
-def _check_is_decision_log(path: Path, fd: int) -> None:
-    """Raise `StateError` unless the file is empty or looks like a decision log: no NUL bytes,
-    UTF-8, and one of its first lines a JSON object with the log's keys (``decision_id``, or
-    ``schema`` and ``type``). A single incomplete first line must start with ``{``."""
-    if os.fstat(fd).st_size == 0:  # empty, or a device such as /dev/null
-        return
-    head = os.pread(fd, _SNIFF_BYTES, 0)
-    if not head.strip():
-        return
-
-    def refuse(why: str) -> StateError:
-        return StateError(
-            f"{path} is not a UniScale decision log ({why}); refusing to append to it "
-            "(the file was not modified)"
-        )
-
-    if b"\x00" in head:
-        raise refuse("it holds binary data")
-    complete, _, partial = head.rpartition(b"\n")
-    try:
-        # Not final when the sample is cut: its last character may be split.
-        codecs.getincrementaldecoder("utf-8")().decode(head, final=len(head) < _SNIFF_BYTES)
-    except UnicodeDecodeError:
-        raise refuse("it is not UTF-8 text") from None
-    lines = [ln for ln in complete.split(b"\n") if ln.strip()]
-    if not lines:
-        if not partial.lstrip().startswith(b"{"):
-            raise refuse("its first line is not a JSON object")
-        return
-    for raw in lines[:_SNIFF_LINES]:
-        try:
-            if _is_log_record(json.loads(raw)):
-                return
-        except (ValueError, RecursionError):
-            continue
-    raise refuse(
-        f"none of its first {min(len(lines), _SNIFF_LINES)} lines is a JSON object with "
-        "'decision_id' or 'schema' and 'type'"
-    )
-
-
-def _repair_tail(path: Path, fd: int) -> None:
-    """Cut off an incomplete last line (no trailing newline) left by a crash. The caller holds
-    the file lock, so no live writer is in the middle of a line."""
-    size = os.fstat(fd).st_size
-    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
-        return
-    pos = size
-    chunk = 65536
-    cut = 0
-    while pos > 0:
-        start = max(0, pos - chunk)
-        block = os.pread(fd, pos - start, start)
-        i = block.rfind(b"\n")
-        if i >= 0:
-            cut = start + i + 1
-            break
-        pos = start
-    logger.warning(
-        "decision log %s ends with an incomplete line (%d bytes); cutting it off",
-        path,
-        size - cut,
-    )
-    os.ftruncate(fd, cut)
-
-
-def read_decision_log(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    """Iterate the records of a decision log.
-
-    A line that is not a JSON object (a crash mid-write, two writers' lines merged by an old
-    writer) is skipped with a warning naming it, and the number skipped is logged at the end;
-    the rest of the file is still read. Blank lines are ignored.
-    """
-    p = Path(path)
-    bad = 0
-    with p.open("rb") as fh:
-        lineno = 0
-        for raw in fh:
-            lineno += 1
-            if not raw.strip():
-                continue
-            try:
-                rec = json.loads(raw)
-            except (ValueError, RecursionError) as exc:
-                bad += 1
-                what = "incomplete last" if not raw.endswith(b"\n") else "corrupt"
-                logger.warning("%s:%d: skipping a %s line (%s)", p, lineno, what, exc)
-                continue
-            if not isinstance(rec, dict):
-                bad += 1
-                logger.warning(
-                    "%s:%d: skipping a line that is not a JSON object (%s)",
-                    p,
-                    lineno,
-                    type(rec).__name__,
-                )
-                continue
-            yield rec
-    if bad:
-        logger.warning("%s: skipped %d unreadable line(s) of %d", p, bad, lineno)
-
 
 # --------------------------------------------------------------------------------------------
 # Router
