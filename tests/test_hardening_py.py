@@ -31,7 +31,7 @@ from fake_openai import FakeConfig, FakeOpenAI
 from hypothesis import given
 from hypothesis import strategies as st
 
-import uniscale.router
+import uniscale.decision_log
 from uniscale import ActionSpace, DecisionLog, Featurizer, Policy, Router, read_decision_log
 from uniscale.execute import (
     REDACTED,
@@ -381,7 +381,7 @@ def test_full_disk_counts_a_log_failure_and_returns_the_answer(
 
     async def go() -> tuple[RouterResult, Router]:
         async with ex, Router(policy, ex, f, log=path) as router:
-            monkeypatch.setattr(uniscale.router, "_write_all", full)
+            monkeypatch.setattr(uniscale.decision_log, "_write_all", full)
             return await router.complete(Q, ground_truth="4"), router
 
     with caplog.at_level("ERROR", logger="uniscale.router"):
@@ -549,8 +549,14 @@ def _writer_process(path: str, tag: str, n: int) -> None:
 
 
 def _killed_mid_line(path: str) -> None:
-    """A writer SIGKILLed in the middle of a line: half a record, no newline, no cleanup."""
+    """A writer SIGKILLed in the middle of a line: half a record, no newline, no cleanup. It
+    holds the file lock, as `DecisionLog.write` does while it writes (the kernel releases it
+    when the process dies); a writer that skipped the lock could land its half line between
+    another writer's tail check and its write, which no log format can undo."""
+    import fcntl
+
     fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    fcntl.flock(fd, fcntl.LOCK_EX)
     os.write(fd, b'{"schema":1,"type":"decision","decision_id":99,"wri')
     os.kill(os.getpid(), signal.SIGKILL)
 
