@@ -22,6 +22,7 @@ recorded data. The simulator (`uniscale.lab.sim`) and the real collected table
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -30,7 +31,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from uniscale.space import Action, ModelSpec
-from uniscale.strategies import get_strategy
+from uniscale.strategies import Replay, get_strategy
 
 F64 = NDArray[np.float64]
 
@@ -73,6 +74,9 @@ class OutcomeTable:
     latency_s: F64
     output_tokens: F64
     samples_used: F64
+    #: (T, K) label-free quality signal of each run (`action_agreement`), or None when the
+    #: table has no samples to compute it from (routing tables)
+    agreement: F64 | None = None
 
     @property
     def n_requests(self) -> int:
@@ -110,7 +114,18 @@ class OutcomeTable:
             latency_s=self.latency_s[r],
             output_tokens=self.output_tokens[r],
             samples_used=self.samples_used[r],
+            agreement=None if self.agreement is None else self.agreement[r],
         )
+
+    def with_agreement_reward(self, weight: float) -> OutcomeTable:
+        """The table a learner learns from when the vote's agreement is a reward term:
+        quality ``(1 - weight) * quality + weight * agreement`` (``weight`` 1: label-free).
+        `ValueError` when the table has no agreement or ``weight`` is outside [0, 1]."""
+        if not (0.0 <= weight <= 1.0):
+            raise ValueError(f"agreement weight must be in [0, 1], got {weight!r}")
+        if self.agreement is None:
+            raise ValueError("this table has no agreement (no recorded samples to vote over)")
+        return replace(self, quality=(1.0 - weight) * self.quality + weight * self.agreement)
 
 
 def round_latency(lat: Sequence[float], parallelism: int) -> float:
@@ -122,15 +137,10 @@ def round_latency(lat: Sequence[float], parallelism: int) -> float:
     return total
 
 
-def action_outcome(
-    action: Action,
-    model: ModelSpec,
-    samples: Sequence[Sample],
-    greedy: Sample | None,
-    gold: str,
-    input_tokens: int,
-) -> tuple[float, float, float, float, float]:
-    """(quality, cost_usd, latency_s, output_tokens, samples_used) of one action on one request."""
+def _replayed(
+    action: Action, samples: Sequence[Sample], greedy: Sample | None
+) -> tuple[list[Sample], Replay, list[Sample]]:
+    """The recorded samples ``action`` draws, its strategy's replay of them, the ones used."""
     n = action.n
     strategy = get_strategy(action.strategy)
     if strategy.greedy:
@@ -142,14 +152,45 @@ def action_outcome(
     r = strategy.replay([s.answer for s in pool], [s.score for s in pool], n)
     if r is None:
         raise ValueError(f"{action} cannot be replayed from recorded samples")
+    return pool, r, pool[: r.used]
+
+
+def action_outcome(
+    action: Action,
+    model: ModelSpec,
+    samples: Sequence[Sample],
+    greedy: Sample | None,
+    gold: str,
+    input_tokens: int,
+) -> tuple[float, float, float, float, float]:
+    """(quality, cost_usd, latency_s, output_tokens, samples_used) of one action on one request."""
+    pool, r, used = _replayed(action, samples, greedy)
     if r.by_answer:
         answer = pool[r.index].answer
         correct = answer is not None and answer == gold
     else:
         correct = pool[r.index].correct
-    used = pool[: r.used]
     cost, latency, out = run_usage(model, input_tokens, used)
     return (1.0 if correct else 0.0, cost, latency, out, float(len(used)))
+
+
+#: the agreement of a one-sample run whose answer carries no token log-probability
+NO_SIGNAL_AGREEMENT = 0.5
+
+
+def action_agreement(action: Action, samples: Sequence[Sample], greedy: Sample | None) -> float:
+    """A label-free quality signal of one run, in [0, 1]: over several samples, the share of
+    the samples used that give the chosen answer (0 when it has none), the vote's agreement
+    (`ConfidenceFeedback`'s signal in the Router); for one sample, the answer's mean token
+    probability ``exp(score)``, or `NO_SIGNAL_AGREEMENT` when none was recorded."""
+    pool, r, used = _replayed(action, samples, greedy)
+    if len(used) == 1:
+        score = used[0].score
+        return min(1.0, math.exp(score)) if math.isfinite(score) else NO_SIGNAL_AGREEMENT
+    answer = pool[r.index].answer
+    if answer is None:
+        return 0.0
+    return sum(s.answer == answer for s in used) / len(used)
 
 
 class _Used(Protocol):
@@ -213,6 +254,7 @@ def build_table(
     rng = np.random.default_rng(seed) if seed is not None else None
     t, k = len(requests), len(actions)
     arrays = np.zeros((5, t, k))
+    agreement = np.zeros((t, k))
     for i, req in enumerate(requests):
         # first-appearance order, not a set: the shared rng must draw in the same order in
         # every process (set order of strings changes with PYTHONHASHSEED)
@@ -226,6 +268,7 @@ def build_table(
                     arrays[:, i, j] = action_outcome(
                         a, models[name], s, g, req.gold, req.input_tokens
                     )
+                    agreement[i, j] = action_agreement(a, s, g)
     x = np.stack([np.asarray(r.x, dtype=np.float64) for r in requests])
     return OutcomeTable(
         ids=[r.id for r in requests],
@@ -238,4 +281,5 @@ def build_table(
         latency_s=arrays[2],
         output_tokens=arrays[3],
         samples_used=arrays[4],
+        agreement=agreement,
     )

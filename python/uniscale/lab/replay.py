@@ -166,8 +166,13 @@ def run_learner(
     progress: Callable[[int], object] | None = None,
     side_observations: bool = False,
     side_weight: float = SIDE_OBSERVATION_WEIGHT,
+    agreement_weight: float = 0.0,
 ) -> RunResult:
     """Streams the table through a fresh `Policy` over ``spec.actions``.
+
+    With ``agreement_weight`` w > 0 the policy learns from ``(1 - w) * quality + w *
+    agreement`` (`OutcomeTable.with_agreement_reward`: the vote's agreement as a dense,
+    label-free reward term), while the run is scored on the table's own quality and ``r``.
 
     With ``side_observations``, after each update the policy also learns
     (`Policy.observe`, weight `uniscale.outcomes.SIDE_OBSERVATION_WEIGHT`) the outcomes of the
@@ -196,7 +201,9 @@ def run_learner(
 
     cols = mapping()
     engine = Engine(pol, side_observations=side_observations, side_weight=side_weight, strict=True)
-    answer = TableExecutor(table)
+    answer = TableExecutor(
+        table if agreement_weight == 0.0 else table.with_agreement_reward(agreement_weight)
+    )
     t_n = table.n_requests
     chosen = np.zeros(t_n, dtype=np.int64)
     ev = sorted(events, key=lambda e: e.t)
@@ -292,6 +299,7 @@ def compare(
     progress: Callable[[int], object] | None = None,
     side_observations: bool = False,
     side_weight: float = SIDE_OBSERVATION_WEIGHT,
+    agreement_weight: float = 0.0,
     baseline: Action | None = None,
     conservative_delta: float = 0.05,
     quality_floor: QualityFloor | None = None,
@@ -369,6 +377,7 @@ def compare(
                 progress=progress,
                 side_observations=side_observations,
                 side_weight=side_weight,
+                agreement_weight=agreement_weight,
             )
         )
         if spec.name == "uniscale_conservative":

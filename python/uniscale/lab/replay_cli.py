@@ -77,6 +77,13 @@ def _replay(args: argparse.Namespace) -> int:
         raise SystemExit("error: --requests must be >= 2")
     if args.seeds < 1:
         raise SystemExit("error: --seeds must be >= 1")
+    if not 0.0 <= args.agreement_weight <= 1.0:
+        raise SystemExit("error: --agreement-weight must be in [0, 1]")
+    if args.agreement_weight > 0 and args.table in ("sim", "mmlu-pro"):
+        raise SystemExit(
+            f"error: --agreement-weight needs recorded samples to vote over; --table "
+            f"{args.table} has none"
+        )
     if args.budget is not None and not args.budget > 0:
         raise SystemExit("error: --budget must be > 0 (USD per request)")
     if not (np.isfinite(args.pacing_carryover) and args.pacing_carryover >= 0):
@@ -142,6 +149,7 @@ def _replay(args: argparse.Namespace) -> int:
                 seed=seed,
                 progress=bar.update,
                 side_observations=args.side_observations,
+                agreement_weight=args.agreement_weight,
                 **kw,
             )
             per_seed.append(results)
@@ -170,6 +178,7 @@ def _replay(args: argparse.Namespace) -> int:
                     rw,
                     progress=bar.update,
                     side_observations=args.side_observations,
+                    agreement_weight=args.agreement_weight,
                 )
                 curve[w].append((float(run.cost_usd.mean()), float(run.quality.mean())))
     rows = report.aggregate(per_seed)
@@ -308,6 +317,16 @@ def _add_replay(sub: Any) -> None:
         "of 8 samples are a self-consistency-2 run; Policy.observe with weight 0.5, "
         "uniscale.outcomes.SIDE_OBSERVATION_WEIGHT); off by default: it helps on the real "
         "table but makes the simulator benchmark worse (docs/side_observations.md)",
+    )
+    r.add_argument(
+        "--agreement-weight",
+        type=float,
+        default=0.0,
+        metavar="W",
+        help="the learners learn from (1 - W) x correctness + W x the run's agreement (the "
+        "vote share of its answer; one sample: its token probability), a dense label-free "
+        "reward term; results are scored on correctness (default 0; 1: label-free; collected "
+        "tables only; docs/results.md)",
     )
     r.add_argument(
         "--cost-exploration",
