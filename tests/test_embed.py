@@ -68,6 +68,11 @@ def test_matches_the_numpy_oracle(feat: StaticEmbeddingFeaturizer) -> None:
     )
 
 
+def test_a_huge_prompt_reads_only_its_start(feat: StaticEmbeddingFeaturizer) -> None:
+    huge = "word " * 200_000  # 1 MB; only the first max_tokens (512) tokens count
+    np.testing.assert_allclose(feat.featurize(huge), feat.featurize("word " * 600))
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.text(max_size=300))
 def test_features_are_finite_and_unit_norm_or_zero(text: str) -> None:

@@ -130,12 +130,17 @@ class StaticEmbeddingFeaturizer:
         norm = float(np.linalg.norm(x))
         return x / norm if norm > 1e-12 else np.zeros(self._dim)
 
+    def _text_of(self, messages: Messages) -> str:
+        # only the first max_tokens tokens are read: a WordPiece token is at most a word of
+        # the vocabulary (<= 18 characters here), so a huge prompt is not tokenized whole
+        return text_of(messages, self._text)[: 32 * self._max_tokens]
+
     def featurize(self, messages: Messages) -> FloatArray:
-        text = text_of(messages, self._text)
+        text = self._text_of(messages)
         return self._row(self._tokenizer.encode(text, add_special_tokens=False).ids)
 
     def featurize_many(self, batch: Sequence[Messages]) -> FloatArray:
-        texts = [text_of(m, self._text) for m in batch]
+        texts = [self._text_of(m) for m in batch]
         enc = self._tokenizer.encode_batch(texts, add_special_tokens=False)
         out = np.zeros((len(batch), self._dim))
         for i, e in enumerate(enc):
