@@ -119,9 +119,20 @@ class _Conn:
         data = await self.reader.readexactly(int(m.group(1))) if m else b""
         return status, data
 
+    async def chat(self, body: bytes) -> int | None:
+        """POST a chat completion: its status, or None when the connection failed (then
+        closed, so the next call reconnects)."""
+        try:
+            status, _ = await self.post("/v1/chat/completions", body)
+        except (OSError, asyncio.IncompleteReadError, ValueError):
+            self.close()
+            return None
+        return status
+
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        self.reader = self.writer = None
 
 
 async def _round(
@@ -139,16 +150,10 @@ async def _round(
             while left[0] > 0:
                 left[0] -= 1
                 t0 = time.perf_counter()
-                try:
-                    status, _ = await conn.post("/v1/chat/completions", body)
-                except (OSError, asyncio.IncompleteReadError, ValueError):
-                    errors += 1
-                    conn.close()
-                    conn = _Conn("127.0.0.1", port)
-                    continue
-                lat.append(time.perf_counter() - t0)
-                if status != 200:
-                    errors += 1
+                status = await conn.chat(body)
+                if status is not None:
+                    lat.append(time.perf_counter() - t0)
+                errors += status != 200
         finally:
             conn.close()
 
@@ -184,16 +189,10 @@ async def _open_round(
                 delay = due - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                try:
-                    status, _ = await conn.post("/v1/chat/completions", body)
-                except (OSError, asyncio.IncompleteReadError, ValueError):
-                    errors += 1
-                    conn.close()
-                    conn = _Conn("127.0.0.1", port)
-                    continue
-                lat.append(time.perf_counter() - due)
-                if status != 200:
-                    errors += 1
+                status = await conn.chat(body)
+                if status is not None:
+                    lat.append(time.perf_counter() - due)
+                errors += status != 200
         finally:
             conn.close()
 

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import io
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -63,15 +61,11 @@ def main() -> None:
         )
     feat = StaticEmbeddingFeaturizer()
     x = feat.featurize_many(texts).astype(np.float16)
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
-        member = io.BytesIO()
-        np.save(member, x, allow_pickle=False)
-        info = zipfile.ZipInfo("x.npy", date_time=(1980, 1, 1, 0, 0, 0))
-        info.compress_type = zipfile.ZIP_DEFLATED
-        zf.writestr(info, member.getvalue())
-    args.out.write_bytes(buf.getvalue())
-    print(f"{args.out}: {x.shape}, {len(buf.getvalue()) / 1e3:.0f} kB, version {feat.version}")
+    sys.path.insert(0, str(HERE))
+    from make_static_embedding import write_npz
+
+    size = write_npz(args.out, {"x": x})
+    print(f"{args.out}: {x.shape}, {size / 1e3:.0f} kB, version {feat.version}")
 
 
 if __name__ == "__main__":

@@ -149,18 +149,24 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     arrays, meta = build(args.wheel)
-    buf = io.BytesIO()
     meta_arr = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)
-    # np.savez_compressed stamps no time into its members' data; write through a fixed zip
+    size = write_npz(args.out, {**arrays, "meta": meta_arr})
+    print(f"{args.out}: {size / 1e6:.2f} MB, {json.dumps(meta, indent=1)}")
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> int:
+    """``arrays`` as an .npz (one ``<key>.npy`` member each, deflated) with fixed member
+    timestamps, so the same arrays give the same bytes; the file's size."""
+    buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
-        for key, arr in {**arrays, "meta": meta_arr}.items():
+        for key, arr in arrays.items():
             member = io.BytesIO()
             np.save(member, arr, allow_pickle=False)
             info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
             zf.writestr(info, member.getvalue())
-    args.out.write_bytes(buf.getvalue())
-    print(f"{args.out}: {len(buf.getvalue()) / 1e6:.2f} MB, {json.dumps(meta, indent=1)}")
+    path.write_bytes(buf.getvalue())
+    return len(buf.getvalue())
 
 
 if __name__ == "__main__":

@@ -164,7 +164,17 @@ def action_outcome(
     input_tokens: int,
 ) -> tuple[float, float, float, float, float]:
     """(quality, cost_usd, latency_s, output_tokens, samples_used) of one action on one request."""
-    pool, r, used = _replayed(action, samples, greedy)
+    return _outcome(model, *_replayed(action, samples, greedy), gold, input_tokens)
+
+
+def _outcome(
+    model: ModelSpec,
+    pool: list[Sample],
+    r: Replay,
+    used: list[Sample],
+    gold: str,
+    input_tokens: int,
+) -> tuple[float, float, float, float, float]:
     if r.by_answer:
         answer = pool[r.index].answer
         correct = answer is not None and answer == gold
@@ -183,7 +193,10 @@ def action_agreement(action: Action, samples: Sequence[Sample], greedy: Sample |
     the samples used that give the chosen answer (0 when it has none), the vote's agreement
     (`ConfidenceFeedback`'s signal in the Router); for one sample, the answer's mean token
     probability ``exp(score)``, or `NO_SIGNAL_AGREEMENT` when none was recorded."""
-    pool, r, used = _replayed(action, samples, greedy)
+    return _agreement(*_replayed(action, samples, greedy))
+
+
+def _agreement(pool: list[Sample], r: Replay, used: list[Sample]) -> float:
     if len(used) == 1:
         score = used[0].score
         return min(1.0, math.exp(score)) if math.isfinite(score) else NO_SIGNAL_AGREEMENT
@@ -265,10 +278,11 @@ def build_table(
             g = req.greedy.get(name)
             for j, a in enumerate(actions):
                 if a.model == name:
-                    arrays[:, i, j] = action_outcome(
-                        a, models[name], s, g, req.gold, req.input_tokens
-                    )
-                    agreement[i, j] = action_agreement(a, s, g)
+                    # one replay of the recorded samples serves both the outcome and the
+                    # agreement
+                    run = _replayed(a, s, g)
+                    arrays[:, i, j] = _outcome(models[name], *run, req.gold, req.input_tokens)
+                    agreement[i, j] = _agreement(*run)
     x = np.stack([np.asarray(r.x, dtype=np.float64) for r in requests])
     return OutcomeTable(
         ids=[r.id for r in requests],
