@@ -34,6 +34,7 @@ __all__ = [
     "REFRESH_PERIOD",
     "REWARD_PRESETS",
     "STATE_FORMAT_VERSION",
+    "Action",
     "AllMaskedError",
     "ConfigError",
     "DTypeError",
@@ -507,6 +508,24 @@ def action_features(
     ``rust/space.rs``."""
 
 @final
+class Action:
+    """One point of the action space: call ``model`` with test-time-scaling ``strategy`` and
+    ``n`` samples. The constructor checks the strategy is registered and runs with ``n``
+    (``uniscale.strategies.check_action``; `ConfigError` otherwise). Immutable, comparable,
+    hashable, picklable; ``str()`` is ``model/strategy/n=N``."""
+
+    def __new__(cls, model: str, strategy: str, n: int) -> Self: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def strategy(self) -> str: ...
+    @property
+    def n(self) -> int: ...
+    def __eq__(self, other: object, /) -> bool: ...
+    def __hash__(self) -> int: ...
+    def __reduce__(self) -> tuple[Any, ...]: ...
+
+@final
 class StrategyInfo:
     """A test-time-scaling strategy as the policy's core sees it
     (``uniscale.strategies.Strategy.info()``): its name, whether it may stop before ``n``
@@ -767,8 +786,8 @@ class Decision:
     @property
     def n(self) -> int: ...
     @property
-    def action(self) -> Any:
-        """The chosen action as a ``uniscale.Action``."""
+    def action(self) -> Action:
+        """The chosen action as a ``uniscale.Action`` (built in Rust)."""
     @property
     def quality_mean(self) -> float:
         """Posterior mean of quality for the chosen action."""

@@ -79,7 +79,7 @@ class Choice:
 
     @property
     def action(self) -> Action:
-        return self.decision.action  # type: ignore[no-any-return]
+        return self.decision.action
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,7 @@ def plan_actions(
         strategy = "best_of_n" if c.strategy == "best_of_k" else c.strategy
         if strategy == "best_of_n" and c.k == 1:
             strategy = "single"
-        a = Action(c.model, strategy, c.k)  # type: ignore[arg-type]
+        a = Action(c.model, strategy, c.k)
         if a not in out:
             out.append(a)
     return out
@@ -61,7 +61,7 @@ def seed_with_plan(
     seeded = 0
     for i, c in enumerate(plan_.candidates):
         strategy = "best_of_n" if c.strategy == "best_of_k" else c.strategy
-        a = Action(c.model, strategy, c.k)  # type: ignore[arg-type]
+        a = Action(c.model, strategy, c.k)
         if a in actions:
             policy.observe(
                 x0,

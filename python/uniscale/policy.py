@@ -421,7 +421,7 @@ class Policy:
     @property
     def actions(self) -> list[Action]:
         """Current actions in index order (``decision.index`` points into this list)."""
-        return [Action(m, s, n) for (m, s, n, _uid) in self._core.actions()]  # type: ignore[arg-type]
+        return [Action(m, s, n) for (m, s, n, _uid) in self._core.actions()]
 
     @property
     def models(self) -> dict[str, ModelSpec]:

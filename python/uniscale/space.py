@@ -16,6 +16,7 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from uniscale._core import Action as Action  # re-exported: uniscale.space.Action
 from uniscale._core import ConfigError, ModelInfo, StrategyInfo
 from uniscale.strategies import get_strategy, registered_strategies
 
@@ -119,24 +120,6 @@ class ModelSpec:
         ) / 1e6
 
 
-@dataclass(frozen=True, slots=True)
-class Action:
-    """One point of the action space."""
-
-    model: str
-    strategy: Strategy
-    n: int
-
-    def __post_init__(self) -> None:
-        strategy = get_strategy(self.strategy)
-        if not (isinstance(self.n, int) and self.n >= 1):
-            raise ConfigError(f"Action.n must be an int >= 1, got {self.n!r}")
-        strategy.check_n(self.n)
-
-    def __str__(self) -> str:
-        return f"{self.model}/{self.strategy}/n={self.n}"
-
-
 class ActionSpace:
     """Models plus the ``(model, strategy, n)`` actions over them.
 
@@ -209,7 +192,7 @@ class ActionSpace:
     def ordered_actions(self) -> list[Action]:
         """Actions in the order the core indexes them (grouped by model, in model order)."""
         return [
-            Action(name, s, n)  # type: ignore[arg-type]
+            Action(name, s, n)
             for (info, acts) in self.core_models()
             for (s, n) in acts
             for name in (info.name,)

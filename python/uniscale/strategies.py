@@ -330,6 +330,16 @@ def get_strategy(name: str) -> Strategy:
         ) from None
 
 
+def check_action(strategy: str, n: object) -> None:
+    """Validates an action's ``(strategy, n)`` (`uniscale.Action`'s constructor calls it):
+    ``strategy`` registered, ``n`` an int >= 1 that the strategy runs with; `ConfigError`
+    otherwise."""
+    s = get_strategy(strategy)
+    if not (isinstance(n, int) and n >= 1):
+        raise ConfigError(f"Action.n must be an int >= 1, got {n!r}")
+    s.check_n(n)
+
+
 def strategy_names() -> tuple[str, ...]:
     """Names of the registered strategies: the built-ins first, then in registration order."""
     return tuple(_REGISTRY)

@@ -7,6 +7,7 @@ use pyo3::prelude::*;
 
 use crate::error::CoreError;
 
+mod action;
 mod convert;
 mod featurize;
 mod learners;
@@ -149,6 +150,7 @@ fn uniscale_core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("NumericalError", py.get_type::<NumericalError>())?;
     m.add_class::<learners::PyLinUcb>()?;
     m.add_class::<learners::PySharedLinUcb>()?;
+    m.add_class::<action::PyAction>()?;
     m.add_class::<policy::PyPolicyCore>()?;
     m.add_class::<policy_types::PyDecision>()?;
     m.add_class::<policy_types::PyModelInfo>()?;

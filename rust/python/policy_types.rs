@@ -3,7 +3,6 @@
 
 use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods};
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::{Borrowed, IntoPyObjectExt};
 
@@ -11,6 +10,7 @@ use crate::cost::{Estimate, Prediction};
 use crate::policy::{Decision, UpdateResult};
 use crate::space::ModelInfo;
 
+use super::action::PyAction;
 use super::ConfigError;
 
 /// (name, price_in, price_out, parallelism, bills_prompt_once, latency_in, latency_out,
@@ -400,8 +400,6 @@ impl PyUpdateResult {
     }
 }
 
-static ACTION_CLASS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-
 fn prediction_dict<'py>(py: Python<'py>, p: &Prediction) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("output_tokens_per_sample", p.output_tokens_per_sample)?;
@@ -446,12 +444,8 @@ impl PyDecision {
     }
     /// The chosen action as a `uniscale.Action`.
     #[getter]
-    fn action<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let cls = ACTION_CLASS.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
-            Ok(py.import("uniscale.space")?.getattr("Action")?.unbind())
-        })?;
-        cls.bind(py)
-            .call1((self.d.model.as_str(), self.d.strategy.as_str(), self.d.n))
+    fn action(&self) -> PyAction {
+        PyAction::trusted(&self.d.model, &self.d.strategy, self.d.n)
     }
     #[getter]
     fn quality_mean(&self) -> f64 {

@@ -277,7 +277,7 @@ def parse_action(spec: str, actions: Sequence[Action]) -> Action:
             n = int(parts[2])
         except ValueError:
             raise ValueError(f"action {spec!r}: N must be an integer") from None
-        a = Action(parts[0], parts[1], n)  # type: ignore[arg-type]
+        a = Action(parts[0], parts[1], n)
     else:
         raise ValueError(f"action {spec!r} must be MODEL or MODEL/STRATEGY/N")
     if a not in actions:

@@ -162,7 +162,7 @@ class ServeConfig:
             for s in self.policy.strategies:
                 for n in self.policy.n_values:
                     if get_strategy(s).greedy == (n == 1):
-                        out.append(Action(m.name, s, n))  # type: ignore[arg-type]
+                        out.append(Action(m.name, s, n))
         return out
 
 
@@ -249,7 +249,7 @@ def parse_action(text: str) -> Action:
             f"expected 'MODEL' or 'MODEL/STRATEGY/N' with STRATEGY in {', '.join(names)}, "
             f"got {text!r}"
         )
-    return Action(parts[0], parts[1], int(parts[2]))  # type: ignore[arg-type]
+    return Action(parts[0], parts[1], int(parts[2]))
 
 
 def _action(v: Any) -> Action:
