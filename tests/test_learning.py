@@ -16,11 +16,25 @@ import uniscale
 T = 5000
 
 
-def regret_ratio_and_halves(
-    regret: NDArray[np.float64], random_regret: NDArray[np.float64]
-) -> tuple[float, float, float]:
+def play(
+    learner: uniscale.LinUCB | uniscale.SharedLinUCB,
+    X: NDArray[np.float64],
+    means: NDArray[np.float64],
+    noise: NDArray[np.float64],
+) -> tuple[NDArray[np.float64], float, float, float]:
+    """Run ``learner`` online over the contexts ``X`` (the reward of action a at step t is
+    ``means[t, a] + noise[t]``). Returns the per-step regret, its ratio to a uniformly random
+    policy's, and its sums over the first and the second half."""
+    chosen = np.empty(len(X), dtype=np.int64)
+    for t in range(len(X)):
+        a = learner.select(X[t])
+        learner.update(a, X[t], means[t, a] + noise[t])
+        chosen[t] = a
+    regret = means.max(axis=1) - means[np.arange(len(X)), chosen]
+    random_regret = means.max(axis=1) - means.mean(axis=1)
     half = len(regret) // 2
     return (
+        regret,
         float(regret.sum() / random_regret.sum()),
         float(regret[:half].sum()),
         float(regret[half:].sum()),
@@ -35,14 +49,7 @@ def test_disjoint_linucb_learns_a_linear_environment() -> None:
     noise = rng.normal(scale=0.1, size=T)
     means = X @ theta.T  # (T, K) expected reward of every action
     learner = uniscale.LinUCB(k, d, alpha=1.0)
-    chosen = np.empty(T, dtype=np.int64)
-    for t in range(T):
-        a = learner.select(X[t])
-        learner.update(a, X[t], means[t, a] + noise[t])
-        chosen[t] = a
-    regret = means.max(axis=1) - means[np.arange(T), chosen]
-    random_regret = means.max(axis=1) - means.mean(axis=1)
-    ratio, first, second = regret_ratio_and_halves(regret, random_regret)
+    regret, ratio, first, second = play(learner, X, means, noise)
     assert ratio < 0.05  # measured 0.007; a uniformly random policy is 1.0 by definition
     assert second < 0.5 * first  # sublinear: measured 3.8 vs 36
     assert regret.sum() / regret[: T // 2].sum() < 1.6  # measured 1.10; linear growth gives 2
@@ -59,14 +66,7 @@ def test_shared_linucb_learns_a_linear_environment() -> None:
     # theta . kron(u, v) = u' Theta v, for u = [1, x], v = [1, psi_a].
     means = np.c_[np.ones(T), X] @ theta @ np.c_[np.ones(k), psi].T
     learner = uniscale.SharedLinUCB(psi, d, alpha=1.0)
-    chosen = np.empty(T, dtype=np.int64)
-    for t in range(T):
-        a = learner.select(X[t])
-        learner.update(a, X[t], means[t, a] + noise[t])
-        chosen[t] = a
-    regret = means.max(axis=1) - means[np.arange(T), chosen]
-    random_regret = means.max(axis=1) - means.mean(axis=1)
-    ratio, first, second = regret_ratio_and_halves(regret, random_regret)
+    regret, ratio, first, second = play(learner, X, means, noise)
     assert ratio < 0.05  # measured 0.005
     assert second < 0.5 * first  # measured 1.3 vs 25
     assert regret.sum() / regret[: T // 2].sum() < 1.6  # measured 1.05
