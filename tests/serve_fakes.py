@@ -30,6 +30,15 @@ from fake_openai import JsonHandler, LoopbackServer
 
 from uniscale.serve.config import ServeConfig, parse_config
 
+MSGS = [{"role": "user", "content": "What is 6 x 7?"}]
+
+
+def post(base: str, model: str = "uniscale", **kw: object) -> httpx.Response:
+    """POST the chat completion of `MSGS` for ``model`` (plus the body fields ``kw``) to the
+    server at ``base``."""
+    body = {"model": model, "messages": MSGS, **kw}
+    return httpx.post(f"{base}/v1/chat/completions", json=body, timeout=30)
+
 
 class _UpstreamHandler(JsonHandler):
     def do_GET(self) -> None:
