@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -327,21 +328,27 @@ def test_feedback_accepts_once_and_rejects_clearly(tmp_path: Path) -> None:
 # Streaming
 
 
+def _stream(run: object, model: str, content: str, **kw: Any) -> list[Any]:
+    """All chunks of a streamed chat completion of the one user message ``content``."""
+    return list(
+        _client(run).chat.completions.create(
+            model=model, messages=[{"role": "user", "content": content}], stream=True, **kw
+        )
+    )
+
+
+def _pieces(chunks: list[Any]) -> list[str]:
+    """The non-empty content deltas of ``chunks``, in order."""
+    return [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+
+
 def test_stream_single_sample_is_really_streamed(tmp_path: Path) -> None:
     text = "one two three four five six"
     with Upstream(answers=[text]) as up:
         cfg = config({"small": up.base_url}, tmp=tmp_path)
         with running_server(cfg) as run:
-            stream = _client(run).chat.completions.create(
-                model="small",
-                messages=[{"role": "user", "content": "count"}],
-                stream=True,
-                stream_options={"include_usage": True},
-            )
-            chunks = list(stream)
-    pieces = [
-        c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content
-    ]
+            chunks = _stream(run, "small", "count", stream_options={"include_usage": True})
+    pieces = _pieces(chunks)
     assert len(pieces) == 6 and "".join(pieces) == text  # one chunk per upstream delta
     assert up.received[-1]["stream"] is True
     finals = [c.choices[0].finish_reason for c in chunks if c.choices]
@@ -358,14 +365,8 @@ def test_stream_multi_sample_sends_one_final_chunk(tmp_path: Path) -> None:
             policy='strategies = ["self_consistency"]\nn_values = [3]\nextractor = "last_number"',
         )
         with running_server(cfg) as run:
-            chunks = list(
-                _client(run).chat.completions.create(
-                    model="uniscale", messages=[{"role": "user", "content": "2+2"}], stream=True
-                )
-            )
-    pieces = [
-        c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content
-    ]
+            chunks = _stream(run, "uniscale", "2+2")
+    pieces = _pieces(chunks)
     assert pieces == ["it is 4"]
     assert "stream" not in up.received[-1]
 
@@ -584,14 +585,8 @@ def test_stream_broken_then_retried_completes_the_answer(tmp_path: Path) -> None
             executor="timeout_s = 5\ndeadline_s = 10\nretries = 1\nbackoff_s = 0",
         )
         with running_server(cfg) as run:
-            chunks = list(
-                _client(run).chat.completions.create(
-                    model="small", messages=[{"role": "user", "content": "x"}], stream=True
-                )
-            )
-    pieces = [
-        c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content
-    ]
+            chunks = _stream(run, "small", "x")
+    pieces = _pieces(chunks)
     # the first two words were streamed before the cut; the retry's answer (the same greedy
     # text) supplies the rest, so the client sees the whole answer once
     assert pieces[:2] == ["alpha ", "beta "]
