@@ -29,27 +29,15 @@ from redis_fixture import redis_cluster, redis_server  # noqa: F401
 
 import uniscale
 
-settings.register_profile(
-    "dev",
-    max_examples=25,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-settings.register_profile(
-    "ci",
-    max_examples=60,
-    deadline=None,
-    derandomize=True,
-    print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-settings.register_profile(
-    "stress",
-    max_examples=1000,
-    deadline=None,
-    print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+# every profile: no deadline (see above) and no too-slow health check
+for _name, _profile in {
+    "dev": {"max_examples": 25},
+    "ci": {"max_examples": 60, "derandomize": True, "print_blob": True},
+    "stress": {"max_examples": 1000, "print_blob": True},
+}.items():
+    settings.register_profile(
+        _name, deadline=None, suppress_health_check=[HealthCheck.too_slow], **_profile
+    )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 Learner = uniscale.LinUCB | uniscale.SharedLinUCB
