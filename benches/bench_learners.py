@@ -611,44 +611,30 @@ def report(
         r = find(rows, lib="uniscale", **kw)
         return r[q] if r and r.get("status", "ok") == "ok" else None
 
-    v, why = ratio(16, 8, "numpy")
-    target(
-        f"d=16 K=8: uniscale/NumPy decisions/s >= {TARGET_D16K8_NUMPY:g}x",
-        v,
-        None if v is None else v >= TARGET_D16K8_NUMPY,
-        why,
+    def at_least(label: str, measured: tuple[float | None, str], bound: float) -> None:
+        v, why = measured
+        target(f"{label} >= {bound:g}x", v, None if v is None else v >= bound, why)
+
+    def below(label: str, v: float | None, bound: float) -> None:
+        target(f"{label} < {bound:g} us", v, None if v is None else v < bound)
+
+    at_least("d=16 K=8: uniscale/NumPy decisions/s", ratio(16, 8, "numpy"), TARGET_D16K8_NUMPY)
+    at_least("d=16 K=8: uniscale/VW decisions/s", ratio(16, 8, "vw"), TARGET_D16K8_VW)
+    below(
+        "d=16 K=8: uniscale select p99",
+        lat(d_rows, "select_p99_us", d=16, K=8),
+        TARGET_D16K8_P99_US,
     )
-    v, why = ratio(16, 8, "vw")
-    target(
-        f"d=16 K=8: uniscale/VW decisions/s >= {TARGET_D16K8_VW:g}x",
-        v,
-        None if v is None else v >= TARGET_D16K8_VW,
-        why,
+    at_least("d=64 K=64: uniscale/NumPy decisions/s", ratio(64, 64, "numpy"), TARGET_D64K64_NUMPY)
+    below(
+        "d=64 K=64: uniscale select p99",
+        lat(d_rows, "select_p99_us", d=64, K=64),
+        TARGET_D64K64_P99_US,
     )
-    v = lat(d_rows, "select_p99_us", d=16, K=8)
-    target(
-        f"d=16 K=8: uniscale select p99 < {TARGET_D16K8_P99_US:g} us",
-        v,
-        None if v is None else v < TARGET_D16K8_P99_US,
-    )
-    v, why = ratio(64, 64, "numpy")
-    target(
-        f"d=64 K=64: uniscale/NumPy decisions/s >= {TARGET_D64K64_NUMPY:g}x",
-        v,
-        None if v is None else v >= TARGET_D64K64_NUMPY,
-        why,
-    )
-    v = lat(d_rows, "select_p99_us", d=64, K=64)
-    target(
-        f"d=64 K=64: uniscale select p99 < {TARGET_D64K64_P99_US:g} us",
-        v,
-        None if v is None else v < TARGET_D64K64_P99_US,
-    )
-    v = lat(s_rows, "select_p50_us", K=1024)
-    target(
-        f"shared d=16 p=8 K=1024: uniscale select p50 < {TARGET_SHARED_K1024_P50_US:g} us",
-        v,
-        None if v is None else v < TARGET_SHARED_K1024_P50_US,
+    below(
+        "shared d=16 p=8 K=1024: uniscale select p50",
+        lat(s_rows, "select_p50_us", K=1024),
+        TARGET_SHARED_K1024_P50_US,
     )
 
     out.append("")
