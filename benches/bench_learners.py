@@ -317,6 +317,26 @@ def run_latency(ad: Adapter, stream: Stream, budget_s: float, min_calls: int, me
         n = max(1, min(int(left) + 1, 4 * done, 50_000), min_calls - done)
 
 
+def run_latency_interleaved(
+    run: list[str],
+    ads: dict[str, Adapter],
+    streams: dict[str, Stream],
+    meters: dict[str, Meter],
+    cfg: argparse.Namespace,
+) -> None:
+    """`run_latency` for every library of ``run``, interleaved slice by slice over
+    ``cfg.repeats`` rounds (so that a noisy stretch of the machine hits them all alike)."""
+    for _ in range(cfg.repeats):
+        for lib in run:
+            run_latency(
+                ads[lib],
+                streams[lib],
+                cfg.latency_s / cfg.repeats,
+                max(1, cfg.min_calls // cfg.repeats),
+                meters[lib],
+            )
+
+
 def pct(v: list[int], q: float) -> float:
     return float(np.percentile(np.asarray(v, dtype=np.float64), q)) / 1e3 if v else float("nan")
 
@@ -337,15 +357,7 @@ def bench_disjoint(libs: list[str], avail: dict[str, str], cfg: argparse.Namespa
             for _ in range(cfg.repeats):  # interleave the libraries, slice by slice
                 for lib in run:
                     run_decisions(ads[lib], streams[lib], cfg.decide_s / cfg.repeats, meters[lib])
-            for _ in range(cfg.repeats):
-                for lib in run:
-                    run_latency(
-                        ads[lib],
-                        streams[lib],
-                        cfg.latency_s / cfg.repeats,
-                        max(1, cfg.min_calls // cfg.repeats),
-                        meters[lib],
-                    )
+            run_latency_interleaved(run, ads, streams, meters, cfg)
             for lib in libs:
                 if avail[lib]:
                     rows.append({"d": d, "K": k, "lib": lib, "status": avail[lib]})
@@ -431,15 +443,7 @@ def bench_shared(libs: list[str], cfg: argparse.Namespace) -> tuple[list[dict], 
                 )
         streams = {lib: Stream(d, k, seed=SEED + 1) for lib in run}
         meters = {lib: Meter() for lib in run}
-        for _ in range(cfg.repeats):
-            for lib in run:
-                run_latency(
-                    ads[lib],
-                    streams[lib],
-                    cfg.latency_s / cfg.repeats,
-                    max(1, cfg.min_calls // cfg.repeats),
-                    meters[lib],
-                )
+        run_latency_interleaved(run, ads, streams, meters, cfg)
         for lib in run:
             m = meters[lib]
             rows.append(
