@@ -130,6 +130,23 @@ def test_discount_recovers_from_an_abrupt_change() -> None:
 N_LONG = 300_000
 
 
+def assert_matches_references(
+    learner: uniscale.LinUCB | uniscale.SharedLinUCB,
+    own: RefLinUCB | RefSharedLinUCB,
+    fresh: RefLinUCB | RefSharedLinUCB,
+    probes: NDArray[np.float64],
+) -> None:
+    """After a long run, ``learner`` scores the ``probes`` as the reference solved directly on
+    its own statistics (``own``) and the one that accumulated them independently (``fresh``)."""
+    np.testing.assert_allclose(own.A, fresh.A, rtol=1e-10)  # summation order only
+    for x in probes:
+        mean, bonus = learner.scores(x)
+        for ref, rtol in ((own, 1e-10), (fresh, 1e-9)):
+            ref_mean, ref_bonus = ref.scores(x)
+            np.testing.assert_allclose(mean, ref_mean, rtol=rtol, atol=1e-12)
+            np.testing.assert_allclose(bonus, ref_bonus, rtol=rtol)
+
+
 def test_linucb_inverse_stays_exact_over_300k_updates() -> None:
     rng = np.random.default_rng(3)
     k, d = 3, 4
@@ -147,13 +164,7 @@ def test_linucb_inverse_stays_exact_over_300k_updates() -> None:
     own = linucb_from_state(learner.to_bytes())  # direct solve on the Rust's own A and b
     fresh = RefLinUCB(k, d, alpha=1.0, prior_mean=0.2)  # statistics accumulated independently
     fresh.update_many(actions, X, rewards)
-    np.testing.assert_allclose(own.A, fresh.A, rtol=1e-10)  # summation order only
-    for x in rng.normal(size=(5, d)):
-        mean, bonus = learner.scores(x)
-        for ref, rtol in ((own, 1e-10), (fresh, 1e-9)):
-            ref_mean, ref_bonus = ref.scores(x)
-            np.testing.assert_allclose(mean, ref_mean, rtol=rtol, atol=1e-12)
-            np.testing.assert_allclose(bonus, ref_bonus, rtol=rtol)
+    assert_matches_references(learner, own, fresh, rng.normal(size=(5, d)))
     np.testing.assert_allclose(learner.theta(), own.theta(), rtol=1e-10)
 
 
@@ -171,10 +182,4 @@ def test_shared_inverse_stays_exact_over_300k_updates() -> None:
     own = shared_from_state(learner.to_bytes())
     fresh = RefSharedLinUCB(psi, d, alpha=0.5, ridge=0.5)
     fresh.update_many(actions, X, rewards)
-    np.testing.assert_allclose(own.A, fresh.A, rtol=1e-10)  # summation order only
-    for x in rng.normal(size=(5, d)):
-        mean, bonus = learner.scores(x)
-        for ref, rtol in ((own, 1e-10), (fresh, 1e-9)):
-            ref_mean, ref_bonus = ref.scores(x)
-            np.testing.assert_allclose(mean, ref_mean, rtol=rtol, atol=1e-12)
-            np.testing.assert_allclose(bonus, ref_bonus, rtol=rtol)
+    assert_matches_references(learner, own, fresh, rng.normal(size=(5, d)))
