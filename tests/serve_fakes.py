@@ -20,7 +20,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -254,6 +254,20 @@ def running_server(
         loop.close()
     if errors:
         raise errors[0]
+
+
+@contextlib.contextmanager
+def serving(
+    models: Sequence[str] = ("small", "large"),
+    *,
+    answers: list[str] | None = None,
+    **config_kw: Any,
+) -> Iterator[tuple[Upstream, Running]]:
+    """One `Upstream` (answering ``answers``, else its default) behind every model of
+    ``models``, and the server in front of it configured by `config` with ``config_kw``."""
+    with Upstream(**({} if answers is None else {"answers": answers})) as up:
+        with running_server(config({m: up.base_url for m in models}, **config_kw)) as run:
+            yield up, run
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 pytest.importorskip("prometheus_client")
 
-from serve_fakes import MSGS, Upstream, config, post, read_log, running_server
+from serve_fakes import MSGS, Upstream, config, post, read_log, running_server, serving
 
 import uniscale
 from uniscale._core import ConfigError
@@ -113,15 +113,12 @@ def test_snapshot_of_another_configuration_is_refused(tmp_path: Path) -> None:
 
 
 def test_shadow_mode_serves_the_baseline_and_logs_the_policy_choice(tmp_path: Path) -> None:
-    with Upstream() as up:
-        cfg = config(
-            {"small": up.base_url, "large": up.base_url},
-            tmp=tmp_path,
-            server='mode = "shadow"',
-            policy='baseline = "large/single/1"\nexploration = "softmax"',
-        )
-        with running_server(cfg) as run:
-            rs = [post(run.base_url) for _ in range(5)]
+    with serving(
+        tmp=tmp_path,
+        server='mode = "shadow"',
+        policy='baseline = "large/single/1"\nexploration = "softmax"',
+    ) as (up, run):
+        rs = [post(run.base_url) for _ in range(5)]
     for r in rs:
         assert r.status_code == 200
         assert r.headers["x-uniscale-action"] == "large/single/n=1"
@@ -138,20 +135,17 @@ def test_shadow_mode_serves_the_baseline_and_logs_the_policy_choice(tmp_path: Pa
 
 
 def test_conservative_mode_starts_on_the_baseline(tmp_path: Path) -> None:
-    with Upstream() as up:
-        cfg = config(
-            {"small": up.base_url, "large": up.base_url},
-            tmp=tmp_path,
-            server='mode = "conservative"',
-            policy='baseline = "large/single/1"\nfeedback = "confidence"',
-        )
-        with running_server(cfg) as run:
-            r = post(run.base_url)
-            assert r.headers["x-uniscale-action"] == "large/single/n=1"
-            assert r.headers["x-uniscale-conservative"] in ("0", "1")
-            bad = post(run.base_url, uniscale={"preset": "balanced"})
-            assert bad.status_code == 400 and "conservative" in bad.text
-            status = run.server.policy.conservative_status()
+    with serving(
+        tmp=tmp_path,
+        server='mode = "conservative"',
+        policy='baseline = "large/single/1"\nfeedback = "confidence"',
+    ) as (_, run):
+        r = post(run.base_url)
+        assert r.headers["x-uniscale-action"] == "large/single/n=1"
+        assert r.headers["x-uniscale-conservative"] in ("0", "1")
+        bad = post(run.base_url, uniscale={"preset": "balanced"})
+        assert bad.status_code == 400 and "conservative" in bad.text
+        status = run.server.policy.conservative_status()
     assert status is not None and status["decisions"] >= 1
 
 
@@ -284,20 +278,18 @@ def test_uniscale_ope_reads_the_served_log(
 ) -> None:
     from uniscale import cli
 
-    with Upstream(answers=["The answer is 42", "It is 41"]) as up:
-        cfg = config(
-            {"small": up.base_url, "large": up.base_url},
-            tmp=tmp_path,
-            policy='exploration = "epsilon"\nepsilon = 0.5\nn_values = [1, 2]',
-        )
-        with running_server(cfg) as run:
-            for i in range(40):
-                r = post(run.base_url, messages=[{"role": "user", "content": f"q {i}?"}])
-                did = int(r.headers["x-uniscale-decision-id"])
-                fb = httpx.post(
-                    f"{run.base_url}/v1/feedback", json={"decision_id": did, "quality": i % 2}
-                )
-                assert fb.status_code == 200
+    with serving(
+        answers=["The answer is 42", "It is 41"],
+        tmp=tmp_path,
+        policy='exploration = "epsilon"\nepsilon = 0.5\nn_values = [1, 2]',
+    ) as (_, run):
+        for i in range(40):
+            r = post(run.base_url, messages=[{"role": "user", "content": f"q {i}?"}])
+            did = int(r.headers["x-uniscale-decision-id"])
+            fb = httpx.post(
+                f"{run.base_url}/v1/feedback", json={"decision_id": did, "quality": i % 2}
+            )
+            assert fb.status_code == 200
     code = cli.main(
         [
             "ope",
