@@ -129,6 +129,14 @@ class _Conn:
             return None
         return status
 
+    async def timed_chat(self, body: bytes, since: float, lat: list[float]) -> bool:
+        """`chat`, appending its latency from ``since`` (a ``perf_counter`` time) to ``lat``
+        when it was answered; True when it failed (any status but 200)."""
+        status = await self.chat(body)
+        if status is not None:
+            lat.append(time.perf_counter() - since)
+        return status != 200
+
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
@@ -149,11 +157,8 @@ async def _round(
         try:
             while left[0] > 0:
                 left[0] -= 1
-                t0 = time.perf_counter()
-                status = await conn.chat(body)
-                if status is not None:
-                    lat.append(time.perf_counter() - t0)
-                errors += status != 200
+                failed = await conn.timed_chat(body, time.perf_counter(), lat)
+                errors += failed  # not `errors += await ...`: it would read errors before awaiting
         finally:
             conn.close()
 
@@ -189,10 +194,8 @@ async def _open_round(
                 delay = due - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                status = await conn.chat(body)
-                if status is not None:
-                    lat.append(time.perf_counter() - due)
-                errors += status != 200
+                failed = await conn.timed_chat(body, due, lat)
+                errors += failed
         finally:
             conn.close()
 

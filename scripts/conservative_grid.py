@@ -10,11 +10,10 @@ hindsight, and how many requests left the baseline. Writes a markdown table.
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 import numpy as np
+from _common import PRESETS, markdown_table, pm, seeds_parser, write_report
 
 from uniscale.lab import datasets, replay
 from uniscale.lab.progress import progress_bar
@@ -23,14 +22,11 @@ CELLS = {
     "real": (None, ["qwen15", "qwen05", "qwen15/self_consistency/4"]),
     "mmlu-pro": (3000, ["gemini-1.5-pro-002", "llama-3.1-70b-instruct", "llama-3.1-8b-instruct"]),
 }
-PRESETS = ("cost_sensitive", "balanced", "quality_priority")
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=50)
+    ap = seeds_parser(__doc__, seeds=50, out="docs/conservative_grid.md")
     ap.add_argument("--delta", type=float, default=0.05)
-    ap.add_argument("--out", default="docs/conservative_grid.md")
     args = ap.parse_args()
     rows = []
     n_cells = sum(len(b) for _, b in CELLS.values()) * len(PRESETS)
@@ -67,25 +63,24 @@ def main() -> int:
                         bar.update(1)
                     rows.append(
                         f"| {table} ({length}) | {base} | {preset} | {held}/{args.seeds} | "
-                        f"{np.mean(d_base):+.4f} ± {np.std(d_base):.4f} | "
-                        f"{np.mean(d_best):+.4f} ± {np.std(d_best):.4f} | {np.mean(left):.0f} |"
+                        f"{pm(d_base, se=False)} | {pm(d_best, se=False)} | {np.mean(left):.0f} |"
                     )
-    text = "\n".join(
-        [
-            f"Conservative mode, delta = {args.delta}, {args.seeds} seeds per cell "
-            f"(`python scripts/conservative_grid.py --seeds {args.seeds}`, "
-            f"{time.time() - t0:.0f} s). Differences are paired (same stream), mean reward per "
-            "request, mean ± std over seeds.",
-            "",
-            "| table (requests) | baseline | preset | promise held | vs baseline "
-            "(per request) | vs best fixed | requests off the baseline |",
-            "|---|---|---|---|---|---|---|",
-            *rows,
-            "",
-        ]
+    intro = (
+        f"Conservative mode, delta = {args.delta}, {args.seeds} seeds per cell "
+        f"(`python scripts/conservative_grid.py --seeds {args.seeds}`, "
+        f"{time.time() - t0:.0f} s). Differences are paired (same stream), mean reward per "
+        "request, mean ± std over seeds."
     )
-    Path(args.out).write_text(text)
-    print(text)
+    header = (
+        "table (requests)",
+        "baseline",
+        "preset",
+        "promise held",
+        "vs baseline (per request)",
+        "vs best fixed",
+        "requests off the baseline",
+    )
+    write_report(args.out, markdown_table(intro, header, rows))
     return 0
 
 

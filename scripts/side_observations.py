@@ -7,17 +7,15 @@ error over seeds). Writes a markdown table.
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 import numpy as np
+from _common import PRESETS, markdown_table, pm, seeds_parser, write_report
 
 from uniscale.lab import datasets, replay
 from uniscale.lab.progress import progress_bar
 from uniscale.lab.replay import LearnerSpec
 
-PRESETS = ("cost_sensitive", "balanced", "quality_priority")
 CONFIGS: dict[str, tuple[bool, float]] = {
     "none": (False, 1.0),
     "weight 1": (True, 1.0),
@@ -27,9 +25,7 @@ CONFIGS: dict[str, tuple[bool, float]] = {
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=30)
-    ap.add_argument("--out", default="docs/side_observations.md")
+    ap = seeds_parser(__doc__, seeds=30, out="docs/side_observations.md")
     args = ap.parse_args()
     src = datasets.collected_source()
     t0 = time.time()
@@ -56,27 +52,14 @@ def main() -> int:
                     bar.update(1)
             none = np.array(vs_best["none"])
             for name, v in vs_best.items():
-                a = np.array(v)
-                d = a - none
-                se = np.sqrt(len(a))
-                rows.append(
-                    f"| {preset} | {name} | {a.mean():+.4f} ± {a.std() / se:.4f} | "
-                    f"{d.mean():+.4f} ± {d.std() / se:.4f} |"
-                )
-    text = "\n".join(
-        [
-            f"Side observations on the packaged real table, {args.seeds} seeds "
-            f"(`python scripts/side_observations.py --seeds {args.seeds}`, "
-            f"{time.time() - t0:.0f} s); mean reward per request, mean ± standard error.",
-            "",
-            "| preset | side observations | UniScale vs best fixed | vs none (paired) |",
-            "|---|---|---|---|",
-            *rows,
-            "",
-        ]
+                rows.append(f"| {preset} | {name} | {pm(v)} | {pm(np.array(v) - none)} |")
+    intro = (
+        f"Side observations on the packaged real table, {args.seeds} seeds "
+        f"(`python scripts/side_observations.py --seeds {args.seeds}`, "
+        f"{time.time() - t0:.0f} s); mean reward per request, mean ± standard error."
     )
-    Path(args.out).write_text(text)
-    print(text)
+    header = ("preset", "side observations", "UniScale vs best fixed", "vs none (paired)")
+    write_report(args.out, markdown_table(intro, header, rows))
     return 0
 
 

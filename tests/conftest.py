@@ -1,4 +1,4 @@
-"""Shared pytest configuration: hypothesis profiles and learner fixtures.
+"""Shared pytest configuration: hypothesis profiles, learner fixtures and fake-server fixtures.
 
 Hypothesis profiles (choose with ``HYPOTHESIS_PROFILE=dev|ci``, default ``dev``):
 
@@ -12,12 +12,16 @@ Hypothesis profiles (choose with ``HYPOTHESIS_PROFILE=dev|ci``, default ``dev``)
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from fake_openai import FakeConfig, FakeOpenAI
 from hypothesis import HealthCheck, settings
 
 # the real redis-server of the sync tests (tests/redis_fixture.py)
@@ -25,27 +29,15 @@ from redis_fixture import redis_cluster, redis_server  # noqa: F401
 
 import uniscale
 
-settings.register_profile(
-    "dev",
-    max_examples=25,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-settings.register_profile(
-    "ci",
-    max_examples=60,
-    deadline=None,
-    derandomize=True,
-    print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-settings.register_profile(
-    "stress",
-    max_examples=1000,
-    deadline=None,
-    print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+# every profile: no deadline (see above) and no too-slow health check
+for _name, _profile in {
+    "dev": {"max_examples": 25},
+    "ci": {"max_examples": 60, "derandomize": True, "print_blob": True},
+    "stress": {"max_examples": 1000, "print_blob": True},
+}.items():
+    settings.register_profile(
+        _name, deadline=None, suppress_health_check=[HealthCheck.too_slow], **_profile
+    )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 Learner = uniscale.LinUCB | uniscale.SharedLinUCB
@@ -91,3 +83,31 @@ def trained(make: MakeLearner, rng: np.random.Generator) -> Learner:
     X = rng.normal(size=(20, 2))
     learner.update_many(rng.integers(0, 3, size=20), X, rng.normal(size=20))
     return learner
+
+
+@pytest.fixture
+def fake_server() -> Iterator[Callable[..., FakeOpenAI]]:
+    """Factory for started fake OpenAI servers: ``fake_server("text", ...)`` answers those texts
+    in rotation (no texts: the `FakeConfig` default). All of them stop at teardown."""
+    with contextlib.ExitStack() as stack:
+
+        def start(*answers: str) -> FakeOpenAI:
+            config = FakeConfig(answers=list(answers)) if answers else FakeConfig()
+            return stack.enter_context(FakeOpenAI(config))
+
+        yield start
+
+
+@pytest.fixture
+def no_real_llama(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Keep meta collection away from a real llama-server binary or model cache."""
+    monkeypatch.setenv("UNISCALE_LLAMA_SERVER", str(tmp_path / "no-llama-server"))
+    monkeypatch.setenv("UNISCALE_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def items_path(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """The test module's ``ITEMS`` written to ``tmp_path / "items.jsonl"``, one object a line."""
+    p = tmp_path / "items.jsonl"
+    p.write_text("".join(json.dumps(d) + "\n" for d in request.module.ITEMS))
+    return p

@@ -17,14 +17,16 @@ whitespace-separated word, so `FakeOpenAI.tokens` gives the true count the execu
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any
+from typing import Any, Self, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -57,13 +59,81 @@ class Received:
     headers: dict[str, str]
 
 
-class _Handler(BaseHTTPRequestHandler):
+class JsonHandler(BaseHTTPRequestHandler):
+    """What every loopback fake's handler shares: HTTP/1.1, no stderr log, JSON replies."""
+
     server: _Server
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: Any) -> None:  # silence stderr
         pass
 
+    def _read_body(self) -> bytes:
+        return self.rfile.read(int(self.headers.get("Content-Length", "0")))
+
+    def _send(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
+        self._send_raw(status, json.dumps(obj).encode(), headers)
+
+    def _send_raw(self, status: int, data: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    owner: Any  # the LoopbackServer whose handler answers
+
+
+class LoopbackServer:
+    """A ``ThreadingHTTPServer`` on 127.0.0.1 (port 0: the OS picks one) in a daemon thread,
+    answered by the class attribute `handler`, which reaches this object as
+    ``self.server.owner``. Use as a context manager, or `start` / `stop`."""
+
+    handler: type[BaseHTTPRequestHandler]
+    _server: _Server | None = None
+    _thread: threading.Thread | None = None
+
+    def start(self) -> Self:
+        server = _Server(("127.0.0.1", 0), self.handler)
+        server.owner = self
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "server not started"
+        return int(self._server.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+
+class _Handler(JsonHandler):
     def do_GET(self) -> None:
         if self.path == "/health":
             self._send(200, {"status": "ok"})
@@ -71,14 +141,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, {"error": "not found"})
 
     def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length", "0"))
-        raw = self.rfile.read(length)
+        raw = self._read_body()
         try:
             body = json.loads(raw) if raw else {}
         except ValueError:
             self._send(400, {"error": "bad json"})
             return
-        fake = self.server.fake
+        fake: FakeOpenAI = self.server.owner
         fake._enter(Received("POST", self.path, body, dict(self.headers.items())))
         try:
             self._dispatch(fake, body)
@@ -117,26 +186,11 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._send(200, fake._completion(self.path.endswith("chat/completions"), body))
 
-    def _send(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
-        self._send_raw(status, json.dumps(obj).encode(), headers)
 
-    def _send_raw(self, status: int, data: bytes, headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    fake: FakeOpenAI
-
-
-class FakeOpenAI:
+class FakeOpenAI(LoopbackServer):
     """The fake server. Use as a context manager, or `start` / `stop`."""
+
+    handler = _Handler
 
     def __init__(self, config: FakeConfig | None = None) -> None:
         self.config = config or FakeConfig()
@@ -145,49 +199,6 @@ class FakeOpenAI:
         self.in_flight = 0
         self.max_in_flight = 0
         self._next_answer = 0
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle ------------------------------------------------------------------------------
-
-    def start(self) -> FakeOpenAI:
-        server = _Server(("127.0.0.1", 0), _Handler)
-        server.fake = self
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> FakeOpenAI:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None, "server not started"
-        return int(self._server.server_address[1])
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
 
     # -- inspection -----------------------------------------------------------------------------
 
@@ -251,3 +262,8 @@ class FakeOpenAI:
                 "total_tokens": cfg.prompt_tokens + completion_tokens,
             },
         }
+
+
+def run(coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
+    """Run ``coro`` on a fresh event loop; a hung test fails after ``timeout`` seconds."""
+    return asyncio.run(asyncio.wait_for(coro, timeout=timeout))

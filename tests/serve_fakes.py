@@ -20,19 +20,45 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
+from fake_openai import JsonHandler, LoopbackServer
 
 from uniscale.serve.config import ServeConfig, parse_config
 
+MSGS = [{"role": "user", "content": "What is 6 x 7?"}]
+
+
+def post(base: str, model: str = "uniscale", **kw: object) -> httpx.Response:
+    """POST the chat completion of `MSGS` for ``model`` (plus the body fields ``kw``) to the
+    server at ``base``."""
+    body = {"model": model, "messages": MSGS, **kw}
+    return httpx.post(f"{base}/v1/chat/completions", json=body, timeout=30)
+
+
+class _UpstreamHandler(JsonHandler):
+    def do_GET(self) -> None:
+        self._send(200, {"status": "ok"})
+
+    def do_POST(self) -> None:
+        up: Upstream = self.server.owner
+        body = json.loads(self._read_body() or b"{}")
+        with up.lock:
+            up.received.append(body)
+            mode = up.script.pop(0) if up.script else up.mode
+        try:
+            up._handle(self, mode, body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
 
 @dataclass
-class Upstream:
+class Upstream(LoopbackServer):
+    handler = _UpstreamHandler
     answers: list[str] = field(default_factory=lambda: ["The answer is 42"])
     mode: str = "ok"
     #: modes for the next requests, consumed first (then ``mode``)
@@ -42,65 +68,7 @@ class Upstream:
     prompt_tokens: int = 7
     received: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    _server: ThreadingHTTPServer | None = None
     _next: int = 0
-
-    def start(self) -> Upstream:
-        up = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                self._json(200, {"status": "ok"})
-
-            def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                body = json.loads(raw or b"{}")
-                with up.lock:
-                    up.received.append(body)
-                    mode = up.script.pop(0) if up.script else up.mode
-                try:
-                    up._handle(self, mode, body)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-            def _json(self, status: int, obj: Any) -> None:
-                data = json.dumps(obj).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-
-        self._server = Server(("127.0.0.1", 0), Handler)
-        threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        ).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> Upstream:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def base_url(self) -> str:
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
 
     def texts(self, n: int) -> list[str]:
         with self.lock:
@@ -113,15 +81,10 @@ class Upstream:
             time.sleep(self.delay_s)
         if mode == "500":
             auth = h.headers.get("Authorization", "")
-            h._json(500, {"error": {"message": f"upstream broke; you sent {auth!r}"}})
+            h._send(500, {"error": {"message": f"upstream broke; you sent {auth!r}"}})
             return
         if mode == "garbage":
-            data = b'{"id": "x", "choices": [{"index": 0, "mess'
-            h.send_response(200)
-            h.send_header("Content-Type", "application/json")
-            h.send_header("Content-Length", str(len(data)))
-            h.end_headers()
-            h.wfile.write(data)
+            h._send_raw(200, b'{"id": "x", "choices": [{"index": 0, "mess')
             return
         if mode == "hang":
             time.sleep(self.hang_s)
@@ -152,7 +115,7 @@ class Upstream:
                 c["logprobs"] = {"content": [{"token": w, "logprob": -0.1} for w in t.split()]}
             choices.append(c)
         completion = sum(len(t.split()) for t in texts)
-        h._json(
+        h._send(
             200,
             {
                 "id": "up",
@@ -291,6 +254,20 @@ def running_server(
         loop.close()
     if errors:
         raise errors[0]
+
+
+@contextlib.contextmanager
+def serving(
+    models: Sequence[str] = ("small", "large"),
+    *,
+    answers: list[str] | None = None,
+    **config_kw: Any,
+) -> Iterator[tuple[Upstream, Running]]:
+    """One `Upstream` (answering ``answers``, else its default) behind every model of
+    ``models``, and the server in front of it configured by `config` with ``config_kw``."""
+    with Upstream(**({} if answers is None else {"answers": answers})) as up:
+        with running_server(config({m: up.base_url for m in models}, **config_kw)) as run:
+            yield up, run
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:

@@ -1,5 +1,6 @@
 """What one replica process of tests/test_sync.py runs (importable by multiprocessing's
-spawn start method; not a test module)."""
+spawn start method; not a test module), and the small three-model world it learns, which
+tests/test_policy.py uses too."""
 
 from __future__ import annotations
 
@@ -19,9 +20,19 @@ MODELS = [
 TRUE_QUALITY = {"cheap": 0.45, "mid": 0.65, "big": 0.85}
 
 
+def space(models: list[ModelSpec] | None = None) -> ActionSpace:
+    """Every model of ``models`` (default `MODELS`) with every strategy at n in (1, 2, 4)."""
+    return ActionSpace.grid(models or MODELS, n_values=(1, 2, 4))
+
+
 def make_policy(models: list[ModelSpec] | None = None, **kw: Any) -> Policy:
-    space = ActionSpace.grid(models or MODELS, n_values=(1, 2, 4))
-    return Policy(space, DIM, **kw)
+    return Policy(space(models), DIM, **kw)
+
+
+def noisy_quality(model: str, n: int, rng: np.random.Generator) -> float:
+    """The quality of an answer of ``model`` with ``n`` samples: by model, a little more per
+    log2(n), light noise."""
+    return TRUE_QUALITY[model] + 0.03 * math.log2(n) + 0.05 * float(rng.normal())
 
 
 Row = tuple[np.ndarray, int, float, float, float, float]
@@ -35,7 +46,7 @@ def stream(n: int, seed: int = 7) -> list[Row]:
     for _ in range(n):
         a = int(rng.integers(len(actions)))
         act = actions[a]
-        q = TRUE_QUALITY[act.model] + 0.03 * math.log2(act.n) + 0.05 * float(rng.normal())
+        q = noisy_quality(act.model, act.n, rng)
         rows.append(
             (
                 rng.normal(size=DIM),

@@ -7,13 +7,13 @@ from __future__ import annotations
 import io
 import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from fake_openai import FakeConfig, FakeOpenAI
+from fake_openai import FakeOpenAI
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -45,30 +45,18 @@ ITEMS: list[dict[str, Any]] = [
 ]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _no_real_llama(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    # Keep meta collection away from a real llama-server binary or model cache.
-    monkeypatch.setenv("UNISCALE_LLAMA_SERVER", str(tmp_path / "no-llama-server"))
-    monkeypatch.setenv("UNISCALE_CACHE", str(tmp_path / "cache"))
+# every test: meta collection must not find a real llama-server binary or model cache
+pytestmark = pytest.mark.usefixtures("no_real_llama")
 
 
 @pytest.fixture
-def items_path(tmp_path: Path) -> Path:
-    p = tmp_path / "items.jsonl"
-    p.write_text("".join(json.dumps(d) + "\n" for d in ITEMS))
-    return p
+def fa(fake_server: Callable[..., FakeOpenAI]) -> FakeOpenAI:
+    return fake_server("The answer is 4.")
 
 
 @pytest.fixture
-def fa() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(FakeConfig(answers=["The answer is 4."])) as server:
-        yield server
-
-
-@pytest.fixture
-def fb() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(FakeConfig(answers=["B"])) as server:
-        yield server
+def fb(fake_server: Callable[..., FakeOpenAI]) -> FakeOpenAI:
+    return fake_server("B")
 
 
 def models(*servers: tuple[str, FakeOpenAI]) -> list[CollectModel]:

@@ -3,17 +3,16 @@ truncated line, a server dying mid-run, replay (`load_requests` -> `build_table`
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import json
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-from fake_openai import FakeConfig, FakeOpenAI
+from fake_openai import FakeConfig, FakeOpenAI, run
 
 from uniscale.lab.collect import (
     ARITHMETIC_MAX_TOKENS,
@@ -45,8 +44,6 @@ from uniscale.lab.collect import (
 from uniscale.outcomes import build_table
 from uniscale.space import Action, ModelSpec
 
-T = TypeVar("T")
-
 ITEMS: list[dict[str, Any]] = [
     {"id": "a1", "kind": "arithmetic", "question": "What is 2 + 2?", "answer": "4",
      "extractor": "last_number"},
@@ -57,34 +54,18 @@ ITEMS: list[dict[str, Any]] = [
 ]  # fmt: skip
 
 
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(asyncio.wait_for(coro, timeout=60))
-
-
-@pytest.fixture(autouse=True)
-def _no_real_llama(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    # Keep meta collection away from a real llama-server binary or model cache.
-    monkeypatch.setenv("UNISCALE_LLAMA_SERVER", str(tmp_path / "no-llama-server"))
-    monkeypatch.setenv("UNISCALE_CACHE", str(tmp_path / "cache"))
+# every test: meta collection must not find a real llama-server binary or model cache
+pytestmark = pytest.mark.usefixtures("no_real_llama")
 
 
 @pytest.fixture
-def items_path(tmp_path: Path) -> Path:
-    p = tmp_path / "items.jsonl"
-    p.write_text("".join(json.dumps(d) + "\n" for d in ITEMS))
-    return p
+def fa(fake_server: Callable[..., FakeOpenAI]) -> FakeOpenAI:
+    return fake_server("The answer is 4.")
 
 
 @pytest.fixture
-def fa() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(FakeConfig(answers=["The answer is 4."])) as server:
-        yield server
-
-
-@pytest.fixture
-def fb() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(FakeConfig(answers=["I pick (B)", "The answer is 1000."])) as server:
-        yield server
+def fb(fake_server: Callable[..., FakeOpenAI]) -> FakeOpenAI:
+    return fake_server("I pick (B)", "The answer is 1000.")
 
 
 def cm(name: str, server: FakeOpenAI) -> CollectModel:

@@ -319,25 +319,26 @@ def test_400_is_not_retried() -> None:
     assert len(rec.bodies) == 1 and ei.value.failures[0].status == 400
 
 
-def test_429_honours_retry_after() -> None:
+def throttled_once(retry_after: str) -> Recorder:
+    """A 429 with ``Retry-After: retry_after`` to the first request, then the answer "4"."""
+
     def respond(k: int, b: dict[str, Any], r: httpx.Request) -> Any:
         if k == 0:
-            return httpx.Response(429, headers={"Retry-After": "0.3"})
+            return httpx.Response(429, headers={"Retry-After": retry_after})
         return completion(["4"])
 
-    rec = Recorder(respond)
+    return Recorder(respond)
+
+
+def test_429_honours_retry_after() -> None:
+    rec = throttled_once("0.3")
     t0 = time.monotonic()
     out = run(run_action(executor(rec, backoff_s=0.0), Action("m", "single", 1), Q))
     assert time.monotonic() - t0 >= 0.3 and out.answer == "4" and len(rec.bodies) == 2
 
 
 def test_429_retry_after_is_capped() -> None:
-    def respond(k: int, b: dict[str, Any], r: httpx.Request) -> Any:
-        if k == 0:
-            return httpx.Response(429, headers={"Retry-After": "3600"})
-        return completion(["4"])
-
-    rec = Recorder(respond)
+    rec = throttled_once("3600")
     t0 = time.monotonic()
     out = run(run_action(executor(rec, max_retry_after_s=0.05), Action("m", "single", 1), Q))
     assert time.monotonic() - t0 < 2.0 and out.answer == "4"

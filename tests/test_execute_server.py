@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
+import fake_openai
 import pytest
-from fake_openai import FakeConfig, FakeOpenAI
+from fake_openai import FakeOpenAI
 
 from uniscale.execute import AllSamplesFailed, DeadlineExceeded, Executor, Outcome
 from uniscale.space import Action, ModelSpec
@@ -19,19 +20,17 @@ Q = [{"role": "user", "content": "What is 2 + 2?"}]
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(asyncio.wait_for(coro, timeout=30))
+    return fake_openai.run(coro, timeout=30)
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as server:
-        yield server
+def fake(fake_server: Callable[..., FakeOpenAI]) -> FakeOpenAI:
+    return fake_server()
 
 
 @pytest.fixture
-def fake2() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(FakeConfig(answers=["backup says 4"])) as server:
-        yield server
+def fake2(fake_server: Callable[..., FakeOpenAI]) -> FakeOpenAI:
+    return fake_server("backup says 4")
 
 
 def model(server: FakeOpenAI, name: str = "m", **kw: Any) -> ModelSpec:

@@ -17,17 +17,14 @@ import os
 import re
 import signal
 import sys
-import threading
-from collections.abc import Callable, Coroutine, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-from fake_openai import FakeConfig, FakeOpenAI
+from fake_openai import FakeConfig, FakeOpenAI, JsonHandler, LoopbackServer, run
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -45,7 +42,6 @@ from uniscale.execute import (
 from uniscale.router import RouterResult, encode_record, json_safe
 from uniscale.space import Action, ModelSpec
 
-T = TypeVar("T")
 Q = [{"role": "user", "content": "What is 2 + 2?"}]
 GOOD = {
     "choices": [{"index": 0, "message": {"content": "it is 4"}, "finish_reason": "stop"}],
@@ -53,59 +49,25 @@ GOOD = {
 }
 
 
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(asyncio.wait_for(coro, timeout=60))
+class _RawHandler(JsonHandler):
+    def do_GET(self) -> None:
+        self._send_raw(200, b'{"status":"ok"}')
+
+    def do_POST(self) -> None:
+        self._read_body()
+        raw: RawServer = self.server.owner
+        self._send_raw(raw.status, raw.body)
 
 
-class RawServer:
+class RawServer(LoopbackServer):
     """A loopback HTTP server answering every POST with ``status`` and the raw bytes ``body``
     (no JSON encoding of its own: the point is to send what a broken upstream sends)."""
+
+    handler = _RawHandler
 
     def __init__(self, body: bytes, status: int = 200) -> None:
         self.body = body
         self.status = status
-        raw = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                self._send(200, b'{"status":"ok"}')
-
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                self._send(raw.status, raw.body)
-
-            def _send(self, status: int, data: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
-
-    def __enter__(self) -> RawServer:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
 
 
 def mspec(name: str, base_url: str, **kw: Any) -> ModelSpec:

@@ -58,34 +58,59 @@ class Case:
         )
 
 
+def draw_cfg(draw: st.DrawFn, ridge: st.SearchStrategy[float]) -> dict[str, float]:
+    """A learner configuration with its ridge from ``ridge``."""
+    return {
+        "alpha": draw(finite(0.0, 3.0)),
+        "ridge": draw(ridge),
+        # gamma = 1 is the common case and takes a different (Sherman-Morrison) code path.
+        "discount": draw(st.one_of(st.just(1.0), finite(0.5, 1.0))),
+        "prior_mean": draw(finite(-1.0, 1.0)),
+    }
+
+
+def draw_case(
+    draw: st.DrawFn,
+    kind: str,
+    k: int,
+    d: int,
+    p: int,
+    cfg: dict[str, float],
+    n: int,
+    masks: NDArray[np.bool_],
+    *,
+    psi: st.SearchStrategy[float],
+    x: st.SearchStrategy[float],
+    reward: st.SearchStrategy[float],
+) -> Case:
+    """A `Case` with action features from ``psi``, ``n`` updates (contexts from ``x``, rewards
+    from ``reward``) and one query (from ``x``) per row of ``masks``."""
+    return Case(
+        kind=kind,
+        k=k,
+        d=d,
+        psi=draw(arrays(np.float64, (k, p), elements=psi)),
+        cfg=cfg,
+        actions=draw(arrays(np.int64, n, elements=st.integers(0, k - 1))),
+        X=draw(arrays(np.float64, (n, d), elements=x)),
+        rewards=draw(arrays(np.float64, n, elements=reward)),
+        queries=draw(arrays(np.float64, (len(masks), d), elements=x)),
+        masks=masks,
+    )
+
+
 @st.composite
 def cases(draw: st.DrawFn, kind: str, max_updates: int = 40) -> Case:
     k = draw(st.integers(1, 6))
     d = draw(st.integers(1, 5))
     p = draw(st.integers(1, 3)) if kind == "shared" else 0
-    cfg = {
-        "alpha": draw(finite(0.0, 3.0)),
-        "ridge": draw(finite(0.05, 10.0)),
-        # gamma = 1 is the common case and takes a different (Sherman-Morrison) code path.
-        "discount": draw(st.one_of(st.just(1.0), finite(0.5, 1.0))),
-        "prior_mean": draw(finite(-1.0, 1.0)),
-    }
+    cfg = draw_cfg(draw, finite(0.05, 10.0))
     n = draw(st.integers(0, max_updates))
     n_q = 4
     masks = draw(arrays(np.bool_, (n_q, k)))
     masks[np.arange(n_q), draw(arrays(np.int64, n_q, elements=st.integers(0, k - 1)))] = True
-    return Case(
-        kind=kind,
-        k=k,
-        d=d,
-        psi=draw(arrays(np.float64, (k, p), elements=finite(-2.0, 2.0))),
-        cfg=cfg,
-        actions=draw(arrays(np.int64, n, elements=st.integers(0, k - 1))),
-        X=draw(arrays(np.float64, (n, d), elements=finite(-2.0, 2.0))),
-        rewards=draw(arrays(np.float64, n, elements=finite(-2.0, 2.0))),
-        queries=draw(arrays(np.float64, (n_q, d), elements=finite(-2.0, 2.0))),
-        masks=masks,
-    )
+    small = finite(-2.0, 2.0)
+    return draw_case(draw, kind, k, d, p, cfg, n, masks, psi=small, x=small, reward=small)
 
 
 def assert_choice_ok(
@@ -337,23 +362,20 @@ def extreme_cases(draw: st.DrawFn, kind: str) -> Case:
     d = draw(st.integers(1, 4))
     p = draw(st.integers(1, 2)) if kind == "shared" else 0
     n = draw(st.integers(1, 60))
-    cfg = {
-        "alpha": draw(finite(0.0, 3.0)),
-        "ridge": draw(st.one_of(st.sampled_from([1e-8, 1e-6, 1.0]), finite(1e-8, 10.0))),
-        "discount": draw(st.one_of(st.just(1.0), finite(0.5, 1.0))),
-        "prior_mean": draw(finite(-1.0, 1.0)),
-    }
-    return Case(
-        kind=kind,
-        k=k,
-        d=d,
-        psi=draw(arrays(np.float64, (k, p), elements=finite(-3.0, 3.0))),
-        cfg=cfg,
-        actions=draw(arrays(np.int64, n, elements=st.integers(0, k - 1))),
-        X=draw(arrays(np.float64, (n, d), elements=EXTREME)),
-        rewards=draw(arrays(np.float64, n, elements=finite(-1e3, 1e3))),
-        queries=draw(arrays(np.float64, (4, d), elements=EXTREME)),
-        masks=np.ones((4, k), bool),
+    cfg = draw_cfg(draw, st.one_of(st.sampled_from([1e-8, 1e-6, 1.0]), finite(1e-8, 10.0)))
+    masks = np.ones((4, k), bool)
+    return draw_case(
+        draw,
+        kind,
+        k,
+        d,
+        p,
+        cfg,
+        n,
+        masks,
+        psi=finite(-3.0, 3.0),
+        x=EXTREME,
+        reward=finite(-1e3, 1e3),
     )
 
 

@@ -16,11 +16,25 @@ import uniscale
 T = 5000
 
 
-def regret_ratio_and_halves(
-    regret: NDArray[np.float64], random_regret: NDArray[np.float64]
-) -> tuple[float, float, float]:
+def play(
+    learner: uniscale.LinUCB | uniscale.SharedLinUCB,
+    X: NDArray[np.float64],
+    means: NDArray[np.float64],
+    noise: NDArray[np.float64],
+) -> tuple[NDArray[np.float64], float, float, float]:
+    """Run ``learner`` online over the contexts ``X`` (the reward of action a at step t is
+    ``means[t, a] + noise[t]``). Returns the per-step regret, its ratio to a uniformly random
+    policy's, and its sums over the first and the second half."""
+    chosen = np.empty(len(X), dtype=np.int64)
+    for t in range(len(X)):
+        a = learner.select(X[t])
+        learner.update(a, X[t], means[t, a] + noise[t])
+        chosen[t] = a
+    regret = means.max(axis=1) - means[np.arange(len(X)), chosen]
+    random_regret = means.max(axis=1) - means.mean(axis=1)
     half = len(regret) // 2
     return (
+        regret,
         float(regret.sum() / random_regret.sum()),
         float(regret[:half].sum()),
         float(regret[half:].sum()),
@@ -35,14 +49,7 @@ def test_disjoint_linucb_learns_a_linear_environment() -> None:
     noise = rng.normal(scale=0.1, size=T)
     means = X @ theta.T  # (T, K) expected reward of every action
     learner = uniscale.LinUCB(k, d, alpha=1.0)
-    chosen = np.empty(T, dtype=np.int64)
-    for t in range(T):
-        a = learner.select(X[t])
-        learner.update(a, X[t], means[t, a] + noise[t])
-        chosen[t] = a
-    regret = means.max(axis=1) - means[np.arange(T), chosen]
-    random_regret = means.max(axis=1) - means.mean(axis=1)
-    ratio, first, second = regret_ratio_and_halves(regret, random_regret)
+    regret, ratio, first, second = play(learner, X, means, noise)
     assert ratio < 0.05  # measured 0.007; a uniformly random policy is 1.0 by definition
     assert second < 0.5 * first  # sublinear: measured 3.8 vs 36
     assert regret.sum() / regret[: T // 2].sum() < 1.6  # measured 1.10; linear growth gives 2
@@ -59,14 +66,7 @@ def test_shared_linucb_learns_a_linear_environment() -> None:
     # theta . kron(u, v) = u' Theta v, for u = [1, x], v = [1, psi_a].
     means = np.c_[np.ones(T), X] @ theta @ np.c_[np.ones(k), psi].T
     learner = uniscale.SharedLinUCB(psi, d, alpha=1.0)
-    chosen = np.empty(T, dtype=np.int64)
-    for t in range(T):
-        a = learner.select(X[t])
-        learner.update(a, X[t], means[t, a] + noise[t])
-        chosen[t] = a
-    regret = means.max(axis=1) - means[np.arange(T), chosen]
-    random_regret = means.max(axis=1) - means.mean(axis=1)
-    ratio, first, second = regret_ratio_and_halves(regret, random_regret)
+    regret, ratio, first, second = play(learner, X, means, noise)
     assert ratio < 0.05  # measured 0.005
     assert second < 0.5 * first  # measured 1.3 vs 25
     assert regret.sum() / regret[: T // 2].sum() < 1.6  # measured 1.05
@@ -130,6 +130,23 @@ def test_discount_recovers_from_an_abrupt_change() -> None:
 N_LONG = 300_000
 
 
+def assert_matches_references(
+    learner: uniscale.LinUCB | uniscale.SharedLinUCB,
+    own: RefLinUCB | RefSharedLinUCB,
+    fresh: RefLinUCB | RefSharedLinUCB,
+    probes: NDArray[np.float64],
+) -> None:
+    """After a long run, ``learner`` scores the ``probes`` as the reference solved directly on
+    its own statistics (``own``) and the one that accumulated them independently (``fresh``)."""
+    np.testing.assert_allclose(own.A, fresh.A, rtol=1e-10)  # summation order only
+    for x in probes:
+        mean, bonus = learner.scores(x)
+        for ref, rtol in ((own, 1e-10), (fresh, 1e-9)):
+            ref_mean, ref_bonus = ref.scores(x)
+            np.testing.assert_allclose(mean, ref_mean, rtol=rtol, atol=1e-12)
+            np.testing.assert_allclose(bonus, ref_bonus, rtol=rtol)
+
+
 def test_linucb_inverse_stays_exact_over_300k_updates() -> None:
     rng = np.random.default_rng(3)
     k, d = 3, 4
@@ -147,13 +164,7 @@ def test_linucb_inverse_stays_exact_over_300k_updates() -> None:
     own = linucb_from_state(learner.to_bytes())  # direct solve on the Rust's own A and b
     fresh = RefLinUCB(k, d, alpha=1.0, prior_mean=0.2)  # statistics accumulated independently
     fresh.update_many(actions, X, rewards)
-    np.testing.assert_allclose(own.A, fresh.A, rtol=1e-10)  # summation order only
-    for x in rng.normal(size=(5, d)):
-        mean, bonus = learner.scores(x)
-        for ref, rtol in ((own, 1e-10), (fresh, 1e-9)):
-            ref_mean, ref_bonus = ref.scores(x)
-            np.testing.assert_allclose(mean, ref_mean, rtol=rtol, atol=1e-12)
-            np.testing.assert_allclose(bonus, ref_bonus, rtol=rtol)
+    assert_matches_references(learner, own, fresh, rng.normal(size=(5, d)))
     np.testing.assert_allclose(learner.theta(), own.theta(), rtol=1e-10)
 
 
@@ -171,10 +182,4 @@ def test_shared_inverse_stays_exact_over_300k_updates() -> None:
     own = shared_from_state(learner.to_bytes())
     fresh = RefSharedLinUCB(psi, d, alpha=0.5, ridge=0.5)
     fresh.update_many(actions, X, rewards)
-    np.testing.assert_allclose(own.A, fresh.A, rtol=1e-10)  # summation order only
-    for x in rng.normal(size=(5, d)):
-        mean, bonus = learner.scores(x)
-        for ref, rtol in ((own, 1e-10), (fresh, 1e-9)):
-            ref_mean, ref_bonus = ref.scores(x)
-            np.testing.assert_allclose(mean, ref_mean, rtol=rtol, atol=1e-12)
-            np.testing.assert_allclose(bonus, ref_bonus, rtol=rtol)
+    assert_matches_references(learner, own, fresh, rng.normal(size=(5, d)))

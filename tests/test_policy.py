@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from sync_worker import DIM, MODELS, noisy_quality, space
 
 import uniscale
 from uniscale import (
@@ -41,18 +42,7 @@ from uniscale import (
     UnknownDecisionError,
 )
 
-DIM = 4
-MODELS = [
-    ModelSpec("cheap", 0.2, 0.8, parallelism=4),
-    ModelSpec("mid", 1.0, 4.0, parallelism=2),
-    ModelSpec("big", 5.0, 20.0, parallelism=1),
-]
-TRUE_QUALITY = {"cheap": 0.45, "mid": 0.65, "big": 0.85}
 LEARNERS = ["disjoint", "shared"]
-
-
-def space() -> ActionSpace:
-    return ActionSpace.grid(MODELS, n_values=(1, 2, 4))
 
 
 def make(learner: str = "disjoint", **kw: Any) -> Policy:
@@ -78,7 +68,7 @@ def train(policy: Policy, n: int, seed: int = 0) -> None:
     k = policy.n_actions
     for t in range(n):
         d = forced(policy, t % k, rng.normal(size=DIM), now=float(t))
-        q = TRUE_QUALITY[d.model] + 0.03 * math.log2(d.n) + 0.05 * float(rng.normal())
+        q = noisy_quality(d.model, d.n, rng)
         policy.update(d.id, q, output_tokens=256.0 * d.n, now=float(t))
 
 

@@ -6,12 +6,12 @@ import asyncio
 import json
 import math
 from collections import Counter
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-from fake_openai import FakeConfig, FakeOpenAI
+from fake_openai import FakeConfig, FakeOpenAI, run
 
 import uniscale
 from uniscale import (
@@ -33,24 +33,17 @@ from uniscale.execute import AllSamplesFailed, Messages
 from uniscale.featurize import features_digest
 from uniscale.router import FeedbackContext
 
-T = TypeVar("T")
 Q = [{"role": "user", "content": "What is 2 + 2?"}]
 
 
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(asyncio.wait_for(coro, timeout=60))
+@pytest.fixture
+def good(fake_server: Callable[..., FakeOpenAI]) -> FakeOpenAI:
+    return fake_server("The answer is 4")
 
 
 @pytest.fixture
-def good() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(FakeConfig(answers=["The answer is 4"])) as server:
-        yield server
-
-
-@pytest.fixture
-def bad() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(FakeConfig(answers=["The answer is 5"])) as server:
-        yield server
+def bad(fake_server: Callable[..., FakeOpenAI]) -> FakeOpenAI:
+    return fake_server("The answer is 5")
 
 
 def spec(server: FakeOpenAI, name: str, **kw: Any) -> ModelSpec:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -18,7 +19,7 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("prometheus_client")
 openai = pytest.importorskip("openai")
 
-from serve_fakes import Upstream, config, read_log, running_server  # noqa: E402
+from serve_fakes import Upstream, config, read_log, running_server, serving  # noqa: E402
 
 from uniscale.serve.config import (  # noqa: E402
     ServeConfigError,
@@ -125,20 +126,18 @@ def _client(run: object, **kw: object) -> openai.OpenAI:
 
 
 def test_openai_client_routed_completion(tmp_path: Path) -> None:
-    with Upstream(answers=["The answer is 42", "It is 42", "maybe 41"]) as up:
-        cfg = config(
-            {"small": up.base_url, "large": up.base_url},
-            tmp=tmp_path,
-            policy='strategies = ["self_consistency"]\nn_values = [3]\nextractor = "last_number"',
+    with serving(
+        answers=["The answer is 42", "It is 42", "maybe 41"],
+        tmp=tmp_path,
+        policy='strategies = ["self_consistency"]\nn_values = [3]\nextractor = "last_number"',
+    ) as (up, run):
+        client = _client(run)
+        raw = client.chat.completions.with_raw_response.create(
+            model="uniscale", messages=[{"role": "user", "content": "6 x 7?"}]
         )
-        with running_server(cfg) as run:
-            client = _client(run)
-            raw = client.chat.completions.with_raw_response.create(
-                model="uniscale", messages=[{"role": "user", "content": "6 x 7?"}]
-            )
-            resp = raw.parse()
-            h = raw.headers
-            models = [m.id for m in client.models.list()]
+        resp = raw.parse()
+        h = raw.headers
+        models = [m.id for m in client.models.list()]
     assert models == ["uniscale", "small", "large"]
     assert resp.object == "chat.completion"
     assert resp.choices[0].message.content in ("The answer is 42", "It is 42")
@@ -164,15 +163,13 @@ def test_openai_client_routed_completion(tmp_path: Path) -> None:
 
 
 def test_concrete_model_passes_through_and_is_logged(tmp_path: Path) -> None:
-    with Upstream() as up:
-        cfg = config({"small": up.base_url, "large": up.base_url}, tmp=tmp_path)
-        with running_server(cfg) as run:
-            raw = _client(run).chat.completions.with_raw_response.create(
-                model="large",
-                messages=[{"role": "user", "content": "hi"}],
-                temperature=0.3,
-                max_tokens=20,
-            )
+    with serving(tmp=tmp_path) as (up, run):
+        raw = _client(run).chat.completions.with_raw_response.create(
+            model="large",
+            messages=[{"role": "user", "content": "hi"}],
+            temperature=0.3,
+            max_tokens=20,
+        )
     assert raw.parse().model == "large"
     assert raw.headers["x-uniscale-action"] == "large/single/n=1"
     assert raw.headers["x-uniscale-propensity"] == "1"
@@ -215,25 +212,23 @@ def test_request_errors_are_openai_errors(tmp_path: Path) -> None:
 
 
 def test_knobs_from_body_and_headers(tmp_path: Path) -> None:
-    with Upstream() as up:
-        cfg = config({"small": up.base_url, "large": up.base_url}, tmp=tmp_path)
-        with running_server(cfg) as run:
-            client = _client(run)
-            msgs = [{"role": "user", "content": "hi"}]
-            raw = client.chat.completions.with_raw_response.create(
-                model="uniscale",
-                messages=msgs,  # type: ignore[arg-type]
-                extra_body={"uniscale": {"max_samples": 1, "preset": "quality_priority"}},
-            )
-            assert raw.headers["x-uniscale-action"].endswith("/single/n=1")
-            raw = client.chat.completions.with_raw_response.create(
-                model="uniscale",
-                messages=msgs,  # type: ignore[arg-type]
-                extra_headers={"X-UniScale-Max-Cost-USD": "1e-12", "X-UniScale-Max-Samples": "2"},
-            )
-            assert raw.headers["x-uniscale-action"]
-            # the preset swap was for one selection only
-            assert run.server.policy.reward_weights.cost == 1.0
+    with serving(tmp=tmp_path) as (_, run):
+        client = _client(run)
+        msgs = [{"role": "user", "content": "hi"}]
+        raw = client.chat.completions.with_raw_response.create(
+            model="uniscale",
+            messages=msgs,  # type: ignore[arg-type]
+            extra_body={"uniscale": {"max_samples": 1, "preset": "quality_priority"}},
+        )
+        assert raw.headers["x-uniscale-action"].endswith("/single/n=1")
+        raw = client.chat.completions.with_raw_response.create(
+            model="uniscale",
+            messages=msgs,  # type: ignore[arg-type]
+            extra_headers={"X-UniScale-Max-Cost-USD": "1e-12", "X-UniScale-Max-Samples": "2"},
+        )
+        assert raw.headers["x-uniscale-action"]
+        # the preset swap was for one selection only
+        assert run.server.policy.reward_weights.cost == 1.0
     recs = [r for r in read_log(tmp_path / "decisions.jsonl") if r["type"] == "decision"]
     assert recs[1]["limits"]["max_cost_usd"] == 1e-12
     assert recs[1]["decision"]["fallback"] is True  # nothing meets a 1e-12 dollar limit
@@ -327,21 +322,27 @@ def test_feedback_accepts_once_and_rejects_clearly(tmp_path: Path) -> None:
 # Streaming
 
 
+def _stream(run: object, model: str, content: str, **kw: Any) -> list[Any]:
+    """All chunks of a streamed chat completion of the one user message ``content``."""
+    return list(
+        _client(run).chat.completions.create(
+            model=model, messages=[{"role": "user", "content": content}], stream=True, **kw
+        )
+    )
+
+
+def _pieces(chunks: list[Any]) -> list[str]:
+    """The non-empty content deltas of ``chunks``, in order."""
+    return [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+
+
 def test_stream_single_sample_is_really_streamed(tmp_path: Path) -> None:
     text = "one two three four five six"
     with Upstream(answers=[text]) as up:
         cfg = config({"small": up.base_url}, tmp=tmp_path)
         with running_server(cfg) as run:
-            stream = _client(run).chat.completions.create(
-                model="small",
-                messages=[{"role": "user", "content": "count"}],
-                stream=True,
-                stream_options={"include_usage": True},
-            )
-            chunks = list(stream)
-    pieces = [
-        c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content
-    ]
+            chunks = _stream(run, "small", "count", stream_options={"include_usage": True})
+    pieces = _pieces(chunks)
     assert len(pieces) == 6 and "".join(pieces) == text  # one chunk per upstream delta
     assert up.received[-1]["stream"] is True
     finals = [c.choices[0].finish_reason for c in chunks if c.choices]
@@ -358,14 +359,8 @@ def test_stream_multi_sample_sends_one_final_chunk(tmp_path: Path) -> None:
             policy='strategies = ["self_consistency"]\nn_values = [3]\nextractor = "last_number"',
         )
         with running_server(cfg) as run:
-            chunks = list(
-                _client(run).chat.completions.create(
-                    model="uniscale", messages=[{"role": "user", "content": "2+2"}], stream=True
-                )
-            )
-    pieces = [
-        c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content
-    ]
+            chunks = _stream(run, "uniscale", "2+2")
+    pieces = _pieces(chunks)
     assert pieces == ["it is 4"]
     assert "stream" not in up.received[-1]
 
@@ -488,22 +483,19 @@ def test_cli_demo_process_answers_and_a_taken_port_is_a_clean_error(tmp_path: Pa
 def test_admin_status_and_snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("T_ADMIN", "admin-secret-3")
     admin = {"Authorization": "Bearer admin-secret-3"}
-    with Upstream() as up:
-        cfg = config(
-            {"small": up.base_url, "large": up.base_url},
-            tmp=tmp_path,
-            server='admin_token_env = "T_ADMIN"\nmode = "conservative"',
-            policy='baseline = "large/single/1"',
+    with serving(
+        tmp=tmp_path,
+        server='admin_token_env = "T_ADMIN"\nmode = "conservative"',
+        policy='baseline = "large/single/1"',
+    ) as (_, run):
+        _client(run).chat.completions.create(
+            model="uniscale", messages=[{"role": "user", "content": "hi"}]
         )
-        with running_server(cfg) as run:
-            _client(run).chat.completions.create(
-                model="uniscale", messages=[{"role": "user", "content": "hi"}]
-            )
-            assert httpx.get(f"{run.base_url}/admin/status").status_code == 401
-            st = httpx.get(f"{run.base_url}/admin/status", headers=admin).json()
-            assert not (tmp_path / "policy.bin").exists()
-            snap = httpx.post(f"{run.base_url}/admin/snapshot", headers=admin)
-            assert snap.status_code == 200 and (tmp_path / "policy.bin").exists()
+        assert httpx.get(f"{run.base_url}/admin/status").status_code == 401
+        st = httpx.get(f"{run.base_url}/admin/status", headers=admin).json()
+        assert not (tmp_path / "policy.bin").exists()
+        snap = httpx.post(f"{run.base_url}/admin/snapshot", headers=admin)
+        assert snap.status_code == 200 and (tmp_path / "policy.bin").exists()
     assert st["policy_source"] == "fresh" and st["mode"] == "conservative"
     assert st["pending_decisions"] == 1 and st["deferred"] == 1
     assert st["conservative"]["decisions"] == 1
@@ -584,14 +576,8 @@ def test_stream_broken_then_retried_completes_the_answer(tmp_path: Path) -> None
             executor="timeout_s = 5\ndeadline_s = 10\nretries = 1\nbackoff_s = 0",
         )
         with running_server(cfg) as run:
-            chunks = list(
-                _client(run).chat.completions.create(
-                    model="small", messages=[{"role": "user", "content": "x"}], stream=True
-                )
-            )
-    pieces = [
-        c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content
-    ]
+            chunks = _stream(run, "small", "x")
+    pieces = _pieces(chunks)
     # the first two words were streamed before the cut; the retry's answer (the same greedy
     # text) supplies the rest, so the client sees the whole answer once
     assert pieces[:2] == ["alpha ", "beta "]

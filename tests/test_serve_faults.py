@@ -15,14 +15,7 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 pytest.importorskip("prometheus_client")
 
-from serve_fakes import Upstream, config, read_log, running_server
-
-MSGS = [{"role": "user", "content": "What is 6 x 7?"}]
-
-
-def _post(base: str, model: str = "small", **kw: object) -> httpx.Response:
-    body = {"model": model, "messages": MSGS, **kw}
-    return httpx.post(f"{base}/v1/chat/completions", json=body, timeout=30)
+from serve_fakes import MSGS, Upstream, config, post, read_log, running_server
 
 
 @pytest.mark.parametrize("upstream_http", ["aiohttp", "httpx"])
@@ -48,7 +41,7 @@ def test_fault_gives_a_clean_error_and_a_logged_decision(
         )
         with running_server(cfg) as run:
             t0 = time.monotonic()
-            r = _post(run.base_url)
+            r = post(run.base_url, "small")
             elapsed = time.monotonic() - t0
             assert r.status_code == status, r.text
             err = r.json()["error"]
@@ -56,7 +49,7 @@ def test_fault_gives_a_clean_error_and_a_logged_decision(
             did = int(r.headers["x-uniscale-decision-id"])
             # the state is intact: the next request is served normally
             up.mode = "ok"
-            ok = _post(run.base_url)
+            ok = post(run.base_url, "small")
             assert ok.status_code == 200, ok.text
             metrics = httpx.get(f"{run.base_url}/metrics").text
     assert elapsed < 4.0  # the 1 s deadline plus overhead (loaded CI machines)
@@ -77,7 +70,7 @@ def test_fallback_answers_when_the_chosen_model_fails(tmp_path: Path) -> None:
             executor='timeout_s = 2\ndeadline_s = 4\nretries = 1\nfallback = "good/single/1"',
         )
         with running_server(cfg) as run:
-            r = _post(run.base_url, model="bad")
+            r = post(run.base_url, "bad")
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["message"]["content"] == "fallback says 42"
     assert r.headers["x-uniscale-fallback"] == "1"
@@ -98,8 +91,8 @@ def test_upstream_keys_never_leak(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
             extra_models='api_key_env = "T_UPSTREAM_KEY"',
         )
         with running_server(cfg) as run:
-            r = _post(run.base_url)
-            r2 = _post(run.base_url, stream=True)
+            r = post(run.base_url, "small")
+            r2 = post(run.base_url, "small", stream=True)
             metrics = httpx.get(f"{run.base_url}/metrics").text
     assert up.received and r.status_code == 502
     assert "upstream broke" in r.text  # the upstream's message is relayed, redacted
@@ -122,7 +115,7 @@ def test_concurrency_cap_bounds_upstream_load(tmp_path: Path) -> None:
         in_flight: list[int] = []
         with running_server(cfg) as run:
             with concurrent.futures.ThreadPoolExecutor(8) as pool:
-                futs = [pool.submit(_post, run.base_url) for _ in range(8)]
+                futs = [pool.submit(post, run.base_url, "small") for _ in range(8)]
                 for _ in range(10):
                     time.sleep(0.05)
                     in_flight.append(int(run.call(_inflight(run.server))))
@@ -150,7 +143,7 @@ def test_client_that_gives_up_still_gets_its_decision_logged(tmp_path: Path, str
             log = tmp_path / "decisions.jsonl"
             while time.monotonic() < deadline and not (log.exists() and log.read_text()):
                 time.sleep(0.05)
-            ok = _post(run.base_url)  # the server carries on
+            ok = post(run.base_url, "small")  # the server carries on
     assert ok.status_code == 200
     recs = [r for r in read_log(tmp_path / "decisions.jsonl") if r["type"] == "decision"]
     assert len(recs) == 2 and recs[0]["error"] is None
@@ -162,7 +155,7 @@ def test_deadline_knob_bounds_a_slow_upstream(tmp_path: Path) -> None:
         cfg = config({"small": up.base_url}, tmp=tmp_path)  # timeout 5 s, deadline 10 s
         with running_server(cfg) as run:
             t0 = time.monotonic()
-            r = _post(run.base_url, uniscale={"deadline_s": 0.4})
+            r = post(run.base_url, "small", uniscale={"deadline_s": 0.4})
             elapsed = time.monotonic() - t0
     assert r.status_code == 504, r.text
     assert elapsed < 2.5

@@ -21,17 +21,10 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 pytest.importorskip("prometheus_client")
 
-from serve_fakes import Upstream, config, read_log, running_server
+from serve_fakes import MSGS, Upstream, config, post, read_log, running_server, serving
 
 import uniscale
 from uniscale._core import ConfigError
-
-MSGS = [{"role": "user", "content": "What is 6 x 7?"}]
-
-
-def _post(base: str, model: str = "uniscale", **kw: object) -> httpx.Response:
-    body = {"model": model, "messages": MSGS, **kw}
-    return httpx.post(f"{base}/v1/chat/completions", json=body, timeout=30)
 
 
 def test_snapshot_at_shutdown_and_reload(tmp_path: Path) -> None:
@@ -39,7 +32,7 @@ def test_snapshot_at_shutdown_and_reload(tmp_path: Path) -> None:
         cfg = config({"small": up.base_url, "large": up.base_url}, tmp=tmp_path)
         with running_server(cfg) as run:
             assert run.server.policy_source == "fresh"
-            ids = [int(_post(run.base_url).headers["x-uniscale-decision-id"]) for _ in range(3)]
+            ids = [int(post(run.base_url).headers["x-uniscale-decision-id"]) for _ in range(3)]
             fb = httpx.post(
                 f"{run.base_url}/v1/feedback", json={"decision_id": ids[0], "quality": 1.0}
             )
@@ -59,7 +52,7 @@ def test_snapshot_at_shutdown_and_reload(tmp_path: Path) -> None:
                 f"{run.base_url}/v1/feedback", json={"decision_id": ids[0], "quality": 1.0}
             )
             assert dup.status_code in (404, 409)
-            new = int(_post(run.base_url).headers["x-uniscale-decision-id"])
+            new = int(post(run.base_url).headers["x-uniscale-decision-id"])
     assert new > max(ids)  # decision ids continue, never reused
     assert (tmp_path / "policy.bin.prev").exists()
 
@@ -73,7 +66,7 @@ def test_periodic_snapshot(tmp_path: Path) -> None:
             cfg, state=dataclasses.replace(cfg.state, snapshot_interval_s=0.2)
         )
         with running_server(cfg) as run:
-            _post(run.base_url)
+            post(run.base_url)
             deadline = time.monotonic() + 5
             while not (tmp_path / "policy.bin").exists() and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -89,7 +82,7 @@ def test_corrupt_snapshot_is_moved_aside(tmp_path: Path, caplog: pytest.LogCaptu
         cfg = config({"small": up.base_url}, tmp=tmp_path)
         with caplog.at_level(logging.ERROR), running_server(cfg) as run:
             assert run.server.policy_source == "fresh"
-            assert _post(run.base_url).status_code == 200
+            assert post(run.base_url).status_code == 200
     aside = list(tmp_path.glob("policy.bin.corrupt-*"))
     assert len(aside) == 1 and aside[0].read_bytes() == b"definitely not a policy"
     assert "UNISCALE STATE" in caplog.text and "moved it to" in caplog.text
@@ -100,7 +93,7 @@ def test_starts_from_the_previous_snapshot(tmp_path: Path) -> None:
     with Upstream() as up:
         cfg = config({"small": up.base_url}, tmp=tmp_path)
         with running_server(cfg) as run:
-            _post(run.base_url)
+            post(run.base_url)
         state = tmp_path / "policy.bin"
         os.replace(state, tmp_path / "policy.bin.prev")
         state.write_bytes(state.with_name("policy.bin.prev").read_bytes()[:-7])  # truncated
@@ -120,15 +113,12 @@ def test_snapshot_of_another_configuration_is_refused(tmp_path: Path) -> None:
 
 
 def test_shadow_mode_serves_the_baseline_and_logs_the_policy_choice(tmp_path: Path) -> None:
-    with Upstream() as up:
-        cfg = config(
-            {"small": up.base_url, "large": up.base_url},
-            tmp=tmp_path,
-            server='mode = "shadow"',
-            policy='baseline = "large/single/1"\nexploration = "softmax"',
-        )
-        with running_server(cfg) as run:
-            rs = [_post(run.base_url) for _ in range(5)]
+    with serving(
+        tmp=tmp_path,
+        server='mode = "shadow"',
+        policy='baseline = "large/single/1"\nexploration = "softmax"',
+    ) as (up, run):
+        rs = [post(run.base_url) for _ in range(5)]
     for r in rs:
         assert r.status_code == 200
         assert r.headers["x-uniscale-action"] == "large/single/n=1"
@@ -145,20 +135,17 @@ def test_shadow_mode_serves_the_baseline_and_logs_the_policy_choice(tmp_path: Pa
 
 
 def test_conservative_mode_starts_on_the_baseline(tmp_path: Path) -> None:
-    with Upstream() as up:
-        cfg = config(
-            {"small": up.base_url, "large": up.base_url},
-            tmp=tmp_path,
-            server='mode = "conservative"',
-            policy='baseline = "large/single/1"\nfeedback = "confidence"',
-        )
-        with running_server(cfg) as run:
-            r = _post(run.base_url)
-            assert r.headers["x-uniscale-action"] == "large/single/n=1"
-            assert r.headers["x-uniscale-conservative"] in ("0", "1")
-            bad = _post(run.base_url, uniscale={"preset": "balanced"})
-            assert bad.status_code == 400 and "conservative" in bad.text
-            status = run.server.policy.conservative_status()
+    with serving(
+        tmp=tmp_path,
+        server='mode = "conservative"',
+        policy='baseline = "large/single/1"\nfeedback = "confidence"',
+    ) as (_, run):
+        r = post(run.base_url)
+        assert r.headers["x-uniscale-action"] == "large/single/n=1"
+        assert r.headers["x-uniscale-conservative"] in ("0", "1")
+        bad = post(run.base_url, uniscale={"preset": "balanced"})
+        assert bad.status_code == 400 and "conservative" in bad.text
+        status = run.server.policy.conservative_status()
     assert status is not None and status["decisions"] >= 1
 
 
@@ -273,7 +260,7 @@ def test_decision_log_rotates_by_size(tmp_path: Path) -> None:
         cfg = config({"small": up.base_url}, tmp=tmp_path)
         st = dataclasses.replace(cfg.state, decision_log_max_bytes=4096, decision_log_keep=2)
         with running_server(dataclasses.replace(cfg, state=st)) as run:
-            ids = [int(_post(run.base_url).headers["x-uniscale-decision-id"]) for _ in range(12)]
+            ids = [int(post(run.base_url).headers["x-uniscale-decision-id"]) for _ in range(12)]
             metrics = httpx.get(f"{run.base_url}/metrics").text
     log = tmp_path / "decisions.jsonl"
     files = [log, log.with_name("decisions.jsonl.1"), log.with_name("decisions.jsonl.2")]
@@ -291,20 +278,18 @@ def test_uniscale_ope_reads_the_served_log(
 ) -> None:
     from uniscale import cli
 
-    with Upstream(answers=["The answer is 42", "It is 41"]) as up:
-        cfg = config(
-            {"small": up.base_url, "large": up.base_url},
-            tmp=tmp_path,
-            policy='exploration = "epsilon"\nepsilon = 0.5\nn_values = [1, 2]',
-        )
-        with running_server(cfg) as run:
-            for i in range(40):
-                r = _post(run.base_url, messages=[{"role": "user", "content": f"q {i}?"}])
-                did = int(r.headers["x-uniscale-decision-id"])
-                fb = httpx.post(
-                    f"{run.base_url}/v1/feedback", json={"decision_id": did, "quality": i % 2}
-                )
-                assert fb.status_code == 200
+    with serving(
+        answers=["The answer is 42", "It is 41"],
+        tmp=tmp_path,
+        policy='exploration = "epsilon"\nepsilon = 0.5\nn_values = [1, 2]',
+    ) as (_, run):
+        for i in range(40):
+            r = post(run.base_url, messages=[{"role": "user", "content": f"q {i}?"}])
+            did = int(r.headers["x-uniscale-decision-id"])
+            fb = httpx.post(
+                f"{run.base_url}/v1/feedback", json={"decision_id": did, "quality": i % 2}
+            )
+            assert fb.status_code == 200
     code = cli.main(
         [
             "ope",
@@ -330,7 +315,7 @@ def test_restart_keeps_pacing_and_the_conservative_account(tmp_path: Path) -> No
         )
         with running_server(cfg) as run:
             for _ in range(4):
-                assert _post(run.base_url).status_code == 200
+                assert post(run.base_url).status_code == 200
             credit = run.server.policy.pacing_credit
             decisions = run.server.policy.conservative_status()["decisions"]
         assert credit > 0 and decisions == 4

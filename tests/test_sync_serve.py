@@ -15,12 +15,10 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("prometheus_client")
 
 from redis_fixture import RedisServer
-from serve_fakes import Upstream, config, running_server
+from serve_fakes import MSGS, Upstream, config, running_server
 
 from uniscale._core import sync_export
 from uniscale.serve.config import ServeConfig, ServeConfigError, SyncSettings, parse_config
-
-MSGS = [{"role": "user", "content": "What is 6 x 7?"}]
 
 
 def test_sync_section_is_validated() -> None:

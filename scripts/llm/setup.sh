@@ -94,6 +94,55 @@ TMPDIRS=()
 cleanup() { local d; for d in "${TMPDIRS[@]}"; do rm -rf "$d"; done; }
 trap cleanup EXIT
 
+# ---------------------------------------------------------------- background builds
+# A build in DIR runs DIR/build.sh under nohup and nice: DIR/build.pid holds its pid while it
+# runs, DIR/build.status its exit status once it is done, DIR/build.log its output.
+# DIR/build.lock serialises the check-and-start between concurrent setup.sh runs.
+build_alive() { [ -f "$1/build.pid" ] && kill -0 "$(cat "$1/build.pid")" 2>/dev/null; }
+
+BUILD_LOCK_FD=
+# lock_build DIR NAME: take DIR's build lock; fails (lock released) when a build already runs.
+lock_build() {
+  exec {BUILD_LOCK_FD}>"$1/build.lock"
+  flock "$BUILD_LOCK_FD"
+  if build_alive "$1"; then
+    flock -u "$BUILD_LOCK_FD"; exec {BUILD_LOCK_FD}>&-
+    log "a $2 build is already running (pid $(cat "$1/build.pid")); log: $1/build.log"
+    return 1
+  fi
+}
+
+# launch_build DIR NAME: run DIR/build.sh in the background, then release the lock.
+launch_build() {
+  local dir=$1
+  log "starting $2 build in the background (nice -n 10, -j$JOBS); log: $dir/build.log"
+  rm -f "$dir/build.status"
+  nohup nice -n 10 bash -c "bash '$dir/build.sh'; echo \$? > '$dir/build.status'; rm -f '$dir/build.pid'" \
+    >"$dir/build.log" 2>&1 </dev/null {BUILD_LOCK_FD}>&- &
+  echo $! >"$dir/build.pid"
+  flock -u "$BUILD_LOCK_FD"; exec {BUILD_LOCK_FD}>&-
+}
+
+# wait_for_build DIR NAME OK_CMD WHAT: wait for DIR's build; succeeds once OK_CMD does (WHAT
+# names the result for the messages).
+wait_for_build() {
+  local dir=$1 name=$2 ok=$3 what=$4
+  if "$ok"; then return 0; fi
+  if ! build_alive "$dir" && [ ! -f "$dir/build.status" ]; then
+    echo "no $name build running and no $what" >&2; return 1
+  fi
+  log "waiting for the $name build (tail -f $dir/build.log to follow)"
+  while build_alive "$dir"; do sleep 10; done
+  if "$ok"; then
+    log "$name built: $what ($(grep -m1 'build finished' "$dir/build.log" || true))"
+    rm -f "$dir/build.pid"
+    return 0
+  fi
+  echo "$name build FAILED (status $(cat "$dir/build.status" 2>/dev/null || echo '?')); last lines of $dir/build.log:" >&2
+  tail -n 30 "$dir/build.log" >&2
+  return 1
+}
+
 # ---------------------------------------------------------------- (a) llama-server
 llama_ok() { [ -x "$LLAMA_BIN" ] && "$LLAMA_BIN" --version >/dev/null 2>&1; }
 
@@ -108,24 +157,12 @@ find_cmake() {
   echo "$venv/bin/cmake"
 }
 
-build_pid_alive() {
-  local pidfile="$LLAMA_DIR/build.pid"
-  [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null
-}
-
 start_build() {
   if llama_ok; then
     log "llama-server present and working: $LLAMA_BIN ($("$LLAMA_BIN" --version 2>&1 | grep -m1 -i version || true))"
     return
   fi
-  # Serialise the check-and-start between concurrent setup.sh runs.
-  exec 9>"$LLAMA_DIR/build.lock"
-  flock 9
-  if build_pid_alive; then
-    flock -u 9; exec 9>&-
-    log "a llama-server build is already running (pid $(cat "$LLAMA_DIR/build.pid")); log: $LLAMA_DIR/build.log"
-    return
-  fi
+  lock_build "$LLAMA_DIR" llama-server || return 0
   local cmake_bin
   cmake_bin="$(find_cmake)"
   log "cmake: $cmake_bin ($("$cmake_bin" --version | head -1))"
@@ -160,30 +197,10 @@ mv bin/llama-server.tmp bin/llama-server
 bin/llama-server --version
 echo "build finished \$(date -Is) in \$(( \$(date +%s) - start )) s"
 EOF
-  log "starting llama-server build in the background (nice -n 10, -j$JOBS); log: $LLAMA_DIR/build.log"
-  rm -f "$LLAMA_DIR/build.status"
-  nohup nice -n 10 bash -c "bash '$LLAMA_DIR/build.sh'; echo \$? > '$LLAMA_DIR/build.status'; rm -f '$LLAMA_DIR/build.pid'" \
-    >"$LLAMA_DIR/build.log" 2>&1 </dev/null 9>&- &
-  echo $! >"$LLAMA_DIR/build.pid"
-  flock -u 9; exec 9>&-
+  launch_build "$LLAMA_DIR" llama-server
 }
 
-wait_build() {
-  if llama_ok; then return 0; fi
-  if ! build_pid_alive && [ ! -f "$LLAMA_DIR/build.status" ]; then
-    echo "no llama-server build running and no binary at $LLAMA_BIN" >&2; return 1
-  fi
-  log "waiting for the llama-server build (tail -f $LLAMA_DIR/build.log to follow)"
-  while build_pid_alive; do sleep 10; done
-  if llama_ok; then
-    log "llama-server built: $LLAMA_BIN ($(grep -m1 'build finished' "$LLAMA_DIR/build.log" || true))"
-    rm -f "$LLAMA_DIR/build.pid"
-    return 0
-  fi
-  echo "llama-server build FAILED (status $(cat "$LLAMA_DIR/build.status" 2>/dev/null || echo '?')); last lines of $LLAMA_DIR/build.log:" >&2
-  tail -n 30 "$LLAMA_DIR/build.log" >&2
-  return 1
-}
+wait_build() { wait_for_build "$LLAMA_DIR" llama-server llama_ok "binary at $LLAMA_BIN"; }
 
 # ---------------------------------------------------------------- (a') llama-cpp-python[server]
 # Optional: a second real OpenAI-compatible server (`python -m llama_cpp.server`) that silently
@@ -191,22 +208,12 @@ wait_build() {
 # into a private venv; only the shared libraries the Python bindings load are compiled.
 lcp_ok() { [ -x "$LCP_PY" ] && "$LCP_PY" -c "import llama_cpp.server" >/dev/null 2>&1; }
 
-lcp_pid_alive() {
-  [ -f "$LCP_DIR/build.pid" ] && kill -0 "$(cat "$LCP_DIR/build.pid")" 2>/dev/null
-}
-
 start_lcp_build() {
   if lcp_ok; then
     log "llama-cpp-python[server] present and working: $LCP_DIR/venv"
     return
   fi
-  exec 8>"$LCP_DIR/build.lock"
-  flock 8
-  if lcp_pid_alive; then
-    flock -u 8; exec 8>&-
-    log "a llama-cpp-python build is already running (pid $(cat "$LCP_DIR/build.pid")); log: $LCP_DIR/build.log"
-    return
-  fi
+  lock_build "$LCP_DIR" llama-cpp-python || return 0
   # LLAVA_BUILD=OFF skips the multimodal (mtmd) library, which the server loads only for
   # llava-style chat formats; llama.cpp's tests/tools/examples/server are off explicitly
   # (they already default to OFF when llama.cpp is a subproject).
@@ -234,29 +241,11 @@ CMAKE_ARGS="$cmake_args" CMAKE_BUILD_PARALLEL_LEVEL=$JOBS \\
 venv/bin/python -c "import llama_cpp, llama_cpp.server; print('llama_cpp', llama_cpp.__version__)"
 echo "build finished \$(date -Is) in \$(( \$(date +%s) - start )) s"
 EOF
-  log "starting llama-cpp-python[server] build in the background (nice -n 10, -j$JOBS); log: $LCP_DIR/build.log"
-  rm -f "$LCP_DIR/build.status"
-  nohup nice -n 10 bash -c "bash '$LCP_DIR/build.sh'; echo \$? > '$LCP_DIR/build.status'; rm -f '$LCP_DIR/build.pid'" \
-    >"$LCP_DIR/build.log" 2>&1 </dev/null 8>&- &
-  echo $! >"$LCP_DIR/build.pid"
-  flock -u 8; exec 8>&-
+  launch_build "$LCP_DIR" "llama-cpp-python[server]"
 }
 
 wait_lcp_build() {
-  if lcp_ok; then return 0; fi
-  if ! lcp_pid_alive && [ ! -f "$LCP_DIR/build.status" ]; then
-    echo "no llama-cpp-python build running and no venv at $LCP_DIR/venv" >&2; return 1
-  fi
-  log "waiting for the llama-cpp-python build (tail -f $LCP_DIR/build.log to follow)"
-  while lcp_pid_alive; do sleep 10; done
-  if lcp_ok; then
-    log "llama-cpp-python[server] built: $LCP_DIR/venv ($(grep -m1 'build finished' "$LCP_DIR/build.log" || true))"
-    rm -f "$LCP_DIR/build.pid"
-    return 0
-  fi
-  echo "llama-cpp-python build FAILED (status $(cat "$LCP_DIR/build.status" 2>/dev/null || echo '?')); last lines of $LCP_DIR/build.log:" >&2
-  tail -n 30 "$LCP_DIR/build.log" >&2
-  return 1
+  wait_for_build "$LCP_DIR" llama-cpp-python lcp_ok "venv at $LCP_DIR/venv"
 }
 
 # ---------------------------------------------------------------- (b) models
