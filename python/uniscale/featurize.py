@@ -172,14 +172,31 @@ def _hashing(dim: int, char_ngram: int, seed: int) -> HashingFeaturizer:
     return HashingFeaturizer(dim, char_ngram=char_ngram, seed=seed)
 
 
-class CallableFeaturizer:
+class _FixedSpace:
+    """A backend whose ``dim`` and ``version`` are set once, in ``__init__``."""
+
+    __slots__ = ("_dim", "_version")
+
+    _dim: int
+    _version: str
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+
+class CallableFeaturizer(_FixedSpace):
     """A backend from a function ``fn(messages) -> array-like of shape (dim,)``.
 
     The vectors are used as returned (no normalisation); `Featurizer` checks shape and
     finiteness. ``version`` must be non-empty and should change whenever ``fn`` does.
     """
 
-    __slots__ = ("_dim", "_fn", "_version")
+    __slots__ = ("_fn",)
 
     def __init__(self, fn: Callable[[Messages], ArrayLike], dim: int, version: str) -> None:
         if not callable(fn):
@@ -194,14 +211,6 @@ class CallableFeaturizer:
         self._dim = dim
         self._version = version
 
-    @property
-    def dim(self) -> int:
-        return self._dim
-
-    @property
-    def version(self) -> str:
-        return self._version
-
     def featurize(self, messages: Messages) -> ArrayLike:
         return self._fn(messages)
 
@@ -209,7 +218,7 @@ class CallableFeaturizer:
         return f"CallableFeaturizer({self._fn!r}, dim={self._dim}, version={self._version!r})"
 
 
-class SentenceEmbeddingFeaturizer:
+class SentenceEmbeddingFeaturizer(_FixedSpace):
     """A local sentence-embedding model as a backend (optional; needs ``sentence-transformers``).
 
     ``model`` is a local directory or the name of a model already in the Hugging Face cache: it
@@ -219,7 +228,7 @@ class SentenceEmbeddingFeaturizer:
     Raises `ImportError` if the package is not installed.
     """
 
-    __slots__ = ("_dim", "_model", "_text", "_version")
+    __slots__ = ("_model", "_text")
 
     def __init__(
         self,
@@ -246,14 +255,6 @@ class SentenceEmbeddingFeaturizer:
         self._text = text
         name = model.rstrip("/").rsplit("/", 1)[-1]
         self._version = version or f"st-{name}-d{dim}"
-
-    @property
-    def dim(self) -> int:
-        return self._dim
-
-    @property
-    def version(self) -> str:
-        return self._version
 
     def featurize(self, messages: Messages) -> FloatArray:
         row: FloatArray = self.featurize_many([messages])[0]
