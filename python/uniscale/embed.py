@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 
 from uniscale._core import ConfigError
 from uniscale.execute import Messages
-from uniscale.featurize import _FixedSpace, text_of
+from uniscale.featurize import _check_text, _FixedSpace, text_of
 
 FloatArray = NDArray[np.float64]
 PACKAGED = "minilm_static16.npz"
@@ -87,8 +87,7 @@ class StaticEmbeddingFeaturizer(_FixedSpace):
                 "StaticEmbeddingFeaturizer needs the tokenizers package: "
                 "pip install 'uniscale[embed]'"
             ) from exc
-        if text not in ("last_user", "all"):
-            raise ConfigError(f"text must be 'last_user' or 'all', got {text!r}")
+        _check_text(text)
         if not (isinstance(max_tokens, int) and max_tokens >= 1):
             raise ConfigError(f"max_tokens must be an int >= 1, got {max_tokens!r}")
         self._table, self._offset, tok, self.meta = _load(path)

@@ -245,8 +245,7 @@ class SentenceEmbeddingFeaturizer(_FixedSpace):
                 "SentenceEmbeddingFeaturizer needs the optional package sentence-transformers "
                 "(pip install sentence-transformers) and a model available locally"
             ) from exc
-        if text not in ("last_user", "all"):
-            raise ConfigError(f"text must be 'last_user' or 'all', got {text!r}")
+        _check_text(text)
         self._model: Any = SentenceTransformer(model, device=device, local_files_only=True)
         dim = self._model.get_sentence_embedding_dimension()
         if not isinstance(dim, int) or dim < 1:
@@ -281,6 +280,12 @@ def text_of(messages: Messages, which: Literal["last_user", "all"] = "last_user"
         if m.get("role") == "user":
             return t
     return texts[-1] if texts else ""
+
+
+def _check_text(text: str) -> None:
+    """Refuse a ``text`` option of an embedding backend that `text_of` does not know."""
+    if text not in ("last_user", "all"):
+        raise ConfigError(f"text must be 'last_user' or 'all', got {text!r}")
 
 
 def _content_text(content: object) -> str:
