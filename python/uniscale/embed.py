@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 
 from uniscale._core import ConfigError
 from uniscale.execute import Messages
-from uniscale.featurize import text_of
+from uniscale.featurize import _check_text, _FixedSpace, text_of
 
 FloatArray = NDArray[np.float64]
 PACKAGED = "minilm_static16.npz"
@@ -61,7 +61,7 @@ def _load(
     return table, offset, tok, meta
 
 
-class StaticEmbeddingFeaturizer:
+class StaticEmbeddingFeaturizer(_FixedSpace):
     """Mean of the request's token rows in a static embedding table (`FeaturizerBackend`).
 
     ``text`` chooses what is embedded: the last user turn (default) or every message's content.
@@ -71,16 +71,7 @@ class StaticEmbeddingFeaturizer:
     Raises `ImportError` when ``tokenizers`` is missing, `ConfigError` for an unreadable table.
     """
 
-    __slots__ = (
-        "_dim",
-        "_max_tokens",
-        "_offset",
-        "_table",
-        "_text",
-        "_tokenizer",
-        "_version",
-        "meta",
-    )
+    __slots__ = ("_max_tokens", "_offset", "_table", "_text", "_tokenizer", "meta")
 
     def __init__(
         self,
@@ -96,8 +87,7 @@ class StaticEmbeddingFeaturizer:
                 "StaticEmbeddingFeaturizer needs the tokenizers package: "
                 "pip install 'uniscale[embed]'"
             ) from exc
-        if text not in ("last_user", "all"):
-            raise ConfigError(f"text must be 'last_user' or 'all', got {text!r}")
+        _check_text(text)
         if not (isinstance(max_tokens, int) and max_tokens >= 1):
             raise ConfigError(f"max_tokens must be an int >= 1, got {max_tokens!r}")
         self._table, self._offset, tok, self.meta = _load(path)
@@ -108,14 +98,6 @@ class StaticEmbeddingFeaturizer:
         self._text = text
         self._max_tokens = max_tokens
         self._version = f"minilm-static{self._dim}-v1"
-
-    @property
-    def dim(self) -> int:
-        return self._dim
-
-    @property
-    def version(self) -> str:
-        return self._version
 
     def _row(self, ids: Sequence[int]) -> FloatArray:
         ids = ids[: self._max_tokens]

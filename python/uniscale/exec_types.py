@@ -10,13 +10,33 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from types import TracebackType
+from typing import Any, Literal, Self
 
 from uniscale._core import UniScaleError
 from uniscale.space import Action
 
 Messages = str | Sequence[Mapping[str, Any]]
 TokenCountMethod = Literal["logprobs", "usage", "tokenize", "usage_split", "chars"]
+
+
+class AsyncClosing:
+    """``async with obj:`` gives ``obj`` and awaits ``obj.aclose()`` on the way out (the base
+    of `uniscale.transport.Transport` and `uniscale.router.Router`)."""
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
 
 
 # --------------------------------------------------------------------------------------------

@@ -204,9 +204,10 @@ class Executor(Transport):
         tally = _Tally()
         scorer_tally = _Tally()
         used = action
-        try:
-            decision = await self._attempt(
-                action,
+
+        async def attempt(a: Action) -> _Decision:
+            return await self._attempt(
+                a,
                 messages,
                 extractor,
                 scorer,
@@ -218,6 +219,9 @@ class Executor(Transport):
                 tally,
                 scorer_tally,
             )
+
+        try:
+            decision = await attempt(action)
         except ExecutionError as exc:
             if fallback is None:
                 raise
@@ -226,19 +230,7 @@ class Executor(Transport):
             tally.samples.clear()
             used = fallback
             try:
-                decision = await self._attempt(
-                    fallback,
-                    messages,
-                    extractor,
-                    scorer,
-                    temperature,
-                    max_tokens,
-                    seed,
-                    params,
-                    deadline,
-                    tally,
-                    scorer_tally,
-                )
+                decision = await attempt(fallback)
             except ExecutionError as exc2:
                 tally.failures.append(Failure.from_exception(fallback.model, exc2, "action"))
                 raise AllSamplesFailed(

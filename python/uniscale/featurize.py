@@ -172,14 +172,31 @@ def _hashing(dim: int, char_ngram: int, seed: int) -> HashingFeaturizer:
     return HashingFeaturizer(dim, char_ngram=char_ngram, seed=seed)
 
 
-class CallableFeaturizer:
+class _FixedSpace:
+    """A backend whose ``dim`` and ``version`` are set once, in ``__init__``."""
+
+    __slots__ = ("_dim", "_version")
+
+    _dim: int
+    _version: str
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+
+class CallableFeaturizer(_FixedSpace):
     """A backend from a function ``fn(messages) -> array-like of shape (dim,)``.
 
     The vectors are used as returned (no normalisation); `Featurizer` checks shape and
     finiteness. ``version`` must be non-empty and should change whenever ``fn`` does.
     """
 
-    __slots__ = ("_dim", "_fn", "_version")
+    __slots__ = ("_fn",)
 
     def __init__(self, fn: Callable[[Messages], ArrayLike], dim: int, version: str) -> None:
         if not callable(fn):
@@ -194,14 +211,6 @@ class CallableFeaturizer:
         self._dim = dim
         self._version = version
 
-    @property
-    def dim(self) -> int:
-        return self._dim
-
-    @property
-    def version(self) -> str:
-        return self._version
-
     def featurize(self, messages: Messages) -> ArrayLike:
         return self._fn(messages)
 
@@ -209,7 +218,7 @@ class CallableFeaturizer:
         return f"CallableFeaturizer({self._fn!r}, dim={self._dim}, version={self._version!r})"
 
 
-class SentenceEmbeddingFeaturizer:
+class SentenceEmbeddingFeaturizer(_FixedSpace):
     """A local sentence-embedding model as a backend (optional; needs ``sentence-transformers``).
 
     ``model`` is a local directory or the name of a model already in the Hugging Face cache: it
@@ -219,7 +228,7 @@ class SentenceEmbeddingFeaturizer:
     Raises `ImportError` if the package is not installed.
     """
 
-    __slots__ = ("_dim", "_model", "_text", "_version")
+    __slots__ = ("_model", "_text")
 
     def __init__(
         self,
@@ -236,8 +245,7 @@ class SentenceEmbeddingFeaturizer:
                 "SentenceEmbeddingFeaturizer needs the optional package sentence-transformers "
                 "(pip install sentence-transformers) and a model available locally"
             ) from exc
-        if text not in ("last_user", "all"):
-            raise ConfigError(f"text must be 'last_user' or 'all', got {text!r}")
+        _check_text(text)
         self._model: Any = SentenceTransformer(model, device=device, local_files_only=True)
         dim = self._model.get_sentence_embedding_dimension()
         if not isinstance(dim, int) or dim < 1:
@@ -246,14 +254,6 @@ class SentenceEmbeddingFeaturizer:
         self._text = text
         name = model.rstrip("/").rsplit("/", 1)[-1]
         self._version = version or f"st-{name}-d{dim}"
-
-    @property
-    def dim(self) -> int:
-        return self._dim
-
-    @property
-    def version(self) -> str:
-        return self._version
 
     def featurize(self, messages: Messages) -> FloatArray:
         row: FloatArray = self.featurize_many([messages])[0]
@@ -280,6 +280,12 @@ def text_of(messages: Messages, which: Literal["last_user", "all"] = "last_user"
         if m.get("role") == "user":
             return t
     return texts[-1] if texts else ""
+
+
+def _check_text(text: str) -> None:
+    """Refuse a ``text`` option of an embedding backend that `text_of` does not know."""
+    if text not in ("last_user", "all"):
+        raise ConfigError(f"text must be 'last_user' or 'all', got {text!r}")
 
 
 def _content_text(content: object) -> str:

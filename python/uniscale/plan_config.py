@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +95,19 @@ def _check_keys(d: Mapping[str, Any], allowed: set[str], where: str) -> None:
         raise ConfigError(f"{where}: unknown key(s) {extra}; allowed: {sorted(allowed)}")
 
 
+def _tables(
+    items: list[Any], where: str, allowed: set[str]
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The entries of an array of tables, each with where it is (``where[j]``), checked to be
+    a table with only ``allowed`` keys."""
+    for j, t in enumerate(items):
+        w = f"{where}[{j}]"
+        if not isinstance(t, dict):
+            raise ConfigError(f"{w} must be a table")
+        _check_keys(t, allowed, w)
+        yield w, t
+
+
 def _ks(v: Any, where: str) -> tuple[int, ...]:
     """``k`` is a list of ints, or a table {start, stop, step} (inclusive stop)."""
     if isinstance(v, dict):
@@ -140,11 +153,7 @@ def parse_config(data: Mapping[str, Any], where: str = "config") -> PlanConfig:
     models = data.get("model", [])
     if not isinstance(models, list):
         raise ConfigError(f"{where}: [[model]] must be an array of tables")
-    for j, m in enumerate(models):
-        w = f"{where}: model[{j}]"
-        if not isinstance(m, dict):
-            raise ConfigError(f"{w} must be a table")
-        _check_keys(m, _MODEL_KEYS, w)
+    for w, m in _tables(models, f"{where}: model", _MODEL_KEYS):
         name = m.get("name")
         if not isinstance(name, str) or not name:
             raise ConfigError(f"{w}: name must be a non-empty string")
@@ -173,11 +182,7 @@ def parse_config(data: Mapping[str, Any], where: str = "config") -> PlanConfig:
     raw = data.get("scenario", [])
     if not isinstance(raw, list) or not raw:
         raise ConfigError(f"{where}: needs at least one [[scenario]]")
-    for j, s in enumerate(raw):
-        w = f"{where}: scenario[{j}]"
-        if not isinstance(s, dict):
-            raise ConfigError(f"{w} must be a table")
-        _check_keys(s, _SCENARIO_KEYS, w)
+    for w, s in _tables(raw, f"{where}: scenario", _SCENARIO_KEYS):
         if not isinstance(s.get("name"), str):
             raise ConfigError(f"{w}: name must be a string")
         try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import operator
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, SupportsIndex
 
@@ -145,7 +145,16 @@ class Policy:
         """
         if feature_version is not None:
             self._check_feature_version(feature_version)
-        return self._core.select(x, input_tokens, max_cost_usd, max_latency_s, mask, now)
+        return self._choose(
+            lambda m: self._core.select(x, input_tokens, max_cost_usd, max_latency_s, m, now), mask
+        )
+
+    def _choose(
+        self, core_select: Callable[[ArrayLike | None], Decision], mask: ArrayLike | None
+    ) -> Decision:
+        """How ``select`` uses the core's selection (``core_select(mask)``, the request's other
+        inputs bound); the one place a subclass changes it (the server's `ServedPolicy`)."""
+        return core_select(mask)
 
     def update(
         self,

@@ -21,7 +21,6 @@ import os
 import threading
 import time
 from dataclasses import dataclass, replace
-from types import TracebackType
 from typing import Any
 
 from numpy.typing import ArrayLike
@@ -36,6 +35,7 @@ from uniscale.decision_log import (
     read_decision_log,
 )
 from uniscale.engine import Engine, Realised, SubRun
+from uniscale.exec_types import AsyncClosing
 from uniscale.execute import (
     ExecutionConfigError,
     ExecutionError,
@@ -113,7 +113,7 @@ class RouterResult:
         return self.outcome.text
 
 
-class Router:
+class Router(AsyncClosing):
     """Featurizer + Policy + Executor, learning from every request it serves.
 
     ``featurizer`` defaults to ``Featurizer(policy.dim)`` (hashing). Its ``dim`` must equal the
@@ -335,17 +335,6 @@ class Router:
         """Close the decision log if the router opened it (not the executor: it is shared)."""
         if self._owns_log and self.log is not None:
             self.log.close()
-
-    async def __aenter__(self) -> Router:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     # -- internals -----------------------------------------------------------------------------
 

@@ -17,12 +17,12 @@ import os
 import re
 import time
 from collections.abc import Mapping, Sequence
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import httpx
 
 from uniscale.exec_types import (
+    AsyncClosing,
     DeadlineExceeded,
     ExecutionConfigError,
     ExecutionError,
@@ -60,7 +60,7 @@ def _retry_after_s(resp: httpx.Response) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-class Transport(ResponseParser):
+class Transport(ResponseParser, AsyncClosing):
     """Draws samples from the configured models (the base of `uniscale.execute.Executor`).
 
     ``timeout_s`` bounds each HTTP request (read/write/pool; ``connect_timeout_s`` the connect),
@@ -127,17 +127,6 @@ class Transport(ResponseParser):
             self.add_model(spec)
 
     # -- lifecycle ----------------------------------------------------------------------------
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Close every HTTP client. Idempotent."""

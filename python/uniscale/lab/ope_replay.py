@@ -232,7 +232,7 @@ def ope_check(
         n_train = max(1, round(train_fraction * n))
         if n - n_train < 2:
             raise OPEError(f"{n} requests leave too few to evaluate after {n_train} for training")
-        frozen = _train_greedy(table, rows[:n_train], models, scales, w, seed)
+        frozen = _learn_stream(table, rows[:n_train], models, scales, w, seed)[0]
         col_of = {a: i for i, a in enumerate(table.actions)}
         ids = [col_of[a] for a in frozen.actions]
         pi = PolicyTarget(frozen, action_ids=ids, models=target_models)
@@ -292,14 +292,3 @@ def ope_check(
         log_path=None if log_path is None else str(Path(log_path)),
         extra=extra,
     )
-
-
-def _train_greedy(
-    table: OutcomeTable,
-    rows: I64,
-    models: Mapping[str, ModelSpec],
-    scales: Scales,
-    reward: RewardWeights,
-    seed: int,
-) -> Policy:
-    return _learn_stream(table, rows, models, scales, reward, seed)[0]

@@ -20,7 +20,7 @@ import contextvars
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,54 +64,22 @@ class ServedPolicy(Policy):
 
     __slots__ = ()
 
-    def select(
-        self,
-        x: ArrayLike,
-        input_tokens: float = 0.0,
-        max_cost_usd: float | None = None,
-        max_latency_s: float | None = None,
-        *,
-        mask: ArrayLike | None = None,
-        now: float | None = None,
-        feature_version: str | None = None,
+    def _choose(
+        self, core_select: Callable[[ArrayLike | None], Decision], mask: ArrayLike | None
     ) -> Decision:
         slot = CURRENT.get()
         if slot is None:
-            return super().select(
-                x,
-                input_tokens,
-                max_cost_usd,
-                max_latency_s,
-                mask=mask,
-                now=now,
-                feature_version=feature_version,
-            )
+            return core_select(mask)
         old = self.reward_weights if slot.preset is not None else None
         try:
             if slot.preset is not None:
                 self.set_reward(slot.preset)
             if slot.serve_index is not None:
-                slot.shadow = super().select(
-                    x,
-                    input_tokens,
-                    max_cost_usd,
-                    max_latency_s,
-                    mask=mask,
-                    now=now,
-                    feature_version=feature_version,
-                )
+                slot.shadow = core_select(mask)
                 only = np.zeros(self.n_actions, dtype=bool)
                 only[slot.serve_index] = True
                 mask = only
-            d = super().select(
-                x,
-                input_tokens,
-                max_cost_usd,
-                max_latency_s,
-                mask=mask,
-                now=now,
-                feature_version=feature_version,
-            )
+            d = core_select(mask)
         finally:
             if old is not None:
                 self.set_reward(old)

@@ -4,6 +4,7 @@ model names, error type names and HTTP status codes only."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE_LATEST
@@ -15,6 +16,52 @@ if TYPE_CHECKING:
 _COST_BUCKETS = (1e-7, 1e-6, 1e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 1.0)
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _LAG_BUCKETS = (0.1, 1, 5, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
+
+# [sync] (docs/sync.md): name, help and value of each gauge set from RedisSync.status() at
+# each scrape
+_SYNC_GAUGES: tuple[tuple[str, str, Callable[[SyncStatus], float]], ...] = (
+    (
+        "uniscale_sync_last_success_timestamp_seconds",
+        "Unix time of the last successful sync round (0: none yet)",
+        lambda st: st.last_sync_s or 0.0,
+    ),
+    (
+        "uniscale_sync_last_round_seconds",
+        "Duration of the last successful sync round (push, pull, rebuild, swap)",
+        lambda st: st.last_round_s or 0.0,
+    ),
+    ("uniscale_sync_rounds", "Successful sync rounds since start", lambda st: st.rounds),
+    (
+        "uniscale_sync_failures",
+        "Failed sync rounds since start (Redis errors)",
+        lambda st: st.failures,
+    ),
+    (
+        "uniscale_sync_breaker_open",
+        "1 while the Redis circuit breaker is open or half-open (learning continues locally)",
+        lambda st: 0.0 if st.breaker == "closed" else 1.0,
+    ),
+    (
+        "uniscale_sync_slots_merged",
+        "Other replicas merged in the last round",
+        lambda st: st.slots_merged,
+    ),
+    (
+        "uniscale_sync_incompatible_replicas",
+        "Replicas refused in the last round (another action space or configuration)",
+        lambda st: len(st.incompatible),
+    ),
+    (
+        "uniscale_sync_corrupt_slots",
+        "Unreadable slots skipped in the last round",
+        lambda st: st.corrupt,
+    ),
+    (
+        "uniscale_sync_locked_rebuilds",
+        "Merges rebuilt under the policy lock (local learning raced the rebuild)",
+        lambda st: st.locked_rebuilds,
+    ),
+)
 
 
 class Metrics:
@@ -90,55 +137,11 @@ class Metrics:
             "uniscale_decision_log_failures", "Records the decision log could not take", registry=r
         )
 
-        # [sync] (docs/sync.md): set from RedisSync.status() at each scrape
-        self.sync_last_success = Gauge(
-            "uniscale_sync_last_success_timestamp_seconds",
-            "Unix time of the last successful sync round (0: none yet)",
-            registry=r,
-        )
-        self.sync_last_round = Gauge(
-            "uniscale_sync_last_round_seconds",
-            "Duration of the last successful sync round (push, pull, rebuild, swap)",
-            registry=r,
-        )
-        self.sync_rounds = Gauge(
-            "uniscale_sync_rounds", "Successful sync rounds since start", registry=r
-        )
-        self.sync_failures = Gauge(
-            "uniscale_sync_failures", "Failed sync rounds since start (Redis errors)", registry=r
-        )
-        self.sync_breaker = Gauge(
-            "uniscale_sync_breaker_open",
-            "1 while the Redis circuit breaker is open or half-open (learning continues locally)",
-            registry=r,
-        )
-        self.sync_slots = Gauge(
-            "uniscale_sync_slots_merged", "Other replicas merged in the last round", registry=r
-        )
-        self.sync_incompatible = Gauge(
-            "uniscale_sync_incompatible_replicas",
-            "Replicas refused in the last round (another action space or configuration)",
-            registry=r,
-        )
-        self.sync_corrupt = Gauge(
-            "uniscale_sync_corrupt_slots", "Unreadable slots skipped in the last round", registry=r
-        )
-        self.sync_locked_rebuilds = Gauge(
-            "uniscale_sync_locked_rebuilds",
-            "Merges rebuilt under the policy lock (local learning raced the rebuild)",
-            registry=r,
-        )
+        self._sync = [(Gauge(name, doc, registry=r), value) for name, doc, value in _SYNC_GAUGES]
 
     def set_sync(self, st: SyncStatus) -> None:
-        self.sync_last_success.set(st.last_sync_s or 0.0)
-        self.sync_last_round.set(st.last_round_s or 0.0)
-        self.sync_rounds.set(st.rounds)
-        self.sync_failures.set(st.failures)
-        self.sync_breaker.set(0.0 if st.breaker == "closed" else 1.0)
-        self.sync_slots.set(st.slots_merged)
-        self.sync_incompatible.set(len(st.incompatible))
-        self.sync_corrupt.set(st.corrupt)
-        self.sync_locked_rebuilds.set(st.locked_rebuilds)
+        for gauge, value in self._sync:
+            gauge.set(value(st))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
