@@ -197,26 +197,38 @@ pub(super) fn save_with<T>(
 
 /// Serialises (under the caller's lock) and returns the bytes once `load` accepted them: what
 /// `to_bytes` and pickle hand out always loads. The GIL is released.
-pub(super) fn verified_bytes<T>(
-    py: Python<'_>,
+pub(super) fn verified_bytes<'py, T>(
+    py: Python<'py>,
     to_bytes: impl FnOnce() -> Vec<u8> + Send,
     load: impl FnOnce(&[u8]) -> Result<T, CoreError> + Send,
-) -> PyResult<Vec<u8>> {
-    Ok(py.detach(|| {
+) -> PyResult<Bound<'py, PyBytes>> {
+    let bytes = py.detach(|| {
         let bytes = to_bytes();
         state::verify_loads(&bytes, load).map(|()| bytes)
-    })?)
+    })?;
+    Ok(PyBytes::new(py, &bytes))
+}
+
+/// Reads a state file written by `save` and rebuilds it with `load`; the GIL is released.
+pub(super) fn load_file<T: Send>(
+    py: Python<'_>,
+    path: &std::path::Path,
+    load: impl FnOnce(&[u8]) -> Result<T, CoreError> + Send,
+) -> PyResult<T> {
+    Ok(py.detach(|| load(&state::read_file(path)?))?)
 }
 
 /// Pickle support shared by every stateful pyclass: `(type(self).from_bytes, (bytes,))`, with
 /// `bytes` from `verified_bytes`.
-pub(super) fn reduce<'py, T: pyo3::PyClass>(
+pub(super) fn reduce<'py, T: pyo3::PyClass, S>(
     slf: &Bound<'py, T>,
-    bytes: Vec<u8>,
+    to_bytes: impl FnOnce() -> Vec<u8> + Send,
+    load: impl FnOnce(&[u8]) -> Result<S, CoreError> + Send,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let py = slf.py();
+    let bytes = verified_bytes(py, to_bytes, load)?;
     let ctor = slf.as_any().get_type().getattr("from_bytes")?;
-    let args = PyTuple::new(py, [PyBytes::new(py, &bytes)])?;
+    let args = PyTuple::new(py, [bytes])?;
     PyTuple::new(py, [ctor, args.into_any()])
 }
 
@@ -349,12 +361,11 @@ macro_rules! learner_pyclass {
 
             /// The state blob; verified to load back before it is returned.
             fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, ::pyo3::types::PyBytes>> {
-                let bytes = $crate::python::learners::verified_bytes(
+                $crate::python::learners::verified_bytes(
                     py,
                     || self.inner.read().to_bytes(),
                     $core::from_bytes,
-                )?;
-                Ok(::pyo3::types::PyBytes::new(py, &bytes))
+                )
             }
 
             #[staticmethod]
@@ -373,21 +384,14 @@ macro_rules! learner_pyclass {
 
             #[staticmethod]
             fn load(py: Python<'_>, path: ::std::path::PathBuf) -> PyResult<Self> {
-                Ok(py
-                    .detach(|| $core::from_bytes(&$crate::state::read_file(&path)?))?
-                    .into())
+                Ok($crate::python::learners::load_file(py, &path, $core::from_bytes)?.into())
             }
 
             fn __reduce__<'py>(
                 slf: &Bound<'py, Self>,
             ) -> PyResult<Bound<'py, ::pyo3::types::PyTuple>> {
                 let me = slf.get();
-                let bytes = $crate::python::learners::verified_bytes(
-                    slf.py(),
-                    || me.inner.read().to_bytes(),
-                    $core::from_bytes,
-                )?;
-                $crate::python::learners::reduce(slf, bytes)
+                $crate::python::learners::reduce(slf, || me.inner.read().to_bytes(), $core::from_bytes)
             }
         }
     };
