@@ -67,6 +67,19 @@ impl fmt::Display for CoreError {
 
 impl std::error::Error for CoreError {}
 
+impl CoreError {
+    /// What a failure while rebuilding an object from a saved state becomes: `State` (the
+    /// state is invalid), with `context: ` before the message unless `context` is empty; an
+    /// allocation failure stays `Memory`.
+    pub fn loading(self, context: &str) -> CoreError {
+        match self {
+            CoreError::Memory(_) => self,
+            e if context.is_empty() => CoreError::State(e.to_string()),
+            e => CoreError::State(format!("{context}: {e}")),
+        }
+    }
+}
+
 impl From<std::io::Error> for CoreError {
     fn from(e: std::io::Error) -> Self {
         CoreError::Io(e.to_string())

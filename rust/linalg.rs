@@ -210,8 +210,8 @@ pub fn rank_one_add(a: &mut [f64], x: &[f64]) {
     }
 }
 
-/// Lower Cholesky factor of a symmetric positive-definite `n x n` matrix.
-pub fn cholesky(a: &[f64], n: usize) -> CoreResult<Vec<f64>> {
+/// Fails with `Shape` unless `a` has the `n * n` entries of an `n x n` matrix.
+fn check_square(a: &[f64], n: usize) -> CoreResult<()> {
     if a.len() != n * n {
         return Err(CoreError::Shape(format!(
             "matrix has {} entries, expected {}",
@@ -219,6 +219,12 @@ pub fn cholesky(a: &[f64], n: usize) -> CoreResult<Vec<f64>> {
             n * n
         )));
     }
+    Ok(())
+}
+
+/// Lower Cholesky factor of a symmetric positive-definite `n x n` matrix.
+pub fn cholesky(a: &[f64], n: usize) -> CoreResult<Vec<f64>> {
+    check_square(a, n)?;
     let mut l = try_filled(n * n, 0.0)?;
     for j in 0..n {
         let mut d = a[j * n + j];
@@ -263,13 +269,7 @@ pub const JITTER_MAX: f64 = 1e-4;
 /// `dim * eps` and growing tenfold up to [`JITTER_MAX`]; the inverse is that of the jittered
 /// matrix, a perturbation no larger than the rounding already present in `A`.
 pub fn spd_inverse(a: &[f64], n: usize) -> CoreResult<Vec<f64>> {
-    if a.len() != n * n {
-        return Err(CoreError::Shape(format!(
-            "matrix has {} entries, expected {}",
-            a.len(),
-            n * n
-        )));
-    }
+    check_square(a, n)?;
     if let Some(i) = a.iter().position(|v| !v.is_finite()) {
         return Err(CoreError::Numerical(format!(
             "matrix entry {i} is not finite ({})",

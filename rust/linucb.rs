@@ -23,7 +23,7 @@ use crate::learner::{
 };
 use crate::linalg::{self, SYM_MIN_DIM};
 use crate::ridge::Ridge;
-use crate::state::{Kind, Reader, Writer};
+use crate::state::{self, Kind, Reader, Writer};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct LinUcb {
@@ -384,9 +384,7 @@ impl LinUcb {
         w.usize(self.dim);
         self.cfg.write(w);
         for arm in &self.arms {
-            w.u64(arm.n_updates);
-            w.f64s(&arm.a);
-            w.f64s(&arm.b);
+            arm.write_stats(w);
         }
     }
 
@@ -397,34 +395,20 @@ impl LinUcb {
         // Each arm stores n_updates, A (d x d) and b (d) with their length prefixes.
         let per_arm = 8 * (1 + 1 + (d as u128) * (d as u128) + 1 + d as u128);
         r.expect_at_least("the arms", per_arm * k as u128)?;
-        let mut me = LinUcb::new(k, d, cfg).map_err(|e| match e {
-            CoreError::Memory(_) => e,
-            e => CoreError::State(e.to_string()),
-        })?;
+        let mut me = LinUcb::new(k, d, cfg).map_err(|e| e.loading(""))?;
         for arm in me.arms.iter_mut() {
-            let n_updates = r.u64()?;
-            let a = r.f64s("A", d * d)?;
-            let b = r.f64s("b", d)?;
-            *arm = Ridge::from_stats(d, a, b, n_updates).map_err(|e| match e {
-                CoreError::Memory(_) => e,
-                e => CoreError::State(format!("arm matrix: {e}")),
-            })?;
+            *arm = Ridge::read_stats(r, d, "arm matrix")?;
         }
         me.rebuild_scoring()?;
         Ok(me)
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut w = Writer::new();
-        self.write_payload(&mut w);
-        w.finish(Kind::LinUcb)
+        state::encode(Kind::LinUcb, |w| self.write_payload(w))
     }
 
     pub fn from_bytes(bytes: &[u8]) -> CoreResult<Self> {
-        let mut r = Reader::open(bytes, Kind::LinUcb)?;
-        let me = Self::read_payload(&mut r)?;
-        r.finish()?;
-        Ok(me)
+        state::decode(bytes, Kind::LinUcb, Self::read_payload)
     }
 }
 

@@ -8,6 +8,7 @@
 
 use crate::error::{CoreError, CoreResult};
 use crate::linalg;
+use crate::state::{Reader, Writer};
 
 /// Number of rank-one updates between two exact recomputations of `A^-1` from `A`.
 /// At n = 153 (d = 16, p = 8 in the shared learner) a refresh costs ~1.2 ms, i.e. ~1.2 us
@@ -101,6 +102,23 @@ impl Ridge {
         };
         r.refresh()?;
         Ok(r)
+    }
+
+    /// The statistics a saved state keeps: `n_updates`, `A` and `b` (`from_stats` recomputes
+    /// the rest).
+    pub fn write_stats(&self, w: &mut Writer) {
+        w.u64(self.n_updates);
+        w.f64s(&self.a);
+        w.f64s(&self.b);
+    }
+
+    /// Reads what `write_stats` wrote for an `n`-dimensional model; a matrix that does not
+    /// rebuild is a `State` error naming `what`.
+    pub fn read_stats(r: &mut Reader, n: usize, what: &str) -> CoreResult<Self> {
+        let n_updates = r.u64()?;
+        let a = r.f64s("A", n * n)?;
+        let b = r.f64s("b", n)?;
+        Ridge::from_stats(n, a, b, n_updates).map_err(|e| e.loading(what))
     }
 
     /// Fails (before anything changes) if adding entries of these magnitudes could push `A` or

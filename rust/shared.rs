@@ -22,7 +22,7 @@ use crate::learner::{
 };
 use crate::linalg;
 use crate::ridge::Ridge;
-use crate::state::{Kind, Reader, Writer};
+use crate::state::{self, Kind, Reader, Writer};
 
 /// `kron([1, x], [1, psi_a])`.
 pub fn kron_phi(x: &[f64], psi_a: &[f64]) -> Vec<f64> {
@@ -255,9 +255,7 @@ impl SharedLinUcb {
         w.usize(self.p);
         self.cfg.write(w);
         w.f64s(&self.psi);
-        w.u64(self.model.n_updates);
-        w.f64s(&self.model.a);
-        w.f64s(&self.model.b);
+        self.model.write_stats(w);
     }
 
     pub fn read_payload(r: &mut Reader) -> CoreResult<Self> {
@@ -268,32 +266,17 @@ impl SharedLinUcb {
         let joint = ((d as u128) + 1) * ((p as u128) + 1);
         r.expect_at_least("the model", 8 * (joint * joint + joint))?;
         let psi = r.f64s("action_features", k * p)?;
-        let mut me = SharedLinUcb::new(psi, k, p, d, cfg).map_err(|e| match e {
-            CoreError::Memory(_) => e,
-            e => CoreError::State(e.to_string()),
-        })?;
-        let n = me.joint_dim();
-        let n_updates = r.u64()?;
-        let a = r.f64s("A", n * n)?;
-        let b = r.f64s("b", n)?;
-        me.model = Ridge::from_stats(n, a, b, n_updates).map_err(|e| match e {
-            CoreError::Memory(_) => e,
-            e => CoreError::State(format!("model matrix: {e}")),
-        })?;
+        let mut me = SharedLinUcb::new(psi, k, p, d, cfg).map_err(|e| e.loading(""))?;
+        me.model = Ridge::read_stats(r, me.joint_dim(), "model matrix")?;
         Ok(me)
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut w = Writer::new();
-        self.write_payload(&mut w);
-        w.finish(Kind::SharedLinUcb)
+        state::encode(Kind::SharedLinUcb, |w| self.write_payload(w))
     }
 
     pub fn from_bytes(bytes: &[u8]) -> CoreResult<Self> {
-        let mut r = Reader::open(bytes, Kind::SharedLinUcb)?;
-        let me = Self::read_payload(&mut r)?;
-        r.finish()?;
-        Ok(me)
+        state::decode(bytes, Kind::SharedLinUcb, Self::read_payload)
     }
 }
 

@@ -126,8 +126,70 @@ class NumericalError(UniScaleError):
 _Path = str | os.PathLike[str]
 _Bytes = bytes | bytearray | memoryview
 
+class _Learner:
+    """What ``LinUCB`` and ``SharedLinUCB`` share (stub only: no such class at runtime)."""
+
+    @property
+    def n_actions(self) -> int:
+        """Number of actions K."""
+    @property
+    def dim(self) -> int:
+        """Request-feature dimension d."""
+    @property
+    def alpha(self) -> float:
+        """Width of the confidence bonus."""
+    @property
+    def ridge(self) -> float:
+        """Ridge regulariser (prior precision)."""
+    @property
+    def discount(self) -> float:
+        """Discount gamma in (0, 1]; 1 is plain LinUCB."""
+    @property
+    def prior_mean(self) -> float:
+        """Prior mean of the reward: the model fits ``reward - prior_mean`` (in ``LinUCB``,
+        untried actions score ``prior_mean + bonus``)."""
+    @property
+    def n_updates(self) -> int:
+        """Number of updates the learner holds: ``SharedLinUCB`` counts every update applied;
+        in ``LinUCB`` a removed action takes its count with it."""
+    def select(self, x: ArrayLike, mask: ArrayLike | None = None) -> int:
+        """Index of the best action for ``x`` (d,) among those where the boolean ``mask`` (K,)
+        is true; ties go to the lowest index. Raises ``AllMaskedError`` if none is allowed."""
+    def scores(self, x: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """``(mean, bonus)``, each (K,): posterior mean (prior included) and exploration bonus
+        (alpha included) of every action for ``x`` (d,). ``SharedLinUCB`` costs
+        O(D^2 + K p^2), not O(K D^2)."""
+    def update(self, action: SupportsIndex, x: ArrayLike, reward: SupportsFloat) -> None:
+        """Records that ``action`` earned ``reward`` on ``x`` (d,). Any index outside
+        ``0..K`` (of any size) or a bool raises ``UnknownActionError``."""
+    def select_many(self, X: ArrayLike, mask: ArrayLike | None = None) -> NDArray[np.int64]:
+        """``select`` for every row of ``X`` (n, d): returns (n,) action indices. ``mask`` is
+        (K,) for every row or exactly (n, K) per row (``ShapeError`` otherwise, including a
+        transposed (K, n) mask). Validates everything before computing."""
+    def update_many(self, actions: ArrayLike, X: ArrayLike, rewards: ArrayLike) -> None:
+        """``update`` for each row: ``actions`` (n,) integers, ``X`` (n, d), ``rewards`` (n,).
+        All or nothing: every row is validated before the first is applied, and a failure
+        after that rolls every row back."""
+    def remove_actions(self, indices: ArrayLike) -> NDArray[np.int64]:
+        """Removes the actions at ``indices``, keeping what was learned for the others. Returns
+        the mapping (old K,): ``mapping[old]`` is the new index, or -1 if removed. Raises
+        ``ConfigError`` rather than remove every action."""
+    def to_bytes(self) -> bytes:
+        """The complete state in the versioned, checksummed binary format, verified to load
+        back (``StateError`` otherwise) before it is returned."""
+    def save(self, path: _Path) -> None:
+        """Writes ``to_bytes()`` to ``path`` atomically (temporary file, fsync, rename): a
+        crash leaves the old file or the new one, and the next save removes the temporary file
+        a killed writer left. The bytes are first loaded back with every validation of
+        ``load``: if they do not load, ``StateError`` is raised and the old file stays. If
+        ``path`` is a symbolic link, the file it points to is replaced (the link stays); an
+        existing file keeps its permission bits (its owner becomes the saving user).
+        ``OSError`` on I/O failure."""
+    def __reduce__(self) -> tuple[object, tuple[bytes]]:
+        """Pickle (and ``copy``) support through ``from_bytes(to_bytes())``."""
+
 @final
-class LinUCB:
+class LinUCB(_Learner):
     """Disjoint LinUCB: one ridge-regression model per action.
 
     For action ``a``: ``A_a = ridge * I + sum x x'`` and ``b_a = sum (r - prior_mean) x`` over
@@ -159,77 +221,22 @@ class LinUCB:
         discount: SupportsFloat = 1.0,
         prior_mean: SupportsFloat = 0.0,
     ) -> Self: ...
-    @property
-    def n_actions(self) -> int:
-        """Number of actions K."""
-    @property
-    def dim(self) -> int:
-        """Request-feature dimension d."""
-    @property
-    def alpha(self) -> float:
-        """Width of the confidence bonus."""
-    @property
-    def ridge(self) -> float:
-        """Ridge regulariser (prior precision)."""
-    @property
-    def discount(self) -> float:
-        """Discount gamma in (0, 1]; 1 is plain LinUCB."""
-    @property
-    def prior_mean(self) -> float:
-        """Prior mean of the reward: untried actions score ``prior_mean + bonus``."""
-    @property
-    def n_updates(self) -> int:
-        """Updates held by the current actions (a removed action takes its count with it)."""
-    def select(self, x: ArrayLike, mask: ArrayLike | None = None) -> int:
-        """Index of the best action for ``x`` (d,) among those where the boolean ``mask`` (K,)
-        is true; ties go to the lowest index. Raises ``AllMaskedError`` if none is allowed."""
-    def scores(self, x: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """``(mean, bonus)``, each (K,): posterior mean (prior included) and exploration bonus
-        (alpha included) of every action for ``x`` (d,)."""
-    def update(self, action: SupportsIndex, x: ArrayLike, reward: SupportsFloat) -> None:
-        """Records that ``action`` earned ``reward`` on ``x`` (d,). Any index outside
-        ``0..K`` (of any size) or a bool raises ``UnknownActionError``."""
-    def select_many(self, X: ArrayLike, mask: ArrayLike | None = None) -> NDArray[np.int64]:
-        """``select`` for every row of ``X`` (n, d): returns (n,) action indices. ``mask`` is
-        (K,) for every row or exactly (n, K) per row (``ShapeError`` otherwise, including a
-        transposed (K, n) mask). Validates everything before computing."""
-    def update_many(self, actions: ArrayLike, X: ArrayLike, rewards: ArrayLike) -> None:
-        """``update`` for each row: ``actions`` (n,) integers, ``X`` (n, d), ``rewards`` (n,).
-        All or nothing: every row is validated before the first is applied, and a failure
-        after that rolls every row back."""
     def theta(self, action: SupportsIndex | None = None) -> NDArray[np.float64]:
         """Ridge coefficients ``A_a^-1 b_a`` (prior mean not included): (K, d) for all actions,
         or (d,) for one ``action``."""
     def add_actions(self, count: SupportsIndex) -> NDArray[np.int64]:
         """Appends ``count`` untrained actions; returns their indices."""
-    def remove_actions(self, indices: ArrayLike) -> NDArray[np.int64]:
-        """Removes the actions at ``indices``, keeping the others' statistics. Returns the
-        mapping (old K,): ``mapping[old]`` is the new index, or -1 if removed. Raises
-        ``ConfigError`` rather than remove every action."""
-    def to_bytes(self) -> bytes:
-        """The complete state in the versioned, checksummed binary format, verified to load
-        back (``StateError`` otherwise) before it is returned."""
     @staticmethod
     def from_bytes(data: _Bytes) -> LinUCB:
         """Rebuilds a learner from ``to_bytes`` output; ``StateError`` if the blob is
         truncated, corrupt, of another kind or of another format version."""
-    def save(self, path: _Path) -> None:
-        """Writes ``to_bytes()`` to ``path`` atomically (temporary file, fsync, rename): a
-        crash leaves the old file or the new one, and the next save removes the temporary file
-        a killed writer left. The bytes are first loaded back with every validation of
-        ``load``: if they do not load, ``StateError`` is raised and the old file stays. If
-        ``path`` is a symbolic link, the file it points to is replaced (the link stays); an
-        existing file keeps its permission bits (its owner becomes the saving user).
-        ``OSError`` on I/O failure."""
     @staticmethod
     def load(path: _Path) -> LinUCB:
         """Reads a file written by ``save``; ``OSError`` if it cannot be read, ``StateError``
         if its contents are invalid."""
-    def __reduce__(self) -> tuple[object, tuple[bytes]]:
-        """Pickle (and ``copy``) support through ``from_bytes(to_bytes())``."""
 
 @final
-class SharedLinUCB:
+class SharedLinUCB(_Learner):
     """Shared LinUCB: one ridge model over joint request x action features.
 
     ``phi(x, a) = kron([1, x], [1, psi_a])`` of length ``D = (d + 1)(p + 1)``, where
@@ -252,45 +259,11 @@ class SharedLinUCB:
         prior_mean: SupportsFloat = 0.0,
     ) -> Self: ...
     @property
-    def n_actions(self) -> int:
-        """Number of actions K."""
-    @property
-    def dim(self) -> int:
-        """Request-feature dimension d."""
-    @property
     def n_action_features(self) -> int:
         """Action-feature dimension p."""
     @property
     def joint_dim(self) -> int:
         """Joint dimension ``D = (d + 1)(p + 1)``."""
-    @property
-    def alpha(self) -> float:
-        """Width of the confidence bonus."""
-    @property
-    def ridge(self) -> float:
-        """Ridge regulariser (prior precision)."""
-    @property
-    def discount(self) -> float:
-        """Discount gamma in (0, 1]; 1 is plain LinUCB."""
-    @property
-    def prior_mean(self) -> float:
-        """Prior mean of the reward: the model fits ``reward - prior_mean``."""
-    @property
-    def n_updates(self) -> int:
-        """Number of updates applied."""
-    def select(self, x: ArrayLike, mask: ArrayLike | None = None) -> int:
-        """Index of the best action for ``x`` (d,) among those where the boolean ``mask`` (K,)
-        is true; ties go to the lowest index. Raises ``AllMaskedError`` if none is allowed."""
-    def scores(self, x: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """``(mean, bonus)``, each (K,), for ``x`` (d,). Costs O(D^2 + K p^2), not O(K D^2)."""
-    def update(self, action: SupportsIndex, x: ArrayLike, reward: SupportsFloat) -> None:
-        """Records that ``action`` earned ``reward`` on ``x`` (d,). Any index outside
-        ``0..K`` (of any size) or a bool raises ``UnknownActionError``."""
-    def select_many(self, X: ArrayLike, mask: ArrayLike | None = None) -> NDArray[np.int64]:
-        """``select`` for every row of ``X`` (n, d); ``mask`` is (K,) or (n, K)."""
-    def update_many(self, actions: ArrayLike, X: ArrayLike, rewards: ArrayLike) -> None:
-        """``update`` for each row: ``actions`` (n,), ``X`` (n, d), ``rewards`` (n,). Every row
-        is validated before the first is applied."""
     def theta(self) -> NDArray[np.float64]:
         """Ridge coefficients ``A^-1 b`` as a flat (D,) vector in ``kron([1, x], [1, psi])``
         order (reshape to (d + 1, p + 1))."""
@@ -301,23 +274,12 @@ class SharedLinUCB:
     def add_actions(self, psi_new: ArrayLike) -> NDArray[np.int64]:
         """Appends actions with features ``psi_new`` (m, p); returns their indices. What was
         learned carries over: the model lives on features, not on indices."""
-    def remove_actions(self, indices: ArrayLike) -> NDArray[np.int64]:
-        """Removes the actions at ``indices``; returns the mapping (old K,) to new indices,
-        -1 for removed ones. Raises ``ConfigError`` rather than remove every action."""
-    def to_bytes(self) -> bytes:
-        """The complete state in the versioned, checksummed binary format, verified to load
-        back (``StateError`` otherwise) before it is returned."""
     @staticmethod
     def from_bytes(data: _Bytes) -> SharedLinUCB:
         """Rebuilds a learner from ``to_bytes`` output; ``StateError`` if invalid."""
-    def save(self, path: _Path) -> None:
-        """Writes ``to_bytes()`` to ``path`` atomically, exactly as ``LinUCB.save`` (verified
-        to load back first, symlinks written through, the file mode kept)."""
     @staticmethod
     def load(path: _Path) -> SharedLinUCB:
         """Reads a file written by ``save``; ``OSError`` or ``StateError`` on failure."""
-    def __reduce__(self) -> tuple[object, tuple[bytes]]:
-        """Pickle (and ``copy``) support through ``from_bytes(to_bytes())``."""
 
 # --- featurizer -----------------------------------------------------------------------------
 

@@ -43,10 +43,7 @@ impl Conservative {
         w.f64(self.multiplier);
         w.bool(self.retro);
         w.u64(self.cf_n);
-        w.usize(self.cf_x.len());
-        for v in &self.cf_x {
-            w.f64(*v);
-        }
+        w.f64s(&self.cf_x);
     }
 
     /// `layout` 1 is the first format-3 layout (reward metric only); layout 2 appends the

@@ -1,4 +1,5 @@
 use super::*;
+use crate::state::Kind;
 
 fn open(lo: f64, hi: f64, var: f64, baseline: bool) -> Open {
     Open {
@@ -8,6 +9,12 @@ fn open(lo: f64, hi: f64, var: f64, baseline: bool) -> Open {
         var_baseline: var,
         baseline,
     }
+}
+
+/// `c` written and read back as the policy state holds it (layout 3, up to 10 open decisions).
+fn reread(c: &Conservative) -> CoreResult<Conservative> {
+    let bytes = crate::state::encode(Kind::Policy, |w| c.write(w));
+    crate::state::decode(&bytes, Kind::Policy, |r| Conservative::read(r, 10, 3))
 }
 
 #[test]
@@ -60,11 +67,7 @@ fn state_round_trips() {
     c.record(1, open(0.1, 0.9, 0.3, false));
     c.record(2, open(0.3, 0.3, 0.0, true));
     c.complete(2, 1.0, &[]);
-    let mut w = Writer::new();
-    c.write(&mut w);
-    let bytes = w.finish(crate::state::Kind::Policy);
-    let mut r = Reader::open(&bytes, crate::state::Kind::Policy).unwrap();
-    assert_eq!(Conservative::read(&mut r, 10, 3).unwrap(), c);
+    assert_eq!(reread(&c).unwrap(), c);
 }
 
 #[test]
@@ -79,11 +82,7 @@ fn quality_floor_state_round_trips_with_its_multiplier_and_counterfactuals() {
     assert_eq!((c.cf_n, c.cf_x.clone()), (2, vec![2.0, 0.75, -1.0]));
     // the decision-time bounds are not kept: the counterfactual comes from the learner
     assert_eq!(c.counterfactual_hi, 0.0);
-    let mut w = Writer::new();
-    c.write(&mut w);
-    let bytes = w.finish(crate::state::Kind::Policy);
-    let mut r = Reader::open(&bytes, crate::state::Kind::Policy).unwrap();
-    assert_eq!(Conservative::read(&mut r, 10, 3).unwrap(), c);
+    assert_eq!(reread(&c).unwrap(), c);
 }
 
 #[test]
@@ -91,11 +90,7 @@ fn corrupt_floor_multiplier_is_refused() {
     for bad in [f64::NAN, -1.0, 0.0, 1e9] {
         let mut c = Conservative::quality_floor(3, 0.02, 0.95, 0.5, (0.0, 1.0)).unwrap();
         c.multiplier = bad;
-        let mut w = Writer::new();
-        c.write(&mut w);
-        let bytes = w.finish(crate::state::Kind::Policy);
-        let mut r = Reader::open(&bytes, crate::state::Kind::Policy).unwrap();
-        let e = Conservative::read(&mut r, 10, 3).unwrap_err();
+        let e = reread(&c).unwrap_err();
         assert!(e.to_string().contains("multiplier"), "{e}");
     }
 }

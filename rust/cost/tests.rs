@@ -77,18 +77,25 @@ fn priors_wrong_in_either_direction_are_pooled_away() {
     }
 }
 
-#[test]
-fn per_model_deviation_is_learned_when_the_data_say_so() {
-    let (space, mut cost) = setup(&[256.0, 256.0, 256.0]);
-    let a = space.actions.clone();
-    for t in 0..90 {
+/// `rounds` observations at 300 input tokens, one sample each, in turn: actions 0 and 1
+/// answer with 20 output tokens, action 2 with 400.
+fn observe_20_20_400(space: &Space, cost: &mut CostModel, rounds: usize) {
+    let a = &space.actions;
+    for t in 0..rounds {
         let (which, out) = match t % 3 {
             0 => (&a[0], 20.0),
             1 => (&a[1], 20.0),
             _ => (&a[2], 400.0),
         };
-        cost.observe(&space, which, 300.0, Some(out), 1.0, None);
+        cost.observe(space, which, 300.0, Some(out), 1.0, None);
     }
+}
+
+#[test]
+fn per_model_deviation_is_learned_when_the_data_say_so() {
+    let (space, mut cost) = setup(&[256.0, 256.0, 256.0]);
+    observe_20_20_400(&space, &mut cost, 90);
+    let a = space.actions.clone();
     let p = |i: usize| cost.predict(&space, &a[i], 300.0).output_tokens_per_sample;
     assert!((p(0) - 20.0).abs() < 2.0, "{}", p(0));
     assert!((p(1) - 20.0).abs() < 2.0, "{}", p(1));
@@ -102,15 +109,8 @@ fn a_models_deviation_carries_to_its_other_strategies() {
     let (mut space, mut cost) = setup(&[256.0, 256.0, 256.0]);
     space.add_action(2, Strategy::SELF_CONSISTENCY, 4).unwrap();
     space.add_action(0, Strategy::SELF_CONSISTENCY, 4).unwrap();
+    observe_20_20_400(&space, &mut cost, 60);
     let a = space.actions.clone();
-    for t in 0..60 {
-        let (which, out) = match t % 3 {
-            0 => (&a[0], 20.0),
-            1 => (&a[1], 20.0),
-            _ => (&a[2], 400.0),
-        };
-        cost.observe(&space, which, 300.0, Some(out), 1.0, None);
-    }
     let p = |i: usize| cost.predict(&space, &a[i], 300.0).output_tokens_per_sample;
     // model 2's self-consistency arm was never observed: it follows model 2, not the pool
     assert!(p(3) > 200.0 && p(3) < 600.0, "{}", p(3));

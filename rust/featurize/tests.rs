@@ -7,6 +7,20 @@ fn user(text: &str) -> Vec<Turn<'_>> {
     }]
 }
 
+/// A system turn, then a user turn.
+fn system_user<'a>(system: &'a str, user: &'a str) -> [Turn<'a>; 2] {
+    [
+        Turn {
+            role: Role::System,
+            content: system,
+        },
+        Turn {
+            role: Role::User,
+            content: user,
+        },
+    ]
+}
+
 fn feat(f: &Featurizer, turns: &[Turn<'_>]) -> Vec<f64> {
     f.featurize(Request { turns, bare: false }).unwrap()
 }
@@ -121,16 +135,7 @@ fn similar_texts_are_closer() {
 #[test]
 fn dense_signals() {
     let f = Featurizer::new(64, 3, 0).unwrap();
-    let turns = [
-        Turn {
-            role: Role::System,
-            content: "You are terse.",
-        },
-        Turn {
-            role: Role::User,
-            content: "Compute \\frac{1}{2} + 3 = ? ```x```",
-        },
-    ];
+    let turns = system_user("You are terse.", "Compute \\frac{1}{2} + 3 = ? ```x```");
     let x = feat(&f, &turns);
     let n = 1.0 / x[0]; // undo the final normalisation
     let d: Vec<f64> = x[..N_DENSE].iter().map(|v| v * n).collect();
@@ -178,16 +183,7 @@ fn token_estimates() {
 #[test]
 fn featurize_reports_the_same_token_estimate() {
     let f = Featurizer::new(64, 3, 0).unwrap();
-    let turns = [
-        Turn {
-            role: Role::System,
-            content: "Be brief.",
-        },
-        Turn {
-            role: Role::User,
-            content: "x² + 3·x = 10, solve ```py\nprint()``` 日本語",
-        },
-    ];
+    let turns = system_user("Be brief.", "x² + 3·x = 10, solve ```py\nprint()``` 日本語");
     for bare in [false, true] {
         let req = Request {
             turns: &turns,

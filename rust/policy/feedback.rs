@@ -8,6 +8,15 @@ use crate::space::ActionDef;
 
 use super::{check_input_tokens, Feedback, Policy, UpdateResult};
 
+/// What an outcome used and earned: samples, realised cost and latency, and the reward under
+/// the current weights.
+struct Priced {
+    samples: f64,
+    cost_usd: f64,
+    latency_s: f64,
+    reward: f64,
+}
+
 impl Policy {
     /// Realised reward under the current weights.
     pub fn reward(&self, quality: f64, cost_usd: f64, latency_s: f64) -> f64 {
@@ -48,11 +57,8 @@ impl Policy {
             }
         };
         let a = p.action;
-        let samples = samples_used(&a, &fb)?;
-        let (cost_usd, latency_s) =
-            self.realised_usage(&a, p.input_tokens, &p.prediction, &fb, samples)?;
-        let reward = self.checked_reward(fb.quality, cost_usd, latency_s)?;
-        self.pacer.check_cost(cost_usd)?;
+        let priced = self.price(&a, p.input_tokens, &p.prediction, &fb)?;
+        self.pacer.check_cost(priced.cost_usd)?;
         // The learner is the last step that can fail (numerical overflow) and fails without
         // changing anything; everything after it cannot fail.
         let index = self.space.actions.iter().position(|b| b.uid == a.uid);
@@ -72,33 +78,67 @@ impl Policy {
             _ => Vec::new(),
         };
         self.pending.complete(id, now_s);
-        self.cost.observe(
-            &self.space,
-            &a,
-            input_tokens,
-            fb.output_tokens,
-            samples,
-            fb.latency_s,
-        );
-        self.pacer.observe_cost(cost_usd);
+        self.pacer.observe_cost(priced.cost_usd);
         if let Some(c) = self.conservative.as_mut() {
             c.complete(
                 id,
                 match c.metric {
-                    Metric::Reward => reward,
+                    Metric::Reward => priced.reward,
                     Metric::Quality => fb.quality,
                 },
                 &retro_x,
             );
         }
-        self.learner
-            .reestimate_interaction_prior(&mut self.cfg.interaction_prior);
-        Ok(UpdateResult {
-            reward,
+        Ok(self.learned(&a, input_tokens, &fb, &priced, learner_updated))
+    }
+
+    /// Prices an outcome of action `a` (`samples_used`, `realised_usage`, `checked_reward`);
+    /// changes nothing.
+    fn price(
+        &self,
+        a: &ActionDef,
+        input_tokens: f64,
+        prediction: &Prediction,
+        fb: &Feedback,
+    ) -> CoreResult<Priced> {
+        let samples = samples_used(a, fb)?;
+        let (cost_usd, latency_s) =
+            self.realised_usage(a, input_tokens, prediction, fb, samples)?;
+        let reward = self.checked_reward(fb.quality, cost_usd, latency_s)?;
+        Ok(Priced {
+            samples,
             cost_usd,
             latency_s,
-            learner_updated,
+            reward,
         })
+    }
+
+    /// The steps after the quality learner took an outcome, which cannot fail: the cost model
+    /// learns it and the interaction prior is re-estimated when due.
+    fn learned(
+        &mut self,
+        a: &ActionDef,
+        input_tokens: f64,
+        fb: &Feedback,
+        priced: &Priced,
+        learner_updated: bool,
+    ) -> UpdateResult {
+        self.cost.observe(
+            &self.space,
+            a,
+            input_tokens,
+            fb.output_tokens,
+            priced.samples,
+            fb.latency_s,
+        );
+        self.learner
+            .reestimate_interaction_prior(&mut self.cfg.interaction_prior);
+        UpdateResult {
+            reward: priced.reward,
+            cost_usd: priced.cost_usd,
+            latency_s: priced.latency_s,
+            learner_updated,
+        }
     }
 
     /// The realised (cost, latency) of action `a` on a request: the measured values where
@@ -162,11 +202,8 @@ impl Policy {
         check_input_tokens(input_tokens)?;
         check_feedback(&fb)?;
         let a = self.space.actions[i];
-        let samples = samples_used(&a, &fb)?;
         let prediction = self.cost.predict(&self.space, &a, input_tokens);
-        let (cost_usd, latency_s) =
-            self.realised_usage(&a, input_tokens, &prediction, &fb, samples)?;
-        let reward = self.checked_reward(fb.quality, cost_usd, latency_s)?;
+        let priced = self.price(&a, input_tokens, &prediction, &fb)?;
         // the last step that can fail, and it fails without changing anything
         self.learner.learn(
             &self.space,
@@ -178,22 +215,7 @@ impl Policy {
             weight,
             &mut self.cfg.interaction_prior,
         )?;
-        self.cost.observe(
-            &self.space,
-            &a,
-            input_tokens,
-            fb.output_tokens,
-            samples,
-            fb.latency_s,
-        );
-        self.learner
-            .reestimate_interaction_prior(&mut self.cfg.interaction_prior);
-        Ok(UpdateResult {
-            reward,
-            cost_usd,
-            latency_s,
-            learner_updated: true,
-        })
+        Ok(self.learned(&a, input_tokens, &fb, &priced, true))
     }
 }
 

@@ -145,10 +145,7 @@ impl Policy {
         let mut learner = learner;
         learner
             .set_mean_mult(cfg.interaction_prior.mult)
-            .map_err(|e| match e {
-                CoreError::Memory(_) => e,
-                e => CoreError::State(e.to_string()),
-            })?;
+            .map_err(|e| e.loading(""))?;
         r.finish()?;
         check_finite("cost scales", &[cost_scale, latency_scale])?;
         let me = Policy {

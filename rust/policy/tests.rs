@@ -37,12 +37,7 @@ fn policy(shared: bool, budget: Budget) -> Policy {
         3,
         2,
         shared,
-        Config {
-            alpha: 1.0,
-            ridge: 1.0,
-            discount: 1.0,
-            prior_mean: 0.0,
-        },
+        Config::default(),
         Weights {
             quality: 1.0,
             cost: 0.4,
@@ -304,12 +299,7 @@ fn a_custom_strategy_list_round_trips() {
         2,
         2,
         true,
-        Config {
-            alpha: 1.0,
-            ridge: 1.0,
-            discount: 1.0,
-            prior_mean: 0.0,
-        },
+        Config::default(),
         Weights {
             quality: 1.0,
             cost: 1.0,

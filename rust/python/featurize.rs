@@ -150,21 +150,30 @@ fn request(obj: &Bound<'_, PyAny>, at: &str) -> PyResult<OwnedRequest> {
             bare: true,
         });
     }
-    let items = match sequence_items(obj) {
-        Some(items) => items?,
-        None => {
-            return Err(PyTypeError::new_err(format!(
-                "{at} must be a str or a list of {{'role', 'content'}} dicts, got {}",
-                type_name(obj)
-            )))
-        }
+    let what = "a str or a list of {'role', 'content'} dicts";
+    let turns = each_item(obj, at, what, message)?;
+    Ok(OwnedRequest { turns, bare: false })
+}
+
+/// `each(item, "at[i]")` for every item of the sequence `obj` (`sequence_items`); anything
+/// else is a `TypeError`: "`at` must be `what`, got <type>".
+fn each_item<T>(
+    obj: &Bound<'_, PyAny>,
+    at: &str,
+    what: &str,
+    each: impl Fn(&Bound<'_, PyAny>, &str) -> PyResult<T>,
+) -> PyResult<Vec<T>> {
+    let Some(items) = sequence_items(obj) else {
+        return Err(PyTypeError::new_err(format!(
+            "{at} must be {what}, got {}",
+            type_name(obj)
+        )));
     };
-    let turns = items
+    items?
         .iter()
         .enumerate()
-        .map(|(i, m)| message(m, &format!("{at}[{i}]")))
-        .collect::<PyResult<Vec<_>>>()?;
-    Ok(OwnedRequest { turns, bare: false })
+        .map(|(i, m)| each(m, &format!("{at}[{i}]")))
+        .collect()
 }
 
 /// The `hash-v1` featurizer of `rust/featurize/` (immutable, so thread-safe without a lock).
@@ -239,20 +248,7 @@ impl PyFeatureHasher {
         py: Python<'py>,
         batch: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyArray2<f64>>> {
-        let items = match sequence_items(batch) {
-            Some(items) => items?,
-            None => {
-                return Err(PyTypeError::new_err(format!(
-                    "batch must be a list of requests, got {}",
-                    type_name(batch)
-                )))
-            }
-        };
-        let reqs = items
-            .iter()
-            .enumerate()
-            .map(|(i, m)| request(m, &format!("batch[{i}]")))
-            .collect::<PyResult<Vec<_>>>()?;
+        let reqs = each_item(batch, "batch", "a list of requests", request)?;
         let n = reqs.len();
         let dim = self.inner.dim();
         let flat = py.detach(|| {

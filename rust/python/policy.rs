@@ -9,7 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyTuple};
 
 use super::convert::{action_index, f64_1d};
-use super::learners::{mask_1d, reduce, save_with, verified_bytes, ArrayPair};
+use super::learners::{load_file, mask_1d, reduce, save_with, verified_bytes, ArrayPair};
 use super::policy_config::{budget, exploration, PyPolicyConfig};
 use super::policy_types::{ModelArg, PyDecision, PyModelInfo, PyPrediction, PyUpdateResult};
 use super::UnknownDecisionError;
@@ -20,7 +20,6 @@ use crate::policy::{Feedback, NewModel, Policy, PolicyConfig, Weights};
 use crate::space::{Space, Strategy, StrategyDef};
 
 use super::strategy::{strategy_list, PyStrategyInfo};
-use crate::state;
 
 /// A model with its actions, as `PolicyCore` and `action_features` take them.
 type ModelWithActions = (ModelArg, Vec<(String, u32)>);
@@ -556,8 +555,7 @@ impl PyPolicyCore {
 
     /// The state blob; verified to load back before it is returned.
     fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
-        let b = verified_bytes(py, || self.inner.lock().to_bytes(), Policy::from_bytes)?;
-        Ok(PyBytes::new(py, &b))
+        verified_bytes(py, || self.inner.lock().to_bytes(), Policy::from_bytes)
     }
 
     #[staticmethod]
@@ -579,7 +577,7 @@ impl PyPolicyCore {
 
     #[staticmethod]
     fn load(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
-        let p = py.detach(|| Policy::from_bytes(&state::read_file(&path)?))?;
+        let p = load_file(py, &path, Policy::from_bytes)?;
         Ok(PyPolicyCore {
             inner: Mutex::new(p),
         })
@@ -587,8 +585,7 @@ impl PyPolicyCore {
 
     fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyTuple>> {
         let me = slf.get();
-        let bytes = verified_bytes(slf.py(), || me.inner.lock().to_bytes(), Policy::from_bytes)?;
-        reduce(slf, bytes)
+        reduce(slf, || me.inner.lock().to_bytes(), Policy::from_bytes)
     }
 }
 

@@ -32,6 +32,25 @@ pub const FORMAT_VERSION: u32 = 7;
 pub const MIN_FORMAT_VERSION: u32 = 1;
 const HEADER_LEN: usize = 8 + 4 + 1 + 8;
 
+/// A whole record of `kind` whose payload `write` writes.
+pub fn encode(kind: Kind, write: impl FnOnce(&mut Writer)) -> Vec<u8> {
+    let mut w = Writer::new();
+    write(&mut w);
+    w.finish(kind)
+}
+
+/// Reads a whole record of `kind` with `read`, which must consume its payload exactly.
+pub fn decode<T>(
+    bytes: &[u8],
+    kind: Kind,
+    read: impl FnOnce(&mut Reader<'_>) -> CoreResult<T>,
+) -> CoreResult<T> {
+    let mut r = Reader::open(bytes, kind)?;
+    let v = read(&mut r)?;
+    r.finish()?;
+    Ok(v)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Kind {

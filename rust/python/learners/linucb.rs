@@ -1,29 +1,17 @@
 //! The `LinUCB` pyclass: disjoint LinUCB, one ridge-regression model per action.
 
-use std::path::PathBuf;
-
 use numpy::{IntoPyArray, PyArray1};
-use parking_lot::RwLock;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyTuple};
 
-use super::{
-    config, count, matrix, reduce, save_with, scores_impl, select_impl, select_many_impl,
-    update_impl, update_many_impl, verified_bytes, ArrayPair,
-};
+use super::{config, count, index_range, matrix, repr};
 use crate::error::CoreError;
 use crate::learner::Learner;
 use crate::linucb::LinUcb;
-use crate::python::convert::{action_index, i64_1d};
-use crate::state;
+use crate::python::convert::action_index;
 
-/// Disjoint LinUCB: one ridge-regression model per action.
-#[pyclass(frozen, module = "uniscale._core", name = "LinUCB")]
-pub struct PyLinUcb {
-    inner: RwLock<LinUcb>,
-}
-
-learner_pymethods!(PyLinUcb, LinUcb {
+learner_pyclass!(
+    /// Disjoint LinUCB: one ridge-regression model per action.
+    PyLinUcb = "LinUCB" wraps LinUcb {
     #[new]
     #[pyo3(signature = (n_actions, dim, alpha=1.0, ridge=1.0, discount=1.0, prior_mean=0.0))]
     fn new(
@@ -39,9 +27,7 @@ learner_pymethods!(PyLinUcb, LinUcb {
             count(dim, "dim")?,
             config(alpha, ridge, discount, prior_mean),
         )?;
-        Ok(PyLinUcb {
-            inner: RwLock::new(l),
-        })
+        Ok(l.into())
     }
 
     #[getter]
@@ -82,21 +68,11 @@ learner_pymethods!(PyLinUcb, LinUcb {
         let c = usize::try_from(count)
             .map_err(|_| CoreError::Config(format!("count must be >= 0, got {count}")))?;
         let first = self.inner.write().add_actions(c)?;
-        Ok(((first as i64)..(first + c) as i64)
-            .collect::<Vec<_>>()
-            .into_pyarray(py))
+        Ok(index_range(py, first, c))
     }
 
     fn __repr__(&self) -> String {
         let l = self.inner.read();
-        format!(
-            "LinUCB(n_actions={}, dim={}, alpha={}, ridge={}, discount={}, prior_mean={})",
-            l.n_actions(),
-            l.dim,
-            l.cfg.alpha,
-            l.cfg.ridge,
-            l.cfg.discount,
-            l.cfg.prior_mean
-        )
+        repr("LinUCB", l.n_actions(), l.dim, "", &l.cfg)
     }
 });

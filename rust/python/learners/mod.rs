@@ -197,35 +197,78 @@ pub(super) fn save_with<T>(
 
 /// Serialises (under the caller's lock) and returns the bytes once `load` accepted them: what
 /// `to_bytes` and pickle hand out always loads. The GIL is released.
-pub(super) fn verified_bytes<T>(
-    py: Python<'_>,
+pub(super) fn verified_bytes<'py, T>(
+    py: Python<'py>,
     to_bytes: impl FnOnce() -> Vec<u8> + Send,
     load: impl FnOnce(&[u8]) -> Result<T, CoreError> + Send,
-) -> PyResult<Vec<u8>> {
-    Ok(py.detach(|| {
+) -> PyResult<Bound<'py, PyBytes>> {
+    let bytes = py.detach(|| {
         let bytes = to_bytes();
         state::verify_loads(&bytes, load).map(|()| bytes)
-    })?)
+    })?;
+    Ok(PyBytes::new(py, &bytes))
+}
+
+/// Reads a state file written by `save` and rebuilds it with `load`; the GIL is released.
+pub(super) fn load_file<T: Send>(
+    py: Python<'_>,
+    path: &std::path::Path,
+    load: impl FnOnce(&[u8]) -> Result<T, CoreError> + Send,
+) -> PyResult<T> {
+    Ok(py.detach(|| load(&state::read_file(path)?))?)
 }
 
 /// Pickle support shared by every stateful pyclass: `(type(self).from_bytes, (bytes,))`, with
 /// `bytes` from `verified_bytes`.
-pub(super) fn reduce<'py, T: pyo3::PyClass>(
+pub(super) fn reduce<'py, T: pyo3::PyClass, S>(
     slf: &Bound<'py, T>,
-    bytes: Vec<u8>,
+    to_bytes: impl FnOnce() -> Vec<u8> + Send,
+    load: impl FnOnce(&[u8]) -> Result<S, CoreError> + Send,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let py = slf.py();
+    let bytes = verified_bytes(py, to_bytes, load)?;
     let ctor = slf.as_any().get_type().getattr("from_bytes")?;
-    let args = PyTuple::new(py, [PyBytes::new(py, &bytes)])?;
+    let args = PyTuple::new(py, [bytes])?;
     PyTuple::new(py, [ctor, args.into_any()])
 }
 
-/// The `#[pymethods]` of a learner pyclass `$py` wrapping `inner: RwLock<$core>`: the methods
-/// both learners share line for line (configuration getters, `select`, `scores`, `update`, the
-/// batch variants, `remove_actions` and the state methods), then the class's own items. One
-/// `#[pymethods]` block per class, so no `multiple-pymethods` feature is needed.
-macro_rules! learner_pymethods {
-    ($py:ident, $core:ident { $($own:tt)* }) => {
+/// `(first..first + count)` as the int64 index array `add_actions` returns.
+fn index_range(py: Python<'_>, first: usize, count: usize) -> Bound<'_, PyArray1<i64>> {
+    ((first as i64)..(first + count) as i64)
+        .collect::<Vec<_>>()
+        .into_pyarray(py)
+}
+
+/// `__repr__` of a learner: `Name(n_actions=.., dim=..<extra>, alpha=.., ...)`.
+fn repr(name: &str, n_actions: usize, dim: usize, extra: &str, cfg: &Config) -> String {
+    format!(
+        "{name}(n_actions={n_actions}, dim={dim}{extra}, alpha={}, ridge={}, discount={}, prior_mean={})",
+        cfg.alpha, cfg.ridge, cfg.discount, cfg.prior_mean
+    )
+}
+
+/// A learner pyclass `$py` (Python name `$name`) wrapping `inner: RwLock<$core>`, and its
+/// `#[pymethods]`: the methods both learners share line for line (configuration getters,
+/// `select`, `scores`, `update`, the batch variants, `remove_actions` and the state methods),
+/// then the class's own items. One `#[pymethods]` block per class, so no `multiple-pymethods`
+/// feature is needed. The shared methods name what they use by full path, so a class's module
+/// imports only what its own items need.
+macro_rules! learner_pyclass {
+    ($(#[$doc:meta])* $py:ident = $name:literal wraps $core:ident { $($own:tt)* }) => {
+        $(#[$doc])*
+        #[pyclass(frozen, module = "uniscale._core", name = $name)]
+        pub struct $py {
+            inner: ::parking_lot::RwLock<$core>,
+        }
+
+        impl From<$core> for $py {
+            fn from(l: $core) -> Self {
+                $py {
+                    inner: ::parking_lot::RwLock::new(l),
+                }
+            }
+        }
+
         #[pymethods]
         impl $py {
             $($own)*
@@ -262,11 +305,15 @@ macro_rules! learner_pymethods {
                 x: &Bound<'_, PyAny>,
                 mask: Option<&Bound<'_, PyAny>>,
             ) -> PyResult<usize> {
-                select_impl(py, &self.inner, x, mask)
+                $crate::python::learners::select_impl(py, &self.inner, x, mask)
             }
 
-            fn scores<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<ArrayPair<'py>> {
-                scores_impl(py, &self.inner, x)
+            fn scores<'py>(
+                &self,
+                py: Python<'py>,
+                x: &Bound<'py, PyAny>,
+            ) -> PyResult<$crate::python::learners::ArrayPair<'py>> {
+                $crate::python::learners::scores_impl(py, &self.inner, x)
             }
 
             fn update(
@@ -276,7 +323,7 @@ macro_rules! learner_pymethods {
                 x: &Bound<'_, PyAny>,
                 reward: f64,
             ) -> PyResult<()> {
-                update_impl(py, &self.inner, action, x, reward)
+                $crate::python::learners::update_impl(py, &self.inner, action, x, reward)
             }
 
             #[pyo3(signature = (X, mask=None))]
@@ -286,8 +333,8 @@ macro_rules! learner_pymethods {
                 py: Python<'py>,
                 X: &Bound<'py, PyAny>,
                 mask: Option<&Bound<'py, PyAny>>,
-            ) -> PyResult<Bound<'py, PyArray1<i64>>> {
-                select_many_impl(py, &self.inner, X, mask)
+            ) -> PyResult<Bound<'py, ::numpy::PyArray1<i64>>> {
+                $crate::python::learners::select_many_impl(py, &self.inner, X, mask)
             }
 
             #[allow(non_snake_case)]
@@ -298,7 +345,7 @@ macro_rules! learner_pymethods {
                 X: &Bound<'_, PyAny>,
                 rewards: &Bound<'_, PyAny>,
             ) -> PyResult<()> {
-                update_many_impl(py, &self.inner, actions, X, rewards)
+                $crate::python::learners::update_many_impl(py, &self.inner, actions, X, rewards)
             }
 
             /// Removes actions; returns `mapping` with `mapping[old] = new index` or -1 if removed.
@@ -306,28 +353,28 @@ macro_rules! learner_pymethods {
                 &self,
                 py: Python<'py>,
                 indices: &Bound<'py, PyAny>,
-            ) -> PyResult<Bound<'py, PyArray1<i64>>> {
-                let idx = i64_1d(indices, "indices")?;
+            ) -> PyResult<Bound<'py, ::numpy::PyArray1<i64>>> {
+                let idx = $crate::python::convert::i64_1d(indices, "indices")?;
                 let mapping = self.inner.write().remove_actions(&idx)?;
-                Ok(mapping.into_pyarray(py))
+                Ok(::numpy::IntoPyArray::into_pyarray(mapping, py))
             }
 
             /// The state blob; verified to load back before it is returned.
-            fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
-                let bytes = verified_bytes(py, || self.inner.read().to_bytes(), $core::from_bytes)?;
-                Ok(PyBytes::new(py, &bytes))
+            fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, ::pyo3::types::PyBytes>> {
+                $crate::python::learners::verified_bytes(
+                    py,
+                    || self.inner.read().to_bytes(),
+                    $core::from_bytes,
+                )
             }
 
             #[staticmethod]
             fn from_bytes(py: Python<'_>, data: Vec<u8>) -> PyResult<Self> {
-                let l = py.detach(|| $core::from_bytes(&data))?;
-                Ok(Self {
-                    inner: RwLock::new(l),
-                })
+                Ok(py.detach(|| $core::from_bytes(&data))?.into())
             }
 
-            fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
-                save_with(
+            fn save(&self, py: Python<'_>, path: ::std::path::PathBuf) -> PyResult<()> {
+                $crate::python::learners::save_with(
                     py,
                     &path,
                     || self.inner.read().to_bytes(),
@@ -336,17 +383,15 @@ macro_rules! learner_pymethods {
             }
 
             #[staticmethod]
-            fn load(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
-                let l = py.detach(|| $core::from_bytes(&state::read_file(&path)?))?;
-                Ok(Self {
-                    inner: RwLock::new(l),
-                })
+            fn load(py: Python<'_>, path: ::std::path::PathBuf) -> PyResult<Self> {
+                Ok($crate::python::learners::load_file(py, &path, $core::from_bytes)?.into())
             }
 
-            fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyTuple>> {
+            fn __reduce__<'py>(
+                slf: &Bound<'py, Self>,
+            ) -> PyResult<Bound<'py, ::pyo3::types::PyTuple>> {
                 let me = slf.get();
-                let bytes = verified_bytes(slf.py(), || me.inner.read().to_bytes(), $core::from_bytes)?;
-                reduce(slf, bytes)
+                $crate::python::learners::reduce(slf, || me.inner.read().to_bytes(), $core::from_bytes)
             }
         }
     };

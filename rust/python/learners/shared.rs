@@ -1,29 +1,17 @@
 //! The `SharedLinUCB` pyclass: one LinUCB over joint features `kron([1, x], [1, psi_a])`.
 
-use std::path::PathBuf;
-
 use numpy::{IntoPyArray, PyArray1, PyArray2};
-use parking_lot::RwLock;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyTuple};
 
-use super::{
-    config, count, matrix, reduce, save_with, scores_impl, select_impl, select_many_impl,
-    update_impl, update_many_impl, verified_bytes, ArrayPair,
-};
+use super::{config, count, index_range, matrix, repr};
 use crate::learner::Learner;
-use crate::python::convert::{action_index, f64_1d, f64_2d, i64_1d};
+use crate::python::convert::{action_index, f64_1d, f64_2d};
 use crate::python::ShapeError;
 use crate::shared::SharedLinUcb;
-use crate::state;
 
-/// Shared LinUCB over joint features `kron([1, x], [1, psi_a])`.
-#[pyclass(frozen, module = "uniscale._core", name = "SharedLinUCB")]
-pub struct PySharedLinUcb {
-    inner: RwLock<SharedLinUcb>,
-}
-
-learner_pymethods!(PySharedLinUcb, SharedLinUcb {
+learner_pyclass!(
+    /// Shared LinUCB over joint features `kron([1, x], [1, psi_a])`.
+    PySharedLinUcb = "SharedLinUCB" wraps SharedLinUcb {
     #[new]
     #[pyo3(signature = (action_features, dim, alpha=1.0, ridge=1.0, discount=1.0, prior_mean=0.0))]
     fn new(
@@ -42,9 +30,7 @@ learner_pymethods!(PySharedLinUcb, SharedLinUcb {
             count(dim, "dim")?,
             config(alpha, ridge, discount, prior_mean),
         )?;
-        Ok(PySharedLinUcb {
-            inner: RwLock::new(l),
-        })
+        Ok(l.into())
     }
 
     #[getter]
@@ -101,22 +87,12 @@ learner_pymethods!(PySharedLinUcb, SharedLinUcb {
             )));
         }
         let first = l.add_actions(&psi)?;
-        Ok(((first as i64)..(first + rows) as i64)
-            .collect::<Vec<_>>()
-            .into_pyarray(py))
+        Ok(index_range(py, first, rows))
     }
 
     fn __repr__(&self) -> String {
         let l = self.inner.read();
-        format!(
-            "SharedLinUCB(n_actions={}, dim={}, n_action_features={}, alpha={}, ridge={}, discount={}, prior_mean={})",
-            l.n_actions(),
-            l.dim,
-            l.p,
-            l.cfg.alpha,
-            l.cfg.ridge,
-            l.cfg.discount,
-            l.cfg.prior_mean
-        )
+        let extra = format!(", n_action_features={}", l.p);
+        repr("SharedLinUCB", l.n_actions(), l.dim, &extra, &l.cfg)
     }
 });
