@@ -81,9 +81,9 @@ class Shortest(Strategy):
 
 
 def test_decision_action_is_built_in_rust_without_the_registry() -> None:
-    """The chosen action comes back even when its strategy has since left the registry (so
-    no Python lookup runs on the decision path), while building that action from Python is
-    refused."""
+    """The chosen action and the policy's action list come back even when a strategy has
+    since left the registry (so no Python lookup runs on those paths), while building that
+    action from Python is refused."""
     register_strategy(Shortest())
     try:
         models = [ModelSpec("a", 0.1, 0.2), ModelSpec("b", 1.0, 2.0)]
@@ -93,6 +93,8 @@ def test_decision_action_is_built_in_rust_without_the_registry() -> None:
         unregister_strategy("shortest_toy")
     with pytest.raises(ConfigError, match="unknown strategy 'shortest_toy'"):
         Action("b", "shortest_toy", 3)
+    assert [str(a) for a in policy.actions] == ["a/single/n=1", "b/shortest_toy/n=3"]
+    assert all(type(a) is Action for a in policy.actions)
     seen = set()
     for i in range(20):
         mask = np.array([i % 2 == 0, i % 2 == 1])

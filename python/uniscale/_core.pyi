@@ -923,6 +923,9 @@ class PolicyCore:
     def learner(self) -> str: ...
     def strategies(self) -> list[StrategyInfo]:
         """The strategies, in index order (the feature layout follows from them)."""
+    def action_list(self) -> list[Action]:
+        """The actions as ``Action`` objects, in index order (built in Rust, no registry
+        lookup)."""
     def actions(self) -> list[tuple[str, str, int, int]]:
         """(model, strategy, n, uid) per action, in index order."""
     def model_table(self) -> list[ModelInfo]:

@@ -430,7 +430,7 @@ class Policy:
     @property
     def actions(self) -> list[Action]:
         """Current actions in index order (``decision.index`` points into this list)."""
-        return [Action(m, s, n) for (m, s, n, _uid) in self._core.actions()]
+        return self._core.action_list()
 
     @property
     def models(self) -> dict[str, ModelSpec]:

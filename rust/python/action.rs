@@ -3,7 +3,7 @@
 
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyInt, PyString, PyTuple};
+use pyo3::types::{PyDict, PyString, PyTuple};
 
 use super::policy_types::reduce_kw;
 use super::ConfigError;
@@ -34,22 +34,20 @@ impl PyAction {
     }
 }
 
-/// `n` as the sample count: a Python int (bool included, as `isinstance(n, int)`), 1..=2^32-1
-/// (`check_action` has checked the first two already; the bound is the core's).
+/// `n` as the sample count, 1..=2^32-1 (`check_action` has already refused anything that is
+/// not an int >= 1; the upper bound is the core's).
 fn sample_count(n: &Bound<'_, PyAny>) -> PyResult<u32> {
-    let bad = || {
-        let shown = n
-            .repr()
-            .map(|r| r.to_string())
-            .unwrap_or_else(|_| "?".to_owned());
-        ConfigError::new_err(format!("Action.n must be an int >= 1, got {shown}"))
-    };
-    if !n.is_instance_of::<PyInt>() {
-        return Err(bad());
-    }
-    match n.extract::<i64>() {
-        Ok(v) if v >= 1 => u32::try_from(v).map_err(|_| bad()),
-        _ => Err(bad()),
+    match n.extract::<u32>() {
+        Ok(v) if v >= 1 => Ok(v),
+        _ => {
+            let shown = n
+                .repr()
+                .map(|r| r.to_string())
+                .unwrap_or_else(|_| "?".to_owned());
+            Err(ConfigError::new_err(format!(
+                "Action.n must be an int >= 1, got {shown}"
+            )))
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyTuple};
 
+use super::action::PyAction;
 use super::convert::{action_index, f64_1d};
 use super::learners::{load_file, mask_1d, reduce, save_with, verified_bytes, ArrayPair};
 use super::policy_config::{budget, exploration, PyPolicyConfig};
@@ -429,6 +430,23 @@ impl PyPolicyCore {
     #[getter]
     fn learner(&self) -> &'static str {
         self.inner.lock().learner.kind()
+    }
+
+    /// Current actions as `Action`s, in index order (built here from the validated space: no
+    /// strategy-registry lookup per action).
+    fn action_list(&self) -> Vec<PyAction> {
+        let p = self.inner.lock();
+        p.space
+            .actions
+            .iter()
+            .map(|a| {
+                PyAction::trusted(
+                    &p.space.models[a.model].name,
+                    p.space.strategy_name(a.strategy),
+                    a.n,
+                )
+            })
+            .collect()
     }
 
     /// Current actions as (model, strategy, n, uid) tuples, in index order.
