@@ -1,23 +1,22 @@
-"""A policy seeded by a `uniscale.planner.Plan`: the actions it keeps, a prior from its
-estimates, `Policy.from_plan`, and the plan's JSON file. Loaded on first use of its names from
-`uniscale.planner`."""
+"""Seeding a policy with a `uniscale.planner.Plan`: the actions it keeps, a prior from its
+estimates (both used by `Policy.from_plan`), and the plan's JSON file. Loaded on first use of
+its names from `uniscale.planner`."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
 from uniscale._core import ConfigError
 from uniscale.planner import Plan
+from uniscale.policy import Policy
 
 if TYPE_CHECKING:
-    from uniscale.policy import Policy
-    from uniscale.space import Action, ModelSpec
+    from uniscale.space import Action
 
 
 def plan_actions(
@@ -76,39 +75,8 @@ def seed_with_plan(
     return seeded
 
 
-def policy_from_plan(
-    plan_: Plan,
-    scenario: str,
-    models: Mapping[str, ModelSpec] | Sequence[ModelSpec],
-    dim: int,
-    *,
-    mode: Literal["restrict", "prior"] = "restrict",
-    keep: Literal["front", "picks"] = "front",
-    actions: Sequence[Action] | None = None,
-    prior_weight: float = 1.0,
-    **policy_kwargs: Any,
-) -> Policy:
-    """`Policy.from_plan`: see there."""
-    from uniscale.policy import Policy
-    from uniscale.space import ActionSpace
-
-    specs = {m.name: m for m in models} if not isinstance(models, Mapping) else dict(models)
-    if mode == "restrict":
-        acts = plan_actions(plan_, scenario, keep)
-    elif mode == "prior":
-        if actions is None:
-            raise ConfigError("mode='prior' needs the full action space in actions=")
-        acts = list(actions)
-    else:
-        raise ConfigError(f"mode must be 'restrict' or 'prior', got {mode!r}")
-    missing = sorted({a.model for a in acts} - set(specs))
-    if missing:
-        raise ConfigError(f"no ModelSpec for planned model(s) {missing}")
-    names = list(dict.fromkeys(a.model for a in acts))
-    policy = Policy(ActionSpace([specs[n] for n in names], acts), dim, **policy_kwargs)
-    if mode == "prior":
-        seed_with_plan(policy, plan_, weight=prior_weight)
-    return policy
+# `Policy.from_plan` under the name `uniscale.planner` exports.
+policy_from_plan = Policy.from_plan
 
 
 def write_json(plan_: Plan, path: str | Path) -> Path:

@@ -587,19 +587,25 @@ class Policy:
         ``prior_weight`` (`uniscale.planner.seed_with_plan`). Other keyword arguments go to
         `Policy`. ``scripts/plan_seed.py`` measures both on the real tables
         (``docs/plan.md``)."""
-        from uniscale.planner import policy_from_plan
+        from uniscale.plan_seed import plan_actions, seed_with_plan
 
-        return policy_from_plan(
-            plan,
-            scenario,
-            models,
-            dim,
-            mode=mode,
-            keep=keep,
-            actions=actions,
-            prior_weight=prior_weight,
-            **policy_kwargs,
-        )
+        specs = {m.name: m for m in models} if not isinstance(models, Mapping) else dict(models)
+        if mode == "restrict":
+            acts = plan_actions(plan, scenario, keep)
+        elif mode == "prior":
+            if actions is None:
+                raise ConfigError("mode='prior' needs the full action space in actions=")
+            acts = list(actions)
+        else:
+            raise ConfigError(f"mode must be 'restrict' or 'prior', got {mode!r}")
+        missing = sorted({a.model for a in acts} - set(specs))
+        if missing:
+            raise ConfigError(f"no ModelSpec for planned model(s) {missing}")
+        names = list(dict.fromkeys(a.model for a in acts))
+        policy = Policy(ActionSpace([specs[n] for n in names], acts), dim, **policy_kwargs)
+        if mode == "prior":
+            seed_with_plan(policy, plan, weight=prior_weight)
+        return policy
 
     @classmethod
     def _wrap(
