@@ -20,9 +20,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from uniscale.exec_types import (
     REDACTED,
@@ -49,7 +47,10 @@ from uniscale.responses import _Sampling, _Tally
 from uniscale.scorers import JudgeScorer, MeanLogprobScorer, Scorer, parse_grade
 from uniscale.space import Action, ModelSpec
 from uniscale.strategies import AdaptiveConfig, AdaptiveConsistency, Strategy, get_strategy
-from uniscale.transport import Transport
+from uniscale.transport import Transport, TransportSettings
+
+if TYPE_CHECKING:
+    from typing import Unpack
 
 __all__ = [
     "REDACTED",
@@ -131,35 +132,10 @@ class Executor(Transport):
         self,
         models: Sequence[ModelSpec],
         *,
-        timeout_s: float = 120.0,
-        connect_timeout_s: float = 5.0,
-        deadline_s: float = 600.0,
-        retries: int = 2,
-        backoff_s: float = 0.5,
-        max_backoff_s: float = 8.0,
-        max_retry_after_s: float = 10.0,
-        retry_timeouts: bool = False,
-        transport: httpx.AsyncBaseTransport | None = None,
-        request_logprobs: bool = True,
-        sample_temperature: float = 0.7,
-        max_tokens: int = 512,
         adaptive: AdaptiveConfig | None = None,
+        **settings: Unpack[TransportSettings],
     ) -> None:
-        super().__init__(
-            models,
-            timeout_s=timeout_s,
-            connect_timeout_s=connect_timeout_s,
-            deadline_s=deadline_s,
-            retries=retries,
-            backoff_s=backoff_s,
-            max_backoff_s=max_backoff_s,
-            max_retry_after_s=max_retry_after_s,
-            retry_timeouts=retry_timeouts,
-            transport=transport,
-            request_logprobs=request_logprobs,
-            sample_temperature=sample_temperature,
-            max_tokens=max_tokens,
-        )
+        super().__init__(models, **settings)
         self.adaptive = adaptive or AdaptiveConfig()
 
     def strategy(self, name: str) -> Strategy:

@@ -17,7 +17,7 @@ import os
 import re
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 import httpx
 
@@ -58,6 +58,24 @@ def _retry_after_s(resp: httpx.Response) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+class TransportSettings(TypedDict, total=False):
+    """`Transport`'s keyword settings (defaults in its signature), for subclasses that forward
+    them (`uniscale.execute.Executor`)."""
+
+    timeout_s: float
+    connect_timeout_s: float
+    deadline_s: float
+    retries: int
+    backoff_s: float
+    max_backoff_s: float
+    max_retry_after_s: float
+    retry_timeouts: bool
+    transport: httpx.AsyncBaseTransport | None
+    request_logprobs: bool
+    sample_temperature: float
+    max_tokens: int
 
 
 class Transport(ResponseParser, AsyncClosing):
