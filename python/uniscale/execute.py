@@ -43,7 +43,7 @@ from uniscale.exec_types import (
     redact_message,
 )
 from uniscale.extract import Extractor
-from uniscale.responses import _Sampling, _Tally
+from uniscale.responses import _Call, _Tally
 from uniscale.scorers import JudgeScorer, MeanLogprobScorer, Scorer, parse_grade
 from uniscale.space import Action, ModelSpec
 from uniscale.strategies import AdaptiveConfig, AdaptiveConsistency, Strategy, get_strategy
@@ -93,29 +93,17 @@ class _Decision:
 class _LiveDraws:
     """One attempt's samples as a strategy's draw schedule sees them (`strategies.Draws`)."""
 
-    __slots__ = ("_executor", "_messages", "_sampling", "_spec", "_tally")
+    __slots__ = ("_call", "_executor")
 
-    def __init__(
-        self,
-        executor: Executor,
-        spec: ModelSpec,
-        messages: Messages,
-        sampling: _Sampling,
-        tally: _Tally,
-    ) -> None:
+    def __init__(self, executor: Executor, call: _Call) -> None:
         self._executor = executor
-        self._spec = spec
-        self._messages = messages
-        self._sampling = sampling
-        self._tally = tally
+        self._call = call
 
     async def draw(self, k: int, first_index: int) -> None:
-        await self._executor._draw(
-            self._spec, self._messages, k, first_index, self._sampling, self._tally
-        )
+        await self._executor._draw(self._call, k, first_index)
 
     def answers(self) -> list[str | None]:
-        return [s.answer for s in sorted(self._tally.samples, key=lambda s: s.index)]
+        return [s.answer for s in sorted(self._call.tally.samples, key=lambda s: s.index)]
 
 
 class Executor(Transport):
@@ -254,7 +242,7 @@ class Executor(Transport):
         timer = asyncio.timeout(deadline_s)
         try:
             async with timer:
-                draws = _LiveDraws(self, spec, messages, sampling, tally)
+                draws = _LiveDraws(self, _Call(spec, messages, sampling, tally))
                 stop_reason = await strategy.draw(draws, action.n)
                 if not tally.samples:
                     raise AllSamplesFailed(

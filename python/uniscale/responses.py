@@ -113,6 +113,17 @@ class _Sampling:
     params: Mapping[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """What every request of one call shares: the model, the prompt, the sampling settings and
+    the tally its samples and failures go to."""
+
+    spec: ModelSpec
+    messages: Messages
+    sampling: _Sampling
+    tally: _Tally
+
+
 class ResponseParser:
     """Parses response bodies (a base of `uniscale.transport.Transport`)."""
 
@@ -125,17 +136,10 @@ class ResponseParser:
         raise NotImplementedError
 
     async def _take_body(
-        self,
-        spec: ModelSpec,
-        messages: Messages,
-        n: int,
-        first_index: int,
-        sampling: _Sampling,
-        tally: _Tally,
-        body: Any,
-        latency: float,
+        self, call: _Call, n: int, first_index: int, body: Any, latency: float
     ) -> int:
         """Parse and validate a decoded response body; bill and record its samples."""
+        spec, tally = call.spec, call.tally
         if not isinstance(body, Mapping) or not isinstance(body.get("choices"), list):
             raise MalformedResponseError(
                 f"model {spec.name!r}: response has no 'choices' list", model=spec.name
@@ -169,7 +173,7 @@ class ResponseParser:
                 )
         reported = usage.get("prompt_tokens")
         prompt_tokens = (
-            int(reported) if _is_int(reported) else _estimate_tokens(_prompt_text(messages))
+            int(reported) if _is_int(reported) else _estimate_tokens(_prompt_text(call.messages))
         )
         completion_tokens = usage.get("completion_tokens")
 
@@ -189,7 +193,7 @@ class ResponseParser:
         samples = [
             Sample(
                 text=text,
-                answer=sampling.extractor(text),
+                answer=call.sampling.extractor(text),
                 index=idx,
                 model=spec.name,
                 input_tokens=prompt_tokens,

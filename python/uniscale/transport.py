@@ -36,7 +36,14 @@ from uniscale.exec_types import (
     redact_message,
 )
 from uniscale.extract import Extractor, get_extractor
-from uniscale.responses import ResponseParser, _chat_messages, _prompt_text, _Sampling, _Tally
+from uniscale.responses import (
+    ResponseParser,
+    _Call,
+    _chat_messages,
+    _prompt_text,
+    _Sampling,
+    _Tally,
+)
 from uniscale.space import ModelSpec
 
 # The execution layer logs under one name (as before the split into modules).
@@ -304,19 +311,12 @@ class Transport(ResponseParser, AsyncClosing):
 
     # -- one request --------------------------------------------------------------------------
 
-    async def _request(
-        self,
-        spec: ModelSpec,
-        messages: Messages,
-        n: int,
-        first_index: int,
-        sampling: _Sampling,
-        tally: _Tally,
-    ) -> int:
+    async def _request(self, call: _Call, n: int, first_index: int) -> int:
         """Send one request for ``n`` choices; record samples/failures; return choices received.
 
         Raises `ExecutionError` when the request as a whole fails (nothing is billed then).
         """
+        spec, messages, sampling = call.spec, call.messages, call.sampling
         base = spec.base_url.rstrip("/")
         payload: dict[str, Any] = {
             "model": spec.request_model,
@@ -341,9 +341,7 @@ class Transport(ResponseParser, AsyncClosing):
         body = await self._post(spec, url, payload, retries=self.retries)
         latency = time.monotonic() - t0
         try:
-            return await self._take_body(
-                spec, messages, n, first_index, sampling, tally, body, latency
-            )
+            return await self._take_body(call, n, first_index, body, latency)
         except ExecutionError:
             raise
         except (TypeError, ValueError, OverflowError, RecursionError, KeyError, IndexError) as exc:
@@ -357,20 +355,14 @@ class Transport(ResponseParser, AsyncClosing):
 
     # -- drawing samples ------------------------------------------------------------------------
 
-    async def _draw(
-        self,
-        spec: ModelSpec,
-        messages: Messages,
-        n: int,
-        first_index: int,
-        sampling: _Sampling,
-        tally: _Tally,
-    ) -> None:
-        """Draw ``n`` samples indexed from ``first_index``; successes and failures go to tally."""
+    async def _draw(self, call: _Call, n: int, first_index: int) -> None:
+        """Draw ``n`` samples indexed from ``first_index``; successes and failures go to the
+        call's tally."""
+        spec, tally = call.spec, call.tally
         done = 0
         if n > 1 and spec.honours_n and spec.name not in self._ignores_n:
             try:
-                done = await self._request(spec, messages, n, first_index, sampling, tally)
+                done = await self._request(call, n, first_index)
             except ExecutionError as exc:
                 tally.failures.append(Failure.from_exception(spec.name, exc))
                 return
@@ -386,7 +378,7 @@ class Transport(ResponseParser, AsyncClosing):
 
         async def one(index: int) -> None:
             try:
-                await self._request(spec, messages, 1, index, sampling, tally)
+                await self._request(call, 1, index)
             except ExecutionError as exc:
                 tally.failures.append(Failure.from_exception(spec.name, exc))
 
@@ -425,7 +417,7 @@ class Transport(ResponseParser, AsyncClosing):
         tally = _Tally()
         try:
             async with asyncio.timeout(deadline_s):
-                await self._draw(spec, messages, n, 0, sampling, tally)
+                await self._draw(_Call(spec, messages, sampling, tally), n, 0)
         except TimeoutError:
             tally.failures.append(
                 Failure.from_exception(
