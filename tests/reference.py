@@ -50,12 +50,12 @@ def _solve_scores(a: F64, b: F64, x: F64, alpha: float, prior_mean: float) -> tu
     return prior_mean + float(theta @ x), alpha * float(np.sqrt(max(var, 0.0)))
 
 
-class RefLinUCB:
-    """Disjoint LinUCB: one ridge model (A_a, b_a) per action."""
+class _RefUCB:
+    """What both reference learners share: the hyperparameters, `update_many`'s fallback to a
+    loop of `update` under discounting, and selection by the upper confidence bound."""
 
     def __init__(
         self,
-        n_actions: int,
         dim: int,
         alpha: float = 1.0,
         ridge: float = 1.0,
@@ -64,7 +64,36 @@ class RefLinUCB:
     ) -> None:
         self.dim = dim
         self.alpha, self.ridge, self.discount, self.prior_mean = alpha, ridge, discount, prior_mean
-        self.A = np.stack([ridge * np.eye(dim) for _ in range(n_actions)])
+
+    def update(self, action: int, x: F64, reward: float) -> None:
+        raise NotImplementedError
+
+    def _update_batch(self, actions: NDArray[np.int64], X: F64, rewards: F64) -> None:
+        """`update_many` without discounting (where a batch form exists)."""
+        raise NotImplementedError
+
+    def scores(self, x: F64) -> tuple[F64, F64]:
+        raise NotImplementedError
+
+    def update_many(self, actions: NDArray[np.int64], X: F64, rewards: F64) -> None:
+        """Same as a loop of `update`; vectorised when there is no discount."""
+        if self.discount != 1.0:
+            for a, x, r in zip(actions, X, rewards, strict=True):
+                self.update(int(a), x, float(r))
+            return
+        self._update_batch(actions, X, rewards)
+
+    def select(self, x: F64, mask: NDArray[np.bool_] | None = None) -> int:
+        mean, bonus = self.scores(x)
+        return masked_argmax(mean + bonus, mask)
+
+
+class RefLinUCB(_RefUCB):
+    """Disjoint LinUCB: one ridge model (A_a, b_a) per action."""
+
+    def __init__(self, n_actions: int, dim: int, **hyper: float) -> None:
+        super().__init__(dim, **hyper)
+        self.A = np.stack([self.ridge * np.eye(dim) for _ in range(n_actions)])
         self.b = np.zeros((n_actions, dim))
         # Updates per arm: removing an action removes its evidence, and its count with it.
         self.counts = np.zeros(n_actions, dtype=np.int64)
@@ -86,12 +115,8 @@ class RefLinUCB:
         self.b[action] = g * self.b[action] + (reward - self.prior_mean) * x
         self.counts[action] += 1
 
-    def update_many(self, actions: NDArray[np.int64], X: F64, rewards: F64) -> None:
-        """Same as a loop of `update`; vectorised (X_a' X_a per arm) when there is no discount."""
-        if self.discount != 1.0:
-            for a, x, r in zip(actions, X, rewards, strict=True):
-                self.update(int(a), x, float(r))
-            return
+    def _update_batch(self, actions: NDArray[np.int64], X: F64, rewards: F64) -> None:
+        """X_a' X_a per arm."""
         for a in np.unique(actions):
             rows = actions == a
             self.A[a] += X[rows].T @ X[rows]
@@ -109,28 +134,15 @@ class RefLinUCB:
         ]
         return np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
 
-    def select(self, x: F64, mask: NDArray[np.bool_] | None = None) -> int:
-        mean, bonus = self.scores(x)
-        return masked_argmax(mean + bonus, mask)
 
-
-class RefSharedLinUCB:
+class RefSharedLinUCB(_RefUCB):
     """Shared LinUCB: one ridge model over phi(x, a) = kron([1, x], [1, psi_a])."""
 
-    def __init__(
-        self,
-        action_features: F64,
-        dim: int,
-        alpha: float = 1.0,
-        ridge: float = 1.0,
-        discount: float = 1.0,
-        prior_mean: float = 0.0,
-    ) -> None:
+    def __init__(self, action_features: F64, dim: int, **hyper: float) -> None:
+        super().__init__(dim, **hyper)
         self.psi = np.array(action_features, dtype=np.float64, ndmin=2)
-        self.dim = dim
-        self.alpha, self.ridge, self.discount, self.prior_mean = alpha, ridge, discount, prior_mean
         self.joint_dim = (dim + 1) * (self.psi.shape[1] + 1)
-        self.A = ridge * np.eye(self.joint_dim)
+        self.A = self.ridge * np.eye(self.joint_dim)
         self.b = np.zeros(self.joint_dim)
         self.n_updates = 0
 
@@ -148,11 +160,7 @@ class RefSharedLinUCB:
         self.b = g * self.b + (reward - self.prior_mean) * f
         self.n_updates += 1
 
-    def update_many(self, actions: NDArray[np.int64], X: F64, rewards: F64) -> None:
-        if self.discount != 1.0:
-            for a, x, r in zip(actions, X, rewards, strict=True):
-                self.update(int(a), x, float(r))
-            return
+    def _update_batch(self, actions: NDArray[np.int64], X: F64, rewards: F64) -> None:
         # Row t is kron(u_t, v_{a_t}): the outer product u_t v_t', flattened row-major.
         U = np.c_[np.ones(len(actions)), np.asarray(X).reshape(len(actions), self.dim)]
         V = np.c_[np.ones(len(actions)), self.psi[actions]]
@@ -171,10 +179,6 @@ class RefSharedLinUCB:
             for a in range(self.n_actions)
         ]
         return np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
-
-    def select(self, x: F64, mask: NDArray[np.bool_] | None = None) -> int:
-        mean, bonus = self.scores(x)
-        return masked_argmax(mean + bonus, mask)
 
 
 # --- reading the statistics back out of a Rust state blob --------------------------------------
@@ -212,7 +216,7 @@ def linucb_from_state(blob: bytes) -> RefLinUCB:
     c = _open(blob, KIND_LINUCB)
     k, d = c.u64(), c.u64()
     alpha, ridge, discount, prior_mean = c.f64(), c.f64(), c.f64(), c.f64()
-    ref = RefLinUCB(k, d, alpha, ridge, discount, prior_mean)
+    ref = RefLinUCB(k, d, alpha=alpha, ridge=ridge, discount=discount, prior_mean=prior_mean)
     for a in range(k):
         ref.counts[a] = c.u64()
         ref.A[a] = c.f64s().reshape(d, d)
@@ -226,7 +230,9 @@ def shared_from_state(blob: bytes) -> RefSharedLinUCB:
     k, d, p = c.u64(), c.u64(), c.u64()
     alpha, ridge, discount, prior_mean = c.f64(), c.f64(), c.f64(), c.f64()
     psi = c.f64s().reshape(k, p)
-    ref = RefSharedLinUCB(psi, d, alpha, ridge, discount, prior_mean)
+    ref = RefSharedLinUCB(
+        psi, d, alpha=alpha, ridge=ridge, discount=discount, prior_mean=prior_mean
+    )
     ref.n_updates = c.u64()
     ref.A = c.f64s().reshape(ref.joint_dim, ref.joint_dim)
     ref.b = c.f64s()
