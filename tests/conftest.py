@@ -99,6 +99,13 @@ def fake_server() -> Iterator[Callable[..., FakeOpenAI]]:
 
 
 @pytest.fixture
+def fa(fake_server: Callable[..., FakeOpenAI]) -> FakeOpenAI:
+    """Model "a" of the collection and calibration tests: a fake server that always answers
+    "The answer is 4." (each of those modules has its own "b", ``fb``)."""
+    return fake_server("The answer is 4.")
+
+
+@pytest.fixture
 def no_real_llama(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Keep meta collection away from a real llama-server binary or model cache."""
     monkeypatch.setenv("UNISCALE_LLAMA_SERVER", str(tmp_path / "no-llama-server"))

@@ -50,11 +50,6 @@ pytestmark = pytest.mark.usefixtures("no_real_llama")
 
 
 @pytest.fixture
-def fa(fake_server: Callable[..., FakeOpenAI]) -> FakeOpenAI:
-    return fake_server("The answer is 4.")
-
-
-@pytest.fixture
 def fb(fake_server: Callable[..., FakeOpenAI]) -> FakeOpenAI:
     return fake_server("B")
 
