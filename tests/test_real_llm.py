@@ -166,6 +166,10 @@ class Run:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+#: The module's runs by (model, strategy, question index).
+Runs = dict[tuple[str, str, int], Run]
+
+
 def spec(name: str, base_url: str, **kw: Any) -> ModelSpec:
     p_in, p_out = PRICES[name]
     return ModelSpec(
@@ -272,7 +276,7 @@ def llama_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
 
 
 @pytest.fixture(scope="module")
-def runs(llama_servers: dict[str, RunningServer]) -> dict[tuple[str, str, int], Run]:
+def runs(llama_servers: dict[str, RunningServer]) -> Runs:
     """Every (model, strategy, question) run, all at once (each server decodes in parallel
     slots, so this is much faster than running them one after the other)."""
     questions = gsm8k_questions(N_QUESTIONS)
@@ -293,16 +297,14 @@ def runs(llama_servers: dict[str, RunningServer]) -> dict[tuple[str, str, int], 
     return {key: r for (key, *_), r in zip(jobs, done, strict=True)}
 
 
-def runs_of(runs: dict[tuple[str, str, int], Run], model: str, strategy: str) -> list[Run]:
+def runs_of(runs: Runs, model: str, strategy: str) -> list[Run]:
     out = [runs[(model, strategy, qi)] for qi in range(N_QUESTIONS)]
     assert out
     return out
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_single_counts_tokens_cost_and_extracts(
-    runs: dict[tuple[str, str, int], Run], model: str
-) -> None:
+def test_single_counts_tokens_cost_and_extracts(runs: Runs, model: str) -> None:
     for r in runs_of(runs, model, "single"):
         out = r.outcome
         (ex,) = r.transport.generations()
@@ -328,9 +330,7 @@ def test_single_counts_tokens_cost_and_extracts(
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_self_consistency_counts_every_choice_despite_llama_usage(
-    runs: dict[tuple[str, str, int], Run], model: str
-) -> None:
+def test_self_consistency_counts_every_choice_despite_llama_usage(runs: Runs, model: str) -> None:
     for r in runs_of(runs, model, "self_consistency"):
         out = r.outcome
         (ex,) = r.transport.generations()  # one request with n: llama-server honours it
@@ -357,9 +357,7 @@ def test_self_consistency_counts_every_choice_despite_llama_usage(
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_self_consistency_vote_matches_the_samples(
-    runs: dict[tuple[str, str, int], Run], model: str
-) -> None:
+def test_self_consistency_vote_matches_the_samples(runs: Runs, model: str) -> None:
     for r in runs_of(runs, model, "self_consistency"):
         out = r.outcome
         check_samples_extracted(out)
@@ -413,7 +411,7 @@ def test_constrained_letter_answers_from_a_real_server(
         assert s.output_tokens >= 1
 
 
-def test_the_two_models_differ_and_both_ran(runs: dict[tuple[str, str, int], Run]) -> None:
+def test_the_two_models_differ_and_both_ran(runs: Runs) -> None:
     """Guards against both specs pointing at one server: the reported model differs and every
     run returned text."""
     for name in MODELS:
@@ -454,23 +452,21 @@ def test_llamacpp_python_ignores_n_and_the_executor_fans_out(lcp_server: Running
 
     async def go() -> tuple[Outcome, bool, int, Outcome]:
         async with Executor([m], transport=rec, timeout_s=180.0, retries=0) as ex:
+
+            async def self_consistency(n: int, max_tokens: int) -> Outcome:
+                return await ex.run(
+                    Action(name, "self_consistency", n),
+                    messages(question),
+                    seed=SEED,
+                    max_tokens=max_tokens,
+                    temperature=TEMPERATURE,
+                )
+
             assert not ex.ignores_n(name)
-            first = await ex.run(
-                Action(name, "self_consistency", 3),
-                messages(question),
-                seed=SEED,
-                max_tokens=64,
-                temperature=TEMPERATURE,
-            )
+            first = await self_consistency(3, max_tokens=64)
             flagged = ex.ignores_n(name)
             mark = len(rec.exchanges)
-            second = await ex.run(
-                Action(name, "self_consistency", 2),
-                messages(question),
-                seed=SEED,
-                max_tokens=32,
-                temperature=TEMPERATURE,
-            )
+            second = await self_consistency(2, max_tokens=32)
             return first, flagged, mark, second
 
     out, flagged, mark, out2 = run(go())
