@@ -61,10 +61,8 @@ class AdminRoutes(ServerBase):
         return JSONResponse({"object": "list", "data": data})
 
     async def render_metrics(self, request: Request) -> Response:
-        try:
-            self._auth(request, admin=True)
-        except HTTPError as exc:
-            return exc.response()
+        if (refusal := self._refusal(request, admin=True)) is not None:
+            return refusal
         m = self.metrics
         m.pending.set(self.policy.n_pending)
         m.pacing_lambda.set(self.policy.pacing_lambda)
@@ -76,10 +74,8 @@ class AdminRoutes(ServerBase):
 
     async def admin_status(self, request: Request) -> Response:
         """The policy's and the server's state, for operators (admin token)."""
-        try:
-            self._auth(request, admin=True)
-        except HTTPError as exc:
-            return exc.response()
+        if (refusal := self._refusal(request, admin=True)) is not None:
+            return refusal
         pol = self.policy
         w = pol.reward_weights
         body = {

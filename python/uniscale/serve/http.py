@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from uniscale._core import ConfigError
 from uniscale.router import DecisionLog, Router
@@ -104,6 +104,15 @@ class ServerBase:
                 code="invalid_api_key",
                 headers={"WWW-Authenticate": "Bearer"},
             )
+
+    def _refusal(self, request: Request, admin: bool) -> Response | None:
+        """`_auth` for a route with nothing else to refuse: the error response, or ``None``
+        when the request may go on."""
+        try:
+            self._auth(request, admin)
+        except HTTPError as exc:
+            return exc.response()
+        return None
 
     async def _json_body(self, request: Request) -> dict[str, Any]:
         limit = self.cfg.server.max_body_bytes
