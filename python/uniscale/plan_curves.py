@@ -174,15 +174,13 @@ def candidates_from_table(
         )
         call = replace(call, price_in_per_mtok=price_in, price_out_per_mtok=price_out)
         out.append(
-            Candidate(
-                a.model,
-                a.strategy,
-                a.n,
+            Candidate.of_action(
+                a,
                 call,
                 spec.parallelism,
                 float(est[j]),
-                accuracy_replicates=reps[j],
-                calls=None if n_calls == a.n else n_calls,
+                reps[j],
+                None if n_calls == a.n else n_calls,
             )
         )
     return out
@@ -247,16 +245,5 @@ def candidates_from_policy(
         q = float(np.clip(mean[i], 0.0, 1.0))
         spread = quality_sd * float(bonus[i]) / alpha
         reps = np.clip(mean[i] + spread * z, 0.0, 1.0)
-        out.append(
-            Candidate(
-                a.model,
-                a.strategy,
-                a.n,
-                call,
-                spec.parallelism,
-                q,
-                accuracy_replicates=reps,
-                calls=k,
-            )
-        )
+        out.append(Candidate.of_action(a, call, spec.parallelism, q, reps, k))
     return out

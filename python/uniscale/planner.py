@@ -29,6 +29,9 @@ from numpy.typing import NDArray
 
 from uniscale._core import ConfigError, plan_rules, simulate_plan
 
+if TYPE_CHECKING:
+    from uniscale.space import Action
+
 F64 = NDArray[np.float64]
 
 #: The rules in the order tables show them (``knee_paper`` is the reference code's knee).
@@ -80,6 +83,29 @@ class Candidate:
     accuracy_replicates: F64 | None = field(default=None, compare=False)
     #: calls simulated when not ``k`` (an adaptive action planned at its expected samples)
     calls: int | None = None
+
+    @classmethod
+    def of_action(
+        cls,
+        action: Action,
+        call: CallModel,
+        parallelism: int,
+        accuracy: float,
+        replicates: F64,
+        calls: int | None,
+    ) -> Candidate:
+        """The candidate for an action of a table or a policy, its accuracy measured or
+        estimated (``replicates``)."""
+        return cls(
+            action.model,
+            action.strategy,
+            action.n,
+            call,
+            parallelism,
+            accuracy,
+            accuracy_replicates=replicates,
+            calls=calls,
+        )
 
     @property
     def label(self) -> str:
