@@ -43,17 +43,14 @@ def main() -> int:
                     held, d_base, d_best, left, length = 0, [], [], [], 0
                     for seed in range(args.seeds):
                         t = src.table(seed)
-                        b = replay.parse_action(base, t.actions)
-                        res = replay.compare(
+                        by = replay.compare_conservative(
                             t,
                             src.models,
+                            base,
                             reward=preset,
                             seed=seed,
-                            learners=[],
-                            baseline=b,
                             conservative_delta=args.delta,
                         )
-                        by = {r.name: r for r in res}
                         c = by["uniscale_conservative"]
                         held += bool(c.extra["promise_held"])
                         d_base.append(c.reward.mean() - by["baseline"].reward.mean())

@@ -66,19 +66,15 @@ def test_promise_holds_at_every_request_on_95_percent_of_50_seeds(
     delta = 0.05
     held, diffs, explored = 0, [], []
     for seed in range(50):
-        t = src.table(seed)
-        b = replay.parse_action(baseline, t.actions)
-        res = replay.compare(
-            t,
+        by = replay.compare_conservative(
+            src.table(seed),
             src.models,
+            baseline,
             reward=preset,
             seed=seed,
-            learners=[],
-            baseline=b,
             conservative_delta=delta,
         )
-        cons = next(r for r in res if r.name == "uniscale_conservative")
-        base = next(r for r in res if r.name == "baseline")
+        cons, base = by["uniscale_conservative"], by["baseline"]
         margin = replay.conservative_margin(cons.reward, base.reward, delta)
         assert cons.extra["promise_held"] == bool((margin >= 0).all())
         held += cons.extra["promise_held"]
@@ -94,13 +90,10 @@ def test_conservative_gains_where_the_baseline_is_poor() -> None:
     src = _source("real", None)
     diffs = []
     for seed in range(5):
-        t = src.table(seed)
-        b = replay.parse_action("qwen15", t.actions)
-        res = replay.compare(
-            t, src.models, reward="cost_sensitive", seed=seed, learners=[], baseline=b
+        by = replay.compare_conservative(
+            src.table(seed), src.models, "qwen15", reward="cost_sensitive", seed=seed
         )
-        cons = next(r for r in res if r.name == "uniscale_conservative")
-        base = next(r for r in res if r.name == "baseline")
+        cons, base = by["uniscale_conservative"], by["baseline"]
         diffs.append(cons.reward.mean() - base.reward.mean())
         assert cons.extra["non_baseline"] > 100
     assert min(diffs) > 0.1

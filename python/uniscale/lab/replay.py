@@ -402,6 +402,30 @@ def compare(
     return results
 
 
+def compare_conservative(
+    table: OutcomeTable,
+    models: Mapping[str, ModelSpec],
+    baseline: str,
+    *,
+    reward: str | RewardWeights | tuple[float, float, float] = "cost_sensitive",
+    seed: int = 0,
+    conservative_delta: float = 0.05,
+) -> dict[str, RunResult]:
+    """`compare` without the learners, with ``baseline`` (``MODEL`` or ``MODEL/STRATEGY/N``,
+    `parse_action`): UniScale in conservative mode (``uniscale_conservative``) against the
+    baseline alone and the fixed baselines on one stream; the results by name."""
+    res = compare(
+        table,
+        models,
+        reward=reward,
+        seed=seed,
+        learners=[],
+        baseline=parse_action(baseline, table.actions),
+        conservative_delta=conservative_delta,
+    )
+    return {r.name: r for r in res}
+
+
 def aiq(points: Sequence[tuple[float, float]]) -> float:
     """RouterBench's AIQ: area under the non-decreasing quality-vs-cost frontier of the
     points, divided by the cost range (so it is an average quality, in [0, 1] for accuracy)."""
