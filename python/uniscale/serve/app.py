@@ -22,6 +22,7 @@ import httpx
 from starlette.applications import Starlette
 from starlette.routing import Route
 
+from uniscale._core import ConfigError
 from uniscale.execute import Executor
 from uniscale.policy import PRESETS
 from uniscale.router import (
@@ -54,12 +55,15 @@ from uniscale.serve.http import HTTPError as HTTPError
 from uniscale.serve.http import _env_token
 from uniscale.serve.metrics import Metrics
 from uniscale.serve.state import load_policy
+from uniscale.serve.workers import WorkerInfo
 from uniscale.space import ActionSpace
 
 if TYPE_CHECKING:
     from uniscale.sync import RedisSync
 
 logger = logging.getLogger(__name__)
+#: how often a worker of ``[server] workers`` refreshes its gauges for the aggregated /metrics
+GAUGE_REFRESH_S = 1.0
 
 
 class Server(ChatRoutes, FeedbackRoutes, AdminRoutes):
@@ -70,8 +74,15 @@ class Server(ChatRoutes, FeedbackRoutes, AdminRoutes):
     `FeedbackRoutes` (``/v1/feedback``) and `AdminRoutes` (health, metrics, admin, snapshots);
     this class builds the state they share, configures the policy and runs the lifecycle."""
 
-    def __init__(self, cfg: ServeConfig, *, transport: httpx.AsyncBaseTransport | None = None):
+    def __init__(
+        self,
+        cfg: ServeConfig,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        worker: WorkerInfo | None = None,
+    ):
         self.cfg = cfg
+        self.worker = worker
         self.metrics = Metrics()
         self.client_token = _env_token(cfg.server.client_token_env, "client bearer token")
         self.admin_token = _env_token(cfg.server.admin_token_env, "admin bearer token")
@@ -81,6 +92,14 @@ class Server(ChatRoutes, FeedbackRoutes, AdminRoutes):
             cfg.state.policy_path, self._fresh_policy, cfg.models, grid, cfg.policy.dim
         )
         self._configure_policy()
+        if worker is not None:
+            # this worker's decision-id range: an id names the worker that made it
+            nxt = self.policy.advance_decision_ids(worker.first_id)
+            if worker.owner(nxt) != worker.index:
+                raise ConfigError(
+                    f"worker {worker.index}: the policy from {self.policy_source} has issued "
+                    f"decision ids up to {nxt - 1}, past this worker's range"
+                )
         inner = transport or upstream_transport(
             cfg.server.upstream_http, 4 * cfg.server.max_inflight + 16
         )
@@ -117,6 +136,7 @@ class Server(ChatRoutes, FeedbackRoutes, AdminRoutes):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._issued: OrderedDict[int, float] = OrderedDict()
         self._snapshot_task: asyncio.Task[None] | None = None
+        self._gauge_task: asyncio.Task[None] | None = None
         self._snapshot_lock = asyncio.Lock()
         self._closed = False
         self.sync: RedisSync | None = self._make_sync()
@@ -206,6 +226,8 @@ class Server(ChatRoutes, FeedbackRoutes, AdminRoutes):
             self._snapshot_task = asyncio.create_task(self._snapshot_loop())
         if self.sync is not None:
             self.sync.start()
+        if self.worker is not None:
+            self._gauge_task = asyncio.create_task(self._gauge_loop())
         self.ready = True
         try:
             yield
@@ -219,10 +241,11 @@ class Server(ChatRoutes, FeedbackRoutes, AdminRoutes):
             return
         self._closed = True
         self.ready = False
-        if self._snapshot_task is not None:
-            self._snapshot_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._snapshot_task
+        for task in (self._snapshot_task, self._gauge_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._tasks:
             _, pending = await asyncio.wait(
                 list(self._tasks), timeout=self.cfg.server.graceful_shutdown_s
@@ -237,6 +260,15 @@ class Server(ChatRoutes, FeedbackRoutes, AdminRoutes):
         if self.log is not None:
             self.log.close()
         await self.executor.aclose()
+
+    async def _gauge_loop(self) -> None:
+        """A worker's gauges, kept fresh for the scrapes the other workers answer."""
+        while True:
+            try:
+                self.refresh_gauges()
+            except Exception:  # a gauge must never take the worker down
+                logger.exception("refreshing the metrics gauges failed")
+            await asyncio.sleep(GAUGE_REFRESH_S)
 
     def app(self) -> Starlette:
         routes = [
