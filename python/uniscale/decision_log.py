@@ -144,7 +144,16 @@ def encode_record(record: Mapping[str, Any]) -> bytes:
     """One decision-log line: strict JSON (``allow_nan=False`` after `json_safe`), ASCII only
     (a lone surrogate in an answer becomes the escape ``\\udxxx``, still valid JSON), with the
     newline."""
-    text = json.dumps(json_safe(record), separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    try:
+        # the common case, a record of plain Python values: `json_safe` would copy it unchanged
+        text = json.dumps(record, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    except (
+        TypeError,
+        ValueError,
+    ):  # NumPy values, a non-finite float, a Mapping that is not a dict
+        text = json.dumps(
+            json_safe(record), separators=(",", ":"), ensure_ascii=True, allow_nan=False
+        )
     return text.encode("ascii") + b"\n"
 
 
