@@ -25,6 +25,8 @@ from serve_fakes import MSGS, Upstream, config, read_log, running_server
 
 import uniscale
 from uniscale._core import ConfigError
+from uniscale.cli import main as cli_main
+from uniscale.decision_log import last_decision_id
 from uniscale.serve.config import ServeConfigError, SyncSettings, parse_config
 from uniscale.serve.workers import WORKER_ID_BITS, WorkerInfo, worker_config, worker_paths
 
@@ -200,7 +202,7 @@ def _metric(text: str, name: str) -> float:
 
 
 def test_two_workers_serve_learn_and_stop_cleanly(
-    redis_server: RedisServer, tmp_path: Path
+    redis_server: RedisServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with Upstream(answers=["The answer is 42"], delay_s=0.02) as up:
         cfg_path = tmp_path / "uniscale.toml"
@@ -277,6 +279,13 @@ def test_two_workers_serve_learn_and_stop_cleanly(
                 if r.get("type") == "decision"
             }
         assert set(made) <= logged  # every decision is in its worker's log
+        # the workers' logs are one log to off-policy evaluation (their ids never overlap)
+        logs = [str(state / f"log.w{i}.jsonl") for i in range(2)]
+        uid = next(r["decision"]["action_uid"] for r in read_log(state / "log.w0.jsonl"))
+        assert cli_main(["ope", "--log", *logs, "--action", str(uid)]) == 0
+        assert "log.w0.jsonl, " in capsys.readouterr().out
+        assert cli_main(["ope", "--log", logs[0], logs[0], "--action", str(uid)]) == 2
+        assert "twice" in capsys.readouterr().err
 
         proc, base, sources = _start(cfg_path, env)
         try:
@@ -289,3 +298,58 @@ def test_two_workers_serve_learn_and_stop_cleanly(
         finally:
             code, _, err = _stop(proc)
         assert code == 0, err
+
+
+# --------------------------------------------------------------------------------------------
+# Decision ids are never issued twice, even after a crash
+
+
+def test_last_decision_id_reads_the_logs_end(tmp_path: Path) -> None:
+    log = tmp_path / "d.jsonl"
+    assert last_decision_id(log) is None  # no file
+    log.write_bytes(
+        b'{"type":"decision","decision_id":4}\n{"type":"feedback","decision_id":3}\n'
+        b'{"type":"decision","decision_id":9}\n{"type":"decision","decision_id":12'  # torn
+    )
+    assert last_decision_id(log) == 9
+    empty = tmp_path / "e.jsonl"
+    empty.write_bytes(b"")
+    assert last_decision_id(empty, log) == 9  # just rotated: the newest rotated file tells
+    big = tmp_path / "big.jsonl"
+    line = b'{"type":"decision","decision_id":%d,"pad":"' + b"x" * 500 + b'"}\n'
+    big.write_bytes(b"".join(line % i for i in range(5000)))  # > 1 MiB: only the end is read
+    assert last_decision_id(big) == 4999
+
+
+def test_a_restart_after_a_crash_continues_past_the_logged_ids(tmp_path: Path) -> None:
+    """The snapshot predates decisions the log holds (the process was killed between two
+    snapshots): the restarted server's ids continue after the log's."""
+    with Upstream() as up:
+        cfg = config({"small": up.base_url}, tmp=tmp_path)
+        with running_server(cfg) as run:
+            ids = [
+                int(
+                    httpx.post(
+                        f"{run.base_url}/v1/chat/completions",
+                        json={"model": "uniscale", "messages": MSGS},
+                        timeout=30,
+                    ).headers["x-uniscale-decision-id"]
+                )
+                for _ in range(3)
+            ]
+            run.server.policy.save(cfg.state.policy_path)
+            for _ in range(4):  # after the snapshot: only the log knows these
+                r = httpx.post(
+                    f"{run.base_url}/v1/chat/completions",
+                    json={"model": "uniscale", "messages": MSGS},
+                    timeout=30,
+                )
+                ids.append(int(r.headers["x-uniscale-decision-id"]))
+            snapshot = cfg.state.policy_path.read_bytes()
+        assert cfg.state.policy_path is not None
+        cfg.state.policy_path.write_bytes(snapshot)  # as if killed: the old snapshot
+        (tmp_path / "policy.bin.prev").unlink(missing_ok=True)
+        from uniscale.serve.app import Server
+
+        restarted = Server(cfg)
+        assert restarted.policy.next_decision_id == max(ids) + 1

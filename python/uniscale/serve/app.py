@@ -23,6 +23,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from uniscale._core import ConfigError
+from uniscale.decision_log import last_decision_id
 from uniscale.execute import Executor
 from uniscale.policy import PRESETS
 from uniscale.router import (
@@ -92,14 +93,8 @@ class Server(ChatRoutes, FeedbackRoutes, AdminRoutes):
             cfg.state.policy_path, self._fresh_policy, cfg.models, grid, cfg.policy.dim
         )
         self._configure_policy()
-        if worker is not None:
-            # this worker's decision-id range: an id names the worker that made it
-            nxt = self.policy.advance_decision_ids(worker.first_id)
-            if worker.owner(nxt) != worker.index:
-                raise ConfigError(
-                    f"worker {worker.index}: the policy from {self.policy_source} has issued "
-                    f"decision ids up to {nxt - 1}, past this worker's range"
-                )
+        self._continue_decision_ids(worker)
+
         inner = transport or upstream_transport(
             cfg.server.upstream_http, 4 * cfg.server.max_inflight + 16
         )
@@ -144,6 +139,29 @@ class Server(ChatRoutes, FeedbackRoutes, AdminRoutes):
         self._action_names = names
         self._model_names = {m.name for m in cfg.models}
         logger.info("uniscale serve: policy from %s, %d actions", self.policy_source, len(names))
+
+    def _continue_decision_ids(self, worker: WorkerInfo | None) -> None:
+        """Decision ids are never issued twice: past those the decision log already holds (a
+        crash loses what happened since the last snapshot, not the log), and, in a worker of
+        ``[server] workers``, inside its range (an id names the worker that made it)."""
+        log = self.cfg.state.decision_log
+        if log is not None:
+            last = last_decision_id(log, log.with_name(log.name + ".1"))
+            if last is not None and last >= self.policy.next_decision_id:
+                logger.warning(
+                    "decision log %s holds decisions up to id %d, past the policy snapshot's; "
+                    "new ids continue after them",
+                    log,
+                    last,
+                )
+                self.policy.advance_decision_ids(last + 1)
+        if worker is not None:
+            nxt = self.policy.advance_decision_ids(worker.first_id)
+            if worker.owner(nxt) != worker.index:
+                raise ConfigError(
+                    f"worker {worker.index}: the policy from {self.policy_source} has issued "
+                    f"decision ids up to {nxt - 1}, past this worker's range"
+                )
 
     # -- policy ---------------------------------------------------------------------------------
 
