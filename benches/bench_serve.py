@@ -31,6 +31,8 @@ import contextlib
 import json
 import os
 import re
+import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -232,10 +234,38 @@ def _process(cmd: list[str], pattern: str, env: dict[str, str]) -> Iterator[re.M
             proc.wait()
 
 
-def _config(upstream_port: int, state: Path) -> str:
+@contextlib.contextmanager
+def _redis() -> Iterator[str]:
+    """A throwaway redis-server on a free loopback port (for ``--workers``): its URL."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise SystemExit("--workers needs redis-server on PATH (make redis installs it)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            with socket.socket() as s, contextlib.suppress(OSError):
+                s.connect(("127.0.0.1", port))
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _config(upstream_port: int, state: Path, workers: int = 1, redis_url: str = "") -> str:
     url = f"http://127.0.0.1:{upstream_port}/v1"
+    sync = f"[sync]\nredis_url = '{redis_url}'\n" if workers > 1 else ""
     return (
-        "[server]\nhost = '127.0.0.1'\nport = 0\nmax_inflight = 256\n"
+        f"[server]\nhost = '127.0.0.1'\nport = 0\nmax_inflight = 256\nworkers = {workers}\n"
+        f"{sync}"
         "[policy]\nstrategies = ['single']\nn_values = [1]\n"
         "[executor]\ntimeout_s = 10\ndeadline_s = 20\nretries = 0\n"
         f"[state]\npolicy_path = '{state / 'policy.bin'}'\n"
@@ -258,6 +288,13 @@ def main() -> int:
         default=None,
         help="offered load of the open-loop run over 16 connections, requests/s (default: a "
         "quarter of the 16-client closed-loop throughput just measured)",
+    )
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="[server] workers of the proxy (more than one starts a throwaway redis-server "
+        "for [sync]; default 1)",
     )
     ap.add_argument("--role", choices=["upstream"], help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -282,9 +319,11 @@ def main() -> int:
         state = Path(tmp)
         cfg = state / "uniscale.toml"
         up_cmd = [sys.executable, __file__, "--role", "upstream"]
-        with _process(up_cmd, r"upstream (\d+)", env) as um:
+        with contextlib.ExitStack() as stack:
+            redis_url = stack.enter_context(_redis()) if args.workers > 1 else ""
+            um = stack.enter_context(_process(up_cmd, r"upstream (\d+)", env))
             up_port = int(um.group(1))
-            cfg.write_text(_config(up_port, state))
+            cfg.write_text(_config(up_port, state, args.workers, redis_url))
             serve_cmd = [sys.executable, "-m", "uniscale.cli", "serve", "--config", str(cfg)]
             with _process(serve_cmd, r"listening on http://127\.0\.0\.1:(\d+)", env) as pm:
                 px_port = int(pm.group(1))
@@ -337,6 +376,7 @@ def main() -> int:
     elapsed = time.perf_counter() - t_start
     print(
         f"uniscale serve added latency over a direct call (loopback, instant upstream, "
+        f"{args.workers} worker(s), "
         f"{rounds} x {per_round} requests per path and level, {os.cpu_count()} CPUs, "
         f"{elapsed:.1f} s)"
     )

@@ -213,13 +213,13 @@ class Running:
 
 @contextlib.contextmanager
 def running_server(
-    cfg: ServeConfig, *, transport: httpx.AsyncBaseTransport | None = None
+    cfg: ServeConfig, *, transport: httpx.AsyncBaseTransport | None = None, worker: Any = None
 ) -> Iterator[Running]:
     import uvicorn
 
     from uniscale.serve.app import Server
 
-    server = Server(cfg, transport=transport)
+    server = Server(cfg, transport=transport, worker=worker)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]

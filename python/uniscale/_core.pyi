@@ -906,6 +906,11 @@ class PolicyCore:
     @property
     def n_pending(self) -> int: ...
     @property
+    def next_decision_id(self) -> int:
+        """The id the next decision will get."""
+    def advance_decision_ids(self, at_least: int) -> int:
+        """Moves the next decision id up to ``at_least`` (never down); returns it."""
+    @property
     def cost_scale(self) -> float: ...
     @property
     def latency_scale(self) -> float: ...

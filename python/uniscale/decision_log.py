@@ -144,7 +144,16 @@ def encode_record(record: Mapping[str, Any]) -> bytes:
     """One decision-log line: strict JSON (``allow_nan=False`` after `json_safe`), ASCII only
     (a lone surrogate in an answer becomes the escape ``\\udxxx``, still valid JSON), with the
     newline."""
-    text = json.dumps(json_safe(record), separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    try:
+        # the common case, a record of plain Python values: `json_safe` would copy it unchanged
+        text = json.dumps(record, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    except (
+        TypeError,
+        ValueError,
+    ):  # NumPy values, a non-finite float, a Mapping that is not a dict
+        text = json.dumps(
+            json_safe(record), separators=(",", ":"), ensure_ascii=True, allow_nan=False
+        )
     return text.encode("ascii") + b"\n"
 
 
@@ -275,3 +284,40 @@ def read_decision_log(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
             yield rec
     if bad:
         logger.warning("%s: skipped %d unreadable line(s) of %d", p, bad, lineno)
+
+
+#: how much of a log's end `last_decision_id` reads
+_TAIL_BYTES = 1 << 20
+
+
+def last_decision_id(*paths: str | os.PathLike[str]) -> int | None:
+    """The largest ``decision_id`` among the records at the end (last MiB) of the first of
+    ``paths`` that has any (e.g. a log, then its newest rotated file), or None. A process that
+    restarts after a crash moves its policy's next id past it
+    (`Policy.advance_decision_ids`): its snapshot may predate decisions the log already holds,
+    and an id must never be issued twice."""
+    for path in paths:
+        p = Path(path)
+        try:
+            with p.open("rb") as fh:
+                size = fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, size - _TAIL_BYTES))
+                tail = fh.read()
+        except FileNotFoundError:
+            continue
+        lines = tail.split(b"\n")
+        if size > _TAIL_BYTES:
+            lines = lines[1:]  # the first line is cut
+        best: int | None = None
+        for raw in lines:
+            if b'"decision_id"' not in raw:
+                continue
+            try:
+                did = json.loads(raw).get("decision_id")
+            except (ValueError, RecursionError, AttributeError):
+                continue  # a torn or foreign line
+            if isinstance(did, int) and not isinstance(did, bool) and did >= 0:
+                best = did if best is None else max(best, did)
+        if best is not None:
+            return best
+    return None

@@ -496,6 +496,19 @@ class Policy:
         return self._core.n_pending
 
     @property
+    def next_decision_id(self) -> int:
+        """The id the next decision will get (saved with the policy)."""
+        return self._core.next_decision_id
+
+    def advance_decision_ids(self, at_least: int) -> int:
+        """Moves the next decision id up to ``at_least``, never down, so that no id is issued
+        twice; returns the next id. The workers of one ``uniscale serve`` take disjoint id
+        ranges this way, so a decision id names the worker that made it."""
+        if isinstance(at_least, bool) or not isinstance(at_least, int) or not 0 <= at_least < 2**64:
+            raise ConfigError(f"at_least must be an int in [0, 2**64), got {at_least!r}")
+        return self._core.advance_decision_ids(at_least)
+
+    @property
     def pacing_lambda(self) -> float:
         return self._core.pacing_lambda
 

@@ -398,6 +398,20 @@ impl PyPolicyCore {
     fn n_pending(&self) -> usize {
         self.inner.lock().pending.len()
     }
+
+    /// The id the next decision will get.
+    #[getter]
+    fn next_decision_id(&self) -> u64 {
+        self.inner.lock().next_id
+    }
+
+    /// Moves the next decision id up to `at_least` (never down, so no id is issued twice);
+    /// returns the next id. Workers of one server take disjoint id ranges this way.
+    fn advance_decision_ids(&self, at_least: u64) -> u64 {
+        let mut p = self.inner.lock();
+        p.next_id = p.next_id.max(at_least);
+        p.next_id
+    }
     #[getter]
     fn cost_scale(&self) -> f64 {
         self.inner.lock().cfg.cost_scale

@@ -4,6 +4,8 @@ the same estimators checked against replay ground truth (`uniscale.lab.ope`)."""
 from __future__ import annotations
 
 import argparse
+import itertools
+import os
 import sys
 from typing import Any
 
@@ -18,6 +20,7 @@ def register(sub: Any) -> None:
 def _ope(args: argparse.Namespace) -> int:
     from uniscale.lab import ope, report
     from uniscale.policy import Policy
+    from uniscale.router import read_decision_log
 
     pi: ope.TargetPolicy
     if (args.action is None) == (args.policy is None):
@@ -28,9 +31,22 @@ def _ope(args: argparse.Namespace) -> int:
     else:
         pi = ope.PolicyTarget(Policy.load(args.policy), models=args.models or None)
         name = f"frozen policy {args.policy}"
+    logs: list[str] = args.log
+    seen: dict[str, str] = {}
+    for p in logs:
+        key = os.path.realpath(p)
+        if key in seen:
+            print(f"error: --log names {seen[key]} twice", file=sys.stderr)
+            return 2
+        seen[key] = p
+    records: Any = (
+        logs[0]
+        if len(logs) == 1
+        else itertools.chain.from_iterable(read_decision_log(p) for p in logs)
+    )
     try:
         res = ope.evaluate(
-            args.log,
+            records,
             pi,
             clip=args.clip,
             level=args.level,
@@ -42,7 +58,7 @@ def _ope(args: argparse.Namespace) -> int:
     except (ope.OPEError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"target: {name}; log {args.log}\n{res.table()}")
+    print(f"target: {name}; log {', '.join(logs)}\n{res.table()}")
     if args.json:
         report.write_json(args.json, {"target": name, **res.summary()})
     return 0
@@ -105,7 +121,13 @@ def _add_ope(sub: Any) -> None:
         "(cross-fitted ridge reward model), each with a confidence interval, plus the "
         "effective sample size and weight diagnostics.",
     )
-    o.add_argument("--log", required=True, help="decision-log JSONL path")
+    o.add_argument(
+        "--log",
+        required=True,
+        nargs="+",
+        help="decision-log JSONL path(s), read as one log: e.g. the per-worker logs of "
+        "uniscale serve --workers, or a log and its rotated files",
+    )
     o.add_argument("--action", type=int, default=None, help="target: always this action uid")
     o.add_argument(
         "--policy", default=None, help="target: a saved Policy (Policy.save), frozen, greedy"

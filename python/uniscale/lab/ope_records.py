@@ -110,8 +110,10 @@ def records_from_log(
     records (`uniscale.records.DecisionRecord`, `FeedbackRecord`), of any schema version the
     package reads (`uniscale.records.parse_record`).
 
-    ``"feedback"`` records complete deferred decisions (joined on ``decision_id``); decisions
-    that never got a reward are skipped (counted in a log message). The action ids are the
+    ``"feedback"`` records complete deferred decisions (joined on ``decision_id``; where
+    several writers share a log and their ids overlap, a feedback completes the latest decision
+    with its id still waiting for one); decisions that never got a reward are skipped (counted
+    in a log message). Every decision record counts once. The action ids are the
     stable uids (``decision.action_uid``, ``candidate_uids``); logs without ``candidate_uids``
     fall back to the action indices. With ``weights`` the reward is recomputed from the logged
     components (quality, cost, latency and their scales) under those weights, so a log can be
@@ -120,9 +122,9 @@ def records_from_log(
     """
     it = read_decision_log(source) if isinstance(source, str | os.PathLike) else source
     w = None if weights is None else resolve_reward(weights)
-    decisions: dict[int, DecisionRecord] = {}
-    order: list[int] = []
-    late: dict[int, FeedbackRecord] = {}
+    decisions: list[DecisionRecord] = []
+    waiting: dict[int, list[int]] = {}  # decision id -> indices of its decisions without reward
+    early: dict[int, FeedbackRecord] = {}  # feedback read before any decision with its id
     for n, raw in enumerate(it):
         if isinstance(raw, Mapping) and raw.get("type", "decision") not in _RECORD_TYPES:
             continue  # a record kind this reader does not use
@@ -135,16 +137,24 @@ def records_from_log(
         except StateError as exc:
             raise OPEError(f"log record {n}: {exc}") from None
         if isinstance(rec, FeedbackRecord):
-            late[rec.decision_id] = rec
+            # Several writers (replicas, loggers) may share a log with overlapping ids:
+            # feedback completes the latest decision with its id that still waits for one.
+            stack = waiting.get(rec.decision_id)
+            if stack:
+                i = stack.pop()
+                decisions[i] = decisions[i].completed(rec)
+            else:
+                early[rec.decision_id] = rec  # e.g. rotated files read newest first
         else:
-            decisions[rec.decision_id] = rec
-            order.append(rec.decision_id)
+            if rec.reward is None and rec.decision_id in early:
+                rec = rec.completed(early.pop(rec.decision_id))
+            if rec.reward is None:
+                waiting.setdefault(rec.decision_id, []).append(len(decisions))
+            decisions.append(rec)
     out: list[LoggedDecision] = []
     skipped = 0
-    for did in order:
-        rec = decisions[did]
-        if rec.reward is None and did in late:
-            rec = rec.completed(late[did])
+    for rec in decisions:
+        did = rec.decision_id
         if rec.reward is None:
             skipped += 1
             continue

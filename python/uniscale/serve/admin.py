@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -63,6 +64,13 @@ class AdminRoutes(ServerBase):
     async def render_metrics(self, request: Request) -> Response:
         if (refusal := self._refusal(request, admin=True)) is not None:
             return refusal
+        self.refresh_gauges()
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    def refresh_gauges(self) -> None:
+        """Set the gauges read off the policy, the router and the sync (at each scrape, and
+        every second in a worker of ``[server] workers``, whose gauges the other workers'
+        scrapes render)."""
         m = self.metrics
         m.pending.set(self.policy.n_pending)
         m.pacing_lambda.set(self.policy.pacing_lambda)
@@ -70,7 +78,6 @@ class AdminRoutes(ServerBase):
         m.log_failures.set(self.router.log_failures)
         if self.sync is not None:
             m.set_sync(self.sync.status())
-        return Response(m.render(), media_type=CONTENT_TYPE_LATEST)
 
     async def admin_status(self, request: Request) -> Response:
         """The policy's and the server's state, for operators (admin token)."""
@@ -91,6 +98,14 @@ class AdminRoutes(ServerBase):
             "learning_skipped": self.router.learning_skipped,
             "log_failures": self.router.log_failures,
             "sync": None if self.sync is None else dataclasses.asdict(self.sync.status()),
+            "worker": None
+            if self.worker is None
+            else {
+                "index": self.worker.index,
+                "count": self.worker.count,
+                "replica": self.worker.replica(),
+                "pid": os.getpid(),
+            },
             "decision_log": None if self.log is None else str(self.log.path),
             "policy_path": None
             if self.cfg.state.policy_path is None

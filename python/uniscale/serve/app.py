@@ -22,6 +22,8 @@ import httpx
 from starlette.applications import Starlette
 from starlette.routing import Route
 
+from uniscale._core import ConfigError
+from uniscale.decision_log import last_decision_id
 from uniscale.execute import Executor
 from uniscale.policy import PRESETS
 from uniscale.router import (
@@ -54,12 +56,15 @@ from uniscale.serve.http import HTTPError as HTTPError
 from uniscale.serve.http import _env_token
 from uniscale.serve.metrics import Metrics
 from uniscale.serve.state import load_policy
+from uniscale.serve.workers import WorkerInfo
 from uniscale.space import ActionSpace
 
 if TYPE_CHECKING:
     from uniscale.sync import RedisSync
 
 logger = logging.getLogger(__name__)
+#: how often a worker of ``[server] workers`` refreshes its gauges for the aggregated /metrics
+GAUGE_REFRESH_S = 1.0
 
 
 class Server(ChatRoutes, FeedbackRoutes, AdminRoutes):
@@ -70,8 +75,15 @@ class Server(ChatRoutes, FeedbackRoutes, AdminRoutes):
     `FeedbackRoutes` (``/v1/feedback``) and `AdminRoutes` (health, metrics, admin, snapshots);
     this class builds the state they share, configures the policy and runs the lifecycle."""
 
-    def __init__(self, cfg: ServeConfig, *, transport: httpx.AsyncBaseTransport | None = None):
+    def __init__(
+        self,
+        cfg: ServeConfig,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        worker: WorkerInfo | None = None,
+    ):
         self.cfg = cfg
+        self.worker = worker
         self.metrics = Metrics()
         self.client_token = _env_token(cfg.server.client_token_env, "client bearer token")
         self.admin_token = _env_token(cfg.server.admin_token_env, "admin bearer token")
@@ -81,6 +93,8 @@ class Server(ChatRoutes, FeedbackRoutes, AdminRoutes):
             cfg.state.policy_path, self._fresh_policy, cfg.models, grid, cfg.policy.dim
         )
         self._configure_policy()
+        self._continue_decision_ids(worker)
+
         inner = transport or upstream_transport(
             cfg.server.upstream_http, 4 * cfg.server.max_inflight + 16
         )
@@ -117,6 +131,7 @@ class Server(ChatRoutes, FeedbackRoutes, AdminRoutes):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._issued: OrderedDict[int, float] = OrderedDict()
         self._snapshot_task: asyncio.Task[None] | None = None
+        self._gauge_task: asyncio.Task[None] | None = None
         self._snapshot_lock = asyncio.Lock()
         self._closed = False
         self.sync: RedisSync | None = self._make_sync()
@@ -124,6 +139,29 @@ class Server(ChatRoutes, FeedbackRoutes, AdminRoutes):
         self._action_names = names
         self._model_names = {m.name for m in cfg.models}
         logger.info("uniscale serve: policy from %s, %d actions", self.policy_source, len(names))
+
+    def _continue_decision_ids(self, worker: WorkerInfo | None) -> None:
+        """Decision ids are never issued twice: past those the decision log already holds (a
+        crash loses what happened since the last snapshot, not the log), and, in a worker of
+        ``[server] workers``, inside its range (an id names the worker that made it)."""
+        log = self.cfg.state.decision_log
+        if log is not None:
+            last = last_decision_id(log, log.with_name(log.name + ".1"))
+            if last is not None and last >= self.policy.next_decision_id:
+                logger.warning(
+                    "decision log %s holds decisions up to id %d, past the policy snapshot's; "
+                    "new ids continue after them",
+                    log,
+                    last,
+                )
+                self.policy.advance_decision_ids(last + 1)
+        if worker is not None:
+            nxt = self.policy.advance_decision_ids(worker.first_id)
+            if worker.owner(nxt) != worker.index:
+                raise ConfigError(
+                    f"worker {worker.index}: the policy from {self.policy_source} has issued "
+                    f"decision ids up to {nxt - 1}, past this worker's range"
+                )
 
     # -- policy ---------------------------------------------------------------------------------
 
@@ -206,6 +244,8 @@ class Server(ChatRoutes, FeedbackRoutes, AdminRoutes):
             self._snapshot_task = asyncio.create_task(self._snapshot_loop())
         if self.sync is not None:
             self.sync.start()
+        if self.worker is not None:
+            self._gauge_task = asyncio.create_task(self._gauge_loop())
         self.ready = True
         try:
             yield
@@ -219,10 +259,11 @@ class Server(ChatRoutes, FeedbackRoutes, AdminRoutes):
             return
         self._closed = True
         self.ready = False
-        if self._snapshot_task is not None:
-            self._snapshot_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._snapshot_task
+        for task in (self._snapshot_task, self._gauge_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._tasks:
             _, pending = await asyncio.wait(
                 list(self._tasks), timeout=self.cfg.server.graceful_shutdown_s
@@ -237,6 +278,15 @@ class Server(ChatRoutes, FeedbackRoutes, AdminRoutes):
         if self.log is not None:
             self.log.close()
         await self.executor.aclose()
+
+    async def _gauge_loop(self) -> None:
+        """A worker's gauges, kept fresh for the scrapes the other workers answer."""
+        while True:
+            try:
+                self.refresh_gauges()
+            except Exception:  # a gauge must never take the worker down
+                logger.exception("refreshing the metrics gauges failed")
+            await asyncio.sleep(GAUGE_REFRESH_S)
 
     def app(self) -> Starlette:
         routes = [

@@ -41,6 +41,8 @@ DEFAULT_MODEL_CONCURRENCY = 32
 FeedbackKind = Literal["deferred", "confidence"]
 UpstreamHTTP = Literal["auto", "aiohttp", "httpx"]
 FeaturizerKind = Literal["hash", "embed"]
+#: most worker processes of one server (decision ids: one range of 2**WORKER_ID_BITS each)
+MAX_WORKERS = 64
 #: request dimensions of the ``embed`` featurizer (`uniscale.embed.StaticEmbeddingFeaturizer`)
 EMBED_DIM = 16
 
@@ -62,6 +64,8 @@ class ServerSettings:
     admin_token_env: str | None = None
     graceful_shutdown_s: float = 30.0
     upstream_http: UpstreamHTTP = "auto"
+    #: worker processes sharing the port; more than one needs [sync] (docs/serve.md)
+    workers: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +283,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "admin_token_env": _env,
         "graceful_shutdown_s": _float(0.0),
         "upstream_http": _str(("auto", "aiohttp", "httpx")),
+        "workers": _int(1, MAX_WORKERS),
     },
     "policy": {
         "dim": _int(1, 4096),
@@ -506,11 +511,26 @@ def parse_config(text: str, source: str = "<config>", base_dir: Path | None = No
     ):
         if action is not None and action not in actions:
             raise rep.error(table, None, key, f"{action} is not in the action grid")
+    if server.workers > 1 and not sync.enabled:
+        raise rep.error(
+            "server",
+            None,
+            "workers",
+            workers_need_sync(server.workers),
+        )
     if server.mode in ("shadow", "conservative") and policy.baseline is None:
         raise rep.error(
             "server", None, "mode", f"mode {server.mode!r} needs [policy] baseline = 'MODEL/...'"
         )
     return cfg
+
+
+def workers_need_sync(n: int) -> str:
+    """Why ``workers = n`` (n > 1) is refused without ``[sync]``."""
+    return (
+        f"{n} workers need [sync] redis_url: each worker process is a replica that shares what "
+        "it learns through Redis (docs/serve.md, Workers)"
+    )
 
 
 def load_config(path: str | Path) -> ServeConfig:
@@ -541,6 +561,7 @@ max_body_bytes = 1000000
 max_inflight = 64                 # routed requests executing at once (server-wide)
 max_samples = 64                  # no action drawing more samples than this per request
 upstream_http = "auto"            # auto | aiohttp | httpx: the connection layer under httpx
+# workers = 4                     # processes sharing the port (needs [sync]; default 1)
 # client_token_env = "UNISCALE_CLIENT_TOKEN"   # bearer token clients must send
 # admin_token_env = "UNISCALE_ADMIN_TOKEN"     # bearer token for /v1/feedback, /metrics, /admin
 

@@ -55,6 +55,13 @@ class FeedbackRoutes(ServerBase):
                     raise HTTPError(400, "replica must be a string", param="replica")
                 if replica != self.sync.replica_id:
                     return await self._forward_feedback(replica, did, float(quality))
+            elif self.worker is not None:
+                # the id names the worker that made the decision (`uniscale.serve.workers`)
+                owner = self.worker.owner(did)
+                if owner is not None and owner != self.worker.index:
+                    return await self._forward_feedback(
+                        self.worker.replica(owner), did, float(quality)
+                    )
             try:
                 upd = self.router.feedback(did, float(quality))
             except UnknownDecisionError:

@@ -21,6 +21,7 @@ from uniscale.serve.hooks import ServedPolicy
 from uniscale.serve.metrics import Metrics
 
 if TYPE_CHECKING:
+    from uniscale.serve.workers import WorkerInfo
     from uniscale.sync import RedisSync
 
 
@@ -79,6 +80,7 @@ class ServerBase:
     router: Router
     log: DecisionLog | None
     sync: RedisSync | None
+    worker: WorkerInfo | None
     ready: bool
     _sem: asyncio.Semaphore
     _tasks: set[asyncio.Task[Any]]

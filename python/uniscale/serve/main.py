@@ -10,6 +10,7 @@ import signal
 import socket
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,13 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--host", default=None, help="override [server] host")
     p.add_argument("--port", type=int, default=None, help="override [server] port (0: any free)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="override [server] workers: processes sharing the port (more than one needs "
+        "[sync]; docs/serve.md)",
+    )
     p.add_argument(
         "--state-dir",
         default=None,
@@ -101,19 +109,61 @@ def _run(args: argparse.Namespace) -> int:
         server_cfg = dataclasses.replace(server_cfg, host=args.host)
     if args.port is not None:
         server_cfg = dataclasses.replace(server_cfg, port=args.port)
+    if args.workers is not None:
+        server_cfg = dataclasses.replace(server_cfg, workers=args.workers)
     cfg = dataclasses.replace(cfg, server=server_cfg)
+    check_workers(cfg)
     if args.check:
+        workers = f", {cfg.server.workers} workers" if cfg.server.workers > 1 else ""
         print(
             f"{cfg.source}: OK: {len(cfg.models)} models, {len(cfg.actions())} actions, "
-            f"mode {cfg.server.mode}, listening on {cfg.server.host}:{cfg.server.port}"
+            f"mode {cfg.server.mode}, listening on {cfg.server.host}:{cfg.server.port}{workers}"
         )
         return 0
     try:
+        if cfg.server.workers > 1:
+            from uniscale.serve.workers import run_workers
+
+            sock = listen(cfg)
+            try:
+                return run_workers(cfg, sock)
+            finally:
+                sock.close()
         _run_loop(serve(cfg, transport=transport))
     finally:
         if tmp is not None:
             tmp.cleanup()
     return 0
+
+
+def check_workers(cfg: Any) -> None:
+    """`ServeConfigError` unless ``cfg.server.workers`` is one, or in range with ``[sync]``
+    (the same check as the file's, for ``--workers``)."""
+    from uniscale.serve.config import MAX_WORKERS, ServeConfigError, workers_need_sync
+
+    n = cfg.server.workers
+    if not 1 <= n <= MAX_WORKERS:
+        raise ServeConfigError(f"--workers must be in [1, {MAX_WORKERS}], got {n}")
+    if n > 1 and not cfg.sync.enabled:
+        raise ServeConfigError(f"{cfg.source}: {workers_need_sync(n)}")
+
+
+def listen(cfg: Any) -> socket.socket:
+    """The listening socket on ``[server] host:port`` (port 0: any free one)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in cfg.server.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        sock.bind((cfg.server.host, cfg.server.port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(
+            exc.errno, f"cannot listen on {cfg.server.host}:{cfg.server.port}: {exc.strerror}"
+        ) from None
+    # Listen now: connections made before uvicorn starts wait in the backlog instead of being
+    # refused.
+    sock.listen(2048)
+    return sock
 
 
 def _run_loop(main: Any) -> None:
@@ -127,27 +177,26 @@ def _run_loop(main: Any) -> None:
     uvloop.run(main)
 
 
-async def serve(cfg: Any, *, transport: Any = None) -> None:
+async def serve(
+    cfg: Any,
+    *,
+    transport: Any = None,
+    sock: socket.socket | None = None,
+    worker: Any = None,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
     """Run until SIGINT/SIGTERM: uvicorn stops accepting, finishes in-flight requests, then
-    the server snapshots the policy and closes the decision log."""
+    the server snapshots the policy and closes the decision log. A worker of
+    ``[server] workers`` (`uniscale.serve.workers`) passes the parent's listening ``sock``,
+    its `WorkerInfo` and ``on_ready`` (called with the policy's source instead of printing)."""
     import uvicorn
 
     from uniscale.serve.app import Server
 
-    server = Server(cfg, transport=transport)
-    sock = socket.socket(socket.AF_INET6 if ":" in cfg.server.host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    try:
-        sock.bind((cfg.server.host, cfg.server.port))
-    except OSError as exc:
-        sock.close()
-        raise OSError(
-            exc.errno, f"cannot listen on {cfg.server.host}:{cfg.server.port}: {exc.strerror}"
-        ) from None
-    # Listen now: connections made between the line below and uvicorn's start wait in the
-    # backlog instead of being refused.
-    sock.listen(2048)
+    server = Server(cfg, transport=transport, worker=worker)
+    own_sock = sock is None
+    if sock is None:
+        sock = listen(cfg)
     host, port = sock.getsockname()[:2]
     config = uvicorn.Config(
         server.app(),
@@ -166,14 +215,19 @@ async def serve(cfg: Any, *, transport: Any = None) -> None:
             self.should_exit = True
 
     uv = _Uvicorn(config)
-    print(
-        f"uniscale serve: listening on http://{host}:{port} (policy from "
-        f"{server.policy_source}, mode {cfg.server.mode})",
-        flush=True,
-    )
+    if on_ready is not None:
+        on_ready(server.policy_source)
+    else:
+        print(
+            f"uniscale serve: listening on http://{host}:{port} (policy from "
+            f"{server.policy_source}, mode {cfg.server.mode})",
+            flush=True,
+        )
     try:
         await uv.serve(sockets=[sock])
     finally:
         await server.close()  # no-op when the lifespan already closed it
-        sock.close()
-    print("uniscale serve: stopped", flush=True)
+        if own_sock:
+            sock.close()
+    if on_ready is None:
+        print("uniscale serve: stopped", flush=True)

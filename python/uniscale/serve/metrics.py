@@ -1,14 +1,23 @@
 """Prometheus metrics of ``uniscale serve`` (``GET /metrics``), in their own registry so that
 several servers in one process (tests) never collide. Labels never hold secrets: actions,
-model names, error type names and HTTP status codes only."""
+model names, error type names and HTTP status codes only.
+
+Under ``[server] workers = N`` (`uniscale.serve.workers`) prometheus_client runs in its
+multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, set by the parent) and every worker's
+``/metrics`` renders all workers: counters and histograms summed, the gauges that count things
+(in flight, pending, log failures) summed over live workers, the others one series per live
+worker (label ``pid``)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE_LATEST
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from uniscale.serve.workers import METRICS_DIR_ENV
 
 if TYPE_CHECKING:
     from uniscale.sync import SyncStatus
@@ -120,28 +129,55 @@ class Metrics:
         self.snapshots = Counter(
             "uniscale_snapshots", "Policy snapshots by result", ["result"], registry=r
         )
-        self.inflight = Gauge("uniscale_inflight", "Routed requests executing now", registry=r)
+        self.inflight = Gauge(
+            "uniscale_inflight",
+            "Routed requests executing now",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.pending = Gauge(
-            "uniscale_pending_decisions", "Decisions waiting for feedback", registry=r
+            "uniscale_pending_decisions",
+            "Decisions waiting for feedback",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.pacing_lambda = Gauge(
-            "uniscale_pacing_lambda", "Budget pacing multiplier on cost", registry=r
+            "uniscale_pacing_lambda",
+            "Budget pacing multiplier on cost",
+            registry=r,
+            multiprocess_mode="liveall",
         )
         self.pacing_credit = Gauge(
-            "uniscale_pacing_credit", "Unspent budget kept as credit (requests' worth)", registry=r
+            "uniscale_pacing_credit",
+            "Unspent budget kept as credit (requests' worth)",
+            registry=r,
+            multiprocess_mode="liveall",
         )
         self.log_rotations = Counter(
             "uniscale_decision_log_rotations", "Decision log rotations by size", registry=r
         )
         self.log_failures = Gauge(
-            "uniscale_decision_log_failures", "Records the decision log could not take", registry=r
+            "uniscale_decision_log_failures",
+            "Records the decision log could not take",
+            registry=r,
+            multiprocess_mode="livesum",
         )
 
-        self._sync = [(Gauge(name, doc, registry=r), value) for name, doc, value in _SYNC_GAUGES]
+        self._sync = [
+            (Gauge(name, doc, registry=r, multiprocess_mode="liveall"), value)
+            for name, doc, value in _SYNC_GAUGES
+        ]
 
     def set_sync(self, st: SyncStatus) -> None:
         for gauge, value in self._sync:
             gauge.set(value(st))
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        path = os.environ.get(METRICS_DIR_ENV)
+        if not path:
+            return generate_latest(self.registry)
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        everyone = CollectorRegistry()
+        MultiProcessCollector(everyone, path=path)  # type: ignore[no-untyped-call]
+        return generate_latest(everyone)
