@@ -252,7 +252,7 @@ def run_workers(cfg: ServeConfig, sock: socket.socket) -> int:
             sources = sup.wait_ready()
         except RuntimeError as exc:
             print(f"uniscale serve: {exc}", file=sys.stderr, flush=True)
-            code = 1
+            code = 0 if sup.stopping else 1  # stopped on purpose while starting: not a failure
         else:
             host, port = sock.getsockname()[:2]
             srcs = ", ".join(sources[i] for i in sorted(sources))
