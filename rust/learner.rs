@@ -409,6 +409,7 @@ pub fn removal_mapping(n_actions: usize, indices: &[i64]) -> CoreResult<Vec<i64>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::Record;
 
     #[test]
     fn argmax_ties_and_mask() {

@@ -3,6 +3,7 @@
 use proptest::prelude::*;
 use uniscale::learner::Learner;
 use uniscale::linalg;
+use uniscale::state::Record;
 use uniscale::{Config, LinUcb, SharedLinUcb};
 
 fn vecs(n: usize, len: usize) -> impl Strategy<Value = Vec<Vec<f64>>> {

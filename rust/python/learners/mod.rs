@@ -269,6 +269,13 @@ macro_rules! learner_pyclass {
             }
         }
 
+        impl $py {
+            /// The state blob, serialised under the read lock.
+            fn state_bytes(&self) -> Vec<u8> {
+                $crate::state::Record::to_bytes(&*self.inner.read())
+            }
+        }
+
         #[pymethods]
         impl $py {
             $($own)*
@@ -363,35 +370,35 @@ macro_rules! learner_pyclass {
             fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, ::pyo3::types::PyBytes>> {
                 $crate::python::learners::verified_bytes(
                     py,
-                    || self.inner.read().to_bytes(),
-                    $core::from_bytes,
+                    || self.state_bytes(),
+                    <$core as $crate::state::Record>::from_bytes,
                 )
             }
 
             #[staticmethod]
             fn from_bytes(py: Python<'_>, data: Vec<u8>) -> PyResult<Self> {
-                Ok(py.detach(|| $core::from_bytes(&data))?.into())
+                Ok(py.detach(|| <$core as $crate::state::Record>::from_bytes(&data))?.into())
             }
 
             fn save(&self, py: Python<'_>, path: ::std::path::PathBuf) -> PyResult<()> {
                 $crate::python::learners::save_with(
                     py,
                     &path,
-                    || self.inner.read().to_bytes(),
-                    $core::from_bytes,
+                    || self.state_bytes(),
+                    <$core as $crate::state::Record>::from_bytes,
                 )
             }
 
             #[staticmethod]
             fn load(py: Python<'_>, path: ::std::path::PathBuf) -> PyResult<Self> {
-                Ok($crate::python::learners::load_file(py, &path, $core::from_bytes)?.into())
+                Ok($crate::python::learners::load_file(py, &path, <$core as $crate::state::Record>::from_bytes)?.into())
             }
 
             fn __reduce__<'py>(
                 slf: &Bound<'py, Self>,
             ) -> PyResult<Bound<'py, ::pyo3::types::PyTuple>> {
                 let me = slf.get();
-                $crate::python::learners::reduce(slf, || me.inner.read().to_bytes(), $core::from_bytes)
+                $crate::python::learners::reduce(slf, || me.state_bytes(), <$core as $crate::state::Record>::from_bytes)
             }
         }
     };
