@@ -418,6 +418,11 @@ impl Learner for LinUcb {
     fn config(&self) -> &Config {
         &self.cfg
     }
+    fn n_updates(&self) -> u64 {
+        self.arms
+            .iter()
+            .fold(0u64, |n, arm| n.saturating_add(arm.n_updates))
+    }
 
     fn scores_into(&self, x: &[f64], mean: &mut [f64], bonus: &mut [f64]) {
         let me = self;

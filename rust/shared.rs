@@ -286,6 +286,9 @@ impl Learner for SharedLinUcb {
     fn config(&self) -> &Config {
         &self.cfg
     }
+    fn n_updates(&self) -> u64 {
+        self.model.n_updates
+    }
 
     fn scores_into(&self, x: &[f64], mean: &mut [f64], bonus: &mut [f64]) {
         let me = self;

@@ -30,11 +30,6 @@ learner_pyclass!(
         Ok(l.into())
     }
 
-    #[getter]
-    fn n_updates(&self) -> u64 {
-        self.inner.read().arms.iter().map(|a| a.n_updates).sum()
-    }
-
     #[pyo3(signature = (action=None))]
     fn theta<'py>(
         &self,

@@ -304,6 +304,10 @@ macro_rules! learner_pyclass {
             fn prior_mean(&self) -> f64 {
                 self.inner.read().cfg.prior_mean
             }
+            #[getter]
+            fn n_updates(&self) -> u64 {
+                self.inner.read().n_updates()
+            }
 
             #[pyo3(signature = (x, mask=None))]
             fn select(

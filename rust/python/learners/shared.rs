@@ -42,11 +42,6 @@ learner_pyclass!(
         self.inner.read().joint_dim()
     }
 
-    #[getter]
-    fn n_updates(&self) -> u64 {
-        self.inner.read().model.n_updates
-    }
-
     /// theta as a flat (D,) vector in `kron([1, x], [1, psi])` order.
     fn theta<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f64>> {
         self.inner.read().model.theta.clone().into_pyarray(py)
