@@ -75,6 +75,30 @@ fn fb(quality: f64) -> Feedback {
     }
 }
 
+/// Feedback of quality 0.5 that reports `cost_usd`.
+fn costing(cost_usd: f64) -> Feedback {
+    Feedback {
+        cost_usd: Some(cost_usd),
+        ..fb(0.5)
+    }
+}
+
+/// `p.update(id, feedback, now_s)` fails with an error `expected` accepts and changes nothing.
+fn assert_refused(
+    p: &mut Policy,
+    id: u64,
+    feedback: Feedback,
+    now_s: f64,
+    expected: fn(&CoreError) -> bool,
+) {
+    let before = p.clone();
+    match p.update(id, feedback, now_s) {
+        Err(e) => assert!(expected(&e), "unexpected error {e:?}"),
+        Ok(r) => panic!("accepted: {r:?}"),
+    }
+    assert_same(p, &before);
+}
+
 /// The quality floor's retrospective counterfactual: the summed quality of an action over
 /// several requests, from the features' sum, equals the sum of its per-request means, and
 /// its width is that of the summed joint feature vector (checked against the learner's own
@@ -164,20 +188,12 @@ fn refused_update_changes_nothing() {
             samples_used: Some(0.0),
             ..fb(0.5)
         };
-        assert!(matches!(
-            p.update(d.id, bad, 12.0),
-            Err(CoreError::Config(_))
-        ));
-        assert_same(&p, &before);
-        let huge = Feedback {
-            cost_usd: Some(f64::MAX),
-            ..fb(0.5)
-        };
-        assert!(matches!(
-            p.update(d.id, huge, 12.0),
-            Err(CoreError::NonFinite(_))
-        ));
-        assert_same(&p, &before);
+        assert_refused(&mut p, d.id, bad, 12.0, |e| {
+            matches!(e, CoreError::Config(_))
+        });
+        assert_refused(&mut p, d.id, costing(f64::MAX), 12.0, |e| {
+            matches!(e, CoreError::NonFinite(_))
+        });
         assert_eq!(p.pending.len(), 2);
         p.update(d.id, fb(0.5), 12.0).unwrap();
         assert_eq!(
@@ -202,23 +218,12 @@ fn spend_total_never_overflows() {
     let mut p = policy(true, Budget::PerRequest(1e-3));
     let a = p.select(&[0.1, 0.2], 100.0, None, None, None, 0.0).unwrap();
     let b = p.select(&[0.1, 0.2], 100.0, None, None, None, 0.0).unwrap();
-    let big = Feedback {
-        cost_usd: Some(1e308),
-        ..fb(0.5)
-    };
+    let non_finite = |e: &CoreError| matches!(e, CoreError::NonFinite(_));
     // the reward -0.4 * 1e308 / cost_scale overflows already
-    assert!(matches!(
-        p.update(a.id, big, 1.0),
-        Err(CoreError::NonFinite(_))
-    ));
+    assert_refused(&mut p, a.id, costing(1e308), 1.0, non_finite);
     p.weights.cost = 0.0;
-    p.update(a.id, big, 1.0).unwrap();
-    let before = p.clone();
-    assert!(matches!(
-        p.update(b.id, big, 1.0),
-        Err(CoreError::NonFinite(_))
-    ));
-    assert_same(&p, &before);
+    p.update(a.id, costing(1e308), 1.0).unwrap();
+    assert_refused(&mut p, b.id, costing(1e308), 1.0, non_finite);
     assert!(p.pacer.lambda.is_finite() && p.pacer.debt.is_finite());
     Policy::from_bytes(&p.to_bytes()).unwrap();
 }
