@@ -11,6 +11,14 @@ fn open(lo: f64, hi: f64, var: f64, baseline: bool) -> Open {
     }
 }
 
+/// Quality-floor mode around action `uid` with `tolerance` (confidence 0.95, quality sd 0.5 on
+/// [0, 1]).
+fn quality_floor(uid: u64, tolerance: f64) -> Conservative {
+    Conservative::new(uid, 0.0, 0.95, 0.5, (0.0, 1.0))
+        .and_then(|c| c.with_quality_floor(tolerance))
+        .unwrap()
+}
+
 /// `c` written and read back as the policy state holds it (layout 3, up to 10 open decisions).
 fn reread(c: &Conservative) -> CoreResult<Conservative> {
     let bytes = crate::state::encode(Kind::Policy, |w| c.write(w));
@@ -72,7 +80,7 @@ fn state_round_trips() {
 
 #[test]
 fn quality_floor_state_round_trips_with_its_multiplier_and_counterfactuals() {
-    let mut c = Conservative::quality_floor(3, 0.02, 0.95, 0.5, (0.0, 1.0)).unwrap();
+    let mut c = quality_floor(3, 0.02);
     assert!(c.retro);
     c.record(1, open(0.2, 0.8, 0.25, false));
     c.complete(1, 1.0, &[1.0, 0.5, -2.0]);
@@ -88,7 +96,7 @@ fn quality_floor_state_round_trips_with_its_multiplier_and_counterfactuals() {
 #[test]
 fn corrupt_floor_multiplier_is_refused() {
     for bad in [f64::NAN, -1.0, 0.0, 1e9] {
-        let mut c = Conservative::quality_floor(3, 0.02, 0.95, 0.5, (0.0, 1.0)).unwrap();
+        let mut c = quality_floor(3, 0.02);
         c.multiplier = bad;
         let e = reread(&c).unwrap_err();
         assert!(e.to_string().contains("multiplier"), "{e}");
@@ -97,7 +105,7 @@ fn corrupt_floor_multiplier_is_refused() {
 
 #[test]
 fn multiplier_follows_the_gap_and_stays_in_range() {
-    let mut c = Conservative::quality_floor(3, 0.01, 0.95, 0.5, (0.0, 1.0)).unwrap();
+    let mut c = quality_floor(3, 0.01);
     c.update_multiplier(-0.2); // short of the floor: quality counts more
     assert!(c.multiplier > 1.0);
     let m = c.multiplier;
@@ -120,7 +128,7 @@ fn multiplier_follows_the_gap_and_stays_in_range() {
 #[test]
 fn floor_allows_a_provably_better_action_on_negative_slack_and_conservative_mode_does_not() {
     // slack below zero (a re-estimated counterfactual can do that after the fact)
-    let mut f = Conservative::quality_floor(3, 0.01, 0.95, 0.5, (0.0, 1.0)).unwrap();
+    let mut f = quality_floor(3, 0.01);
     f.record(1, open(0.5, 0.5, 0.0, true));
     f.complete(1, 0.0, &[]);
     let retro_hi = 0.0;
@@ -140,7 +148,7 @@ fn floor_allows_a_provably_better_action_on_negative_slack_and_conservative_mode
 
 /// Properties of the account over random histories (proptest).
 mod props {
-    use super::{open, Conservative};
+    use super::{open, quality_floor, Conservative};
     use proptest::prelude::*;
 
     fn history() -> impl Strategy<Value = Vec<(f64, f64, f64, bool, Option<f64>)>> {
@@ -167,7 +175,7 @@ mod props {
         floor: bool,
     ) -> Conservative {
         let mut c = if floor {
-            Conservative::quality_floor(0, delta, 0.95, 0.5, (0.0, 1.0)).unwrap()
+            quality_floor(0, delta)
         } else {
             Conservative::new(0, delta, 0.95, 0.5, (0.0, 1.0)).unwrap()
         };
