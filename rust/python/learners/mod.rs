@@ -248,13 +248,17 @@ fn repr(name: &str, n_actions: usize, dim: usize, extra: &str, cfg: &Config) -> 
 }
 
 /// A learner pyclass `$py` (Python name `$name`) wrapping `inner: RwLock<$core>`, and its
-/// `#[pymethods]`: the methods both learners share line for line (configuration getters,
-/// `select`, `scores`, `update`, the batch variants, `remove_actions` and the state methods),
-/// then the class's own items. One `#[pymethods]` block per class, so no `multiple-pymethods`
+/// `#[pymethods]`: the methods both learners share line for line (the constructor, whose first
+/// argument `$first` describes the actions and goes with `dim` and the configuration to the
+/// class's own `build`; configuration getters, `select`, `scores`, `update`, the batch
+/// variants, `remove_actions` and the state methods), then the class's own items. One `#[pymethods]` block per class, so no `multiple-pymethods`
 /// feature is needed. The shared methods name what they use by full path, so a class's module
 /// imports only what its own items need.
 macro_rules! learner_pyclass {
-    ($(#[$doc:meta])* $py:ident = $name:literal wraps $core:ident { $($own:tt)* }) => {
+    (
+        $(#[$doc:meta])* $py:ident = $name:literal wraps $core:ident,
+        new($first:ident: $first_ty:ty) { $($own:tt)* }
+    ) => {
         $(#[$doc])*
         #[pyclass(frozen, module = "uniscale._core", name = $name)]
         pub struct $py {
@@ -278,6 +282,20 @@ macro_rules! learner_pyclass {
 
         #[pymethods]
         impl $py {
+            #[new]
+            #[pyo3(signature = ($first, dim, alpha=1.0, ridge=1.0, discount=1.0, prior_mean=0.0))]
+            fn new(
+                $first: $first_ty,
+                dim: i64,
+                alpha: f64,
+                ridge: f64,
+                discount: f64,
+                prior_mean: f64,
+            ) -> PyResult<Self> {
+                let cfg = $crate::python::learners::config(alpha, ridge, discount, prior_mean);
+                Ok(Self::build($first, dim, cfg)?.into())
+            }
+
             $($own)*
 
             #[getter]
