@@ -23,7 +23,7 @@ use crate::learner::{
 };
 use crate::linalg::{self, SYM_MIN_DIM};
 use crate::ridge::Ridge;
-use crate::state::{self, Kind, Reader, Writer};
+use crate::state::{Kind, Reader, Record, Writer};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct LinUcb {
@@ -378,8 +378,12 @@ impl LinUcb {
         self.arms = merged;
         self.rebuild_scoring()
     }
+}
 
-    pub fn write_payload(&self, w: &mut Writer) {
+impl Record for LinUcb {
+    const KIND: Kind = Kind::LinUcb;
+
+    fn write_payload(&self, w: &mut Writer) {
         w.usize(self.arms.len());
         w.usize(self.dim);
         self.cfg.write(w);
@@ -388,7 +392,7 @@ impl LinUcb {
         }
     }
 
-    pub fn read_payload(r: &mut Reader) -> CoreResult<Self> {
+    fn read_payload(r: &mut Reader) -> CoreResult<Self> {
         let k = r.dim("n_actions", MAX_DIM)?;
         let d = r.dim("dim", 4096)?;
         let cfg = Config::read(r)?;
@@ -402,14 +406,6 @@ impl LinUcb {
         me.rebuild_scoring()?;
         Ok(me)
     }
-
-    pub fn to_bytes(&self) -> Vec<u8> {
-        state::encode(Kind::LinUcb, |w| self.write_payload(w))
-    }
-
-    pub fn from_bytes(bytes: &[u8]) -> CoreResult<Self> {
-        state::decode(bytes, Kind::LinUcb, Self::read_payload)
-    }
 }
 
 impl Learner for LinUcb {
@@ -421,6 +417,11 @@ impl Learner for LinUcb {
     }
     fn config(&self) -> &Config {
         &self.cfg
+    }
+    fn n_updates(&self) -> u64 {
+        self.arms
+            .iter()
+            .fold(0u64, |n, arm| n.saturating_add(arm.n_updates))
     }
 
     fn scores_into(&self, x: &[f64], mean: &mut [f64], bonus: &mut [f64]) {

@@ -22,7 +22,7 @@ use crate::learner::{
 };
 use crate::linalg;
 use crate::ridge::Ridge;
-use crate::state::{self, Kind, Reader, Writer};
+use crate::state::{Kind, Reader, Record, Writer};
 
 /// `kron([1, x], [1, psi_a])`.
 pub fn kron_phi(x: &[f64], psi_a: &[f64]) -> Vec<f64> {
@@ -248,8 +248,12 @@ impl SharedLinUcb {
         }
         Ok(())
     }
+}
 
-    pub fn write_payload(&self, w: &mut Writer) {
+impl Record for SharedLinUcb {
+    const KIND: Kind = Kind::SharedLinUcb;
+
+    fn write_payload(&self, w: &mut Writer) {
         w.usize(self.n_actions());
         w.usize(self.dim);
         w.usize(self.p);
@@ -258,7 +262,7 @@ impl SharedLinUcb {
         self.model.write_stats(w);
     }
 
-    pub fn read_payload(r: &mut Reader) -> CoreResult<Self> {
+    fn read_payload(r: &mut Reader) -> CoreResult<Self> {
         let k = r.dim("n_actions", MAX_DIM)?;
         let d = r.dim("dim", MAX_JOINT_DIM)?;
         let p = r.dim("p", MAX_JOINT_DIM)?;
@@ -269,14 +273,6 @@ impl SharedLinUcb {
         let mut me = SharedLinUcb::new(psi, k, p, d, cfg).map_err(|e| e.loading(""))?;
         me.model = Ridge::read_stats(r, me.joint_dim(), "model matrix")?;
         Ok(me)
-    }
-
-    pub fn to_bytes(&self) -> Vec<u8> {
-        state::encode(Kind::SharedLinUcb, |w| self.write_payload(w))
-    }
-
-    pub fn from_bytes(bytes: &[u8]) -> CoreResult<Self> {
-        state::decode(bytes, Kind::SharedLinUcb, Self::read_payload)
     }
 }
 
@@ -289,6 +285,9 @@ impl Learner for SharedLinUcb {
     }
     fn config(&self) -> &Config {
         &self.cfg
+    }
+    fn n_updates(&self) -> u64 {
+        self.model.n_updates
     }
 
     fn scores_into(&self, x: &[f64], mean: &mut [f64], bonus: &mut [f64]) {

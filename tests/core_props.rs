@@ -3,6 +3,7 @@
 use proptest::prelude::*;
 use uniscale::learner::Learner;
 use uniscale::linalg;
+use uniscale::state::Record;
 use uniscale::{Config, LinUcb, SharedLinUcb};
 
 fn vecs(n: usize, len: usize) -> impl Strategy<Value = Vec<Vec<f64>>> {
@@ -264,103 +265,6 @@ proptest! {
                     prop_assert!(m.iter().chain(&b).all(|v| v.is_finite()));
                 }
             }
-        }
-    }
-}
-
-mod conservative_props {
-    use proptest::prelude::*;
-    use uniscale::conservative::{Conservative, Open};
-
-    fn open(lo: f64, hi: f64, var: f64, baseline: bool) -> Open {
-        Open {
-            lo,
-            hi,
-            var_policy: var,
-            var_baseline: var,
-            baseline,
-        }
-    }
-
-    fn history() -> impl Strategy<Value = Vec<(f64, f64, f64, bool, Option<f64>)>> {
-        prop::collection::vec(
-            (
-                -2.0f64..1.0,
-                -1.0f64..2.0,
-                0.0f64..1.0,
-                any::<bool>(),
-                prop::option::of(-2.0f64..2.0),
-            ),
-            0..40,
-        )
-    }
-
-    fn build(delta: f64, hist: &[(f64, f64, f64, bool, Option<f64>)]) -> Conservative {
-        build_mode(delta, hist, false)
-    }
-
-    /// `floor`: quality-floor mode (tolerance `delta`, retrospective counterfactuals).
-    fn build_mode(
-        delta: f64,
-        hist: &[(f64, f64, f64, bool, Option<f64>)],
-        floor: bool,
-    ) -> Conservative {
-        let mut c = if floor {
-            Conservative::quality_floor(0, delta, 0.95, 0.5, (0.0, 1.0)).unwrap()
-        } else {
-            Conservative::new(0, delta, 0.95, 0.5, (0.0, 1.0)).unwrap()
-        };
-        for (id, &(lo, hi, var, base, reward)) in hist.iter().enumerate() {
-            let o = if base {
-                open(lo, lo, 0.0, true)
-            } else {
-                open(lo, hi, var, false)
-            };
-            c.record(id as u64, o);
-            if let Some(r) = reward {
-                c.complete(id as u64, r, &[1.0, 0.5]);
-            }
-        }
-        c
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig { cases: 128, .. ProptestConfig::default() })]
-
-        /// The baseline is always allowed; an action allowed at some lower bound stays allowed
-        /// at a higher one, and at a lower baseline upper bound or a smaller noise variance.
-        #[test]
-        fn allowed_is_monotone(
-            delta in 0.0f64..0.9, hist in history(),
-            lo in -2.0f64..1.0, hi in -1.0f64..2.0, var in 0.0f64..1.0,
-            dlo in 0.0f64..1.0, dhi in 0.0f64..1.0, dvar in 0.0f64..1.0,
-            floor in any::<bool>(), retro in 0.0f64..20.0,
-        ) {
-            let c = build_mode(delta, &hist, floor);
-            let retro = if floor { retro } else { 0.0 };
-            prop_assert!(c.allowed(&[open(lo, hi, var, true)], retro, 0.5)[0]);
-            if c.allowed(&[open(lo, hi, var, false)], retro, 0.5)[0] {
-                prop_assert!(c.allowed(&[open(lo + dlo, hi, var, false)], retro, 0.5)[0]);
-                prop_assert!(c.allowed(&[open(lo, hi - dhi, var, false)], retro, 0.5)[0]);
-                prop_assert!(c.allowed(&[open(lo, hi, (var - dvar).max(0.0), false)], retro, 0.5)[0]);
-            }
-        }
-
-        /// The slack is policy_lo - (baseline_hi - delta |baseline_hi|), and completing a
-        /// baseline decision at reward r changes the two sums by exactly r (up to rounding).
-        #[test]
-        fn slack_identity_and_baseline_rewards(delta in 0.0f64..0.9, hist in history(), r in -2.0f64..2.0) {
-            let mut c = build(delta, &hist);
-            let b = c.budget(0.0);
-            let want = b.policy_lo - (b.baseline_hi - delta * b.baseline_hi.abs());
-            prop_assert!((b.slack - want).abs() <= 1e-9 * (1.0 + want.abs()));
-            let id = 1_000_000;
-            c.record(id, open(0.0, 0.0, 0.0, true));
-            let before = c.budget(0.0);
-            c.complete(id, r, &[1.0, 0.5]);
-            let after = c.budget(0.0);
-            prop_assert!((after.policy_lo - before.policy_lo - r).abs() < 1e-9);
-            prop_assert!((after.baseline_hi - before.baseline_hi - r).abs() < 1e-9);
         }
     }
 }

@@ -6,7 +6,7 @@ mod common;
 use proptest::prelude::*;
 use uniscale::cost::CostModel;
 use uniscale::pacing::{Budget, Pacer, LAMBDA_MAX};
-use uniscale::policy::{Feedback, Policy};
+use uniscale::policy::{Feedback, Policy, Request};
 use uniscale::prune::PruneReason;
 use uniscale::space::{ActionDef, ModelInfo, Space, Strategy as Tts};
 
@@ -241,7 +241,7 @@ proptest! {
 
 /// One request of a random stream: features, prompt length, limits, mask bits, and the
 /// feedback (quality, delay) if it is answered.
-type Request = (
+type Step = (
     Vec<f64>,
     f64,
     Option<f64>,
@@ -250,7 +250,7 @@ type Request = (
     Option<(f64, f64)>,
 );
 
-fn requests() -> impl Strategy<Value = Vec<Request>> {
+fn requests() -> impl Strategy<Value = Vec<Step>> {
     prop::collection::vec(
         (
             prop::collection::vec(-2.0f64..2.0, common::DIM),
@@ -350,9 +350,14 @@ proptest! {
             let now = t as f64;
             let mask: Vec<bool> = (0..k).map(|i| bits >> (i % 8) & 1 == 1 || i == t % k).collect();
             let mask = (bits % 3 == 0).then_some(mask);
-            let d = p
-                .select(&x, tokens, max_cost, max_latency, mask.as_deref(), now)
-                .unwrap();
+            let req = Request {
+                x: &x,
+                input_tokens: tokens,
+                max_cost_usd: max_cost,
+                max_latency_s: max_latency,
+                allowed: mask.as_deref(),
+            };
+            let d = p.select(req, now).unwrap();
             check_decision(&p, &d, max_cost, max_latency, mask.as_deref())?;
             if matches!(mode, common::Mode::Disjoint | common::Mode::Shared | common::Mode::InteractionPriorAuto | common::Mode::InteractionScale) {
                 prop_assert!(!d.explored && d.propensity == 1.0, "greedy explored");

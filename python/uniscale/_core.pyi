@@ -455,6 +455,15 @@ def plan_rules(
 
 # --- policy ---------------------------------------------------------------------------------
 
+class _Value:
+    """What the immutable value classes (``Action``, ``StrategyInfo``, ``ModelInfo``,
+    ``PolicyConfig``, ``UpdateResult``) share (stub only: no such class at runtime): equality
+    by value, hashing, and pickling by their constructor's arguments."""
+
+    def __eq__(self, other: object, /) -> bool: ...
+    def __hash__(self) -> int: ...
+    def __reduce__(self) -> tuple[Any, ...]: ...
+
 _ModelTuple = tuple[str, float, float, int, bool, float, float, float]
 """The older form of a model: (name, price_in, price_out, parallelism, bills_prompt_once,
 latency_in, latency_out, prior_output_tokens); ``ModelInfo`` is the typed one."""
@@ -470,7 +479,7 @@ def action_features(
     ``rust/space.rs``."""
 
 @final
-class Action:
+class Action(_Value):
     """One point of the action space: call ``model`` with test-time-scaling ``strategy`` and
     ``n`` samples. The constructor checks the strategy is registered and runs with ``n``
     (``uniscale.strategies.check_action``; `ConfigError` otherwise). Immutable, comparable,
@@ -483,12 +492,9 @@ class Action:
     def strategy(self) -> str: ...
     @property
     def n(self) -> int: ...
-    def __eq__(self, other: object, /) -> bool: ...
-    def __hash__(self) -> int: ...
-    def __reduce__(self) -> tuple[Any, ...]: ...
 
 @final
-class StrategyInfo:
+class StrategyInfo(_Value):
     """A test-time-scaling strategy as the policy's core sees it
     (``uniscale.strategies.Strategy.info()``): its name, whether it may stop before ``n``
     samples (``adaptive``), whether it has its own action-feature slot (``feature``), and
@@ -512,12 +518,9 @@ class StrategyInfo:
     def feature(self) -> bool: ...
     @property
     def single_sample(self) -> bool: ...
-    def __eq__(self, other: object, /) -> bool: ...
-    def __hash__(self) -> int: ...
-    def __reduce__(self) -> tuple[Any, ...]: ...
 
 @final
-class ModelInfo:
+class ModelInfo(_Value):
     """A model's parameters as the core keeps them (``uniscale.ModelSpec.info()``): prices in
     dollars per million tokens, latency priors in seconds per token, the output-token prior,
     and whether the model is retired. Immutable, comparable, hashable, picklable."""
@@ -555,9 +558,6 @@ class ModelInfo:
     def retired(self) -> bool: ...
     def to_dict(self) -> dict[str, Any]:
         """Every field by name (the constructor's keyword arguments)."""
-    def __eq__(self, other: object, /) -> bool: ...
-    def __hash__(self) -> int: ...
-    def __reduce__(self) -> tuple[Any, ...]: ...
 
 @final
 class Prediction:
@@ -600,7 +600,7 @@ class Prediction:
     def __len__(self) -> int: ...
 
 @final
-class UpdateResult:
+class UpdateResult(_Value):
     """What an update (or observation) learned from: the realised reward under the current
     weights, the cost and latency charged, and whether the quality learner changed (False
     when feedback came back without a quality it can learn from). Immutable, comparable."""
@@ -616,9 +616,6 @@ class UpdateResult:
     def latency_s(self) -> float: ...
     @property
     def learner_updated(self) -> bool: ...
-    def __eq__(self, other: object, /) -> bool: ...
-    def __hash__(self) -> int: ...
-    def __reduce__(self) -> tuple[Any, ...]: ...
 
 class _PolicySettings(TypedDict, total=False):
     """``PolicyConfig``'s fields as keyword arguments (its defaults are in Rust)."""
@@ -652,7 +649,7 @@ class _PolicySettings(TypedDict, total=False):
     cost_exploration: bool
 
 @final
-class PolicyConfig:
+class PolicyConfig(_Value):
     """Every setting of ``uniscale.Policy``, each default set once (in Rust; ``help`` shows
     them). Immutable, comparable, hashable, picklable; ``replace(**changes)`` returns a
     changed copy. See ``uniscale.Policy`` for what each setting does."""
@@ -724,9 +721,6 @@ class PolicyConfig:
         """Every setting by name, in signature order (``PolicyConfig(**c.to_dict()) == c``)."""
     def replace(self, **changes: Unpack[_PolicySettings]) -> PolicyConfig:
         """A copy with ``changes`` applied (like ``dataclasses.replace``), validated anew."""
-    def __eq__(self, other: object, /) -> bool: ...
-    def __hash__(self) -> int: ...
-    def __reduce__(self) -> tuple[Any, ...]: ...
 
 @final
 class Decision:

@@ -20,7 +20,7 @@
 //!   `z * reward_sd * sqrt(m)` to the baseline's bound (m counterfactual requests) and subtracts
 //!   `z * reward_sd * sqrt(open)` from the policy's (open = decisions without feedback).
 //!
-//! Quality-floor mode (`Conservative::quality_floor`) keeps the same account with two
+//! Quality-floor mode (`Conservative::with_quality_floor`) keeps the same account with two
 //! changes (see `retro`): the reference's counterfactual quality on the requests it did not
 //! serve is bounded with the learner's *current* confidence set rather than the (wider) one
 //! each request was decided with, and an action whose bounds beat the reference's on a request
@@ -273,25 +273,20 @@ impl Conservative {
         };
     }
 
-    /// Quality-floor mode around the reference action: cumulative quality never (with high
-    /// probability) more than `tolerance` per request below the reference's.
-    pub fn quality_floor(
-        reference_uid: u64,
-        tolerance: f64,
-        confidence: f64,
-        quality_sd: f64,
-        quality_range: (f64, f64),
-    ) -> CoreResult<Self> {
+    /// This account in quality-floor mode around its baseline (the reference action):
+    /// cumulative quality never (with high probability) more than `tolerance` per request below
+    /// the reference's. The promise is additive, so `delta` is dropped.
+    pub fn with_quality_floor(mut self, tolerance: f64) -> CoreResult<Self> {
         if !(tolerance.is_finite() && (0.0..=1e6).contains(&tolerance)) {
             return Err(CoreError::Config(format!(
                 "tolerance must be in [0, 1e6], got {tolerance}"
             )));
         }
-        let mut c = Conservative::new(reference_uid, 0.0, confidence, quality_sd, quality_range)?;
-        c.metric = Metric::Quality;
-        c.tolerance = tolerance;
-        c.retro = true;
-        Ok(c)
+        self.delta = 0.0;
+        self.metric = Metric::Quality;
+        self.tolerance = tolerance;
+        self.retro = true;
+        Ok(self)
     }
 
     fn empty(baseline_uid: u64, delta: f64, z: f64, quality_sd: f64, range: (f64, f64)) -> Self {

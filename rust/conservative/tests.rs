@@ -11,6 +11,14 @@ fn open(lo: f64, hi: f64, var: f64, baseline: bool) -> Open {
     }
 }
 
+/// Quality-floor mode around action `uid` with `tolerance` (confidence 0.95, quality sd 0.5 on
+/// [0, 1]).
+fn quality_floor(uid: u64, tolerance: f64) -> Conservative {
+    Conservative::new(uid, 0.0, 0.95, 0.5, (0.0, 1.0))
+        .and_then(|c| c.with_quality_floor(tolerance))
+        .unwrap()
+}
+
 /// `c` written and read back as the policy state holds it (layout 3, up to 10 open decisions).
 fn reread(c: &Conservative) -> CoreResult<Conservative> {
     let bytes = crate::state::encode(Kind::Policy, |w| c.write(w));
@@ -72,7 +80,7 @@ fn state_round_trips() {
 
 #[test]
 fn quality_floor_state_round_trips_with_its_multiplier_and_counterfactuals() {
-    let mut c = Conservative::quality_floor(3, 0.02, 0.95, 0.5, (0.0, 1.0)).unwrap();
+    let mut c = quality_floor(3, 0.02);
     assert!(c.retro);
     c.record(1, open(0.2, 0.8, 0.25, false));
     c.complete(1, 1.0, &[1.0, 0.5, -2.0]);
@@ -88,7 +96,7 @@ fn quality_floor_state_round_trips_with_its_multiplier_and_counterfactuals() {
 #[test]
 fn corrupt_floor_multiplier_is_refused() {
     for bad in [f64::NAN, -1.0, 0.0, 1e9] {
-        let mut c = Conservative::quality_floor(3, 0.02, 0.95, 0.5, (0.0, 1.0)).unwrap();
+        let mut c = quality_floor(3, 0.02);
         c.multiplier = bad;
         let e = reread(&c).unwrap_err();
         assert!(e.to_string().contains("multiplier"), "{e}");
@@ -97,7 +105,7 @@ fn corrupt_floor_multiplier_is_refused() {
 
 #[test]
 fn multiplier_follows_the_gap_and_stays_in_range() {
-    let mut c = Conservative::quality_floor(3, 0.01, 0.95, 0.5, (0.0, 1.0)).unwrap();
+    let mut c = quality_floor(3, 0.01);
     c.update_multiplier(-0.2); // short of the floor: quality counts more
     assert!(c.multiplier > 1.0);
     let m = c.multiplier;
@@ -120,7 +128,7 @@ fn multiplier_follows_the_gap_and_stays_in_range() {
 #[test]
 fn floor_allows_a_provably_better_action_on_negative_slack_and_conservative_mode_does_not() {
     // slack below zero (a re-estimated counterfactual can do that after the fact)
-    let mut f = Conservative::quality_floor(3, 0.01, 0.95, 0.5, (0.0, 1.0)).unwrap();
+    let mut f = quality_floor(3, 0.01);
     f.record(1, open(0.5, 0.5, 0.0, true));
     f.complete(1, 0.0, &[]);
     let retro_hi = 0.0;
@@ -136,4 +144,92 @@ fn floor_allows_a_provably_better_action_on_negative_slack_and_conservative_mode
     let mut k = Conservative::new(3, 0.0, 0.95, 0.5, (0.0, 1.0)).unwrap();
     k.baseline_realised += 2.0;
     assert_eq!(k.allowed(&[better], 0.0, 0.5), vec![false]);
+}
+
+/// Properties of the account over random histories (proptest).
+mod props {
+    use super::{open, quality_floor, Conservative};
+    use proptest::prelude::*;
+
+    fn history() -> impl Strategy<Value = Vec<(f64, f64, f64, bool, Option<f64>)>> {
+        prop::collection::vec(
+            (
+                -2.0f64..1.0,
+                -1.0f64..2.0,
+                0.0f64..1.0,
+                any::<bool>(),
+                prop::option::of(-2.0f64..2.0),
+            ),
+            0..40,
+        )
+    }
+
+    fn build(delta: f64, hist: &[(f64, f64, f64, bool, Option<f64>)]) -> Conservative {
+        build_mode(delta, hist, false)
+    }
+
+    /// `floor`: quality-floor mode (tolerance `delta`, retrospective counterfactuals).
+    fn build_mode(
+        delta: f64,
+        hist: &[(f64, f64, f64, bool, Option<f64>)],
+        floor: bool,
+    ) -> Conservative {
+        let mut c = if floor {
+            quality_floor(0, delta)
+        } else {
+            Conservative::new(0, delta, 0.95, 0.5, (0.0, 1.0)).unwrap()
+        };
+        for (id, &(lo, hi, var, base, reward)) in hist.iter().enumerate() {
+            let o = if base {
+                open(lo, lo, 0.0, true)
+            } else {
+                open(lo, hi, var, false)
+            };
+            c.record(id as u64, o);
+            if let Some(r) = reward {
+                c.complete(id as u64, r, &[1.0, 0.5]);
+            }
+        }
+        c
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, .. ProptestConfig::default() })]
+
+        /// The baseline is always allowed; an action allowed at some lower bound stays allowed
+        /// at a higher one, and at a lower baseline upper bound or a smaller noise variance.
+        #[test]
+        fn allowed_is_monotone(
+            delta in 0.0f64..0.9, hist in history(),
+            lo in -2.0f64..1.0, hi in -1.0f64..2.0, var in 0.0f64..1.0,
+            dlo in 0.0f64..1.0, dhi in 0.0f64..1.0, dvar in 0.0f64..1.0,
+            floor in any::<bool>(), retro in 0.0f64..20.0,
+        ) {
+            let c = build_mode(delta, &hist, floor);
+            let retro = if floor { retro } else { 0.0 };
+            prop_assert!(c.allowed(&[open(lo, hi, var, true)], retro, 0.5)[0]);
+            if c.allowed(&[open(lo, hi, var, false)], retro, 0.5)[0] {
+                prop_assert!(c.allowed(&[open(lo + dlo, hi, var, false)], retro, 0.5)[0]);
+                prop_assert!(c.allowed(&[open(lo, hi - dhi, var, false)], retro, 0.5)[0]);
+                prop_assert!(c.allowed(&[open(lo, hi, (var - dvar).max(0.0), false)], retro, 0.5)[0]);
+            }
+        }
+
+        /// The slack is policy_lo - (baseline_hi - delta |baseline_hi|), and completing a
+        /// baseline decision at reward r changes the two sums by exactly r (up to rounding).
+        #[test]
+        fn slack_identity_and_baseline_rewards(delta in 0.0f64..0.9, hist in history(), r in -2.0f64..2.0) {
+            let mut c = build(delta, &hist);
+            let b = c.budget(0.0);
+            let want = b.policy_lo - (b.baseline_hi - delta * b.baseline_hi.abs());
+            prop_assert!((b.slack - want).abs() <= 1e-9 * (1.0 + want.abs()));
+            let id = 1_000_000;
+            c.record(id, open(0.0, 0.0, 0.0, true));
+            let before = c.budget(0.0);
+            c.complete(id, r, &[1.0, 0.5]);
+            let after = c.budget(0.0);
+            prop_assert!((after.policy_lo - before.policy_lo - r).abs() < 1e-9);
+            prop_assert!((after.baseline_hi - before.baseline_hi - r).abs() < 1e-9);
+        }
+    }
 }

@@ -209,13 +209,13 @@ impl Policy {
         };
         let i = self.action_at(index)?;
         let uid = self.space.actions[i].uid;
-        let c = match floor {
-            None => Conservative::new(uid, delta, confidence, quality_sd, quality_range)?,
-            Some(tolerance) => {
-                Conservative::quality_floor(uid, tolerance, confidence, quality_sd, quality_range)?
-            }
-        };
-        self.conservative = Some(c);
+        // quality-floor mode ignores delta: it is not validated either
+        let delta = if floor.is_some() { 0.0 } else { delta };
+        let c = Conservative::new(uid, delta, confidence, quality_sd, quality_range)?;
+        self.conservative = Some(match floor {
+            None => c,
+            Some(tolerance) => c.with_quality_floor(tolerance)?,
+        });
         Ok(())
     }
 

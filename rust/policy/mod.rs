@@ -87,6 +87,18 @@ pub struct Decision {
     pub created_s: f64,
 }
 
+/// What `select` is asked (`Feedback` is what `update` is told).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Request<'a> {
+    /// The request's features (dim,).
+    pub x: &'a [f64],
+    pub input_tokens: f64,
+    pub max_cost_usd: Option<f64>,
+    pub max_latency_s: Option<f64>,
+    /// Which actions may be chosen (K,); `None` allows every action.
+    pub allowed: Option<&'a [bool]>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Feedback {
     pub quality: f64,

@@ -13,7 +13,7 @@ use crate::learner::{Config, Learner};
 use crate::linucb::LinUcb;
 use crate::shared::SharedLinUcb;
 use crate::space::{ActionDef, Space};
-use crate::state::{Reader, Writer};
+use crate::state::{Reader, Record, Writer};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum QualityLearner {

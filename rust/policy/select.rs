@@ -8,7 +8,7 @@ use crate::cost::{Estimate, Prediction};
 use crate::error::{check_finite_scalar, CoreError, CoreResult};
 use crate::prune::{dominated, PruneReason};
 
-use super::{check_input_tokens, Decision, Pending, Policy, Weights, MIN_EXPLORED_OBS};
+use super::{check_input_tokens, Decision, Pending, Policy, Request, Weights, MIN_EXPLORED_OBS};
 
 /// What the learner and the cost model say about every action for one request.
 pub(super) struct Estimates {
@@ -73,26 +73,17 @@ impl Policy {
     /// Chooses an action. Never fails for unsatisfiable limits: it falls back to the cheapest
     /// allowed action and flags the decision. Fails only on invalid input, and then changes
     /// nothing.
-    pub fn select(
-        &mut self,
-        x: &[f64],
-        input_tokens: f64,
-        max_cost_usd: Option<f64>,
-        max_latency_s: Option<f64>,
-        allowed: Option<&[bool]>,
-        now_s: f64,
-    ) -> CoreResult<Decision> {
-        let next_id =
-            self.check_request(x, input_tokens, max_cost_usd, max_latency_s, allowed, now_s)?;
-        let x = self.scaled(x);
-        let est = self.estimate(&x, input_tokens)?;
+    pub fn select(&mut self, req: Request<'_>, now_s: f64) -> CoreResult<Decision> {
+        let next_id = self.check_request(req, now_s)?;
+        let x = self.scaled(req.x);
+        let est = self.estimate(&x, req.input_tokens)?;
         let ranking = self.ranking();
-        check_estimates(&est, &ranking, allowed, input_tokens)?;
+        check_estimates(&est, &ranking, req.allowed, req.input_tokens)?;
         // the last step that can fail, before the exploration draw takes random numbers
         let retro_hi = self.conservative_retro_hi()?;
-        let mut choice = within_limits(&est.ests, allowed, max_cost_usd, max_latency_s);
+        let mut choice = within_limits(&est.ests, req.allowed, req.max_cost_usd, req.max_latency_s);
         if choice.fallback {
-            cheapest(&est.preds, allowed, &mut choice)?;
+            cheapest(&est.preds, req.allowed, &mut choice)?;
         } else {
             undominated(&est, &mut choice);
             self.explore(&est, &ranking, &mut choice);
@@ -115,7 +106,7 @@ impl Policy {
                 x: x.to_vec(),
                 action: a,
                 psi,
-                input_tokens,
+                input_tokens: req.input_tokens,
                 prediction: est.preds[chosen],
                 created_s: now_s,
             },
@@ -147,7 +138,7 @@ impl Policy {
             bonus,
             score,
             prediction: est.preds[chosen],
-            input_tokens,
+            input_tokens: req.input_tokens,
             propensity,
             explored: choice.explored && !guard.overridden,
             fallback: choice.fallback,
@@ -162,26 +153,18 @@ impl Policy {
     }
 
     /// Validates a request; returns the decision id after this one.
-    fn check_request(
-        &self,
-        x: &[f64],
-        input_tokens: f64,
-        max_cost_usd: Option<f64>,
-        max_latency_s: Option<f64>,
-        allowed: Option<&[bool]>,
-        now_s: f64,
-    ) -> CoreResult<u64> {
+    fn check_request(&self, req: Request<'_>, now_s: f64) -> CoreResult<u64> {
         // Decision ids are u64 and never reused: refuse rather than wrap.
         let next_id = self
             .next_id
             .checked_add(1)
             .ok_or_else(|| CoreError::State("decision ids are exhausted (2**64 issued)".into()))?;
         let learner = self.learner.as_learner();
-        learner.check_x(x)?;
-        check_input_tokens(input_tokens)?;
+        learner.check_x(req.x)?;
+        check_input_tokens(req.input_tokens)?;
         for (what, v) in [
-            ("max_cost_usd", max_cost_usd),
-            ("max_latency_s", max_latency_s),
+            ("max_cost_usd", req.max_cost_usd),
+            ("max_latency_s", req.max_latency_s),
         ] {
             if let Some(v) = v {
                 if v.is_nan() || v < 0.0 {
@@ -190,7 +173,7 @@ impl Policy {
             }
         }
         check_finite_scalar("now_s", now_s)?;
-        if let Some(m) = allowed {
+        if let Some(m) = req.allowed {
             learner.check_mask(m)?;
             if !m.iter().any(|b| *b) {
                 return Err(CoreError::AllMasked);

@@ -299,9 +299,7 @@ impl Policy {
 
     /// The quality learner's update count (summed over arms), O(K).
     pub fn sync_update_count(&self) -> u64 {
-        ridges(&self.learner)
-            .iter()
-            .fold(0u64, |a, r| a.saturating_add(r.n_updates))
+        self.learner.as_learner().n_updates()
     }
 
     /// Which entries of the evidence vector are integer counts of observations (learner

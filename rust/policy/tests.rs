@@ -68,11 +68,44 @@ fn assert_same(a: &Policy, b: &Policy) {
     assert_eq!(a.pending.bookkeeping_len(), b.pending.bookkeeping_len());
 }
 
+/// A request with features `x` and 100 prompt tokens, without limits or mask.
+fn ask(x: &[f64]) -> Request<'_> {
+    Request {
+        x,
+        input_tokens: 100.0,
+        ..Request::default()
+    }
+}
+
 fn fb(quality: f64) -> Feedback {
     Feedback {
         quality,
         ..Feedback::default()
     }
+}
+
+/// Feedback of quality 0.5 that reports `cost_usd`.
+fn costing(cost_usd: f64) -> Feedback {
+    Feedback {
+        cost_usd: Some(cost_usd),
+        ..fb(0.5)
+    }
+}
+
+/// `p.update(id, feedback, now_s)` fails with an error `expected` accepts and changes nothing.
+fn assert_refused(
+    p: &mut Policy,
+    id: u64,
+    feedback: Feedback,
+    now_s: f64,
+    expected: fn(&CoreError) -> bool,
+) {
+    let before = p.clone();
+    match p.update(id, feedback, now_s) {
+        Err(e) => assert!(expected(&e), "unexpected error {e:?}"),
+        Ok(r) => panic!("accepted: {r:?}"),
+    }
+    assert_same(p, &before);
 }
 
 /// The quality floor's retrospective counterfactual: the summed quality of an action over
@@ -86,7 +119,7 @@ fn sum_mean_width_is_the_mean_and_width_of_the_summed_features() {
         p.learner.cfg_mut().prior_mean = 0.3;
         let xs = [[1.0, 0.2], [1.0, -0.5], [0.3, 0.9], [1.0, 0.0]];
         for (t, x) in xs.iter().enumerate() {
-            let d = p.select(x, 100.0, None, None, None, t as f64).unwrap();
+            let d = p.select(ask(x), t as f64).unwrap();
             p.update(d.id, fb(0.1 * t as f64 + 0.2), t as f64).unwrap();
         }
         let k = p.n_actions();
@@ -134,12 +167,10 @@ fn sum_mean_width_is_the_mean_and_width_of_the_summed_features() {
 #[test]
 fn pending_bookkeeping_stays_bounded_behind_an_old_decision() {
     let mut p = policy(false, Budget::None);
-    p.select(&[0.1, 0.2], 100.0, None, None, None, 0.0).unwrap(); // never answered
+    p.select(ask(&[0.1, 0.2]), 0.0).unwrap(); // never answered
     let mut peak = 0;
     for t in 1..50_000 {
-        let d = p
-            .select(&[0.3, -0.1], 100.0, None, None, None, t as f64)
-            .unwrap();
+        let d = p.select(ask(&[0.3, -0.1]), t as f64).unwrap();
         p.update(d.id, fb(0.5), t as f64).unwrap();
         peak = peak.max(p.pending.bookkeeping_len());
     }
@@ -156,28 +187,20 @@ fn refused_update_changes_nothing() {
         let mut p = policy(shared, Budget::PerRequest(1e-4));
         p.cfg.ttl_s = 10.0;
         p.pending.ttl_s = 10.0;
-        let old = p.select(&[0.1, 0.2], 100.0, None, None, None, 0.0).unwrap();
-        let d = p.select(&[0.1, 0.2], 100.0, None, None, None, 5.0).unwrap();
+        let old = p.select(ask(&[0.1, 0.2]), 0.0).unwrap();
+        let d = p.select(ask(&[0.1, 0.2]), 5.0).unwrap();
         let before = p.clone();
         // at t = 12 the first decision has expired; samples_used = 0 is invalid
         let bad = Feedback {
             samples_used: Some(0.0),
             ..fb(0.5)
         };
-        assert!(matches!(
-            p.update(d.id, bad, 12.0),
-            Err(CoreError::Config(_))
-        ));
-        assert_same(&p, &before);
-        let huge = Feedback {
-            cost_usd: Some(f64::MAX),
-            ..fb(0.5)
-        };
-        assert!(matches!(
-            p.update(d.id, huge, 12.0),
-            Err(CoreError::NonFinite(_))
-        ));
-        assert_same(&p, &before);
+        assert_refused(&mut p, d.id, bad, 12.0, |e| {
+            matches!(e, CoreError::Config(_))
+        });
+        assert_refused(&mut p, d.id, costing(f64::MAX), 12.0, |e| {
+            matches!(e, CoreError::NonFinite(_))
+        });
         assert_eq!(p.pending.len(), 2);
         p.update(d.id, fb(0.5), 12.0).unwrap();
         assert_eq!(
@@ -200,25 +223,14 @@ fn refused_update_changes_nothing() {
 #[test]
 fn spend_total_never_overflows() {
     let mut p = policy(true, Budget::PerRequest(1e-3));
-    let a = p.select(&[0.1, 0.2], 100.0, None, None, None, 0.0).unwrap();
-    let b = p.select(&[0.1, 0.2], 100.0, None, None, None, 0.0).unwrap();
-    let big = Feedback {
-        cost_usd: Some(1e308),
-        ..fb(0.5)
-    };
+    let a = p.select(ask(&[0.1, 0.2]), 0.0).unwrap();
+    let b = p.select(ask(&[0.1, 0.2]), 0.0).unwrap();
+    let non_finite = |e: &CoreError| matches!(e, CoreError::NonFinite(_));
     // the reward -0.4 * 1e308 / cost_scale overflows already
-    assert!(matches!(
-        p.update(a.id, big, 1.0),
-        Err(CoreError::NonFinite(_))
-    ));
+    assert_refused(&mut p, a.id, costing(1e308), 1.0, non_finite);
     p.weights.cost = 0.0;
-    p.update(a.id, big, 1.0).unwrap();
-    let before = p.clone();
-    assert!(matches!(
-        p.update(b.id, big, 1.0),
-        Err(CoreError::NonFinite(_))
-    ));
-    assert_same(&p, &before);
+    p.update(a.id, costing(1e308), 1.0).unwrap();
+    assert_refused(&mut p, b.id, costing(1e308), 1.0, non_finite);
     assert!(p.pacer.lambda.is_finite() && p.pacer.debt.is_finite());
     Policy::from_bytes(&p.to_bytes()).unwrap();
 }
@@ -229,7 +241,7 @@ fn exhausted_decision_ids_are_an_error_not_a_wrap() {
     p.next_id = u64::MAX;
     let before = p.clone();
     assert!(matches!(
-        p.select(&[0.1, 0.2], 100.0, None, None, None, 0.0),
+        p.select(ask(&[0.1, 0.2]), 0.0),
         Err(CoreError::State(_))
     ));
     assert_same(&p, &before);
@@ -239,7 +251,7 @@ fn exhausted_decision_ids_are_an_error_not_a_wrap() {
 #[test]
 fn invariants_hold_for_valid_policies_and_catch_a_narrow_learner() {
     let mut p = policy(true, Budget::None);
-    p.select(&[0.1, 0.2], 100.0, None, None, None, 0.0).unwrap();
+    p.select(ask(&[0.1, 0.2]), 0.0).unwrap();
     p.check_invariants().unwrap();
     p.add_model(model("c", 2.0), &[(Strategy::ADAPTIVE, 4)])
         .unwrap();
@@ -274,7 +286,7 @@ fn overflowing_floor_bound_refuses_before_the_draw() {
         }
         let before = p.clone();
         assert!(matches!(
-            p.select(&[0.1, 0.2], 100.0, None, None, None, 0.0),
+            p.select(ask(&[0.1, 0.2]), 0.0),
             Err(CoreError::NonFinite(m)) if m.contains("counterfactual")
         ));
         assert_same(&p, &before);
@@ -314,7 +326,7 @@ fn a_custom_strategy_list_round_trips() {
     .unwrap();
     assert_eq!(q.space.p(), 2 + 3 + 2 * 4);
     assert_eq!(q.cost.n_strategies(), 5);
-    let d = q.select(&[0.1, 0.2], 100.0, None, None, None, 1.0).unwrap();
+    let d = q.select(ask(&[0.1, 0.2]), 1.0).unwrap();
     assert!(d.strategy == "single" || d.strategy == "longest");
     let bytes = q.to_bytes();
     let back = Policy::from_bytes(&bytes).unwrap();

@@ -17,7 +17,7 @@ use super::UnknownDecisionError;
 use crate::error::CoreError;
 use crate::evidence::InteractionPrior;
 use crate::learner::Config;
-use crate::policy::{Feedback, NewModel, Policy, PolicyConfig, Weights};
+use crate::policy::{Feedback, NewModel, Policy, PolicyConfig, Request, Weights};
 use crate::space::{Space, Strategy, StrategyDef};
 
 use super::strategy::{strategy_list, PyStrategyInfo};
@@ -144,16 +144,14 @@ impl PyPolicyCore {
         let x = f64_1d(x, "x")?;
         let mask = mask_1d(mask)?;
         let now = now_or(now);
-        let d = py.detach(|| {
-            self.inner.lock().select(
-                &x,
-                input_tokens,
-                max_cost_usd,
-                max_latency_s,
-                mask.as_deref(),
-                now,
-            )
-        })?;
+        let req = Request {
+            x: &x,
+            input_tokens,
+            max_cost_usd,
+            max_latency_s,
+            allowed: mask.as_deref(),
+        };
+        let d = py.detach(|| self.inner.lock().select(req, now))?;
         Ok(PyDecision { d })
     }
 

@@ -51,6 +51,26 @@ pub fn decode<T>(
     Ok(v)
 }
 
+/// An object saved as a whole record of its own kind (the learners; the Policy writes its
+/// record itself because its reader depends on the format version). `to_bytes` and
+/// `from_bytes` are the same for every such object; only the payload differs.
+pub trait Record: Sized {
+    const KIND: Kind;
+
+    fn write_payload(&self, w: &mut Writer);
+
+    /// Reads what `write_payload` wrote (also when the object is embedded in a larger record).
+    fn read_payload(r: &mut Reader<'_>) -> CoreResult<Self>;
+
+    fn to_bytes(&self) -> Vec<u8> {
+        encode(Self::KIND, |w| self.write_payload(w))
+    }
+
+    fn from_bytes(bytes: &[u8]) -> CoreResult<Self> {
+        decode(bytes, Self::KIND, Self::read_payload)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Kind {

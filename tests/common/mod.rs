@@ -4,7 +4,9 @@
 
 use uniscale::evidence::InteractionPrior;
 use uniscale::pacing::Budget;
-use uniscale::policy::{Decision, Exploration, Feedback, NewModel, Policy, PolicyConfig, Weights};
+use uniscale::policy::{
+    Decision, Exploration, Feedback, NewModel, Policy, PolicyConfig, Request, Weights,
+};
 use uniscale::space::{ModelInfo, Strategy, StrategyDef};
 use uniscale::Config;
 
@@ -157,14 +159,16 @@ pub fn drive(p: &mut Policy, steps: usize, seed: u64) -> Vec<Decision> {
         let now = t as f64 * 3.0;
         let x: Vec<f64> = (0..DIM).map(|_| 2.0 * s.f64() - 1.0).collect();
         let input_tokens = 50.0 + 900.0 * s.f64();
-        let max_cost = if t % 7 == 3 { Some(2e-4) } else { None };
-        let max_latency = if t % 11 == 5 { Some(3.0) } else { None };
         let k = p.n_actions();
         let mask: Vec<bool> = (0..k).map(|i| (i + t) % 5 != 0).collect();
-        let allowed = if t % 4 == 1 { Some(&mask[..]) } else { None };
-        let d = p
-            .select(&x, input_tokens, max_cost, max_latency, allowed, now)
-            .unwrap();
+        let req = Request {
+            x: &x,
+            input_tokens,
+            max_cost_usd: if t % 7 == 3 { Some(2e-4) } else { None },
+            max_latency_s: if t % 11 == 5 { Some(3.0) } else { None },
+            allowed: if t % 4 == 1 { Some(&mask[..]) } else { None },
+        };
+        let d = p.select(req, now).unwrap();
         open.push((d.id, d.index));
         decisions.push(d);
         // answer the oldest open decision most of the time, leave a few pending for good

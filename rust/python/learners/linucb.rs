@@ -3,38 +3,23 @@
 use numpy::{IntoPyArray, PyArray1};
 use pyo3::prelude::*;
 
-use super::{config, count, index_range, matrix, repr};
+use super::{count, index_range, matrix, repr};
 use crate::error::CoreError;
-use crate::learner::Learner;
+use crate::learner::{Config, Learner};
 use crate::linucb::LinUcb;
 use crate::python::convert::action_index;
 
+impl PyLinUcb {
+    /// What `new` builds (`dim` and `cfg` as the shared constructor passes them).
+    fn build(n_actions: i64, dim: i64, cfg: Config) -> Result<LinUcb, CoreError> {
+        LinUcb::new(count(n_actions, "n_actions")?, count(dim, "dim")?, cfg)
+    }
+}
+
 learner_pyclass!(
     /// Disjoint LinUCB: one ridge-regression model per action.
-    PyLinUcb = "LinUCB" wraps LinUcb {
-    #[new]
-    #[pyo3(signature = (n_actions, dim, alpha=1.0, ridge=1.0, discount=1.0, prior_mean=0.0))]
-    fn new(
-        n_actions: i64,
-        dim: i64,
-        alpha: f64,
-        ridge: f64,
-        discount: f64,
-        prior_mean: f64,
-    ) -> PyResult<Self> {
-        let l = LinUcb::new(
-            count(n_actions, "n_actions")?,
-            count(dim, "dim")?,
-            config(alpha, ridge, discount, prior_mean),
-        )?;
-        Ok(l.into())
-    }
-
-    #[getter]
-    fn n_updates(&self) -> u64 {
-        self.inner.read().arms.iter().map(|a| a.n_updates).sum()
-    }
-
+    PyLinUcb = "LinUCB" wraps LinUcb,
+    new(n_actions: i64) {
     #[pyo3(signature = (action=None))]
     fn theta<'py>(
         &self,

@@ -248,13 +248,17 @@ fn repr(name: &str, n_actions: usize, dim: usize, extra: &str, cfg: &Config) -> 
 }
 
 /// A learner pyclass `$py` (Python name `$name`) wrapping `inner: RwLock<$core>`, and its
-/// `#[pymethods]`: the methods both learners share line for line (configuration getters,
-/// `select`, `scores`, `update`, the batch variants, `remove_actions` and the state methods),
-/// then the class's own items. One `#[pymethods]` block per class, so no `multiple-pymethods`
+/// `#[pymethods]`: the methods both learners share line for line (the constructor, whose first
+/// argument `$first` describes the actions and goes with `dim` and the configuration to the
+/// class's own `build`; configuration getters, `select`, `scores`, `update`, the batch
+/// variants, `remove_actions` and the state methods), then the class's own items. One `#[pymethods]` block per class, so no `multiple-pymethods`
 /// feature is needed. The shared methods name what they use by full path, so a class's module
 /// imports only what its own items need.
 macro_rules! learner_pyclass {
-    ($(#[$doc:meta])* $py:ident = $name:literal wraps $core:ident { $($own:tt)* }) => {
+    (
+        $(#[$doc:meta])* $py:ident = $name:literal wraps $core:ident,
+        new($first:ident: $first_ty:ty) { $($own:tt)* }
+    ) => {
         $(#[$doc])*
         #[pyclass(frozen, module = "uniscale._core", name = $name)]
         pub struct $py {
@@ -269,8 +273,29 @@ macro_rules! learner_pyclass {
             }
         }
 
+        impl $py {
+            /// The state blob, serialised under the read lock.
+            fn state_bytes(&self) -> Vec<u8> {
+                $crate::state::Record::to_bytes(&*self.inner.read())
+            }
+        }
+
         #[pymethods]
         impl $py {
+            #[new]
+            #[pyo3(signature = ($first, dim, alpha=1.0, ridge=1.0, discount=1.0, prior_mean=0.0))]
+            fn new(
+                $first: $first_ty,
+                dim: i64,
+                alpha: f64,
+                ridge: f64,
+                discount: f64,
+                prior_mean: f64,
+            ) -> PyResult<Self> {
+                let cfg = $crate::python::learners::config(alpha, ridge, discount, prior_mean);
+                Ok(Self::build($first, dim, cfg)?.into())
+            }
+
             $($own)*
 
             #[getter]
@@ -296,6 +321,10 @@ macro_rules! learner_pyclass {
             #[getter]
             fn prior_mean(&self) -> f64 {
                 self.inner.read().cfg.prior_mean
+            }
+            #[getter]
+            fn n_updates(&self) -> u64 {
+                self.inner.read().n_updates()
             }
 
             #[pyo3(signature = (x, mask=None))]
@@ -363,35 +392,35 @@ macro_rules! learner_pyclass {
             fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, ::pyo3::types::PyBytes>> {
                 $crate::python::learners::verified_bytes(
                     py,
-                    || self.inner.read().to_bytes(),
-                    $core::from_bytes,
+                    || self.state_bytes(),
+                    <$core as $crate::state::Record>::from_bytes,
                 )
             }
 
             #[staticmethod]
             fn from_bytes(py: Python<'_>, data: Vec<u8>) -> PyResult<Self> {
-                Ok(py.detach(|| $core::from_bytes(&data))?.into())
+                Ok(py.detach(|| <$core as $crate::state::Record>::from_bytes(&data))?.into())
             }
 
             fn save(&self, py: Python<'_>, path: ::std::path::PathBuf) -> PyResult<()> {
                 $crate::python::learners::save_with(
                     py,
                     &path,
-                    || self.inner.read().to_bytes(),
-                    $core::from_bytes,
+                    || self.state_bytes(),
+                    <$core as $crate::state::Record>::from_bytes,
                 )
             }
 
             #[staticmethod]
             fn load(py: Python<'_>, path: ::std::path::PathBuf) -> PyResult<Self> {
-                Ok($crate::python::learners::load_file(py, &path, $core::from_bytes)?.into())
+                Ok($crate::python::learners::load_file(py, &path, <$core as $crate::state::Record>::from_bytes)?.into())
             }
 
             fn __reduce__<'py>(
                 slf: &Bound<'py, Self>,
             ) -> PyResult<Bound<'py, ::pyo3::types::PyTuple>> {
                 let me = slf.get();
-                $crate::python::learners::reduce(slf, || me.inner.read().to_bytes(), $core::from_bytes)
+                $crate::python::learners::reduce(slf, || me.state_bytes(), <$core as $crate::state::Record>::from_bytes)
             }
         }
     };

@@ -3,36 +3,24 @@
 use numpy::{IntoPyArray, PyArray1, PyArray2};
 use pyo3::prelude::*;
 
-use super::{config, count, index_range, matrix, repr};
-use crate::learner::Learner;
+use super::{count, index_range, matrix, repr};
+use crate::learner::{Config, Learner};
 use crate::python::convert::{action_index, f64_1d, f64_2d};
 use crate::python::ShapeError;
 use crate::shared::SharedLinUcb;
 
+impl PySharedLinUcb {
+    /// What `new` builds (`dim` and `cfg` as the shared constructor passes them).
+    fn build(action_features: &Bound<'_, PyAny>, dim: i64, cfg: Config) -> PyResult<SharedLinUcb> {
+        let (psi, k, p) = f64_2d(action_features, "action_features")?;
+        Ok(SharedLinUcb::new(psi, k, p, count(dim, "dim")?, cfg)?)
+    }
+}
+
 learner_pyclass!(
     /// Shared LinUCB over joint features `kron([1, x], [1, psi_a])`.
-    PySharedLinUcb = "SharedLinUCB" wraps SharedLinUcb {
-    #[new]
-    #[pyo3(signature = (action_features, dim, alpha=1.0, ridge=1.0, discount=1.0, prior_mean=0.0))]
-    fn new(
-        action_features: &Bound<'_, PyAny>,
-        dim: i64,
-        alpha: f64,
-        ridge: f64,
-        discount: f64,
-        prior_mean: f64,
-    ) -> PyResult<Self> {
-        let (psi, k, p) = f64_2d(action_features, "action_features")?;
-        let l = SharedLinUcb::new(
-            psi,
-            k,
-            p,
-            count(dim, "dim")?,
-            config(alpha, ridge, discount, prior_mean),
-        )?;
-        Ok(l.into())
-    }
-
+    PySharedLinUcb = "SharedLinUCB" wraps SharedLinUcb,
+    new(action_features: &Bound<'_, PyAny>) {
     #[getter]
     fn n_action_features(&self) -> usize {
         self.inner.read().p
@@ -40,11 +28,6 @@ learner_pyclass!(
     #[getter]
     fn joint_dim(&self) -> usize {
         self.inner.read().joint_dim()
-    }
-
-    #[getter]
-    fn n_updates(&self) -> u64 {
-        self.inner.read().model.n_updates
     }
 
     /// theta as a flat (D,) vector in `kron([1, x], [1, psi])` order.
