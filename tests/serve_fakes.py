@@ -17,7 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -272,3 +275,38 @@ def serving(
 
 def read_log(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def start_serve(cfg_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], str, str]:
+    """A real ``uniscale serve --config cfg_path`` process, once it listens: the process, its
+    base URL and the policy source(s) its listening line names (``fresh``, a path, or one per
+    worker joined by ", "). The line must also name the workers when there are several."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uniscale.cli", "serve", "--config", str(cfg_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    m = re.search(r"listening on (http://127\.0\.0\.1:\d+) \(policy from (.*?), mode ", line)
+    if m is None:
+        proc.kill()
+        raise AssertionError(
+            f"no listening line: {line!r} {proc.stderr.read() if proc.stderr else ''}"
+        )
+    return proc, m.group(1), m.group(2)
+
+
+def serve_toml(base_url: str, *, server: str = "", extra: str = "") -> str:
+    """The configuration file of the real-process tests: two models behind ``base_url``, state
+    and log under ``state/`` beside the file; ``server`` adds [server] keys, ``extra`` tables."""
+    return (
+        f"[server]\nhost = '127.0.0.1'\nport = 0\n{server}[policy]\ndim = 16\n"
+        "[executor]\ntimeout_s = 5\ndeadline_s = 10\nretries = 0\n"
+        "[state]\npolicy_path = 'state/policy.bin'\ndecision_log = 'state/log.jsonl'\n"
+        f"{extra}"
+        f"[[models]]\nname = 'small'\nbase_url = '{base_url}'\n"
+        f"[[models]]\nname = 'large'\nbase_url = '{base_url}'\nprice_out_per_mtok = 5\n"
+    )

@@ -9,7 +9,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,7 +20,17 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 pytest.importorskip("prometheus_client")
 
-from serve_fakes import MSGS, Upstream, config, post, read_log, running_server, serving
+from serve_fakes import (
+    MSGS,
+    Upstream,
+    config,
+    post,
+    read_log,
+    running_server,
+    serve_toml,
+    serving,
+    start_serve,
+)
 
 import uniscale
 from uniscale._core import ConfigError
@@ -153,38 +162,12 @@ def test_conservative_mode_starts_on_the_baseline(tmp_path: Path) -> None:
 # SIGTERM under load, then restart (a real `uniscale serve` process)
 
 
-def _start(cfg_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uniscale.cli", "serve", "--config", str(cfg_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    m = re.search(r"listening on (http://127\.0\.0\.1:\d+) \(policy from (.*?),", line)
-    if m is None:
-        proc.kill()
-        raise AssertionError(
-            f"no listening line: {line!r} {proc.stderr.read() if proc.stderr else ''}"
-        )
-    return proc, m.group(1) + "|" + m.group(2)
-
-
 def test_sigterm_under_load_then_restart(tmp_path: Path) -> None:
     with Upstream(answers=["The answer is 42"], delay_s=0.05) as up:
         cfg_path = tmp_path / "uniscale.toml"
-        cfg_path.write_text(
-            "[server]\nhost = '127.0.0.1'\nport = 0\n[policy]\ndim = 16\n"
-            "[executor]\ntimeout_s = 5\ndeadline_s = 10\nretries = 0\n"
-            "[state]\npolicy_path = 'state/policy.bin'\ndecision_log = 'state/log.jsonl'\n"
-            f"[[models]]\nname = 'small'\nbase_url = '{up.base_url}'\n"
-            f"[[models]]\nname = 'large'\nbase_url = '{up.base_url}'\nprice_out_per_mtok = 5\n"
-        )
+        cfg_path.write_text(serve_toml(up.base_url))
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        proc, info = _start(cfg_path, env)
-        base, source = info.split("|")
+        proc, base, source = start_serve(cfg_path, env)
         assert source == "fresh"
         accepted: list[int] = []
         lock = threading.Lock()
@@ -233,9 +216,8 @@ def test_sigterm_under_load_then_restart(tmp_path: Path) -> None:
         }
         assert set(accepted) <= logged  # every accepted request's decision is in the log
 
-        proc, info = _start(cfg_path, env)
+        proc, base, source = start_serve(cfg_path, env)
         try:
-            base, source = info.split("|")
             assert source == str(state)
             r = httpx.post(
                 f"{base}/v1/chat/completions",

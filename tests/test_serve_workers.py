@@ -6,7 +6,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -21,7 +20,7 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("prometheus_client")
 
 from redis_fixture import RedisServer
-from serve_fakes import MSGS, Upstream, config, read_log, running_server
+from serve_fakes import MSGS, Upstream, config, read_log, running_server, serve_toml, start_serve
 
 import uniscale
 from uniscale._core import ConfigError
@@ -158,25 +157,6 @@ def test_worker_refuses_a_policy_past_its_id_range(
 # A real `uniscale serve` with two workers
 
 
-def _start(cfg_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], str, str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uniscale.cli", "serve", "--config", str(cfg_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    m = re.search(r"listening on (http://127\.0\.0\.1:\d+) \(policy from (.*?), mode", line)
-    if m is None or "2 workers" not in line:
-        proc.kill()
-        raise AssertionError(
-            f"no listening line: {line!r} {proc.stderr.read() if proc.stderr else ''}"
-        )
-    return proc, m.group(1), m.group(2)
-
-
 def _stop(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
     proc.send_signal(signal.SIGTERM)
     try:
@@ -206,17 +186,13 @@ def test_two_workers_serve_learn_and_stop_cleanly(
 ) -> None:
     with Upstream(answers=["The answer is 42"], delay_s=0.02) as up:
         cfg_path = tmp_path / "uniscale.toml"
-        cfg_path.write_text(
-            "[server]\nhost = '127.0.0.1'\nport = 0\nworkers = 2\n[policy]\ndim = 16\n"
-            "[executor]\ntimeout_s = 5\ndeadline_s = 10\nretries = 0\n"
-            "[state]\npolicy_path = 'state/policy.bin'\ndecision_log = 'state/log.jsonl'\n"
+        sync = (
             f"[sync]\nredis_url = '{redis_server.url}'\npolicy_key = 'workers'\n"
             "replica_id = 'gw'\ninterval_s = 0.05\n"
-            f"[[models]]\nname = 'small'\nbase_url = '{up.base_url}'\n"
-            f"[[models]]\nname = 'large'\nbase_url = '{up.base_url}'\nprice_out_per_mtok = 5\n"
         )
+        cfg_path.write_text(serve_toml(up.base_url, server="workers = 2\n", extra=sync))
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        proc, base, sources = _start(cfg_path, env)
+        proc, base, sources = start_serve(cfg_path, env)
         try:
             assert sources == "fresh, fresh"
             with concurrent.futures.ThreadPoolExecutor(8) as pool:
@@ -287,7 +263,7 @@ def test_two_workers_serve_learn_and_stop_cleanly(
         assert cli_main(["ope", "--log", logs[0], logs[0], "--action", str(uid)]) == 2
         assert "twice" in capsys.readouterr().err
 
-        proc, base, sources = _start(cfg_path, env)
+        proc, base, sources = start_serve(cfg_path, env)
         try:
             assert sources == f"{state / 'policy.w0.bin'}, {state / 'policy.w1.bin'}"
             r = _chat(base)
